@@ -1,0 +1,295 @@
+//! The relay loop: own partitions, claim, publish with confirms in flight,
+//! delete what was confirmed; reconnect to either side with backoff.
+
+use std::{sync::Arc, time::Duration};
+
+use platform::backoff::Backoff;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::{PgConnectOptions, PgListener};
+use tokio::{
+    sync::{Notify, watch},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    message::DEFAULT_NOTIFY_CHANNEL,
+    ownership::Ownership,
+    publisher::{Outcome, Publisher},
+    retention,
+};
+
+/// How a relay behaves; every field has a working default.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub amqp_url: SecretString,
+    /// AMQP `app_id` of published messages and the connection's name.
+    pub app_id: String,
+    /// Exchanges declared (durable, topic) on every connect.
+    pub exchanges: Vec<String>,
+    /// Rows claimed, published and marked together.
+    pub batch_size: i64,
+    /// Fallback poll when no wake-up arrives.
+    pub poll_interval: Duration,
+    /// How often relays re-share partitions.
+    pub rebalance_interval: Duration,
+    /// How long a batch may wait for its confirms before the channel is reset.
+    pub confirm_timeout: Duration,
+    /// Published rows kept in `outbox_archive`; zero deletes them at once.
+    pub retention: Duration,
+    /// Postgres channel to LISTEN on; None relies on the local waker and the poll.
+    pub notify_channel: Option<String>,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl RelayConfig {
+    pub fn new(amqp_url: SecretString, app_id: impl Into<String>, exchanges: Vec<String>) -> Self {
+        Self {
+            amqp_url,
+            app_id: app_id.into(),
+            exchanges,
+            batch_size: 500,
+            poll_interval: Duration::from_secs(1),
+            rebalance_interval: Duration::from_secs(2),
+            confirm_timeout: Duration::from_secs(30),
+            retention: Duration::from_secs(24 * 3600),
+            notify_channel: Some(DEFAULT_NOTIFY_CHANNEL.to_owned()),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the relay can currently reach; drives its health status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayStatus {
+    pub database: bool,
+    pub broker: bool,
+    pub owned_partitions: usize,
+}
+
+impl RelayStatus {
+    pub fn healthy(&self) -> bool {
+        self.database && self.broker
+    }
+}
+
+pub struct Relay {
+    options: PgConnectOptions,
+    config: RelayConfig,
+    waker: Arc<Notify>,
+    status: watch::Sender<RelayStatus>,
+}
+
+impl Relay {
+    /// A relay over the database at `options`. `waker` is the writer's
+    /// [`crate::OutboxWriter::local_waker`] when both live in one process.
+    pub fn new(options: PgConnectOptions, config: RelayConfig, waker: Option<Arc<Notify>>) -> Self {
+        Self {
+            options,
+            config,
+            waker: waker.unwrap_or_default(),
+            status: watch::Sender::new(RelayStatus::default()),
+        }
+    }
+
+    pub fn status(&self) -> watch::Receiver<RelayStatus> {
+        self.status.subscribe()
+    }
+
+    /// Relays until `shutdown` fires; returns once the current batch is settled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tasks = CancellationToken::new();
+        if let Some(channel) = self.config.notify_channel.clone() {
+            tokio::spawn(listen(self.options.clone(), channel, Arc::clone(&self.waker), tasks.clone()));
+        }
+        if !self.config.retention.is_zero() {
+            tokio::spawn(retention::maintain(self.options.clone(), self.config.retention, tasks.clone()));
+        }
+        self.relay(&shutdown).await;
+        tasks.cancel();
+    }
+
+    async fn relay(&self, shutdown: &CancellationToken) {
+        let mut db: Option<Ownership> = None;
+        let mut broker: Option<Publisher> = None;
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        let mut next_rebalance = Instant::now();
+
+        while !shutdown.is_cancelled() {
+            if db.is_none() {
+                match Ownership::connect(&self.options).await {
+                    Ok(ownership) => {
+                        tracing::info!(relay = ownership.instance(), "relay connected to the database");
+                        db = Some(ownership);
+                        next_rebalance = Instant::now();
+                    }
+                    Err(err) => {
+                        self.report(false, broker.is_some(), 0);
+                        tracing::warn!(error = %err, "relay cannot reach the database");
+                        sleep_or_stop(backoff.next_delay(), shutdown).await;
+                        continue;
+                    }
+                }
+            }
+            if broker.as_ref().is_some_and(|b| !b.is_connected()) {
+                broker = None;
+            }
+            if broker.is_none() {
+                match Publisher::connect(self.config.amqp_url.expose_secret(), &self.config.app_id, &self.config.exchanges)
+                    .await
+                {
+                    Ok(publisher) => {
+                        tracing::info!("relay connected to the broker");
+                        broker = Some(publisher);
+                    }
+                    Err(err) => {
+                        self.report(true, false, db.as_ref().map_or(0, Ownership::owned));
+                        tracing::warn!(error = %err, "relay cannot reach the broker; events stay pending");
+                        sleep_or_stop(backoff.next_delay(), shutdown).await;
+                        continue;
+                    }
+                }
+            }
+            let (Some(ownership), Some(publisher)) = (db.as_mut(), broker.as_ref()) else { continue };
+
+            if Instant::now() >= next_rebalance {
+                match ownership.rebalance().await {
+                    // Short of our share: look again soon, a peer is giving partitions back.
+                    Ok(short) => {
+                        let wait = if short { self.config.rebalance_interval / 8 } else { self.config.rebalance_interval };
+                        next_rebalance = Instant::now() + wait;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "relay lost the database while sharing partitions");
+                        db = None;
+                        continue;
+                    }
+                }
+            }
+            self.report(true, true, ownership.owned());
+
+            let rows = match ownership.claim(self.config.batch_size).await {
+                Ok(rows) => rows,
+                Err(err) => {
+                    tracing::warn!(error = %err, "relay lost the database while claiming");
+                    db = None;
+                    continue;
+                }
+            };
+            if rows.is_empty() {
+                backoff.reset();
+                let until_rebalance = next_rebalance.saturating_duration_since(Instant::now());
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = self.waker.notified() => {}
+                    _ = tokio::time::sleep(self.config.poll_interval.min(until_rebalance)) => {}
+                }
+                continue;
+            }
+
+            let (outcomes, broken) =
+                publisher.publish_batch(&rows, &self.config.app_id, self.config.confirm_timeout).await;
+            let confirmed: Vec<i64> =
+                rows.iter().zip(&outcomes).filter(|(_, o)| **o == Outcome::Confirmed).map(|(r, _)| r.id).collect();
+            let archive = !self.config.retention.is_zero();
+            if !confirmed.is_empty() {
+                if let Err(err) = ownership.mark_published(&confirmed, archive).await {
+                    // Confirmed but not marked: they will be published again (at least once).
+                    tracing::warn!(error = %err, rows = confirmed.len(), "relay could not mark confirmed rows");
+                    db = None;
+                    continue;
+                }
+                tracing::debug!(rows = confirmed.len(), "published outbox batch");
+            }
+            let mut rejected = false;
+            for (row, outcome) in rows.iter().zip(&outcomes) {
+                if let Outcome::Rejected(reason) = outcome {
+                    rejected = true;
+                    tracing::error!(event_id = %row.event_id, outbox_id = row.id, exchange = %row.exchange,
+                        routing_key = %row.routing_key, reason = %reason, "broker refused an outbox message; it stays pending");
+                    if let Err(err) = ownership.record_failure(&[row.id], reason).await {
+                        tracing::warn!(error = %err, "relay could not record a publish failure");
+                    }
+                }
+            }
+            if let Some(reason) = broken {
+                tracing::warn!(reason = %reason, "relay lost the broker channel; unconfirmed rows stay pending");
+                if let Some(publisher) = broker.take() {
+                    publisher.close().await;
+                }
+                self.report(true, false, db.as_ref().map_or(0, Ownership::owned));
+                sleep_or_stop(backoff.next_delay(), shutdown).await;
+            } else if rejected {
+                // Refused rows come back in the next claim: do not spin on them.
+                sleep_or_stop(backoff.next_delay(), shutdown).await;
+            } else {
+                backoff.reset();
+            }
+        }
+
+        if let Some(publisher) = broker {
+            publisher.close().await;
+        }
+        if let Some(ownership) = db {
+            ownership.close().await;
+        }
+        self.report(false, false, 0);
+        tracing::info!("relay stopped");
+    }
+
+    fn report(&self, database: bool, broker: bool, owned_partitions: usize) {
+        self.status.send_if_modified(|status| {
+            let next = RelayStatus { database, broker, owned_partitions };
+            let changed = *status != next;
+            *status = next;
+            changed
+        });
+    }
+}
+
+async fn sleep_or_stop(delay: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(delay) => {}
+    }
+}
+
+/// Turns NOTIFYs on `channel` into wake-ups; a reconnect also wakes the relay
+/// since notifications may have been missed meanwhile.
+async fn listen(options: PgConnectOptions, channel: String, waker: Arc<Notify>, stop: CancellationToken) {
+    let mut backoff = Backoff::default();
+    while !stop.is_cancelled() {
+        let connected = async {
+            let mut listener = PgListener::connect_with(&sqlx::PgPool::connect_lazy_with(options.clone())).await?;
+            listener.listen(&channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        let mut listener = match connected {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::debug!(error = %err, "outbox listener cannot connect");
+                sleep_or_stop(backoff.next_delay(), &stop).await;
+                continue;
+            }
+        };
+        backoff.reset();
+        waker.notify_one();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                received = listener.try_recv() => match received {
+                    Ok(Some(_)) => waker.notify_one(),
+                    // None: the connection dropped and will be re-established.
+                    Ok(None) => waker.notify_one(),
+                    Err(err) => {
+                        tracing::debug!(error = %err, "outbox listener lost its connection");
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Database start-up: create the service's database when it is missing, open a
+//! pool, apply the service's migrations.
+
+use std::{str::FromStr, time::Duration};
+
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::{
+    ConnectOptions, Connection, PgConnection, PgPool,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+/// How a service sizes its pool.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// How long a request waits for a connection before it is answered UNAVAILABLE.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self { max_connections: 32, acquire_timeout: Duration::from_secs(3) }
+    }
+}
+
+/// Connection options from a URL, with statement logging turned down (every
+/// query at INFO would drown the service's own lines).
+pub fn connect_options(url: &SecretString) -> anyhow::Result<PgConnectOptions> {
+    let options = PgConnectOptions::from_str(url.expose_secret())
+        .map_err(|err| anyhow::anyhow!("database url is invalid: {}", crate::config::redact_url(&err.to_string())))?;
+    Ok(options.log_statements(tracing::log::LevelFilter::Debug).log_slow_statements(
+        tracing::log::LevelFilter::Warn,
+        Duration::from_secs(1),
+    ))
+}
+
+/// Creates the database named in `options` unless it exists. Safe to race
+/// with other replicas doing the same.
+pub async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {
+    let name = options.get_database().unwrap_or("postgres").to_owned();
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres"))
+        .await
+        .context("cannot connect to the postgres maintenance database")?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await?;
+    if !exists {
+        let statement = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(&statement).execute(&mut admin).await {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another replica created it between our check and our CREATE.
+            Err(sqlx::Error::Database(err)) if matches!(err.code().as_deref(), Some("42P04" | "23505")) => {}
+            Err(err) => return Err(err).context("cannot create the database"),
+        }
+    }
+    admin.close().await.ok();
+    Ok(())
+}
+
+/// Creates the database if needed, opens a pool and applies `migrator`.
+pub async fn connect_and_migrate(
+    url: &SecretString,
+    settings: &PoolSettings,
+    migrator: &Migrator,
+) -> anyhow::Result<PgPool> {
+    let options = connect_options(url)?;
+    create_database_if_missing(&options).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        // A failed query already tells us a connection is broken; pinging on
+        // every checkout would add a round trip to every request.
+        .test_before_acquire(false)
+        .connect_with(options)
+        .await
+        .context("cannot connect to the database")?;
+    migrator.run(&pool).await.context("cannot apply migrations")?;
+    Ok(pool)
+}
+
+/// Whether an error means the database could not be reached (as opposed to a
+/// query it rejected).
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03" | "53300" | "08000" | "08003" | "08006"))
+        }
+        _ => false,
+    }
+}

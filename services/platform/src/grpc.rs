@@ -1,0 +1,106 @@
+//! gRPC bootstrap shared by the services: health (`grpc.health.v1`) and server
+//! reflection (v1 and v1alpha, for grpcurl 1.8 and later), a database-driven
+//! health watcher, and serving until the shutdown token fires.
+
+use std::{net::SocketAddr, time::Duration};
+
+use secrecy::SecretString;
+use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Router;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+/// A tonic router already carrying health and reflection.
+pub fn router_with_health_and_reflection() -> anyhow::Result<(Router, HealthReporter)> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(contracts::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(contracts::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let router = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    Ok((router, reporter))
+}
+
+/// Binds `addr` (port 0 picks a free port) and returns the listener with the
+/// address it got.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await.map_err(|err| anyhow::anyhow!("cannot bind {addr}: {err}"))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then lets
+/// in-flight calls finish.
+pub async fn serve(router: Router, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    router
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
+/// Sets every name in `names` to `status`.
+pub async fn set_status(reporter: &HealthReporter, names: &[&str], status: ServingStatus) {
+    for name in names {
+        reporter.set_service_status(*name, status).await;
+    }
+}
+
+/// Keeps `names` SERVING while the database answers `SELECT 1` on a connection
+/// of its own (so a saturated pool cannot fail the probe), NOT_SERVING within
+/// `interval + timeout` of losing it, and NOT_SERVING for good once `shutdown` fires.
+pub async fn watch_database(
+    options: PgConnectOptions,
+    reporter: HealthReporter,
+    names: Vec<&'static str>,
+    interval: Duration,
+    timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut conn: Option<PgConnection> = None;
+    let mut last: Option<ServingStatus> = None;
+    loop {
+        let ok = tokio::time::timeout(timeout, async {
+            if conn.is_none() {
+                conn = Some(PgConnection::connect_with(&options).await?);
+            }
+            let c = conn.as_mut().expect("connected above");
+            sqlx::query("SELECT 1").execute(c).await.map(|_| ())
+        })
+        .await;
+        let status = match ok {
+            Ok(Ok(())) => ServingStatus::Serving,
+            _ => {
+                conn = None;
+                ServingStatus::NotServing
+            }
+        };
+        if last != Some(status) {
+            match status {
+                ServingStatus::Serving => tracing::info!("database reachable, health SERVING"),
+                _ => tracing::warn!("database unreachable, health NOT_SERVING"),
+            }
+            last = Some(status);
+        }
+        if !shutdown.is_cancelled() {
+            set_status(&reporter, &names, status).await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+    set_status(&reporter, &names, ServingStatus::NotServing).await;
+}
+
+/// The database URL as a secret, for callers that build their own options.
+pub fn options_from(url: &SecretString) -> anyhow::Result<PgConnectOptions> {
+    crate::db::connect_options(url)
+}

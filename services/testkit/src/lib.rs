@@ -1,0 +1,128 @@
+//! Test-only helpers: a TCP fault proxy on 127.0.0.1 that can cut every
+//! connection to Postgres or RabbitMQ and refuse new ones until restored, and
+//! the addresses of the local services the tests run against.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+use tokio_util::sync::CancellationToken;
+
+/// `AMQP_URL`, or the local broker.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// `DATABASE_URL` (the server `#[sqlx::test]` uses), or the local Postgres.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A name no other test uses, for queues and exchanges.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}.{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A TCP proxy on 127.0.0.1 in front of `upstream`. While cut, it drops every
+/// open connection and closes new ones at once, like a dead server.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    generation: watch::Sender<u64>,
+    stop: CancellationToken,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fault proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let cut = Arc::new(AtomicBool::new(false));
+        let generation = watch::Sender::new(0u64);
+        let stop = CancellationToken::new();
+        let (cut_flag, generations, stopped) = (Arc::clone(&cut), generation.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((client, _)) = accepted else { continue };
+                if cut_flag.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let mut cuts = generations.subscribe();
+                let stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(upstream).await else { return };
+                    let (mut client, mut server) = (client, server);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cuts.changed() => {}
+                        _ = stopped.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, cut, generation, stop }
+    }
+
+    /// The address clients should dial instead of the upstream.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Drops every proxied connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// `url` with its host and port replaced by `addr` (to route it through a proxy).
+pub fn via(url: &str, addr: SocketAddr) -> String {
+    let (scheme, rest) = url.split_once("://").expect("url has a scheme");
+    let (credentials, after) = match rest.rsplit_once('@') {
+        Some((credentials, after)) => (format!("{credentials}@"), after),
+        None => (String::new(), rest),
+    };
+    let path = after.find('/').map_or("", |i| &after[i..]);
+    format!("{scheme}://{credentials}{addr}{path}")
+}
+
+/// A lapin connection to the test broker.
+pub async fn amqp_connection() -> lapin::Connection {
+    lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await.expect("connect to RabbitMQ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn via_replaces_host_and_port_only() {
+        let addr: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+        assert_eq!(via("amqp://guest:guest@localhost:5672/%2f", addr), "amqp://guest:guest@127.0.0.1:6000/%2f");
+        assert_eq!(via("postgres://postgres@127.0.0.1:5432/db?x=1", addr), "postgres://postgres@127.0.0.1:6000/db?x=1");
+        assert_eq!(via("amqp://h:1", addr), "amqp://127.0.0.1:6000");
+    }
+}
