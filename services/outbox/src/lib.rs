@@ -26,3 +26,5 @@ mod retention;
 
 pub use message::{DEFAULT_NOTIFY_CHANNEL, OutboxMessage, OutboxWriter, PARTITIONS, partition_of};
 pub use relay::{Relay, RelayConfig, RelayStatus};
+/// One pass of archive upkeep (what the relay runs every minute); for operators and tests.
+pub use retention::run_once as maintain_archive_once;

@@ -23,7 +23,7 @@ pub(crate) async fn maintain(options: PgConnectOptions, retention: Duration, sto
 }
 
 /// Ensures partitions from one hour ago to three hours ahead and drops expired ones.
-pub(crate) async fn run_once(options: &PgConnectOptions, retention: Duration, now: DateTime<Utc>) -> anyhow::Result<()> {
+pub async fn run_once(options: &PgConnectOptions, retention: Duration, now: DateTime<Utc>) -> anyhow::Result<()> {
     let mut conn = PgConnection::connect_with(options).await?;
     sqlx::query("SET lock_timeout = '5s'").execute(&mut conn).await?;
     let hour = now.duration_trunc(TimeDelta::hours(1))?;

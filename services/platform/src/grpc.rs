@@ -104,3 +104,15 @@ pub async fn watch_database(
 pub fn options_from(url: &SecretString) -> anyhow::Result<PgConnectOptions> {
     crate::db::connect_options(url)
 }
+
+/// Asks the gRPC health service at `addr` about `service`; true when SERVING.
+/// Backs the binaries' `healthcheck` subcommand (distroless images have no shell).
+pub async fn probe(addr: SocketAddr, service: &str) -> anyhow::Result<bool> {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus as Status, health_client::HealthClient};
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2));
+    let mut client = HealthClient::new(endpoint.connect().await?);
+    let response = client.check(HealthCheckRequest { service: service.to_owned() }).await?;
+    Ok(response.into_inner().status == Status::Serving as i32)
+}

@@ -9,3 +9,4 @@ pub mod db;
 pub mod grpc;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tracecontext;

@@ -126,3 +126,92 @@ mod tests {
         assert_eq!(via("amqp://h:1", addr), "amqp://127.0.0.1:6000");
     }
 }
+
+/// A server-named, exclusive queue bound to `exchange` with `routing_key`
+/// (the exchange is declared durable/topic if missing), consumed with auto-ack.
+pub async fn subscribe(conn: &lapin::Connection, exchange: &str, routing_key: &str) -> lapin::Consumer {
+    use lapin::{
+        ExchangeKind,
+        options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+        types::{FieldTable, ShortString},
+    };
+    let channel = conn.create_channel().await.expect("channel");
+    channel
+        .exchange_declare(
+            ShortString::from(exchange),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions { durable: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare exchange");
+    let queue = channel
+        .queue_declare(
+            ShortString::from(""),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare queue");
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            ShortString::from(exchange),
+            ShortString::from(routing_key),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind queue");
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            ShortString::from(""),
+            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume")
+}
+
+/// Deliveries from `consumer` until `count` arrived or `within` passed.
+pub async fn receive(consumer: &mut lapin::Consumer, count: usize, within: std::time::Duration) -> Vec<lapin::message::Delivery> {
+    use futures::StreamExt;
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while received.len() < count {
+        match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Ok(Some(Ok(delivery))) => received.push(delivery),
+            Ok(Some(Err(err))) => panic!("consumer failed: {err}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    received
+}
+
+/// Deletes an exchange a test declared (best effort).
+pub async fn delete_exchange(conn: &lapin::Connection, exchange: &str) {
+    if let Ok(channel) = conn.create_channel().await {
+        let _ = channel
+            .exchange_delete(lapin::types::ShortString::from(exchange), lapin::options::ExchangeDeleteOptions::default())
+            .await;
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,76 @@
+//! Configuration from the environment; every default works against the local services.
+
+use std::{net::SocketAddr, time::Duration};
+
+use outbox::RelayConfig;
+use platform::{
+    config::{ConfigError, addr_or, millis_or, parse_or, secret_url_or, var_or},
+    db::PoolSettings,
+};
+use secrecy::SecretString;
+
+/// What this replica runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// gRPC API and outbox relay (the default).
+    All,
+    /// gRPC API only; relays run as their own replica set.
+    Api,
+    /// Outbox relay only (with the health and reflection services).
+    Relay,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "all" => Ok(Self::All),
+            "api" => Ok(Self::Api),
+            "relay" => Ok(Self::Relay),
+            other => Err(format!("expected all, api or relay, got {other:?}")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub grpc_addr: SocketAddr,
+    pub database_url: SecretString,
+    pub pool: PoolSettings,
+    pub role: Role,
+    pub relay: RelayConfig,
+    /// Between NOT_SERVING and closing the listener, so load balancers stop routing first.
+    pub shutdown_grace: Duration,
+    pub health_interval: Duration,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let amqp_url = secret_url_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f")?;
+        let mut relay = RelayConfig::new(amqp_url, "pulse-orders", vec![contracts::EVENTS_EXCHANGE.to_owned()]);
+        relay.batch_size = parse_or("OUTBOX_BATCH_SIZE", relay.batch_size)?;
+        relay.poll_interval = millis_or("OUTBOX_POLL_INTERVAL_MS", relay.poll_interval)?;
+        relay.backoff_max = millis_or("OUTBOX_BACKOFF_MAX_MS", relay.backoff_max)?;
+        relay.retention = Duration::from_secs(3600 * parse_or("OUTBOX_RETENTION_HOURS", 24u64)?);
+        relay.notify_channel = Some(var_or("OUTBOX_NOTIFY_CHANNEL", outbox::DEFAULT_NOTIFY_CHANNEL));
+        if !(1..=10_000).contains(&relay.batch_size) {
+            return Err(ConfigError::Invalid { name: "OUTBOX_BATCH_SIZE".into(), reason: "must be 1 to 10000".into() });
+        }
+        Ok(Self {
+            grpc_addr: addr_or("ORDERS_GRPC_ADDR", "0.0.0.0:50051")?,
+            database_url: secret_url_or(
+                "ORDERS_DATABASE_URL",
+                "postgres://postgres:postgres@localhost:5432/pulse_orders",
+            )?,
+            pool: PoolSettings {
+                max_connections: parse_or("ORDERS_DB_MAX_CONNECTIONS", 32)?,
+                acquire_timeout: millis_or("ORDERS_DB_ACQUIRE_TIMEOUT_MS", Duration::from_secs(3))?,
+            },
+            role: parse_or("ORDERS_ROLE", Role::All)?,
+            relay,
+            shutdown_grace: millis_or("ORDERS_SHUTDOWN_GRACE_MS", Duration::ZERO)?,
+            health_interval: Duration::from_secs(1),
+        })
+    }
+}

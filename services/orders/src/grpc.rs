@@ -1,0 +1,109 @@
+//! The gRPC face of the service: proto ⇄ domain, correlation and trace context
+//! from metadata, one span per call.
+
+use chrono::{DateTime, Utc};
+use contracts::orders::v1::{
+    CreateOrderRequest, CreateOrderResponse, GetOrderRequest, GetOrderResponse, Order, OrderStatus,
+    order_service_server::OrderService,
+};
+use platform::{correlation::CorrelationId, tracecontext::TraceParent};
+use tonic::{Request, Response, Status, metadata::MetadataValue};
+use tracing::Instrument;
+
+use crate::{
+    db::OrderRow,
+    domain::{FieldViolation, parse_uuid},
+    error::OrdersError,
+    service::Orders,
+};
+
+pub struct OrdersApi {
+    orders: Orders,
+}
+
+impl OrdersApi {
+    pub fn new(orders: Orders) -> Self {
+        Self { orders }
+    }
+}
+
+#[tonic::async_trait]
+impl OrderService for OrdersApi {
+    async fn create_order(
+        &self,
+        request: Request<CreateOrderRequest>,
+    ) -> Result<Response<CreateOrderResponse>, Status> {
+        let correlation = CorrelationId::from_header(header(&request, platform::correlation::HEADER));
+        let trace = TraceParent::continue_or_start(header(&request, platform::tracecontext::HEADER));
+        let span = tracing::info_span!("CreateOrder", correlation_id = %correlation, trace_id = %trace.trace_id_hex());
+        let body = request.into_inner();
+        let result = self
+            .orders
+            .create(&body.customer_id, &body.amount, &body.currency, &body.request_id, &correlation, trace)
+            .instrument(span)
+            .await
+            .map(|row| CreateOrderResponse {
+                order_id: row.order_id.to_string(),
+                event_id: row.event_id.to_string(),
+                correlation_id: row.correlation_id.clone(),
+                order: Some(order(row)),
+            });
+        respond(result, &correlation)
+    }
+
+    async fn get_order(&self, request: Request<GetOrderRequest>) -> Result<Response<GetOrderResponse>, Status> {
+        let correlation = CorrelationId::from_header(header(&request, platform::correlation::HEADER));
+        let span = tracing::info_span!("GetOrder", correlation_id = %correlation);
+        let order_id = request.into_inner().order_id;
+        let result = async {
+            let order_id = parse_uuid(&order_id)
+                .map_err(|e| OrdersError::InvalidArgument(vec![FieldViolation::new("order_id", e)]))?;
+            self.orders.get(order_id).await
+        }
+        .instrument(span)
+        .await
+        .map(|row| GetOrderResponse { order: Some(order(row)) });
+        respond(result, &correlation)
+    }
+}
+
+fn header<'a, T>(request: &'a Request<T>, name: &str) -> Option<&'a str> {
+    request.metadata().get(name).and_then(|value| value.to_str().ok())
+}
+
+/// Every answer, success or error, carries the call's correlation id in its metadata.
+fn respond<T>(result: Result<T, OrdersError>, correlation: &CorrelationId) -> Result<Response<T>, Status> {
+    let value = MetadataValue::try_from(correlation.as_str()).expect("correlation ids are ASCII");
+    match result {
+        Ok(body) => {
+            let mut response = Response::new(body);
+            response.metadata_mut().insert(platform::correlation::HEADER, value);
+            Ok(response)
+        }
+        Err(err) => {
+            let mut status = Status::from(err);
+            status.metadata_mut().insert(platform::correlation::HEADER, value);
+            Err(status)
+        }
+    }
+}
+
+fn order(row: OrderRow) -> Order {
+    Order {
+        order_id: row.order_id.to_string(),
+        customer_id: row.customer_id,
+        amount: row.amount,
+        currency: row.currency,
+        status: match row.status.as_str() {
+            "CREATED" => OrderStatus::Created,
+            _ => OrderStatus::Unspecified,
+        } as i32,
+        correlation_id: row.correlation_id,
+        created_at: Some(timestamp(row.created_at)),
+        request_id: row.request_id.map(|id| id.to_string()).unwrap_or_default(),
+    }
+}
+
+pub(crate) fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
+}

@@ -1,0 +1,80 @@
+//! What the RPCs do, apart from their wire format.
+
+use anyhow::anyhow;
+use outbox::OutboxWriter;
+use platform::{correlation::CorrelationId, tracecontext::TraceParent};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{
+    db::{self, OrderRow},
+    domain::{FieldViolation, NewOrder},
+    error::OrdersError,
+    messaging,
+};
+
+#[derive(Clone)]
+pub struct Orders {
+    pool: PgPool,
+    outbox: OutboxWriter,
+}
+
+impl Orders {
+    pub fn new(pool: PgPool, outbox: OutboxWriter) -> Self {
+        Self { pool, outbox }
+    }
+
+    /// Stores the order and its `OrderCreated` event in one transaction, or
+    /// returns the order an earlier call with the same `request_id` created.
+    pub async fn create(
+        &self,
+        customer_id: &str,
+        amount: &str,
+        currency: &str,
+        request_id: &str,
+        correlation: &CorrelationId,
+        trace: TraceParent,
+    ) -> Result<OrderRow, OrdersError> {
+        let order = NewOrder::parse(customer_id, amount, currency, request_id).map_err(|violations| {
+            tracing::info!(fields = ?violations.iter().map(|v| v.field).collect::<Vec<_>>(), "order rejected");
+            OrdersError::InvalidArgument(violations)
+        })?;
+        let mut tx = self.pool.begin().await?;
+        let inserted =
+            db::insert_order(&mut tx, Uuid::now_v7(), Uuid::now_v7(), &order, correlation.as_str()).await?;
+        let Some(row) = inserted else {
+            tx.rollback().await?;
+            return self.replay(&order).await;
+        };
+        self.outbox.append(&mut tx, &messaging::outbox_message(&row, trace)).await?;
+        tx.commit().await?;
+        self.outbox.committed();
+        tracing::info!(order_id = %row.order_id, event_id = %row.event_id, "order created");
+        Ok(row)
+    }
+
+    /// The answer to a retry: the stored order, if the retry asks for the same thing.
+    async fn replay(&self, order: &NewOrder) -> Result<OrderRow, OrdersError> {
+        let request_id = order.request_id.ok_or_else(|| anyhow!("insert conflicted without a request_id"))?;
+        let mut conn = self.pool.acquire().await?;
+        let existing = db::find_by_request_id(&mut conn, request_id)
+            .await?
+            .ok_or_else(|| anyhow!("request_id {request_id} conflicted but no order has it"))?;
+        let same = existing.customer_id == order.customer_id.as_str()
+            && existing.amount == order.amount.to_string()
+            && existing.currency == order.currency.code();
+        if !same {
+            return Err(OrdersError::InvalidArgument(vec![FieldViolation::new(
+                "request_id",
+                "was already used for an order with other details",
+            )]));
+        }
+        tracing::info!(order_id = %existing.order_id, %request_id, "retry answered with the existing order");
+        Ok(existing)
+    }
+
+    pub async fn get(&self, order_id: Uuid) -> Result<OrderRow, OrdersError> {
+        let mut conn = self.pool.acquire().await?;
+        db::find(&mut conn, order_id).await?.ok_or(OrdersError::NotFound)
+    }
+}

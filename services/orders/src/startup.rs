@@ -1,0 +1,117 @@
+//! Builds the service (database, gRPC server, relay) and runs it until the
+//! shutdown token fires.
+
+use std::net::SocketAddr;
+
+use contracts::orders::v1::{SERVICE_NAME, order_service_server::OrderServiceServer};
+use outbox::{OutboxWriter, Relay};
+use platform::grpc::{self, set_status};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Router;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    config::{Config, Role},
+    grpc::OrdersApi,
+    service::Orders,
+};
+
+/// Health name of the outbox relay: NOT_SERVING while it cannot reach the
+/// broker (the API stays SERVING and keeps taking orders meanwhile).
+pub const RELAY_HEALTH_NAME: &str = "pulse.orders.v1.OutboxRelay";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/orders");
+
+pub struct App {
+    config: Config,
+    addr: SocketAddr,
+    listener: TcpListener,
+    router: Router,
+    health: HealthReporter,
+    pool: PgPool,
+    writer: OutboxWriter,
+}
+
+impl App {
+    /// Creates and migrates the database, binds the gRPC port.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let pool = platform::db::connect_and_migrate(&config.database_url, &config.pool, &MIGRATOR).await?;
+        let writer = OutboxWriter::new();
+        let (mut router, health) = grpc::router_with_health_and_reflection()?;
+        if config.role != Role::Relay {
+            let api = OrdersApi::new(Orders::new(pool.clone(), writer.clone()));
+            router = router.add_service(OrderServiceServer::new(api));
+        }
+        let (listener, addr) = grpc::bind(config.grpc_addr).await?;
+        tracing::info!(%addr, role = ?config.role, "orders listening");
+        Ok(Self { config, addr, listener, router, health, pool, writer })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Serves until `shutdown`: then reports NOT_SERVING, waits the grace
+    /// period, lets in-flight calls finish, settles the relay's batch, returns.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self { config, listener, router, health, pool, writer, .. } = self;
+        let options = platform::db::connect_options(&config.database_url)?;
+        let background = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+
+        let api_names = vec!["", SERVICE_NAME];
+        tasks.spawn(grpc::watch_database(
+            options.clone(),
+            health.clone(),
+            api_names.clone(),
+            config.health_interval,
+            config.health_interval * 2,
+            shutdown.clone(),
+        ));
+        writer.spawn_doorbell(pool.clone(), config.relay.notify_channel.as_deref().unwrap_or(outbox::DEFAULT_NOTIFY_CHANNEL), background.clone());
+
+        if config.role != Role::Api {
+            let relay = Relay::new(options, config.relay.clone(), Some(writer.local_waker()));
+            let mut status = relay.status();
+            let reporter = health.clone();
+            let stopped = background.clone();
+            tasks.spawn(async move {
+                loop {
+                    let serving = if status.borrow_and_update().healthy() {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    reporter.set_service_status(RELAY_HEALTH_NAME, serving).await;
+                    tokio::select! {
+                        _ = stopped.cancelled() => break,
+                        changed = status.changed() => if changed.is_err() { break },
+                    }
+                }
+            });
+            // The relay stops after the API: orders accepted at the last moment still get relayed.
+            tasks.spawn(relay.run(background.clone()));
+        }
+
+        let serve_until = CancellationToken::new();
+        let serving = tokio::spawn(grpc::serve(router, listener, serve_until.clone()));
+        shutdown.cancelled().await;
+        set_status(&health, &api_names, ServingStatus::NotServing).await;
+        set_status(&health, &[RELAY_HEALTH_NAME], ServingStatus::NotServing).await;
+        tokio::time::sleep(config.shutdown_grace).await;
+        serve_until.cancel();
+        let served = serving.await;
+        background.cancel();
+        while tasks.join_next().await.is_some() {}
+        pool.close().await;
+        tracing::info!("orders stopped");
+        served??;
+        Ok(())
+    }
+}

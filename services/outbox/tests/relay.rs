@@ -1,0 +1,217 @@
+//! The relay against the real Postgres and RabbitMQ: ordering across relays,
+//! unroutable messages, the archive.
+
+use std::{collections::HashMap, time::Duration};
+
+use chrono::Utc;
+use outbox::{OutboxMessage, OutboxWriter, Relay, RelayConfig};
+use secrecy::SecretString;
+use sqlx::{PgPool, postgres::PgConnectOptions};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+fn config(exchange: &str) -> RelayConfig {
+    let mut config = RelayConfig::new(SecretString::from(testkit::amqp_url()), "outbox-test", vec![exchange.to_owned()]);
+    config.poll_interval = Duration::from_millis(100);
+    config.rebalance_interval = Duration::from_millis(200);
+    config.backoff_initial = Duration::from_millis(50);
+    config.backoff_max = Duration::from_millis(300);
+    config.batch_size = 100;
+    config
+}
+
+fn message(exchange: &str, routing_key: &str, aggregate: &str, seq: usize) -> OutboxMessage {
+    OutboxMessage {
+        event_id: Uuid::new_v4(),
+        aggregate_type: "test".into(),
+        aggregate_id: aggregate.into(),
+        exchange: exchange.into(),
+        routing_key: routing_key.into(),
+        message_type: "test.v1.Seq".into(),
+        content_type: "text/plain".into(),
+        payload: format!("{aggregate}:{seq}").into_bytes(),
+        headers: [("x-correlation-id".to_owned(), format!("corr-{aggregate}-{seq}"))].into(),
+    }
+}
+
+async fn pending(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox_messages").fetch_one(pool).await.unwrap()
+}
+
+fn start(options: &PgConnectOptions, config: RelayConfig) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let relay = Relay::new(options.clone(), config, None);
+    (stop.clone(), tokio::spawn(relay.run(stop)))
+}
+
+#[sqlx::test(migrations = "../../migrations/orders")]
+async fn two_relays_publish_every_row_once_in_aggregate_order(pool: PgPool) {
+    let options = pool.connect_options().as_ref().clone();
+    let exchange = testkit::unique("test.outbox");
+    let amqp = testkit::amqp_connection().await;
+    let mut consumer = testkit::subscribe(&amqp, &exchange, "seq.#").await;
+    let writer = OutboxWriter::new();
+    let aggregates: Vec<String> = (0..50).map(|i| format!("agg-{i}")).collect();
+
+    let (stop_a, relay_a) = start(&options, config(&exchange));
+    let (stop_b, relay_b) = start(&options, config(&exchange));
+    // 2,000 rows in waves while both relays run; relay A leaves half-way, so
+    // its partitions move to B in the middle of the stream.
+    for wave in 0..40 {
+        let mut tx = pool.begin().await.unwrap();
+        for aggregate in &aggregates {
+            writer.append(&mut tx, &message(&exchange, "seq.created", aggregate, wave)).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        writer.committed();
+        if wave == 20 {
+            stop_a.cancel();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    relay_a.await.unwrap();
+
+    let received = testkit::receive(&mut consumer, 2_000, Duration::from_secs(60)).await;
+    assert_eq!(received.len(), 2_000, "every row is published");
+    let extra = testkit::receive(&mut consumer, 1, Duration::from_millis(700)).await;
+    assert!(extra.is_empty(), "no row is published twice");
+
+    let mut next: HashMap<String, usize> = HashMap::new();
+    let mut ids = std::collections::HashSet::new();
+    for delivery in &received {
+        let id = delivery.properties.message_id().as_ref().unwrap().to_string();
+        assert!(ids.insert(id), "duplicate message id");
+        let body = String::from_utf8(delivery.data.clone()).unwrap();
+        let (aggregate, seq) = body.split_once(':').unwrap();
+        let expected = next.entry(aggregate.to_owned()).or_default();
+        assert_eq!(seq.parse::<usize>().unwrap(), *expected, "events of {aggregate} out of order");
+        *expected += 1;
+    }
+    assert_eq!(next.len(), 50);
+    assert!(testkit::eventually(Duration::from_secs(5), || async { pending(&pool).await == 0 }).await);
+
+    stop_b.cancel();
+    relay_b.await.unwrap();
+    testkit::delete_exchange(&amqp, &exchange).await;
+}
+
+#[sqlx::test(migrations = "../../migrations/orders")]
+async fn published_message_carries_properties_and_headers(pool: PgPool) {
+    let options = pool.connect_options().as_ref().clone();
+    let exchange = testkit::unique("test.outbox");
+    let amqp = testkit::amqp_connection().await;
+    let mut consumer = testkit::subscribe(&amqp, &exchange, "seq.created").await;
+    let writer = OutboxWriter::new();
+    let sent = message(&exchange, "seq.created", "agg-1", 0);
+    let mut tx = pool.begin().await.unwrap();
+    writer.append(&mut tx, &sent).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let (stop, relay) = start(&options, config(&exchange));
+    let received = testkit::receive(&mut consumer, 1, Duration::from_secs(10)).await;
+    assert_eq!(received.len(), 1);
+    let delivery = &received[0];
+    let props = &delivery.properties;
+    assert_eq!(props.message_id().as_ref().unwrap().as_str(), sent.event_id.to_string());
+    assert_eq!(*props.delivery_mode(), Some(2));
+    assert_eq!(props.content_type().as_ref().unwrap().as_str(), "text/plain");
+    assert_eq!(props.kind().as_ref().unwrap().as_str(), "test.v1.Seq");
+    assert_eq!(props.app_id().as_ref().unwrap().as_str(), "outbox-test");
+    assert_eq!(props.correlation_id().as_ref().unwrap().as_str(), "corr-agg-1-0");
+    let stamp = props.timestamp().unwrap() as i64;
+    assert!((Utc::now().timestamp() - stamp).abs() < 60);
+    let headers = props.headers().as_ref().unwrap();
+    let text = |key: &str| match headers.inner().get(key) {
+        Some(lapin::types::AMQPValue::LongString(s)) => s.to_string(),
+        other => panic!("header {key}: {other:?}"),
+    };
+    assert_eq!(text("x-correlation-id"), "corr-agg-1-0");
+    assert_eq!(text("x-aggregate-id"), "agg-1");
+    assert_eq!(delivery.data, b"agg-1:0");
+
+    // Published rows leave the live table and wait in the archive.
+    assert!(testkit::eventually(Duration::from_secs(5), || async { pending(&pool).await == 0 }).await);
+    let archived: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_archive WHERE event_id = $1")
+        .bind(sent.event_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(archived, 1);
+    stop.cancel();
+    relay.await.unwrap();
+    testkit::delete_exchange(&amqp, &exchange).await;
+}
+
+#[sqlx::test(migrations = "../../migrations/orders")]
+async fn unroutable_message_stays_pending_until_a_queue_is_bound(pool: PgPool) {
+    let options = pool.connect_options().as_ref().clone();
+    let exchange = testkit::unique("test.outbox");
+    let writer = OutboxWriter::new();
+    let sent = message(&exchange, "nobody.listens", "agg-1", 0);
+    let mut tx = pool.begin().await.unwrap();
+    writer.append(&mut tx, &sent).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let (stop, relay) = start(&options, config(&exchange));
+    let failed = testkit::eventually(Duration::from_secs(10), || async {
+        let row: Option<(i32, Option<String>)> =
+            sqlx::query_as("SELECT attempts, last_error FROM outbox_messages WHERE event_id = $1")
+                .bind(sent.event_id)
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        matches!(row, Some((attempts, Some(error))) if attempts >= 1 && error.starts_with("unroutable"))
+    })
+    .await;
+    assert!(failed, "a returned message counts as a failed publish and stays pending");
+
+    let amqp = testkit::amqp_connection().await;
+    let mut consumer = testkit::subscribe(&amqp, &exchange, "nobody.listens").await;
+    let received = testkit::receive(&mut consumer, 1, Duration::from_secs(10)).await;
+    assert_eq!(received.len(), 1, "published once a queue is bound");
+    assert!(testkit::eventually(Duration::from_secs(5), || async { pending(&pool).await == 0 }).await);
+    stop.cancel();
+    relay.await.unwrap();
+    testkit::delete_exchange(&amqp, &exchange).await;
+}
+
+#[sqlx::test(migrations = "../../migrations/orders")]
+async fn appended_rows_vanish_with_a_rolled_back_transaction(pool: PgPool) {
+    let writer = OutboxWriter::new();
+    let mut tx = pool.begin().await.unwrap();
+    writer.append(&mut tx, &message("x", "y", "agg", 0)).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(pending(&pool).await, 0);
+}
+
+#[sqlx::test(migrations = "../../migrations/orders")]
+async fn archive_partitions_are_created_ahead_and_dropped_after_retention(pool: PgPool) {
+    let options = pool.connect_options().as_ref().clone();
+    let now = Utc::now();
+    outbox::maintain_archive_once(&options, Duration::from_secs(3600), now).await.unwrap();
+    let partitions = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'outbox_archive'::regclass AND c.relname LIKE 'outbox_archive_p%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(partitions().await, 5, "from an hour ago to three hours ahead");
+    sqlx::query(
+        "INSERT INTO outbox_archive (id, event_id, aggregate_type, aggregate_id, exchange, routing_key,
+             message_type, content_type, payload, headers, created_at, attempts, published_at)
+         VALUES (1, gen_random_uuid(), 'a', 'b', 'c', 'd', 'e', 'f', '', '{}', now(), 1, now())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Four hours later with a one-hour retention: the row's hour is gone, whole.
+    outbox::maintain_archive_once(&options, Duration::from_secs(3600), now + chrono::TimeDelta::hours(4))
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_archive").fetch_one(&pool).await.unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(partitions().await, 5, "only the window around the new now remains");
+}
