@@ -40,8 +40,7 @@ impl Orders {
             OrdersError::InvalidArgument(violations)
         })?;
         let mut tx = self.pool.begin().await?;
-        let inserted =
-            db::insert_order(&mut tx, Uuid::now_v7(), Uuid::now_v7(), &order, correlation.as_str()).await?;
+        let inserted = db::insert_order(&mut tx, Uuid::now_v7(), Uuid::now_v7(), &order, correlation.as_str()).await?;
         let Some(row) = inserted else {
             tx.rollback().await?;
             return self.replay(&order).await;

@@ -74,7 +74,11 @@ impl App {
             config.health_interval * 2,
             shutdown.clone(),
         ));
-        writer.spawn_doorbell(pool.clone(), config.relay.notify_channel.as_deref().unwrap_or(outbox::DEFAULT_NOTIFY_CHANNEL), background.clone());
+        writer.spawn_doorbell(
+            pool.clone(),
+            config.relay.notify_channel.as_deref().unwrap_or(outbox::DEFAULT_NOTIFY_CHANNEL),
+            background.clone(),
+        );
 
         if config.role != Role::Api {
             let relay = Relay::new(options, config.relay.clone(), Some(writer.local_waker()));

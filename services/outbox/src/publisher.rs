@@ -119,7 +119,10 @@ fn properties(row: &PendingRow, app_id: &str) -> BasicProperties {
     for (key, value) in row.headers.iter() {
         headers.insert(ShortString::from(key.as_str()), AMQPValue::LongString(LongString::from(value.as_str())));
     }
-    headers.insert(ShortString::from("x-aggregate-id"), AMQPValue::LongString(LongString::from(row.aggregate_id.as_str())));
+    headers.insert(
+        ShortString::from("x-aggregate-id"),
+        AMQPValue::LongString(LongString::from(row.aggregate_id.as_str())),
+    );
     headers.insert(ShortString::from("x-outbox-seq"), AMQPValue::LongLongInt(row.id));
     let mut properties = BasicProperties::default()
         .with_delivery_mode(2)

@@ -86,12 +86,7 @@ impl Relay {
     /// A relay over the database at `options`. `waker` is the writer's
     /// [`crate::OutboxWriter::local_waker`] when both live in one process.
     pub fn new(options: PgConnectOptions, config: RelayConfig, waker: Option<Arc<Notify>>) -> Self {
-        Self {
-            options,
-            config,
-            waker: waker.unwrap_or_default(),
-            status: watch::Sender::new(RelayStatus::default()),
-        }
+        Self { options, config, waker: waker.unwrap_or_default(), status: watch::Sender::new(RelayStatus::default()) }
     }
 
     pub fn status(&self) -> watch::Receiver<RelayStatus> {
@@ -137,8 +132,12 @@ impl Relay {
                 broker = None;
             }
             if broker.is_none() {
-                match Publisher::connect(self.config.amqp_url.expose_secret(), &self.config.app_id, &self.config.exchanges)
-                    .await
+                match Publisher::connect(
+                    self.config.amqp_url.expose_secret(),
+                    &self.config.app_id,
+                    &self.config.exchanges,
+                )
+                .await
                 {
                     Ok(publisher) => {
                         tracing::info!("relay connected to the broker");
@@ -158,7 +157,8 @@ impl Relay {
                 match ownership.rebalance().await {
                     // Short of our share: look again soon, a peer is giving partitions back.
                     Ok(short) => {
-                        let wait = if short { self.config.rebalance_interval / 8 } else { self.config.rebalance_interval };
+                        let wait =
+                            if short { self.config.rebalance_interval / 8 } else { self.config.rebalance_interval };
                         next_rebalance = Instant::now() + wait;
                     }
                     Err(err) => {

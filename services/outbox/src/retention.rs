@@ -63,9 +63,7 @@ async fn create_partition(conn: &mut PgConnection, start: DateTime<Utc>) -> anyh
         Ok(_) => Ok(()),
         // Another relay created it at the same moment, or rows for that hour
         // already sit in the default partition: both leave the archive usable.
-        Err(sqlx::Error::Database(err)) if matches!(err.code().as_deref(), Some("42P07" | "23505" | "23514")) => {
-            Ok(())
-        }
+        Err(sqlx::Error::Database(err)) if matches!(err.code().as_deref(), Some("42P07" | "23505" | "23514")) => Ok(()),
         Err(err) => Err(err.into()),
     }
 }

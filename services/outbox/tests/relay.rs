@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 fn config(exchange: &str) -> RelayConfig {
-    let mut config = RelayConfig::new(SecretString::from(testkit::amqp_url()), "outbox-test", vec![exchange.to_owned()]);
+    let mut config =
+        RelayConfig::new(SecretString::from(testkit::amqp_url()), "outbox-test", vec![exchange.to_owned()]);
     config.poll_interval = Duration::from_millis(100);
     config.rebalance_interval = Duration::from_millis(200);
     config.backoff_initial = Duration::from_millis(50);

@@ -26,10 +26,10 @@ where
     T::Err: std::fmt::Display,
 {
     match std::env::var(name) {
-        Ok(value) if !value.trim().is_empty() => value.trim().parse().map_err(|err: T::Err| ConfigError::Invalid {
-            name: name.to_owned(),
-            reason: err.to_string(),
-        }),
+        Ok(value) if !value.trim().is_empty() => value
+            .trim()
+            .parse()
+            .map_err(|err: T::Err| ConfigError::Invalid { name: name.to_owned(), reason: err.to_string() }),
         _ => Ok(default),
     }
 }
@@ -62,10 +62,8 @@ pub fn bool_or(name: &str, default: bool) -> Result<bool, ConfigError> {
 /// A URL carrying credentials: kept secret so it never reaches a log line.
 pub fn secret_url_or(name: &str, default: &str) -> Result<SecretString, ConfigError> {
     let value = var_or(name, default);
-    url::Url::parse(&value).map_err(|err| ConfigError::Invalid {
-        name: name.to_owned(),
-        reason: format!("not a URL ({err})"),
-    })?;
+    url::Url::parse(&value)
+        .map_err(|err| ConfigError::Invalid { name: name.to_owned(), reason: format!("not a URL ({err})") })?;
     Ok(SecretString::from(value))
 }
 

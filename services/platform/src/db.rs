@@ -30,10 +30,9 @@ impl Default for PoolSettings {
 pub fn connect_options(url: &SecretString) -> anyhow::Result<PgConnectOptions> {
     let options = PgConnectOptions::from_str(url.expose_secret())
         .map_err(|err| anyhow::anyhow!("database url is invalid: {}", crate::config::redact_url(&err.to_string())))?;
-    Ok(options.log_statements(tracing::log::LevelFilter::Debug).log_slow_statements(
-        tracing::log::LevelFilter::Warn,
-        Duration::from_secs(1),
-    ))
+    Ok(options
+        .log_statements(tracing::log::LevelFilter::Debug)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1)))
 }
 
 /// Creates the database named in `options` unless it exists. Safe to race

@@ -41,7 +41,10 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)>
 /// in-flight calls finish.
 pub async fn serve(router: Router, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     router
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.cancelled_owned(),
+        )
         .await?;
     Ok(())
 }
@@ -108,7 +111,9 @@ pub fn options_from(url: &SecretString) -> anyhow::Result<PgConnectOptions> {
 /// Asks the gRPC health service at `addr` about `service`; true when SERVING.
 /// Backs the binaries' `healthcheck` subcommand (distroless images have no shell).
 pub async fn probe(addr: SocketAddr, service: &str) -> anyhow::Result<bool> {
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus as Status, health_client::HealthClient};
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus as Status, health_client::HealthClient,
+    };
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(2));

@@ -20,9 +20,7 @@ pub fn init(service: &'static str) -> Guard {
     let result = if pretty {
         registry.with(fmt::layer().with_target(false)).try_init()
     } else {
-        registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(true).with_span_list(false))
-            .try_init()
+        registry.with(fmt::layer().json().flatten_event(true).with_current_span(true).with_span_list(false)).try_init()
     };
     if result.is_ok() {
         tracing::debug!(service, "telemetry initialised");

@@ -22,8 +22,13 @@ impl TraceParent {
     pub fn parse(raw: &str) -> Option<Self> {
         let mut parts = raw.trim().split('-');
         let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        let lower_hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if parts.next().is_some() || version != "00" || !lower_hex(trace, 32) || !lower_hex(span, 16) || !lower_hex(flags, 2)
+        let lower_hex =
+            |s: &str, len: usize| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if parts.next().is_some()
+            || version != "00"
+            || !lower_hex(trace, 32)
+            || !lower_hex(span, 16)
+            || !lower_hex(flags, 2)
         {
             return None;
         }

@@ -114,19 +114,6 @@ pub async fn amqp_connection() -> lapin::Connection {
     lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await.expect("connect to RabbitMQ")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn via_replaces_host_and_port_only() {
-        let addr: SocketAddr = "127.0.0.1:6000".parse().unwrap();
-        assert_eq!(via("amqp://guest:guest@localhost:5672/%2f", addr), "amqp://guest:guest@127.0.0.1:6000/%2f");
-        assert_eq!(via("postgres://postgres@127.0.0.1:5432/db?x=1", addr), "postgres://postgres@127.0.0.1:6000/db?x=1");
-        assert_eq!(via("amqp://h:1", addr), "amqp://127.0.0.1:6000");
-    }
-}
-
 /// A server-named, exclusive queue bound to `exchange` with `routing_key`
 /// (the exchange is declared durable/topic if missing), consumed with auto-ack.
 pub async fn subscribe(conn: &lapin::Connection, exchange: &str, routing_key: &str) -> lapin::Consumer {
@@ -175,7 +162,11 @@ pub async fn subscribe(conn: &lapin::Connection, exchange: &str, routing_key: &s
 }
 
 /// Deliveries from `consumer` until `count` arrived or `within` passed.
-pub async fn receive(consumer: &mut lapin::Consumer, count: usize, within: std::time::Duration) -> Vec<lapin::message::Delivery> {
+pub async fn receive(
+    consumer: &mut lapin::Consumer,
+    count: usize,
+    within: std::time::Duration,
+) -> Vec<lapin::message::Delivery> {
     use futures::StreamExt;
     let mut received = Vec::new();
     let deadline = tokio::time::Instant::now() + within;
@@ -193,7 +184,10 @@ pub async fn receive(consumer: &mut lapin::Consumer, count: usize, within: std::
 pub async fn delete_exchange(conn: &lapin::Connection, exchange: &str) {
     if let Ok(channel) = conn.create_channel().await {
         let _ = channel
-            .exchange_delete(lapin::types::ShortString::from(exchange), lapin::options::ExchangeDeleteOptions::default())
+            .exchange_delete(
+                lapin::types::ShortString::from(exchange),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
             .await;
     }
 }
@@ -213,5 +207,44 @@ where
             return false;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The socket address a service URL points at (`localhost` resolves to 127.0.0.1).
+pub fn socket_addr_of(url: &str) -> SocketAddr {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host_port = rest.split(['/', '?']).next().expect("url has a host");
+    let host_port = host_port.replace("localhost", "127.0.0.1");
+    host_port.parse().unwrap_or_else(|_| panic!("{url:?} does not name an IP address and port"))
+}
+
+/// The grpcurl binary: `$GRPCURL`, else `$PULSE_TOOLS/bin/grpcurl` (default
+/// `/var/cache/pulse-tools`, where `build-support/scripts/ensure-tools.sh`
+/// installs it), else `grpcurl` on the PATH.
+pub fn grpcurl() -> std::path::PathBuf {
+    if let Ok(path) = std::env::var("GRPCURL") {
+        return path.into();
+    }
+    let tools = std::env::var("PULSE_TOOLS").unwrap_or_else(|_| "/var/cache/pulse-tools".to_owned());
+    let installed = std::path::Path::new(&tools).join("bin/grpcurl");
+    if installed.exists() {
+        return installed;
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join("grpcurl")).find(|p| p.exists()))
+        .expect("grpcurl not found: run build-support/scripts/ensure-tools.sh or set GRPCURL")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn via_replaces_host_and_port_only() {
+        let addr: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+        assert_eq!(via("amqp://guest:guest@localhost:5672/%2f", addr), "amqp://guest:guest@127.0.0.1:6000/%2f");
+        assert_eq!(via("postgres://postgres@127.0.0.1:5432/db?x=1", addr), "postgres://postgres@127.0.0.1:6000/db?x=1");
+        assert_eq!(via("amqp://h:1", addr), "amqp://127.0.0.1:6000");
     }
 }

@@ -20,7 +20,9 @@ impl Amount {
             Some((integer, fraction)) => (integer, fraction),
             None => (raw, ""),
         };
-        if integer.is_empty() || !integer.bytes().all(|b| b.is_ascii_digit()) || !fraction.bytes().all(|b| b.is_ascii_digit())
+        if integer.is_empty()
+            || !integer.bytes().all(|b| b.is_ascii_digit())
+            || !fraction.bytes().all(|b| b.is_ascii_digit())
         {
             return Err(shape.into());
         }
@@ -72,8 +74,27 @@ mod tests {
     #[test]
     fn rejects_what_is_not_a_positive_two_decimal_number() {
         for bad in [
-            "", "0", "0.00", "-1", "+1", "1.234", "abc", "NaN", "nan", "inf", "1e309", "1e2", " 1", "1 ", "1.", ".5",
-            "1,50", "0x10", "1.2.3", "١", "1000000000000000000",
+            "",
+            "0",
+            "0.00",
+            "-1",
+            "+1",
+            "1.234",
+            "abc",
+            "NaN",
+            "nan",
+            "inf",
+            "1e309",
+            "1e2",
+            " 1",
+            "1 ",
+            "1.",
+            ".5",
+            "1,50",
+            "0x10",
+            "1.2.3",
+            "١",
+            "1000000000000000000",
         ] {
             assert!(Amount::parse(bad).is_err(), "{bad:?} was accepted");
         }

@@ -60,13 +60,19 @@ pub struct NewOrder {
 
 impl NewOrder {
     /// Validates every field and reports all violations at once.
-    pub fn parse(customer_id: &str, amount: &str, currency: &str, request_id: &str) -> Result<Self, Vec<FieldViolation>> {
+    pub fn parse(
+        customer_id: &str,
+        amount: &str,
+        currency: &str,
+        request_id: &str,
+    ) -> Result<Self, Vec<FieldViolation>> {
         let mut violations = Vec::new();
-        let customer_id = CustomerId::parse(customer_id).map_err(|e| violations.push(FieldViolation::new("customer_id", e)));
+        let customer_id =
+            CustomerId::parse(customer_id).map_err(|e| violations.push(FieldViolation::new("customer_id", e)));
         let amount = Amount::parse(amount).map_err(|e| violations.push(FieldViolation::new("amount", e)));
         let currency = Currency::parse(currency).map_err(|e| violations.push(FieldViolation::new("currency", e)));
-        let request_id = parse_optional_uuid(request_id)
-            .map_err(|e| violations.push(FieldViolation::new("request_id", e)));
+        let request_id =
+            parse_optional_uuid(request_id).map_err(|e| violations.push(FieldViolation::new("request_id", e)));
         match (customer_id, amount, currency, request_id) {
             (Ok(customer_id), Ok(amount), Ok(currency), Ok(request_id)) if violations.is_empty() => {
                 Ok(Self { customer_id, amount, currency, request_id })

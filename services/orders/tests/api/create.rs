@@ -1,0 +1,170 @@
+use std::collections::HashSet;
+
+use contracts::{
+    events::v1::OrderCreated,
+    orders::v1::{CreateOrderRequest, GetOrderRequest, OrderStatus},
+};
+use prost::Message;
+use sqlx::PgPool;
+use tonic::Code;
+use uuid::Uuid;
+
+use crate::helpers::{Options, bad_fields, order, spawn_app, with_metadata};
+
+#[sqlx::test(migrations = false)]
+async fn create_order_commits_the_order_and_its_event_together(pool: PgPool) {
+    let mut app = spawn_app(&pool, Options::default()).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let request = with_metadata(
+        order("c-1", "77.5", "EUR"),
+        &[("x-correlation-id", "corr-happy-1"), ("traceparent", traceparent)],
+    );
+    let response = app.client.create_order(request).await.unwrap();
+    assert_eq!(response.metadata().get("x-correlation-id").unwrap(), "corr-happy-1");
+    let body = response.into_inner();
+    assert_eq!(body.correlation_id, "corr-happy-1");
+    let created = body.order.unwrap();
+    assert_eq!(created.order_id, body.order_id);
+    assert_eq!(
+        (created.customer_id.as_str(), created.amount.as_str(), created.currency.as_str()),
+        ("c-1", "77.50", "EUR")
+    );
+    assert_eq!(created.status, OrderStatus::Created as i32);
+    assert!(created.created_at.is_some());
+
+    let (event_id, payload, headers): (Uuid, Vec<u8>, serde_json::Value) = sqlx::query_as(
+        "SELECT event_id, payload, headers FROM outbox_messages WHERE aggregate_id = $1 AND routing_key = 'order.created'",
+    )
+    .bind(&body.order_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(event_id.to_string(), body.event_id);
+    let event = OrderCreated::decode(payload.as_slice()).unwrap();
+    assert_eq!(event.order_id, body.order_id);
+    assert_eq!(event.event_id, body.event_id);
+    assert_eq!((event.customer_id.as_str(), event.amount.as_str(), event.currency.as_str()), ("c-1", "77.50", "EUR"));
+    assert_eq!(event.correlation_id, "corr-happy-1");
+    assert_eq!(event.occurred_at, created.created_at);
+    assert_eq!(headers["x-correlation-id"], "corr-happy-1");
+    let stored_trace = headers["traceparent"].as_str().unwrap();
+    assert!(stored_trace.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "trace continued: {stored_trace}");
+    assert_ne!(stored_trace, traceparent, "the event gets a span of its own");
+
+    let fetched = app.client.get_order(GetOrderRequest { order_id: body.order_id.clone() }).await.unwrap();
+    assert_eq!(fetched.into_inner().order.unwrap(), created);
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn missing_or_malformed_correlation_ids_are_replaced(pool: PgPool) {
+    let mut app = spawn_app(&pool, Options::default()).await;
+    for metadata in [vec![], vec![("x-correlation-id", "has spaces in it")], vec![("x-correlation-id", "semi;colon")]] {
+        let response = app.client.create_order(with_metadata(order("c-1", "1", "EUR"), &metadata)).await.unwrap();
+        let echoed = response.metadata().get("x-correlation-id").unwrap().to_str().unwrap().to_owned();
+        let body = response.into_inner();
+        assert!(Uuid::parse_str(&body.correlation_id).is_ok(), "{metadata:?} gave {}", body.correlation_id);
+        assert_eq!(echoed, body.correlation_id);
+    }
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn invalid_orders_are_rejected_naming_the_field_and_write_nothing(pool: PgPool) {
+    let mut app = spawn_app(&pool, Options::default()).await;
+    let long = "x".repeat(129);
+    let cases: Vec<(CreateOrderRequest, &str)> = vec![
+        (order("", "10", "EUR"), "customer_id"),
+        (order(&long, "10", "EUR"), "customer_id"),
+        (order("c-1", "0", "EUR"), "amount"),
+        (order("c-1", "-1", "EUR"), "amount"),
+        (order("c-1", "1.234", "EUR"), "amount"),
+        (order("c-1", "abc", "EUR"), "amount"),
+        (order("c-1", "NaN", "EUR"), "amount"),
+        (order("c-1", "1e309", "EUR"), "amount"),
+        (order("c-1", "", "EUR"), "amount"),
+        (order("c-1", "10", "eur"), "currency"),
+        (order("c-1", "10", "EURO"), "currency"),
+        (order("c-1", "10", "XYZ"), "currency"),
+        (order("c-1", "10", ""), "currency"),
+        (CreateOrderRequest { request_id: "not-a-uuid".into(), ..order("c-1", "10", "EUR") }, "request_id"),
+    ];
+    for (request, field) in cases {
+        let shown = format!("{request:?}");
+        let status = app.client.create_order(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{shown}");
+        assert_eq!(bad_fields(&status), [field], "{shown}");
+        assert!(status.message().contains(field), "{shown}: {}", status.message());
+    }
+    let status = app.client.create_order(order("", "0", "")).await.unwrap_err();
+    assert_eq!(bad_fields(&status), ["customer_id", "amount", "currency"], "every bad field is named");
+    assert_eq!(app.count("orders").await, 0);
+    assert_eq!(app.count("outbox_messages").await, 0);
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn concurrent_retries_with_one_request_id_make_one_order_and_one_event(pool: PgPool) {
+    let app = spawn_app(&pool, Options::default()).await;
+    let request_id = Uuid::new_v4().to_string();
+    let calls = (0..20).map(|_| {
+        let mut client = app.client.clone();
+        let request = CreateOrderRequest { request_id: request_id.clone(), ..order("c-1", "12.30", "EUR") };
+        tokio::spawn(async move { client.create_order(request).await.map(|r| r.into_inner()) })
+    });
+    let mut order_ids = HashSet::new();
+    let mut event_ids = HashSet::new();
+    for call in futures::future::join_all(calls).await {
+        let body = call.unwrap().expect("every retry succeeds");
+        order_ids.insert(body.order_id);
+        event_ids.insert(body.event_id);
+    }
+    assert_eq!(order_ids.len(), 1);
+    assert_eq!(event_ids.len(), 1);
+    assert_eq!(app.count("orders").await, 1);
+    assert_eq!(app.count("outbox_messages").await, 1);
+
+    // The same key for a different order is a client bug, not a retry.
+    let mut client = app.client.clone();
+    let status = client
+        .create_order(CreateOrderRequest { request_id: request_id.clone(), ..order("c-1", "99", "EUR") })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(bad_fields(&status), ["request_id"]);
+    assert_eq!(app.count("orders").await, 1);
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_failure_after_the_order_insert_leaves_neither_order_nor_event(pool: PgPool) {
+    let mut app = spawn_app(&pool, Options::default()).await;
+    // Inject the failure in the database itself: the outbox insert, which runs
+    // after the order insert in the same transaction, now violates a constraint.
+    sqlx::query("ALTER TABLE outbox_messages ADD CONSTRAINT injected_failure CHECK (false) NOT VALID")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let status = app.client.create_order(order("c-1", "10", "EUR")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    assert_eq!(status.message(), "internal error", "no internals leak to the client");
+    assert_eq!(app.count("orders").await, 0);
+    assert_eq!(app.count("outbox_messages").await, 0);
+
+    sqlx::query("ALTER TABLE outbox_messages DROP CONSTRAINT injected_failure").execute(&pool).await.unwrap();
+    app.client.create_order(order("c-1", "10", "EUR")).await.expect("works again");
+    assert_eq!(app.count("orders").await, 1);
+    assert_eq!(app.count("outbox_messages").await, 1);
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn get_order_answers_not_found_and_invalid_argument(pool: PgPool) {
+    let mut app = spawn_app(&pool, Options::default()).await;
+    let status = app.client.get_order(GetOrderRequest { order_id: Uuid::new_v4().to_string() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = app.client.get_order(GetOrderRequest { order_id: "42".into() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(bad_fields(&status), ["order_id"]);
+    app.stop().await;
+}

@@ -1,0 +1,112 @@
+use std::{net::SocketAddr, time::Duration};
+
+use contracts::orders::v1::{CreateOrderRequest, order_service_client::OrderServiceClient};
+use orders::{
+    config::{Config, Role},
+    startup::App,
+};
+use outbox::RelayConfig;
+use platform::db::PoolSettings;
+use secrecy::SecretString;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub(crate) struct TestApp {
+    pub(crate) addr: SocketAddr,
+    pub(crate) client: OrderServiceClient<Channel>,
+    pub(crate) pool: PgPool,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+#[derive(Default)]
+pub(crate) struct Options {
+    /// Run the outbox relay in the app.
+    pub(crate) relay: bool,
+    /// Reach RabbitMQ at this URL (e.g. through a fault proxy).
+    pub(crate) amqp_url: Option<String>,
+    /// Reach Postgres at this address (e.g. through a fault proxy).
+    pub(crate) database_addr: Option<SocketAddr>,
+}
+
+/// The URL of the database `#[sqlx::test]` made for this test.
+pub(crate) fn database_url(pool: &PgPool, addr: Option<SocketAddr>) -> String {
+    let name = pool.connect_options().get_database().expect("test database has a name").to_owned();
+    let base = testkit::database_url();
+    let (server, _) = base.rsplit_once('/').expect("database url has a path");
+    let url = format!("{server}/{name}");
+    match addr {
+        Some(addr) => testkit::via(&url, addr),
+        None => url,
+    }
+}
+
+pub(crate) async fn spawn_app(pool: &PgPool, options: Options) -> TestApp {
+    platform::telemetry::init_for_tests();
+    let amqp = options.amqp_url.unwrap_or_else(testkit::amqp_url);
+    let mut relay =
+        RelayConfig::new(SecretString::from(amqp), "pulse-orders", vec![contracts::EVENTS_EXCHANGE.to_owned()]);
+    relay.poll_interval = Duration::from_millis(200);
+    relay.rebalance_interval = Duration::from_millis(200);
+    relay.backoff_initial = Duration::from_millis(50);
+    relay.backoff_max = Duration::from_millis(500);
+    let config = Config {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        database_url: SecretString::from(database_url(pool, options.database_addr)),
+        pool: PoolSettings { max_connections: 10, acquire_timeout: Duration::from_secs(2) },
+        role: if options.relay { Role::All } else { Role::Api },
+        relay,
+        shutdown_grace: Duration::ZERO,
+        health_interval: Duration::from_secs(1),
+    };
+    let app = App::build(config).await.expect("app builds");
+    let addr = app.grpc_addr();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let client = OrderServiceClient::connect(format!("http://{addr}")).await.expect("client connects");
+    TestApp { addr, client, pool: pool.clone(), shutdown, handle }
+}
+
+impl TestApp {
+    pub(crate) async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.expect("app task").expect("app stops cleanly");
+    }
+
+    pub(crate) async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&self.pool).await.unwrap()
+    }
+}
+
+pub(crate) fn order(customer: &str, amount: &str, currency: &str) -> CreateOrderRequest {
+    CreateOrderRequest {
+        customer_id: customer.into(),
+        amount: amount.into(),
+        currency: currency.into(),
+        request_id: String::new(),
+    }
+}
+
+/// A request carrying metadata.
+pub(crate) fn with_metadata<T>(body: T, pairs: &[(&'static str, &str)]) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(body);
+    for (key, value) in pairs {
+        request.metadata_mut().insert(*key, value.parse().unwrap());
+    }
+    request
+}
+
+/// The field names of a status's `google.rpc.BadRequest` detail.
+pub(crate) fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// A gRPC channel to `addr`, for the health and reflection clients.
+pub(crate) async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("channel connects")
+}

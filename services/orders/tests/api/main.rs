@@ -1,0 +1,8 @@
+//! Orders API tests: the real service in-process against the real Postgres
+//! and RabbitMQ, driven through a generated gRPC client (and grpcurl).
+
+mod create;
+mod grpcurl;
+mod health;
+mod helpers;
+mod relay;
