@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use outbox::RelayConfig;
 use platform::{
-    config::{ConfigError, addr_or, millis_or, parse_or, secret_url_or, var_or},
+    config::{ConfigError, addr_or, millis_or, parse_or, secret_url_or},
     db::PoolSettings,
 };
 use secrecy::SecretString;
@@ -43,6 +43,8 @@ pub struct Config {
     /// Between NOT_SERVING and closing the listener, so load balancers stop routing first.
     pub shutdown_grace: Duration,
     pub health_interval: Duration,
+    /// At most one cross-process NOTIFY per this interval (see `outbox::OutboxWriter`).
+    pub doorbell_interval: Duration,
 }
 
 impl Config {
@@ -53,7 +55,10 @@ impl Config {
         relay.poll_interval = millis_or("OUTBOX_POLL_INTERVAL_MS", relay.poll_interval)?;
         relay.backoff_max = millis_or("OUTBOX_BACKOFF_MAX_MS", relay.backoff_max)?;
         relay.retention = Duration::from_secs(3600 * parse_or("OUTBOX_RETENTION_HOURS", 24u64)?);
-        relay.notify_channel = Some(var_or("OUTBOX_NOTIFY_CHANNEL", outbox::DEFAULT_NOTIFY_CHANNEL));
+        // An empty channel name turns LISTEN/NOTIFY off: relays then rely on their poll.
+        let channel =
+            std::env::var("OUTBOX_NOTIFY_CHANNEL").unwrap_or_else(|_| outbox::DEFAULT_NOTIFY_CHANNEL.to_owned());
+        relay.notify_channel = (!channel.trim().is_empty()).then(|| channel.trim().to_owned());
         if !(1..=10_000).contains(&relay.batch_size) {
             return Err(ConfigError::Invalid { name: "OUTBOX_BATCH_SIZE".into(), reason: "must be 1 to 10000".into() });
         }
@@ -71,6 +76,7 @@ impl Config {
             relay,
             shutdown_grace: millis_or("ORDERS_SHUTDOWN_GRACE_MS", Duration::ZERO)?,
             health_interval: Duration::from_secs(1),
+            doorbell_interval: millis_or("OUTBOX_DOORBELL_INTERVAL_MS", Duration::from_millis(2))?,
         })
     }
 }

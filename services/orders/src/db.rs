@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::NewOrder;
+use outbox::{Appended, OutboxMessage};
 
 /// An order as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -21,33 +21,53 @@ pub struct OrderRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// The status of a freshly created order.
+pub const STATUS_CREATED: &str = "CREATED";
+
 const COLUMNS: &str = "order_id, customer_id, amount::text AS amount, currency::text AS currency, status, \
                        request_id, event_id, correlation_id, created_at";
 
-/// Inserts the order, or returns None when its `request_id` is already taken
-/// (the earlier order wins; a concurrent twin waits for it to commit first).
-pub async fn insert_order(
+/// Inserts the order and its outbox message in one statement (so one round
+/// trip and one implicit transaction), or returns None when the order's
+/// `request_id` is already taken: then neither is written (the earlier order
+/// wins; a concurrent twin waits for it to commit first).
+pub async fn insert_order_with_event(
     conn: &mut PgConnection,
-    order_id: Uuid,
-    event_id: Uuid,
-    order: &NewOrder,
-    correlation_id: &str,
-) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "INSERT INTO orders (order_id, customer_id, amount, currency, request_id, event_id, correlation_id)
-         VALUES ($1, $2, $3::numeric, $4, $5, $6, $7)
-         ON CONFLICT (request_id) DO NOTHING
-         RETURNING {COLUMNS}"
-    ))
-    .bind(order_id)
-    .bind(order.customer_id.as_str())
-    .bind(order.amount.to_string())
-    .bind(order.currency.code())
-    .bind(order.request_id)
-    .bind(event_id)
-    .bind(correlation_id)
-    .fetch_optional(conn)
-    .await
+    order: &OrderRow,
+    event: &OutboxMessage,
+) -> Result<Option<(OrderRow, Appended)>, sqlx::Error> {
+    let sql = format!(
+        "WITH new_order AS (
+             INSERT INTO orders (order_id, customer_id, amount, currency, status, request_id, event_id,
+                                 correlation_id, created_at)
+             VALUES ($1, $2, $3::numeric, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (request_id) DO NOTHING
+             RETURNING {COLUMNS}
+         ), event AS ({})
+         SELECT new_order.*, event.id AS outbox_id, event.partition AS outbox_partition
+         FROM new_order CROSS JOIN event",
+        outbox::insert_from("new_order", 10)
+    );
+    let query = sqlx::query_as::<_, InsertedRow>(&sql)
+        .bind(order.order_id)
+        .bind(&order.customer_id)
+        .bind(&order.amount)
+        .bind(&order.currency)
+        .bind(&order.status)
+        .bind(order.request_id)
+        .bind(order.event_id)
+        .bind(&order.correlation_id)
+        .bind(order.created_at);
+    let inserted = event.bind(query).fetch_optional(conn).await?;
+    Ok(inserted.map(|row| (row.order, Appended { id: row.outbox_id, partition: row.outbox_partition })))
+}
+
+#[derive(sqlx::FromRow)]
+struct InsertedRow {
+    #[sqlx(flatten)]
+    order: OrderRow,
+    outbox_id: i64,
+    outbox_partition: i16,
 }
 
 pub async fn find_by_request_id(conn: &mut PgConnection, request_id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {

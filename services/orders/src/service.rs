@@ -1,6 +1,7 @@
 //! What the RPCs do, apart from their wire format.
 
 use anyhow::anyhow;
+use chrono::{DurationRound, TimeDelta, Utc};
 use outbox::OutboxWriter;
 use platform::{correlation::CorrelationId, tracecontext::TraceParent};
 use sqlx::PgPool;
@@ -39,15 +40,25 @@ impl Orders {
             tracing::info!(fields = ?violations.iter().map(|v| v.field).collect::<Vec<_>>(), "order rejected");
             OrdersError::InvalidArgument(violations)
         })?;
-        let mut tx = self.pool.begin().await?;
-        let inserted = db::insert_order(&mut tx, Uuid::now_v7(), Uuid::now_v7(), &order, correlation.as_str()).await?;
-        let Some(row) = inserted else {
-            tx.rollback().await?;
+        let draft = OrderRow {
+            order_id: Uuid::now_v7(),
+            customer_id: order.customer_id.as_str().to_owned(),
+            amount: order.amount.to_string(),
+            currency: order.currency.code().to_owned(),
+            status: db::STATUS_CREATED.to_owned(),
+            request_id: order.request_id,
+            event_id: Uuid::now_v7(),
+            correlation_id: correlation.as_str().to_owned(),
+            // Postgres keeps microseconds: truncate so the event's occurred_at equals the row's created_at.
+            created_at: Utc::now().duration_trunc(TimeDelta::microseconds(1)).map_err(anyhow::Error::from)?,
+        };
+        let event = messaging::outbox_message(&draft, trace);
+        let mut conn = self.pool.acquire().await?;
+        let Some((row, appended)) = db::insert_order_with_event(&mut conn, &draft, &event).await? else {
+            drop(conn);
             return self.replay(&order).await;
         };
-        self.outbox.append(&mut tx, &messaging::outbox_message(&row, trace)).await?;
-        tx.commit().await?;
-        self.outbox.committed();
+        self.outbox.committed(appended);
         tracing::info!(order_id = %row.order_id, event_id = %row.event_id, "order created");
         Ok(row)
     }

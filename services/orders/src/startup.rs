@@ -74,14 +74,12 @@ impl App {
             config.health_interval * 2,
             shutdown.clone(),
         ));
-        writer.spawn_doorbell(
-            pool.clone(),
-            config.relay.notify_channel.as_deref().unwrap_or(outbox::DEFAULT_NOTIFY_CHANNEL),
-            background.clone(),
-        );
+        if let Some(channel) = config.relay.notify_channel.as_deref() {
+            writer.spawn_doorbell(pool.clone(), channel, config.doorbell_interval, background.clone());
+        }
 
         if config.role != Role::Api {
-            let relay = Relay::new(options, config.relay.clone(), Some(writer.local_waker()));
+            let relay = Relay::new(options, config.relay.clone(), Some(writer.local_relay()));
             let mut status = relay.status();
             let reporter = health.clone();
             let stopped = background.clone();

@@ -2,7 +2,8 @@
 //!
 //! * [`OutboxWriter::append`] adds a message to `outbox_messages` inside the
 //!   caller's transaction, so the message exists if and only if the caller's
-//!   own rows commit.
+//!   own rows commit. [`insert_from`] does the same inside the caller's own
+//!   statement, when one round trip should write both.
 //! * [`Relay`] moves pending rows to RabbitMQ: it claims a batch from the
 //!   partitions it owns, publishes the whole batch with publisher confirms in
 //!   flight together and the `mandatory` flag set, and deletes (or archives)
@@ -12,8 +13,11 @@
 //!   held on the relay's connection. Relays share the partitions between them
 //!   and hand one over only between batches, so an aggregate's events reach
 //!   the broker in the order they were written, also with several relays.
-//! * Wake-ups: the writer's transaction sends `NOTIFY` (delivered at commit) and
-//!   an in-process waker can be poked after commit; a slow poll is the fallback.
+//! * Wake-ups: after a commit, [`OutboxWriter::committed`] pokes the in-process
+//!   relay at once and rings a doorbell that sends one `NOTIFY` (on a connection
+//!   of its own, coalescing bursts) for relays in other processes, which
+//!   `LISTEN`; a slow poll is the fallback. Relays drain without waiting while
+//!   batches come back full.
 //!
 //! The schema is in `migrations/orders/0001_outbox.sql`; a service that uses
 //! the outbox copies that migration into its own set.
@@ -24,7 +28,9 @@ mod publisher;
 mod relay;
 mod retention;
 
-pub use message::{DEFAULT_NOTIFY_CHANNEL, OutboxMessage, OutboxWriter, PARTITIONS, partition_of};
+pub use message::{
+    Appended, DEFAULT_NOTIFY_CHANNEL, LocalRelay, OutboxMessage, OutboxWriter, PARTITIONS, insert_from, partition_of,
+};
 pub use relay::{Relay, RelayConfig, RelayStatus};
 /// One pass of archive upkeep (what the relay runs every minute); for operators and tests.
 pub use retention::run_once as maintain_archive_once;

@@ -68,6 +68,10 @@ impl Ownership {
         self.owned.len()
     }
 
+    pub(crate) fn partitions(&self) -> impl Iterator<Item = i16> + '_ {
+        self.owned.iter().copied()
+    }
+
     /// Takes or gives back partitions so that each live relay owns its share.
     /// Returns whether this relay still owns fewer than its share.
     pub(crate) async fn rebalance(&mut self) -> Result<bool, sqlx::Error> {

@@ -13,7 +13,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    message::DEFAULT_NOTIFY_CHANNEL,
+    message::{DEFAULT_NOTIFY_CHANNEL, LocalRelay},
     ownership::Ownership,
     publisher::{Outcome, Publisher},
     retention,
@@ -78,15 +78,15 @@ impl RelayStatus {
 pub struct Relay {
     options: PgConnectOptions,
     config: RelayConfig,
-    waker: Arc<Notify>,
+    local: LocalRelay,
     status: watch::Sender<RelayStatus>,
 }
 
 impl Relay {
-    /// A relay over the database at `options`. `waker` is the writer's
-    /// [`crate::OutboxWriter::local_waker`] when both live in one process.
-    pub fn new(options: PgConnectOptions, config: RelayConfig, waker: Option<Arc<Notify>>) -> Self {
-        Self { options, config, waker: waker.unwrap_or_default(), status: watch::Sender::new(RelayStatus::default()) }
+    /// A relay over the database at `options`. `local` is the writer's
+    /// [`crate::OutboxWriter::local_relay`] when both live in one process.
+    pub fn new(options: PgConnectOptions, config: RelayConfig, local: Option<LocalRelay>) -> Self {
+        Self { options, config, local: local.unwrap_or_default(), status: watch::Sender::new(RelayStatus::default()) }
     }
 
     pub fn status(&self) -> watch::Receiver<RelayStatus> {
@@ -97,7 +97,7 @@ impl Relay {
     pub async fn run(self, shutdown: CancellationToken) {
         let tasks = CancellationToken::new();
         if let Some(channel) = self.config.notify_channel.clone() {
-            tokio::spawn(listen(self.options.clone(), channel, Arc::clone(&self.waker), tasks.clone()));
+            tokio::spawn(listen(self.options.clone(), channel, Arc::clone(&self.local.waker), tasks.clone()));
         }
         if !self.config.retention.is_zero() {
             tokio::spawn(retention::maintain(self.options.clone(), self.config.retention, tasks.clone()));
@@ -114,6 +114,7 @@ impl Relay {
 
         while !shutdown.is_cancelled() {
             if db.is_none() {
+                self.local.set_owned([]);
                 match Ownership::connect(&self.options).await {
                     Ok(ownership) => {
                         tracing::info!(relay = ownership.instance(), "relay connected to the database");
@@ -157,6 +158,7 @@ impl Relay {
                 match ownership.rebalance().await {
                     // Short of our share: look again soon, a peer is giving partitions back.
                     Ok(short) => {
+                        self.local.set_owned(ownership.partitions());
                         let wait =
                             if short { self.config.rebalance_interval / 8 } else { self.config.rebalance_interval };
                         next_rebalance = Instant::now() + wait;
@@ -183,7 +185,7 @@ impl Relay {
                 let until_rebalance = next_rebalance.saturating_duration_since(Instant::now());
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
-                    _ = self.waker.notified() => {}
+                    _ = self.local.waker.notified() => {}
                     _ = tokio::time::sleep(self.config.poll_interval.min(until_rebalance)) => {}
                 }
                 continue;
@@ -232,6 +234,7 @@ impl Relay {
         if let Some(publisher) = broker {
             publisher.close().await;
         }
+        self.local.set_owned([]);
         if let Some(ownership) = db {
             ownership.close().await;
         }

@@ -60,11 +60,15 @@ async fn two_relays_publish_every_row_once_in_aggregate_order(pool: PgPool) {
     // its partitions move to B in the middle of the stream.
     for wave in 0..40 {
         let mut tx = pool.begin().await.unwrap();
+        let mut receipts = Vec::new();
         for aggregate in &aggregates {
-            writer.append(&mut tx, &message(&exchange, "seq.created", aggregate, wave)).await.unwrap();
+            let appended = writer.append(&mut tx, &message(&exchange, "seq.created", aggregate, wave)).await.unwrap();
+            receipts.push(appended);
         }
         tx.commit().await.unwrap();
-        writer.committed();
+        for appended in receipts {
+            writer.committed(appended);
+        }
         if wave == 20 {
             stop_a.cancel();
         }
@@ -105,7 +109,7 @@ async fn published_message_carries_properties_and_headers(pool: PgPool) {
     let writer = OutboxWriter::new();
     let sent = message(&exchange, "seq.created", "agg-1", 0);
     let mut tx = pool.begin().await.unwrap();
-    writer.append(&mut tx, &sent).await.unwrap();
+    let _ = writer.append(&mut tx, &sent).await.unwrap();
     tx.commit().await.unwrap();
 
     let (stop, relay) = start(&options, config(&exchange));
@@ -150,7 +154,7 @@ async fn unroutable_message_stays_pending_until_a_queue_is_bound(pool: PgPool) {
     let writer = OutboxWriter::new();
     let sent = message(&exchange, "nobody.listens", "agg-1", 0);
     let mut tx = pool.begin().await.unwrap();
-    writer.append(&mut tx, &sent).await.unwrap();
+    let _ = writer.append(&mut tx, &sent).await.unwrap();
     tx.commit().await.unwrap();
 
     let (stop, relay) = start(&options, config(&exchange));
@@ -180,7 +184,7 @@ async fn unroutable_message_stays_pending_until_a_queue_is_bound(pool: PgPool) {
 async fn appended_rows_vanish_with_a_rolled_back_transaction(pool: PgPool) {
     let writer = OutboxWriter::new();
     let mut tx = pool.begin().await.unwrap();
-    writer.append(&mut tx, &message("x", "y", "agg", 0)).await.unwrap();
+    let _ = writer.append(&mut tx, &message("x", "y", "agg", 0)).await.unwrap();
     tx.rollback().await.unwrap();
     assert_eq!(pending(&pool).await, 0);
 }

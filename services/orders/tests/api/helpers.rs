@@ -59,6 +59,7 @@ pub(crate) async fn spawn_app(pool: &PgPool, options: Options) -> TestApp {
         relay,
         shutdown_grace: Duration::ZERO,
         health_interval: Duration::from_secs(1),
+        doorbell_interval: Duration::from_millis(2),
     };
     let app = App::build(config).await.expect("app builds");
     let addr = app.grpc_addr();

@@ -1,0 +1,39 @@
+//! End-to-end latency from one clock: the order row's and the notification
+//! row's `clock_timestamp()` defaults, both written by the same Postgres server.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use hdrhistogram::Histogram;
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+/// Microseconds from order commit to notification commit, for `ids`.
+pub(crate) async fn order_to_notification(
+    orders_url: &str,
+    notifications_url: &str,
+    ids: &[Uuid],
+) -> anyhow::Result<Histogram<u64>> {
+    let mut orders = PgConnection::connect(orders_url).await?;
+    let mut notifications = PgConnection::connect(notifications_url).await?;
+    let created: HashMap<Uuid, DateTime<Utc>> =
+        sqlx::query_as("SELECT order_id, created_at FROM orders WHERE order_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&mut orders)
+            .await?
+            .into_iter()
+            .collect();
+    let notified: Vec<(Uuid, DateTime<Utc>)> =
+        sqlx::query_as("SELECT order_id, created_at FROM notifications WHERE order_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&mut notifications)
+            .await?;
+    let mut histogram = Histogram::new_with_bounds(1, 600_000_000, 3)?;
+    for (order_id, at) in notified {
+        if let Some(start) = created.get(&order_id) {
+            let micros = (at - *start).num_microseconds().unwrap_or(i64::MAX).max(1) as u64;
+            histogram.saturating_record(micros);
+        }
+    }
+    Ok(histogram)
+}

@@ -1,0 +1,255 @@
+//! `bench`: Pulse's throughput, end-to-end latency and backlog drain, each
+//! beside a ceiling measured in the same run. Starts and stops the `orders`
+//! and `notifications` binaries it measures (built alongside it).
+//!
+//! Usage: `bench [--quick | --smoke] [--json PATH]`
+
+mod ceilings;
+mod latency;
+mod load;
+mod plan;
+mod procs;
+mod queues;
+mod report;
+mod stack;
+
+use std::{path::PathBuf, process::ExitCode, time::Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{
+    plan::Plan,
+    report::{Report, ms, round},
+    stack::Stack,
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let mut mode = "full";
+    let mut json: Option<PathBuf> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => mode = "quick",
+            "--smoke" => mode = "smoke",
+            "--json" => json = args.next().map(PathBuf::from),
+            other => {
+                eprintln!("unknown argument {other:?}\nusage: bench [--quick | --smoke] [--json PATH]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let plan = Plan::new(mode);
+    let server =
+        std::env::var("BENCH_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432".into());
+    let amqp = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let mut stack = Stack::new(server, amqp);
+    let mut report = Report::default();
+    report.set("mode", mode);
+    let started = Instant::now();
+    let outcome = run(&plan, &mut stack, &mut report).await;
+    let cleanup = stack.reset().await;
+    report.set("elapsed_s", round(started.elapsed().as_secs_f64(), 1));
+    report.print();
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report.json()).expect("json");
+        if let Err(err) = std::fs::write(&path, text) {
+            eprintln!("cannot write {}: {err}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    match outcome.and(cleanup) {
+        Ok(()) => {
+            println!(
+                "\nbench: every order has exactly one notification ({} mode, {:.0} s)",
+                mode,
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("\nbench FAILED: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn spinner(message: String) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {pos} orders ({per_sec}) {elapsed}").expect("template"),
+    );
+    bar.set_message(message);
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+async fn run(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow::Result<()> {
+    stack.reset().await?;
+
+    // 1. Ceilings.
+    let bar = spinner("ceiling: raw sqlx two-insert transactions, 32 connections".into());
+    let ceiling_db = stack.url("pulse_bench_ceiling");
+    platform::db::create_database_if_missing(&ceiling_db.parse()?).await?;
+    let pg = ceilings::pg_two_inserts(&ceiling_db, 32, plan.pg_ceiling).await?;
+    bar.set_message("ceiling: raw lapin publish, 1,000 confirms in flight");
+    let amqp = ceilings::amqp_publish_confirm(&stack.amqp, plan.amqp_messages).await?;
+    bar.finish_and_clear();
+    report.set("ceilings.pg_create_order_tps_c32", round(pg, 0));
+    report.set("ceilings.amqp_publish_confirm_per_s", round(amqp, 0));
+    report.row("ceiling: Postgres two-insert tx, 32 clients", format!("{pg:.0} tx/s"), "raw sqlx");
+    report.row("ceiling: RabbitMQ publish, pipelined confirms", format!("{amqp:.0} msg/s"), "raw lapin, quorum queue");
+
+    // 2. CreateOrder, relay and consumer off.
+    stack.start_orders("api").await?;
+    for &clients in &plan.levels {
+        let bar = spinner(format!("CreateOrder, {clients} clients, relay off"));
+        let result = load::closed_loop(stack.orders_addr(), clients, plan.level, None, &bar).await?;
+        bar.finish_and_clear();
+        let tps = result.rate();
+        let key = format!("create_order.c{clients}");
+        report.set(&format!("{key}_tps"), round(tps, 0));
+        report.set(&format!("{key}_p50_ms"), ms(&result.latency_us, 0.5));
+        report.set(&format!("{key}_p99_ms"), ms(&result.latency_us, 0.99));
+        report.set(&format!("{key}_p999_ms"), ms(&result.latency_us, 0.999));
+        report.set(&format!("{key}_errors"), result.errors);
+        report.row(
+            format!("CreateOrder c{clients}, relay off"),
+            format!("{tps:.0} tx/s"),
+            format!(
+                "{:.2}x ceiling; p50 {} / p99 {} / p99.9 {} ms; {} errors",
+                tps / pg,
+                ms(&result.latency_us, 0.5),
+                ms(&result.latency_us, 0.99),
+                ms(&result.latency_us, 0.999),
+                result.errors
+            ),
+        );
+        if clients == 32 {
+            report.set("create_order.c32_ratio", round(tps / pg, 3));
+        }
+    }
+    stack.sample_rss();
+    stack.reset().await?;
+
+    // 3. CreateOrder at 32 clients with relay and consumer running.
+    stack.start_notifications().await?;
+    stack.start_orders("all").await?;
+    let bar = spinner("CreateOrder, 32 clients, relay and consumer on".into());
+    let result = load::closed_loop(stack.orders_addr(), 32, plan.relay_on, None, &bar).await?;
+    bar.finish_and_clear();
+    let window_end = Instant::now();
+    let (_, caught_up) = stack.wait_delivered(result.ok as i64, window_end, plan.settle).await?;
+    let verified = stack.verify().await?;
+    report.set("create_order.c32_relay_on_tps", round(result.rate(), 0));
+    report.set("create_order.c32_relay_on_catchup_s", round(caught_up.as_secs_f64(), 3));
+    report.row(
+        "CreateOrder c32, relay + consumer on",
+        format!("{:.0} tx/s", result.rate()),
+        format!(
+            "{:.2}x ceiling; caught up {:.2} s after the window; {verified} verified",
+            result.rate() / pg,
+            caught_up.as_secs_f64()
+        ),
+    );
+    stack.reset().await?;
+
+    // 4. End-to-end latency at fixed rates.
+    stack.start_notifications().await?;
+    stack.start_orders("all").await?;
+    for &rate in &plan.rates {
+        let bar = spinner(format!("end to end at {rate:.0} orders/s"));
+        let before = stack.notification_count().await?;
+        let result = load::open_loop(stack.orders_addr(), rate, plan.rate_window, &bar).await?;
+        bar.finish_and_clear();
+        stack.wait_delivered(before + result.ok as i64, Instant::now(), plan.settle).await?;
+        let latency =
+            latency::order_to_notification(&stack.orders_url(), &stack.notifications_url(), &result.order_ids).await?;
+        let key = format!("end_to_end.rate{rate:.0}");
+        report.set(&format!("{key}_p50_ms"), ms(&latency, 0.5));
+        report.set(&format!("{key}_p99_ms"), ms(&latency, 0.99));
+        report.set(&format!("{key}_max_ms"), ms(&latency, 1.0));
+        report.set(&format!("{key}_achieved_per_s"), round(result.rate(), 1));
+        report.row(
+            format!("end to end at {rate:.0}/s (commit to commit)"),
+            format!("p50 {} ms", ms(&latency, 0.5)),
+            format!("p99 {} ms, max {} ms; {} orders", ms(&latency, 0.99), ms(&latency, 1.0), result.ok),
+        );
+    }
+    stack.verify().await?;
+    stack.reset().await?;
+
+    // 5. Backlog drain: orders pile up with no relay, then one relay starts.
+    stack.start_notifications().await?;
+    stack.start_orders("api").await?;
+    let bar = spinner(format!("creating a backlog of {} orders", plan.drain_orders));
+    let result =
+        load::closed_loop(stack.orders_addr(), 32, std::time::Duration::from_secs(3600), Some(plan.drain_orders), &bar)
+            .await?;
+    bar.finish_and_clear();
+    stack.stop_orders().await?;
+    let bar = spinner("draining the backlog".into());
+    let restored = Instant::now();
+    stack.start_orders("relay").await?;
+    let (empty, handled) = stack.wait_delivered(result.ok as i64, restored, plan.settle * 4).await?;
+    bar.finish_and_clear();
+    stack.verify().await?;
+    let drained = result.ok as f64 / empty.as_secs_f64();
+    let handled_rate = result.ok as f64 / handled.as_secs_f64();
+    report.set("drain.events", result.ok);
+    report.set("drain.events_per_s", round(drained, 0));
+    report.set("drain.handled_per_s", round(handled_rate, 0));
+    report.set("drain.ratio", round(drained / amqp, 3));
+    report.row(
+        format!("backlog drain of {}", result.ok),
+        format!("{drained:.0} ev/s"),
+        format!("{:.2}x publish ceiling; all handled at {handled_rate:.0}/s", drained / amqp),
+    );
+    stack.reset().await?;
+
+    // 6. Sustained pipeline at the highest rate with end-to-end p99 under 100 ms.
+    stack.start_notifications().await?;
+    stack.start_orders("all").await?;
+    let mut best = plan.pipeline_start;
+    let mut rate = plan.pipeline_start;
+    for _ in 0..plan.search_steps {
+        let bar = spinner(format!("pipeline search at {rate:.0} orders/s"));
+        let result = load::open_loop(stack.orders_addr(), rate, plan.probe, &bar).await?;
+        bar.finish_and_clear();
+        let delivered = stack
+            .wait_delivered(stack.notification_count().await? + result.ok as i64, Instant::now(), plan.settle)
+            .await;
+        let latency =
+            latency::order_to_notification(&stack.orders_url(), &stack.notifications_url(), &result.order_ids).await?;
+        let kept_up =
+            delivered.is_ok() && result.rate() >= 0.95 * rate && ms(&latency, 0.99) < 100.0 && result.errors == 0;
+        if !kept_up {
+            break;
+        }
+        best = rate;
+        rate *= 1.4;
+    }
+    let bar = spinner(format!("sustained pipeline at {best:.0} orders/s"));
+    let before = stack.notification_count().await?;
+    let result = load::open_loop(stack.orders_addr(), best, plan.sustained, &bar).await?;
+    bar.finish_and_clear();
+    stack.wait_delivered(before + result.ok as i64, Instant::now(), plan.settle).await?;
+    let latency =
+        latency::order_to_notification(&stack.orders_url(), &stack.notifications_url(), &result.order_ids).await?;
+    stack.verify().await?;
+    report.set("pipeline.target_per_s", round(best, 0));
+    report.set("pipeline.orders_per_s", round(result.rate(), 0));
+    report.set("pipeline.p99_ms", ms(&latency, 0.99));
+    report.set("pipeline.ratio", round(result.rate() / pg, 3));
+    report.row(
+        "sustained pipeline (e2e p99 < 100 ms)",
+        format!("{:.0} orders/s", result.rate()),
+        format!("{:.2}x ceiling; p50 {} / p99 {} ms", result.rate() / pg, ms(&latency, 0.5), ms(&latency, 0.99)),
+    );
+    stack.sample_rss();
+    report.set("rss_mib.orders", round(stack.peak_rss_orders, 1));
+    report.set("rss_mib.notifications", round(stack.peak_rss_notifications, 1));
+    report.row("peak RSS orders", format!("{:.1} MiB", stack.peak_rss_orders), "target <= 32 MiB");
+    report.row("peak RSS notifications", format!("{:.1} MiB", stack.peak_rss_notifications), "target <= 32 MiB");
+    Ok(())
+}

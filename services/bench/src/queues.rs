@@ -1,0 +1,26 @@
+//! The bench's own consumer queues, deleted between phases so that no phase
+//! inherits another's messages.
+
+use lapin::{Connection, ConnectionProperties, options::QueueDeleteOptions, types::ShortString};
+
+/// Main queue of the bench's notifications consumer.
+pub(crate) const MAIN_QUEUE: &str = "bench.notifications.order-created";
+/// Retry tiers the bench configures (milliseconds), so it knows their queue names.
+pub(crate) const RETRY_DELAYS_MS: &str = "1000,5000,30000";
+
+pub(crate) async fn delete_consumer_queues(url: &str) -> anyhow::Result<()> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let delays: Vec<std::time::Duration> = RETRY_DELAYS_MS
+        .split(',')
+        .map(|ms| std::time::Duration::from_millis(ms.parse().expect("constant delays parse")))
+        .collect();
+    let topology = inbox::Topology::new(contracts::EVENTS_EXCHANGE, MAIN_QUEUE, &[], &delays);
+    let mut names = vec![topology.main.clone(), topology.dead_letter.clone()];
+    names.extend(topology.retries.iter().map(|(_, name)| name.clone()));
+    let channel = connection.create_channel().await?;
+    for name in names {
+        channel.queue_delete(ShortString::from(name.as_str()), QueueDeleteOptions::default()).await?;
+    }
+    let _ = connection.close(200, ShortString::from("done")).await;
+    Ok(())
+}

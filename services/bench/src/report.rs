@@ -1,0 +1,63 @@
+//! The report: a table of figures beside their ceilings, and the JSON file.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+#[derive(Default)]
+pub(crate) struct Report {
+    figures: BTreeMap<String, Value>,
+    rows: Vec<(String, String, String)>,
+}
+
+impl Report {
+    /// Records `value` under a dotted key (`create_order.c32_tps`).
+    pub(crate) fn set(&mut self, key: &str, value: impl Into<Value>) {
+        self.figures.insert(key.to_owned(), value.into());
+    }
+
+    /// A table row: what, the figure, and its comparison.
+    pub(crate) fn row(&mut self, what: impl Into<String>, figure: impl Into<String>, against: impl Into<String>) {
+        self.rows.push((what.into(), figure.into(), against.into()));
+    }
+
+    pub(crate) fn print(&self) {
+        let width = self.rows.iter().map(|r| r.0.len()).max().unwrap_or(10).max(10);
+        let figure = self.rows.iter().map(|r| r.1.len()).max().unwrap_or(10).max(10);
+        println!();
+        println!("{:width$}  {:>figure$}  against", "figure", "value");
+        println!("{}", "-".repeat(width + figure + 40));
+        for (what, value, against) in &self.rows {
+            println!("{what:width$}  {value:>figure$}  {against}");
+        }
+    }
+
+    /// Nested JSON: `a.b` becomes `{"a": {"b": ...}}`.
+    pub(crate) fn json(&self) -> Value {
+        let mut root = json!({});
+        for (key, value) in &self.figures {
+            let mut node = &mut root;
+            let parts: Vec<&str> = key.split('.').collect();
+            for part in &parts[..parts.len() - 1] {
+                node = node.as_object_mut().expect("object").entry(*part).or_insert_with(|| json!({}));
+            }
+            node.as_object_mut().expect("object").insert(parts[parts.len() - 1].to_owned(), value.clone());
+        }
+        root
+    }
+}
+
+/// `p50 / p99 / p99.9 / max` of a microsecond histogram, in milliseconds.
+pub(crate) fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+    if histogram.is_empty() {
+        return 0.0;
+    }
+    let us = if quantile >= 1.0 { histogram.max() } else { histogram.value_at_quantile(quantile) };
+    (us as f64 / 1000.0 * 100.0).round() / 100.0
+}
+
+pub(crate) fn round(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
+}

@@ -1,0 +1,166 @@
+//! The system under test: its two databases and its two processes, reset
+//! between phases so each phase starts from empty tables and queues.
+
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, PgConnection};
+
+use crate::procs::Service;
+
+const ORDERS_DB: &str = "pulse_bench_orders";
+const NOTIFICATIONS_DB: &str = "pulse_bench_notifications";
+/// The notifications consumer's queues get this prefix so a bench never
+/// touches the queues of a Pulse running on the same broker.
+pub(crate) const QUEUE_PREFIX: &str = "bench";
+
+pub(crate) struct Stack {
+    server: String,
+    pub(crate) amqp: String,
+    pub(crate) orders: Option<Service>,
+    pub(crate) notifications: Option<Service>,
+    pub(crate) peak_rss_orders: f64,
+    pub(crate) peak_rss_notifications: f64,
+}
+
+impl Stack {
+    pub(crate) fn new(server: String, amqp: String) -> Self {
+        Self { server, amqp, orders: None, notifications: None, peak_rss_orders: 0.0, peak_rss_notifications: 0.0 }
+    }
+
+    pub(crate) fn url(&self, database: &str) -> String {
+        format!("{}/{database}", self.server)
+    }
+
+    pub(crate) fn orders_url(&self) -> String {
+        self.url(ORDERS_DB)
+    }
+
+    pub(crate) fn notifications_url(&self) -> String {
+        self.url(NOTIFICATIONS_DB)
+    }
+
+    /// Stops both services, drops both databases and the consumer's queues.
+    pub(crate) async fn reset(&mut self) -> anyhow::Result<()> {
+        self.stop_orders().await?;
+        self.stop_notifications().await?;
+        let mut admin = PgConnection::connect(&self.url("postgres")).await?;
+        for db in [ORDERS_DB, NOTIFICATIONS_DB] {
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&mut admin).await?;
+        }
+        admin.close().await?;
+        crate::queues::delete_consumer_queues(&self.amqp).await
+    }
+
+    pub(crate) async fn start_orders(&mut self, role: &str) -> anyhow::Result<()> {
+        let env = [
+            ("ORDERS_DATABASE_URL", self.orders_url()),
+            ("AMQP_URL", self.amqp.clone()),
+            ("ORDERS_ROLE", role.to_owned()),
+            ("ORDERS_DB_MAX_CONNECTIONS", "40".to_owned()),
+        ];
+        self.orders = Some(Service::start("orders", &env).await?);
+        Ok(())
+    }
+
+    pub(crate) async fn start_notifications(&mut self) -> anyhow::Result<()> {
+        let env = [
+            ("NOTIFICATIONS_DATABASE_URL", self.notifications_url()),
+            ("AMQP_URL", self.amqp.clone()),
+            ("NOTIFICATIONS_QUEUE_PREFIX", QUEUE_PREFIX.to_owned()),
+        ];
+        self.notifications = Some(Service::start("notifications", &env).await?);
+        Ok(())
+    }
+
+    pub(crate) fn sample_rss(&mut self) {
+        if let Some(orders) = &self.orders {
+            self.peak_rss_orders = self.peak_rss_orders.max(orders.peak_rss_mib());
+        }
+        if let Some(notifications) = &self.notifications {
+            self.peak_rss_notifications = self.peak_rss_notifications.max(notifications.peak_rss_mib());
+        }
+    }
+
+    pub(crate) async fn stop_orders(&mut self) -> anyhow::Result<()> {
+        self.sample_rss();
+        if let Some(orders) = self.orders.take() {
+            orders.stop().await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn stop_notifications(&mut self) -> anyhow::Result<()> {
+        self.sample_rss();
+        if let Some(notifications) = self.notifications.take() {
+            notifications.stop().await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn orders_addr(&self) -> std::net::SocketAddr {
+        self.orders.as_ref().expect("orders is running").addr
+    }
+
+    /// Rows still pending in the outbox.
+    pub(crate) async fn pending(&self) -> anyhow::Result<i64> {
+        let mut conn = PgConnection::connect(&self.orders_url()).await?;
+        Ok(sqlx::query_scalar("SELECT count(*) FROM outbox_messages").fetch_one(&mut conn).await?)
+    }
+
+    pub(crate) async fn notification_count(&self) -> anyhow::Result<i64> {
+        let mut conn = PgConnection::connect(&self.notifications_url()).await?;
+        Ok(sqlx::query_scalar("SELECT count(*) FROM notifications").fetch_one(&mut conn).await?)
+    }
+
+    /// Waits until the outbox is empty and `orders` notifications exist;
+    /// returns the two moments, measured from `since`.
+    pub(crate) async fn wait_delivered(
+        &mut self,
+        orders: i64,
+        since: Instant,
+        limit: Duration,
+    ) -> anyhow::Result<(Duration, Duration)> {
+        let mut outbox_empty = None;
+        loop {
+            self.sample_rss();
+            if outbox_empty.is_none() && self.pending().await? == 0 {
+                outbox_empty = Some(since.elapsed());
+            }
+            if let Some(empty) = outbox_empty
+                && self.notification_count().await? >= orders
+            {
+                return Ok((empty, since.elapsed()));
+            }
+            if since.elapsed() > limit {
+                anyhow::bail!(
+                    "not delivered within {limit:?}: {} pending, {} of {orders} notifications",
+                    self.pending().await?,
+                    self.notification_count().await?
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Every order has exactly one notification, and no notification lacks its order.
+    pub(crate) async fn verify(&self) -> anyhow::Result<u64> {
+        let mut orders_db = PgConnection::connect(&self.orders_url()).await?;
+        let mut notifications_db = PgConnection::connect(&self.notifications_url()).await?;
+        let mut orders: Vec<uuid::Uuid> =
+            sqlx::query_scalar("SELECT order_id FROM orders").fetch_all(&mut orders_db).await?;
+        let mut notified: Vec<uuid::Uuid> =
+            sqlx::query_scalar("SELECT order_id FROM notifications").fetch_all(&mut notifications_db).await?;
+        orders.sort();
+        notified.sort();
+        if orders != notified {
+            let duplicates = notified.windows(2).filter(|w| w[0] == w[1]).count();
+            anyhow::bail!(
+                "CORRECTNESS FAILURE: {} orders, {} notifications ({} duplicated)",
+                orders.len(),
+                notified.len(),
+                duplicates
+            );
+        }
+        Ok(orders.len() as u64)
+    }
+}
