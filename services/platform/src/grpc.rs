@@ -40,12 +40,12 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)>
 /// Serves `router` on `listener` until `shutdown` is cancelled, then lets
 /// in-flight calls finish.
 pub async fn serve(router: Router, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    router
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown.cancelled_owned(),
-        )
-        .await?;
+    // Small unary responses go out in several writes: without TCP_NODELAY,
+    // Nagle's algorithm holds the last one back until the client's ACK.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
+    router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await?;
     Ok(())
 }
 

