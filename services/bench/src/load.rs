@@ -86,8 +86,10 @@ pub(crate) async fn closed_loop(
                         ids.push(response.into_inner().order_id.parse().expect("order ids are UUIDs"));
                         progress.inc(1);
                     }
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                    Err(status) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("bench: first CreateOrder error: {status}");
+                        }
                     }
                 }
             }
@@ -138,7 +140,12 @@ pub(crate) async fn open_loop(
                     results.1.push(response.into_inner().order_id.parse().expect("order ids are UUIDs"));
                     progress.inc(1);
                 }
-                Err(_) => results.2 += 1,
+                Err(status) => {
+                    if results.2 == 0 {
+                        eprintln!("bench: first CreateOrder error: {status}");
+                    }
+                    results.2 += 1;
+                }
             }
         });
         n += 1;

@@ -2,7 +2,8 @@
 //! beside a ceiling measured in the same run. Starts and stops the `orders`
 //! and `notifications` binaries it measures (built alongside it).
 //!
-//! Usage: `bench [--quick | --smoke] [--json PATH]`
+//! Usage: `bench [--quick | --smoke] [--json PATH] [--only PHASE,...]` where the phases are
+//! create_order, relay_on, end_to_end, drain and pipeline (the ceilings always run).
 
 mod ceilings;
 mod latency;
@@ -27,14 +28,18 @@ use crate::{
 async fn main() -> ExitCode {
     let mut mode = "full";
     let mut json: Option<PathBuf> = None;
+    let mut only: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => mode = "quick",
             "--smoke" => mode = "smoke",
             "--json" => json = args.next().map(PathBuf::from),
+            "--only" => only = args.next().map(|list| list.split(',').map(str::to_owned).collect()).unwrap_or_default(),
             other => {
-                eprintln!("unknown argument {other:?}\nusage: bench [--quick | --smoke] [--json PATH]");
+                eprintln!(
+                    "unknown argument {other:?}\nusage: bench [--quick | --smoke] [--json PATH] [--only PHASE,...]"
+                );
                 return ExitCode::from(2);
             }
         }
@@ -47,7 +52,7 @@ async fn main() -> ExitCode {
     let mut report = Report::default();
     report.set("mode", mode);
     let started = Instant::now();
-    let outcome = run(&plan, &mut stack, &mut report).await;
+    let outcome = run(&plan, &only, &mut stack, &mut report).await;
     let cleanup = stack.reset().await;
     report.set("elapsed_s", round(started.elapsed().as_secs_f64(), 1));
     report.print();
@@ -84,9 +89,29 @@ fn spinner(message: String) -> ProgressBar {
     bar
 }
 
-async fn run(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow::Result<()> {
-    stack.reset().await?;
+/// The phases `--only` can pick; the ceilings always run (every ratio needs them).
+const PHASES: [&str; 5] = ["create_order", "relay_on", "end_to_end", "drain", "pipeline"];
 
+async fn run(plan: &Plan, only: &[String], stack: &mut Stack, report: &mut Report) -> anyhow::Result<()> {
+    stack.reset().await?;
+    let (pg, amqp) = ceilings(plan, stack, report).await?;
+    for phase in PHASES {
+        if !only.is_empty() && !only.iter().any(|o| o == phase) {
+            continue;
+        }
+        match phase {
+            "create_order" => create_order(plan, stack, report, pg).await?,
+            "relay_on" => relay_on(plan, stack, report, pg).await?,
+            "end_to_end" => end_to_end(plan, stack, report).await?,
+            "drain" => drain(plan, stack, report, amqp).await?,
+            _ => pipeline(plan, stack, report, pg).await?,
+        }
+        stack.reset().await?;
+    }
+    Ok(())
+}
+
+async fn ceilings(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow::Result<(f64, f64)> {
     // 1. Ceilings.
     let bar = spinner("ceiling: raw sqlx two-insert transactions, 32 connections".into());
     let ceiling_db = stack.url("pulse_bench_ceiling");
@@ -99,7 +124,10 @@ async fn run(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow::Res
     report.set("ceilings.amqp_publish_confirm_per_s", round(amqp, 0));
     report.row("ceiling: Postgres two-insert tx, 32 clients", format!("{pg:.0} tx/s"), "raw sqlx");
     report.row("ceiling: RabbitMQ publish, pipelined confirms", format!("{amqp:.0} msg/s"), "raw lapin, quorum queue");
+    Ok((pg, amqp))
+}
 
+async fn create_order(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f64) -> anyhow::Result<()> {
     // 2. CreateOrder, relay and consumer off.
     stack.start_orders("api").await?;
     for &clients in &plan.levels {
@@ -130,8 +158,10 @@ async fn run(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow::Res
         }
     }
     stack.sample_rss();
-    stack.reset().await?;
+    Ok(())
+}
 
+async fn relay_on(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f64) -> anyhow::Result<()> {
     // 3. CreateOrder at 32 clients with relay and consumer running.
     stack.start_notifications().await?;
     stack.start_orders("all").await?;
@@ -152,8 +182,10 @@ async fn run(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow::Res
             caught_up.as_secs_f64()
         ),
     );
-    stack.reset().await?;
+    Ok(())
+}
 
+async fn end_to_end(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow::Result<()> {
     // 4. End-to-end latency at fixed rates.
     stack.start_notifications().await?;
     stack.start_orders("all").await?;
@@ -177,8 +209,10 @@ async fn run(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow::Res
         );
     }
     stack.verify().await?;
-    stack.reset().await?;
+    Ok(())
+}
 
+async fn drain(plan: &Plan, stack: &mut Stack, report: &mut Report, amqp: f64) -> anyhow::Result<()> {
     // 5. Backlog drain: orders pile up with no relay, then one relay starts.
     stack.start_notifications().await?;
     stack.start_orders("api").await?;
@@ -205,8 +239,10 @@ async fn run(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow::Res
         format!("{drained:.0} ev/s"),
         format!("{:.2}x publish ceiling; all handled at {handled_rate:.0}/s", drained / amqp),
     );
-    stack.reset().await?;
+    Ok(())
+}
 
+async fn pipeline(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f64) -> anyhow::Result<()> {
     // 6. Sustained pipeline at the highest rate with end-to-end p99 under 100 ms.
     stack.start_notifications().await?;
     stack.start_orders("all").await?;
@@ -214,11 +250,10 @@ async fn run(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow::Res
     let mut rate = plan.pipeline_start;
     for _ in 0..plan.search_steps {
         let bar = spinner(format!("pipeline search at {rate:.0} orders/s"));
+        let before = stack.notification_count().await?;
         let result = load::open_loop(stack.orders_addr(), rate, plan.probe, &bar).await?;
         bar.finish_and_clear();
-        let delivered = stack
-            .wait_delivered(stack.notification_count().await? + result.ok as i64, Instant::now(), plan.settle)
-            .await;
+        let delivered = stack.wait_delivered(before + result.ok as i64, Instant::now(), plan.settle).await;
         let latency =
             latency::order_to_notification(&stack.orders_url(), &stack.notifications_url(), &result.order_ids).await?;
         let kept_up =
@@ -241,10 +276,17 @@ async fn run(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow::Res
     report.set("pipeline.orders_per_s", round(result.rate(), 0));
     report.set("pipeline.p99_ms", ms(&latency, 0.99));
     report.set("pipeline.ratio", round(result.rate() / pg, 3));
+    report.set("pipeline.errors", result.errors);
     report.row(
         "sustained pipeline (e2e p99 < 100 ms)",
         format!("{:.0} orders/s", result.rate()),
-        format!("{:.2}x ceiling; p50 {} / p99 {} ms", result.rate() / pg, ms(&latency, 0.5), ms(&latency, 0.99)),
+        format!(
+            "{:.2}x ceiling; p50 {} / p99 {} ms; {} errors",
+            result.rate() / pg,
+            ms(&latency, 0.5),
+            ms(&latency, 0.99),
+            result.errors
+        ),
     );
     stack.sample_rss();
     report.set("rss_mib.orders", round(stack.peak_rss_orders, 1));
