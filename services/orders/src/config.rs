@@ -52,6 +52,7 @@ impl Config {
         let amqp_url = secret_url_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f")?;
         let mut relay = RelayConfig::new(amqp_url, "pulse-orders", vec![contracts::EVENTS_EXCHANGE.to_owned()]);
         relay.batch_size = parse_or("OUTBOX_BATCH_SIZE", relay.batch_size)?;
+        relay.pipeline_depth = parse_or("OUTBOX_PIPELINE_DEPTH", relay.pipeline_depth)?.clamp(1, 16);
         relay.poll_interval = millis_or("OUTBOX_POLL_INTERVAL_MS", relay.poll_interval)?;
         relay.backoff_max = millis_or("OUTBOX_BACKOFF_MAX_MS", relay.backoff_max)?;
         relay.retention = Duration::from_secs(3600 * parse_or("OUTBOX_RETENTION_HOURS", 24u64)?);

@@ -120,20 +120,24 @@ impl Ownership {
     }
 
     /// The oldest pending rows of the owned partitions, at most `limit`, in id order.
-    pub(crate) async fn claim(&mut self, limit: i64) -> Result<Vec<PendingRow>, sqlx::Error> {
+    ///
+    /// It walks the primary key in id order and skips other relays' partitions:
+    /// aggregates hash evenly, so with `n` relays it reads about `n * limit`
+    /// rows, and never sorts the backlog.
+    /// Rows in `in_flight` (published, confirms pending) are skipped.
+    pub(crate) async fn claim(&mut self, limit: i64, in_flight: &[i64]) -> Result<Vec<PendingRow>, sqlx::Error> {
         let owned: Vec<i16> = self.owned.iter().copied().collect();
         sqlx::query_as(
-            "SELECT m.id, m.event_id, m.aggregate_id, m.exchange, m.routing_key, m.message_type,
-                    m.content_type, m.payload, m.headers, m.created_at
-             FROM unnest($1::int2[]) AS p(part)
-             CROSS JOIN LATERAL (
-                 SELECT * FROM outbox_messages o WHERE o.partition = p.part ORDER BY o.id LIMIT $2
-             ) m
-             ORDER BY m.id
+            "SELECT id, event_id, aggregate_id, exchange, routing_key, message_type, content_type, payload,
+                    headers, created_at
+             FROM outbox_messages
+             WHERE partition = ANY($1) AND NOT (id = ANY($3))
+             ORDER BY id
              LIMIT $2",
         )
         .bind(&owned)
         .bind(limit)
+        .bind(in_flight)
         .fetch_all(&mut self.conn)
         .await
     }

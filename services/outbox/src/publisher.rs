@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind, PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
@@ -21,6 +21,44 @@ pub(crate) enum Outcome {
     Rejected(String),
     /// No answer (the channel failed): the row stays and is sent again.
     Unknown,
+}
+
+/// A published batch whose confirms are still on their way.
+pub(crate) struct InFlight {
+    confirms: Vec<PublisherConfirm>,
+    broken: Option<String>,
+    rows: usize,
+}
+
+impl InFlight {
+    /// Waits for every confirm. The outcomes match the published rows;
+    /// `Some(reason)` means the channel broke (rows without an answer are `Unknown`).
+    pub(crate) async fn settle(self, timeout: Duration) -> (Vec<Outcome>, Option<String>) {
+        let Self { confirms, mut broken, rows } = self;
+        let mut outcomes: Vec<Outcome> = match tokio::time::timeout(timeout, join_all(confirms)).await {
+            Ok(results) => results
+                .into_iter()
+                .map(|result| match result {
+                    Ok(Confirmation::Ack(None)) => Outcome::Confirmed,
+                    Ok(Confirmation::Ack(Some(returned))) => {
+                        Outcome::Rejected(format!("unroutable: {} {}", returned.reply_code, returned.reply_text))
+                    }
+                    Ok(Confirmation::Nack(_)) => Outcome::Rejected("negatively acknowledged by the broker".into()),
+                    Ok(Confirmation::NotRequested) => Outcome::Unknown,
+                    Err(err) => {
+                        broken.get_or_insert_with(|| format!("confirm failed: {err}"));
+                        Outcome::Unknown
+                    }
+                })
+                .collect(),
+            Err(_) => {
+                broken.get_or_insert_with(|| format!("no confirm within {timeout:?}"));
+                Vec::new()
+            }
+        };
+        outcomes.resize_with(rows, || Outcome::Unknown);
+        (outcomes, broken)
+    }
 }
 
 pub(crate) struct Publisher {
@@ -52,15 +90,9 @@ impl Publisher {
         self.connection.status().connected() && self.channel.status().connected()
     }
 
-    /// Publishes every row, then waits for all confirms at once. The outcome
-    /// list matches `rows`; `Err` means the channel broke (outcomes gathered so
-    /// far are still reported through `partial`).
-    pub(crate) async fn publish_batch(
-        &self,
-        rows: &[PendingRow],
-        app_id: &str,
-        confirm_timeout: Duration,
-    ) -> (Vec<Outcome>, Option<String>) {
+    /// Publishes every row without waiting; the returned batch settles once
+    /// the broker has answered them all.
+    pub(crate) async fn publish(&self, rows: &[PendingRow], app_id: &str) -> InFlight {
         let mut confirms = Vec::with_capacity(rows.len());
         let mut broken = None;
         for row in rows {
@@ -82,30 +114,7 @@ impl Publisher {
                 }
             }
         }
-        let answered = tokio::time::timeout(confirm_timeout, join_all(confirms)).await;
-        let mut outcomes: Vec<Outcome> = match answered {
-            Ok(results) => results
-                .into_iter()
-                .map(|result| match result {
-                    Ok(Confirmation::Ack(None)) => Outcome::Confirmed,
-                    Ok(Confirmation::Ack(Some(returned))) => {
-                        Outcome::Rejected(format!("unroutable: {} {}", returned.reply_code, returned.reply_text))
-                    }
-                    Ok(Confirmation::Nack(_)) => Outcome::Rejected("negatively acknowledged by the broker".into()),
-                    Ok(Confirmation::NotRequested) => Outcome::Unknown,
-                    Err(err) => {
-                        broken.get_or_insert_with(|| format!("confirm failed: {err}"));
-                        Outcome::Unknown
-                    }
-                })
-                .collect(),
-            Err(_) => {
-                broken.get_or_insert_with(|| format!("no confirm within {confirm_timeout:?}"));
-                Vec::new()
-            }
-        };
-        outcomes.resize_with(rows.len(), || Outcome::Unknown);
-        (outcomes, broken)
+        InFlight { confirms, broken, rows: rows.len() }
     }
 
     pub(crate) async fn close(self) {

@@ -1,7 +1,9 @@
 //! The relay loop: own partitions, claim, publish with confirms in flight,
 //! delete what was confirmed; reconnect to either side with backoff.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use futures::future::BoxFuture;
 
 use platform::backoff::Backoff;
 use secrecy::{ExposeSecret, SecretString};
@@ -14,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     message::{DEFAULT_NOTIFY_CHANNEL, LocalRelay},
-    ownership::Ownership,
+    ownership::{Ownership, PendingRow},
     publisher::{Outcome, Publisher},
     retention,
 };
@@ -29,6 +31,8 @@ pub struct RelayConfig {
     pub exchanges: Vec<String>,
     /// Rows claimed, published and marked together.
     pub batch_size: i64,
+    /// Batches published ahead of their confirms (1: strictly one at a time).
+    pub pipeline_depth: usize,
     /// Fallback poll when no wake-up arrives.
     pub poll_interval: Duration,
     /// How often relays re-share partitions.
@@ -50,6 +54,7 @@ impl RelayConfig {
             app_id: app_id.into(),
             exchanges,
             batch_size: 500,
+            pipeline_depth: 2,
             poll_interval: Duration::from_secs(1),
             rebalance_interval: Duration::from_secs(2),
             confirm_timeout: Duration::from_secs(30),
@@ -75,6 +80,12 @@ impl RelayStatus {
     }
 }
 
+/// A published batch and the future that yields the broker's answers.
+struct Batch {
+    rows: Vec<PendingRow>,
+    settle: BoxFuture<'static, (Vec<Outcome>, Option<String>)>,
+}
+
 pub struct Relay {
     options: PgConnectOptions,
     config: RelayConfig,
@@ -93,7 +104,7 @@ impl Relay {
         self.status.subscribe()
     }
 
-    /// Relays until `shutdown` fires; returns once the current batch is settled.
+    /// Relays until `shutdown` fires; returns once the batches in flight are settled and marked.
     pub async fn run(self, shutdown: CancellationToken) {
         let tasks = CancellationToken::new();
         if let Some(channel) = self.config.notify_channel.clone() {
@@ -109,11 +120,20 @@ impl Relay {
     async fn relay(&self, shutdown: &CancellationToken) {
         let mut db: Option<Ownership> = None;
         let mut broker: Option<Publisher> = None;
+        // Published batches awaiting their confirms, oldest first. While one
+        // waits on the broker, the next is claimed and published: the database
+        // and the broker work at the same time.
+        let mut in_flight: VecDeque<Batch> = VecDeque::new();
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let mut next_rebalance = Instant::now();
 
-        while !shutdown.is_cancelled() {
+        loop {
+            if shutdown.is_cancelled() && in_flight.is_empty() {
+                break;
+            }
             if db.is_none() {
+                // Rows published without a mark stay pending and go out again.
+                in_flight.clear();
                 self.local.set_owned([]);
                 match Ownership::connect(&self.options).await {
                     Ok(ownership) => {
@@ -133,6 +153,7 @@ impl Relay {
                 broker = None;
             }
             if broker.is_none() {
+                in_flight.clear();
                 match Publisher::connect(
                     self.config.amqp_url.expose_secret(),
                     &self.config.app_id,
@@ -154,7 +175,9 @@ impl Relay {
             }
             let (Some(ownership), Some(publisher)) = (db.as_mut(), broker.as_ref()) else { continue };
 
-            if Instant::now() >= next_rebalance {
+            // Partitions change hands only with nothing in flight.
+            let rebalance_due = Instant::now() >= next_rebalance;
+            if rebalance_due && in_flight.is_empty() && !shutdown.is_cancelled() {
                 match ownership.rebalance().await {
                     // Short of our share: look again soon, a peer is giving partitions back.
                     Ok(short) => {
@@ -172,15 +195,24 @@ impl Relay {
             }
             self.report(true, true, ownership.owned());
 
-            let rows = match ownership.claim(self.config.batch_size).await {
-                Ok(rows) => rows,
-                Err(err) => {
-                    tracing::warn!(error = %err, "relay lost the database while claiming");
-                    db = None;
+            if !shutdown.is_cancelled() && !rebalance_due && in_flight.len() < self.config.pipeline_depth {
+                let pending: Vec<i64> = in_flight.iter().flat_map(|b| b.rows.iter().map(|r| r.id)).collect();
+                let rows = match ownership.claim(self.config.batch_size, &pending).await {
+                    Ok(rows) => rows,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "relay lost the database while claiming");
+                        db = None;
+                        continue;
+                    }
+                };
+                if !rows.is_empty() {
+                    let flight = publisher.publish(&rows, &self.config.app_id).await;
+                    in_flight.push_back(Batch { rows, settle: Box::pin(flight.settle(self.config.confirm_timeout)) });
                     continue;
                 }
-            };
-            if rows.is_empty() {
+            }
+
+            let Some(batch) = in_flight.pop_front() else {
                 backoff.reset();
                 let until_rebalance = next_rebalance.saturating_duration_since(Instant::now());
                 tokio::select! {
@@ -189,15 +221,13 @@ impl Relay {
                     _ = tokio::time::sleep(self.config.poll_interval.min(until_rebalance)) => {}
                 }
                 continue;
-            }
-
-            let (outcomes, broken) =
-                publisher.publish_batch(&rows, &self.config.app_id, self.config.confirm_timeout).await;
+            };
+            let (outcomes, broken) = batch.settle.await;
+            let rows = batch.rows;
             let confirmed: Vec<i64> =
                 rows.iter().zip(&outcomes).filter(|(_, o)| **o == Outcome::Confirmed).map(|(r, _)| r.id).collect();
-            let archive = !self.config.retention.is_zero();
             if !confirmed.is_empty() {
-                if let Err(err) = ownership.mark_published(&confirmed, archive).await {
+                if let Err(err) = ownership.mark_published(&confirmed, !self.config.retention.is_zero()).await {
                     // Confirmed but not marked: they will be published again (at least once).
                     tracing::warn!(error = %err, rows = confirmed.len(), "relay could not mark confirmed rows");
                     db = None;
@@ -221,6 +251,7 @@ impl Relay {
                 if let Some(publisher) = broker.take() {
                     publisher.close().await;
                 }
+                in_flight.clear();
                 self.report(true, false, db.as_ref().map_or(0, Ownership::owned));
                 sleep_or_stop(backoff.next_delay(), shutdown).await;
             } else if rejected {
