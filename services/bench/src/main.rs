@@ -114,7 +114,7 @@ async fn run(plan: &Plan, only: &[String], stack: &mut Stack, report: &mut Repor
 async fn ceilings(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow::Result<(f64, f64)> {
     // 1. Ceilings.
     let bar = spinner("ceiling: raw sqlx two-insert transactions, 32 connections".into());
-    let ceiling_db = stack.url("pulse_bench_ceiling");
+    let ceiling_db = stack.url(stack::CEILING_DB);
     platform::db::create_database_if_missing(&ceiling_db.parse()?).await?;
     let pg = ceilings::pg_two_inserts(&ceiling_db, 32, plan.pg_ceiling).await?;
     bar.set_message("ceiling: raw lapin publish, 1,000 confirms in flight");

@@ -9,6 +9,7 @@ use crate::procs::Service;
 
 const ORDERS_DB: &str = "pulse_bench_orders";
 const NOTIFICATIONS_DB: &str = "pulse_bench_notifications";
+pub(crate) const CEILING_DB: &str = "pulse_bench_ceiling";
 /// The notifications consumer's queues get this prefix so a bench never
 /// touches the queues of a Pulse running on the same broker.
 pub(crate) const QUEUE_PREFIX: &str = "bench";
@@ -44,7 +45,7 @@ impl Stack {
         self.stop_orders().await?;
         self.stop_notifications().await?;
         let mut admin = PgConnection::connect(&self.url("postgres")).await?;
-        for db in [ORDERS_DB, NOTIFICATIONS_DB] {
+        for db in [ORDERS_DB, NOTIFICATIONS_DB, CEILING_DB] {
             sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&mut admin).await?;
         }
         admin.close().await?;
@@ -67,6 +68,7 @@ impl Stack {
             ("NOTIFICATIONS_DATABASE_URL", self.notifications_url()),
             ("AMQP_URL", self.amqp.clone()),
             ("NOTIFICATIONS_QUEUE_PREFIX", QUEUE_PREFIX.to_owned()),
+            ("NOTIFICATIONS_RETRY_DELAYS_MS", crate::queues::RETRY_DELAYS_MS.to_owned()),
         ];
         self.notifications = Some(Service::start("notifications", &env).await?);
         Ok(())

@@ -1,1 +1,44 @@
-//! inbox
+//! The idempotent consumer ("inbox"), generic over the event it consumes.
+//!
+//! * Exactly-once effect: for each delivery the inbox records the event id
+//!   (the AMQP `message_id`) in `processed_events` and runs the [`Handler`] in
+//!   the same transaction, and acknowledges only after the commit. A copy whose
+//!   id is already recorded commits nothing and is acknowledged as a duplicate.
+//! * Throughput: deliveries already pushed by the broker are taken together
+//!   (up to [`InboxConfig::batch_size`]), applied through
+//!   [`Handler::handle_batch`] and committed in one transaction, then
+//!   acknowledged with one `multiple` ack. A failing message is isolated by
+//!   redoing the batch with a savepoint per message.
+//! * Failures: a transient failure parks the message in the next retry tier
+//!   (a queue whose TTL dead-letters it back to the main queue) with its
+//!   `x-attempt` header incremented; a permanent one, or the last attempt,
+//!   moves it to the dead-letter queue with the reason in its headers. Neither
+//!   ever requeues, so there is no hot redelivery loop.
+//! * The broker connection is re-established with backoff; its state is
+//!   published through [`Inbox::connected`].
+//!
+//! The schema (`processed_events`) is in
+//! `migrations/notifications/0001_processed_events.sql`; a service that uses
+//! the inbox copies that migration into its own set. See [`Topology`] for the
+//! queues and [`headers`] for the headers.
+
+mod batch;
+mod config;
+mod consumer;
+mod forward;
+mod handler;
+pub mod headers;
+mod message;
+mod prune;
+mod replay;
+mod stats;
+mod topology;
+
+pub use config::{DEFAULT_RETRY_DELAYS, Fault, InboxConfig};
+pub use consumer::Inbox;
+pub use handler::{BatchError, Handler, HandlerError, MessageContext};
+pub use headers::DeadLetterReason;
+pub use prune::prune_processed_events;
+pub use replay::replay_dead_letters;
+pub use stats::{InboxStats, StatsSnapshot};
+pub use topology::{POISON_DELIVERY_LIMIT, Topology, delay_label};

@@ -1,1 +1,26 @@
-//! notifications
+//! Pulse Notifications: consumes `pulse.events.v1.OrderCreated` through the
+//! [`inbox`] (one notification per event, exactly once, retry tiers and a
+//! dead-letter queue) and serves them through
+//! `pulse.notifications.v1.NotificationService/ListNotifications`.
+//!
+//! [`build`] prepares everything and binds the port; [`App::run_until_stopped`]
+//! runs until the shutdown token fires. Health names: `""` and
+//! `pulse.notifications.v1.NotificationService` follow the database,
+//! [`CONSUMER_HEALTH_NAME`] follows the consumer's broker connection.
+
+mod config;
+mod db;
+mod error;
+mod grpc;
+mod handler;
+mod startup;
+
+pub use config::{Config, queue_name};
+pub use handler::OrderCreatedHandler;
+pub use startup::{App, CONSUMER_HEALTH_NAME, build};
+
+/// Moves up to `limit` (all when None) dead-lettered messages back to the
+/// consumer's queue, with their dead-letter headers removed and attempts reset.
+pub async fn replay_dead_letters(config: &Config, limit: Option<u64>) -> anyhow::Result<u64> {
+    inbox::replay_dead_letters(&config.inbox.amqp_url, &config.inbox.topology(), limit).await
+}

@@ -1,0 +1,168 @@
+//! The database half of a batch: record event ids and apply the handler, all
+//! in one transaction, so an effect exists if and only if its event id is recorded.
+//!
+//! The fast path hands every new event to [`Handler::handle_batch`] in one
+//! transaction with no savepoints (one fsync per batch, and as few round trips
+//! as the handler manages). Should it fail, the transaction is rolled back,
+//! the failed message keeps its error when the handler could say which one it
+//! was, and the rest runs again one message at a time, each under a
+//! savepoint, so any failure stays with its own message.
+
+use std::collections::HashSet;
+
+use sqlx::{PgConnection, PgPool};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::{
+    handler::{BatchError, Handler, HandlerError},
+    headers::DeadLetterReason,
+    message::{Item, Outcome},
+};
+
+/// Why a pass over the batch stopped.
+enum Stop {
+    /// The fast path failed: run again with savepoints, without item `.0` when known.
+    HandlerFailed(Option<usize>, HandlerError),
+    /// The transaction is lost (database unreachable, commit failed): nothing
+    /// of this pass committed, every message is retried.
+    Database(String),
+}
+
+/// Applies every pending item; each one ends `Processed`, `Duplicate`,
+/// `Retry` or `DeadLetter`. Returns whether anything was committed.
+pub(crate) async fn apply<H: Handler>(pool: &PgPool, handler: &H, items: &mut [Item<H::Event>]) -> bool {
+    let mut pending: Vec<usize> = (0..items.len()).filter(|i| items[*i].outcome == Outcome::Pending).collect();
+    if pending.is_empty() {
+        return false;
+    }
+    let mut result = run(pool, handler, items, &pending, false).await;
+    if let Err(Stop::HandlerFailed(failed, error)) = result {
+        match failed {
+            Some(failed) => {
+                items[failed].outcome = failure(error);
+                pending.retain(|i| *i != failed);
+            }
+            None => tracing::debug!(error = %error, "batch failed, applying its messages one by one"),
+        }
+        for i in &pending {
+            items[*i].outcome = Outcome::Pending;
+        }
+        result = run(pool, handler, items, &pending, true).await;
+    }
+    match result {
+        Ok(()) => pending.iter().any(|i| items[*i].outcome == Outcome::Processed),
+        Err(stop) => {
+            let error = match stop {
+                Stop::Database(error) => error,
+                Stop::HandlerFailed(..) => unreachable!("savepoint runs keep handler failures"),
+            };
+            for i in &pending {
+                items[*i].outcome = Outcome::Retry(error.clone());
+            }
+            false
+        }
+    }
+}
+
+fn failure(err: HandlerError) -> Outcome {
+    match err {
+        HandlerError::Retryable(e) => Outcome::Retry(format!("{e:#}")),
+        HandlerError::Permanent(e) => Outcome::DeadLetter(DeadLetterReason::HandlerRejected, format!("{e:#}")),
+    }
+}
+
+async fn run<H: Handler>(
+    pool: &PgPool,
+    handler: &H,
+    items: &mut [Item<H::Event>],
+    pending: &[usize],
+    savepoints: bool,
+) -> Result<(), Stop> {
+    let mut tx = pool.begin().await.map_err(lost)?;
+    let ids: Vec<Uuid> = pending.iter().filter_map(|i| items[*i].event_id()).collect();
+    // Sorted so that two consumers holding the same ids lock them in the same
+    // order and wait for each other instead of deadlocking.
+    let recorded: HashSet<Uuid> = sqlx::query_scalar(
+        "INSERT INTO processed_events (event_id)
+         SELECT id FROM unnest($1::uuid[]) AS t(id) ORDER BY id
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING event_id",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(lost)?
+    .into_iter()
+    .collect();
+
+    // A second copy within the batch is as much a duplicate as one committed earlier.
+    let mut claimed = HashSet::new();
+    let mut fresh = Vec::with_capacity(pending.len());
+    for &i in pending {
+        match items[i].event_id() {
+            Some(id) if recorded.contains(&id) && claimed.insert(id) => fresh.push(i),
+            _ => items[i].outcome = Outcome::Duplicate,
+        }
+    }
+
+    if !savepoints {
+        let batch: Vec<_> = fresh
+            .iter()
+            .map(|i| {
+                let (event, ctx) = items[*i].parsed.as_ref().expect("pending items are parsed");
+                (event, ctx)
+            })
+            .collect();
+        match handler.handle_batch(&mut tx, &batch).await {
+            Ok(()) => {}
+            Err(BatchError { error, .. }) if connection_lost(&error) => return Err(Stop::Database(error.to_string())),
+            Err(BatchError { index, error }) => {
+                tx.rollback().await.ok();
+                return Err(Stop::HandlerFailed(index.and_then(|k| fresh.get(k).copied()), error));
+            }
+        }
+        for i in fresh {
+            items[i].outcome = Outcome::Processed;
+        }
+        return tx.commit().await.map_err(lost);
+    }
+
+    for i in fresh {
+        let item = &mut items[i];
+        let (event, ctx) = item.parsed.as_ref().expect("pending items are parsed");
+        execute(&mut tx, "SAVEPOINT inbox_message").await?;
+        match handler.handle(&mut tx, event, ctx).instrument(item.span.clone()).await {
+            Ok(()) => {
+                execute(&mut tx, "RELEASE SAVEPOINT inbox_message").await?;
+                item.outcome = Outcome::Processed;
+            }
+            Err(err) if connection_lost(&err) => return Err(Stop::Database(err.to_string())),
+            Err(err) => {
+                execute(&mut tx, "ROLLBACK TO SAVEPOINT inbox_message").await?;
+                // Forget the id too, so a later copy (a retry, a replay) is applied.
+                sqlx::query("DELETE FROM processed_events WHERE event_id = $1")
+                    .bind(ctx.event_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(lost)?;
+                item.outcome = failure(err);
+            }
+        }
+    }
+    tx.commit().await.map_err(lost)
+}
+
+async fn execute(conn: &mut PgConnection, statement: &str) -> Result<(), Stop> {
+    sqlx::query(statement).execute(conn).await.map(|_| ()).map_err(lost)
+}
+
+fn lost(err: sqlx::Error) -> Stop {
+    Stop::Database(format!("database: {err}"))
+}
+
+/// A handler error that means the connection, and so the transaction, is gone.
+fn connection_lost(err: &HandlerError) -> bool {
+    let HandlerError::Retryable(source) = err else { return false };
+    source.downcast_ref::<sqlx::Error>().is_some_and(platform::db::is_unavailable)
+}

@@ -1,0 +1,205 @@
+//! The consumer loop: connect, declare, consume in batches, settle each batch,
+//! and reconnect with backoff whenever the broker goes away.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use futures::{FutureExt, StreamExt};
+use lapin::{
+    Channel, Connection, ConnectionProperties,
+    message::Delivery,
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions},
+    types::{FieldTable, LongString, ShortString},
+};
+use platform::backoff::Backoff;
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    batch,
+    config::{Fault, InboxConfig},
+    forward,
+    handler::Handler,
+    message,
+    stats::InboxStats,
+    topology::Topology,
+};
+
+/// An idempotent consumer of `H::Event` messages.
+pub struct Inbox<H: Handler> {
+    pool: PgPool,
+    handler: H,
+    config: InboxConfig,
+    topology: Topology,
+    connected: watch::Sender<bool>,
+    stats: Arc<InboxStats>,
+}
+
+/// How a broker session ended without error.
+enum End {
+    Shutdown,
+    Crashed,
+}
+
+impl<H: Handler> Inbox<H> {
+    /// Checks `config` and prepares the consumer; nothing connects until [`Self::run`].
+    pub fn new(pool: PgPool, handler: H, config: InboxConfig) -> anyhow::Result<Self> {
+        config.validate().map_err(|reason| anyhow::anyhow!("invalid inbox configuration: {reason}"))?;
+        let topology = config.topology();
+        Ok(Self { pool, handler, config, topology, connected: watch::Sender::new(false), stats: Arc::default() })
+    }
+
+    /// True while the consumer holds a broker connection and is subscribed.
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.connected.subscribe()
+    }
+
+    pub fn stats(&self) -> Arc<InboxStats> {
+        Arc::clone(&self.stats)
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Consumes until `shutdown` fires, then stops taking deliveries, finishes
+    /// the batch in hand, acks what committed and closes the connection.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let prune_stop = CancellationToken::new();
+        let pruner = tokio::spawn(crate::prune::run(
+            self.pool.clone(),
+            self.config.dedup_window,
+            self.config.prune_interval,
+            prune_stop.clone(),
+        ));
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        let mut sessions = 0u64;
+        while !shutdown.is_cancelled() {
+            if sessions > 0 {
+                self.stats.count_reconnect();
+            }
+            sessions += 1;
+            let started = tokio::time::Instant::now();
+            match self.session(&shutdown, &mut backoff).await {
+                Ok(End::Shutdown) => break,
+                Ok(End::Crashed) => {
+                    tracing::warn!("inbox stopped by an injected crash");
+                    break;
+                }
+                Err(err) => {
+                    self.connected.send_replace(false);
+                    if started.elapsed() > Duration::from_secs(30) {
+                        // A long quiet session was healthy: come back quickly.
+                        backoff.reset();
+                    }
+                    tracing::warn!(error = format!("{err:#}"), queue = %self.topology.main, "inbox lost the broker; reconnecting");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
+            }
+        }
+        self.connected.send_replace(false);
+        prune_stop.cancel();
+        let _ = pruner.await;
+        tracing::info!(queue = %self.topology.main, "inbox stopped");
+    }
+
+    async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> anyhow::Result<End> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(LongString::from(self.config.connection_name.as_str()));
+        // Raced against shutdown: a connect to an unresponsive host can take minutes.
+        let connection = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(End::Shutdown),
+            connected = Connection::connect(self.config.amqp_url.expose_secret(), properties) => {
+                connected.context("cannot connect")?
+            }
+        };
+        let result = self.consume(&connection, shutdown, backoff).await;
+        // Closing the connection hands every unacknowledged delivery back to the
+        // queue; after an injected crash that includes the committed batch.
+        let _ = tokio::time::timeout(Duration::from_secs(5), connection.close(200, ShortString::from("bye"))).await;
+        result
+    }
+
+    async fn consume(
+        &self,
+        connection: &Connection,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> anyhow::Result<End> {
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel.basic_qos(self.config.prefetch, BasicQosOptions::default()).await?;
+        self.topology.declare(&channel).await.context("cannot declare the topology")?;
+        let tag = format!("{}-{}", self.config.connection_name, uuid::Uuid::new_v4().simple());
+        let mut consumer = channel
+            .basic_consume(
+                ShortString::from(self.topology.main.as_str()),
+                ShortString::from(tag.as_str()),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.connected.send_replace(true);
+        tracing::info!(queue = %self.topology.main, prefetch = self.config.prefetch, "inbox consuming");
+
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                next = consumer.next() => next,
+            };
+            let first = match first {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(err)) => return Err(err).context("consumer failed"),
+                None => anyhow::bail!("the broker cancelled the consumer"),
+            };
+            let mut deliveries = vec![first];
+            let mut broken = None;
+            // Whatever the broker has already pushed joins the batch; no waiting for more.
+            while deliveries.len() < self.config.batch_size {
+                match consumer.next().now_or_never() {
+                    Some(Some(Ok(delivery))) => deliveries.push(delivery),
+                    Some(Some(Err(err))) => {
+                        broken = Some(err);
+                        break;
+                    }
+                    Some(None) | None => break,
+                }
+            }
+            // Not raced against shutdown: a batch in hand is always finished.
+            if let Some(end) = self.process(&channel, deliveries).await? {
+                return Ok(end);
+            }
+            // Only a settled batch proves the session works; a broker that takes
+            // the subscription but refuses our publishes must not be retried fast.
+            backoff.reset();
+            if let Some(err) = broken {
+                return Err(err).context("consumer failed");
+            }
+        }
+
+        self.connected.send_replace(false);
+        channel.basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default()).await.ok();
+        // Prefetched deliveries not yet taken go back to the queue with the channel.
+        channel.close(200, ShortString::from("inbox stopping")).await.ok();
+        Ok(End::Shutdown)
+    }
+
+    async fn process(&self, channel: &Channel, deliveries: Vec<Delivery>) -> anyhow::Result<Option<End>> {
+        let mut items: Vec<_> =
+            deliveries.into_iter().map(|delivery| message::prepare::<H>(delivery, &self.topology.main)).collect();
+        let committed = batch::apply(&self.pool, &self.handler, &mut items).await;
+        if committed && self.config.fault == Fault::CrashAfterCommit {
+            return Ok(Some(End::Crashed));
+        }
+        forward::settle(channel, &self.config, &self.topology, &items, &self.stats)
+            .await
+            .map_err(|reason| anyhow::anyhow!(reason))?;
+        Ok(None)
+    }
+}

@@ -1,0 +1,110 @@
+//! What a service plugs into the inbox: the event it consumes and the effect
+//! it applies inside the inbox's transaction.
+
+use std::future::Future;
+
+use sqlx::PgConnection;
+use tracing::{Instrument, Span};
+use uuid::Uuid;
+
+/// Applies events. The inbox decodes, validates and deduplicates before
+/// calling the handler, and commits the handler's writes together with the
+/// record that each event was processed.
+pub trait Handler: Send + Sync + 'static {
+    /// The protobuf payload.
+    type Event: prost::Message + Default + Send + Sync + 'static;
+    /// The AMQP `type` property the messages carry, e.g. `pulse.events.v1.OrderCreated`.
+    const MESSAGE_TYPE: &'static str;
+
+    /// Checks a decoded event; an `Err` dead-letters it with reason `validation_failed`.
+    fn validate(event: &Self::Event) -> Result<(), String>;
+
+    /// Applies one event inside the open transaction `tx`. Has effect at most
+    /// once per event id; may run again after a rolled-back attempt.
+    fn handle(
+        &self,
+        tx: &mut PgConnection,
+        event: &Self::Event,
+        ctx: &MessageContext,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Applies several events, in order, inside `tx`; the inbox's fast path.
+    /// The default calls [`Self::handle`] for each; override it to write many
+    /// rows per statement. If it fails, the inbox rolls the transaction back
+    /// and applies the events one by one with [`Self::handle`], each under a
+    /// savepoint, leaving out the failed event when [`BatchError::index`] names it.
+    fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[(&Self::Event, &MessageContext)],
+    ) -> impl Future<Output = Result<(), BatchError>> + Send {
+        async move {
+            for (index, (event, ctx)) in events.iter().enumerate() {
+                self.handle(tx, event, ctx)
+                    .instrument(ctx.span.clone())
+                    .await
+                    .map_err(|error| BatchError { index: Some(index), error })?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// What the inbox knows about the message being handled.
+#[derive(Debug, Clone)]
+pub struct MessageContext {
+    /// The AMQP `message_id`.
+    pub event_id: Uuid,
+    /// `x-correlation-id` header, or the AMQP `correlation_id` property.
+    pub correlation_id: Option<String>,
+    /// This attempt's number, 1 for the first.
+    pub attempt: u32,
+    /// The broker delivered this copy before (a consumer died or lost its connection).
+    pub redelivered: bool,
+    /// The message's log span (carries `event_id` and `correlation_id`);
+    /// [`Handler::handle`] already runs inside it.
+    pub span: Span,
+}
+
+/// Why a handler failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth another try later (database trouble, a busy dependency): the
+    /// message goes to the next retry tier, or the dead-letter queue once its
+    /// attempts are used up.
+    #[error("retryable: {0:#}")]
+    Retryable(anyhow::Error),
+    /// Will fail however often it is tried: straight to the dead-letter queue.
+    #[error("permanent: {0:#}")]
+    Permanent(anyhow::Error),
+}
+
+/// Database errors are retried: connection loss, deadlocks and serialization
+/// failures pass, and a query bug still ends in the dead-letter queue once the
+/// attempts are used up, replayable after the fix.
+impl From<sqlx::Error> for HandlerError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Retryable(err.into())
+    }
+}
+
+/// Why [`Handler::handle_batch`] failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct BatchError {
+    /// Position of the failed event in the batch, when known.
+    pub index: Option<usize>,
+    pub error: HandlerError,
+}
+
+impl From<HandlerError> for BatchError {
+    fn from(error: HandlerError) -> Self {
+        Self { index: None, error }
+    }
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(err: sqlx::Error) -> Self {
+        HandlerError::from(err).into()
+    }
+}

@@ -1,0 +1,316 @@
+//! The headers the inbox reads and writes, and the pure rules behind retries:
+//! which tier a failed message goes to, what a dead-lettered copy carries, what
+//! a replayed copy loses.
+
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+
+/// Failed processing attempts so far; absent on a message never tried.
+pub const ATTEMPT: &str = "x-attempt";
+/// Why a message was dead-lettered, one of [`DeadLetterReason`].
+pub const REASON: &str = "x-dead-letter-reason";
+/// The last error, as text.
+pub const ERROR: &str = "x-error";
+/// The queue the message was consumed from when it was dead-lettered.
+pub const SOURCE_QUEUE: &str = "x-source-queue";
+/// When it was dead-lettered, RFC 3339 in UTC.
+pub const DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
+/// Correlation id, kept on every copy.
+pub const CORRELATION_ID: &str = platform::correlation::HEADER;
+
+/// Headers the broker adds when it dead-letters a message out of a retry
+/// queue; dropped on republish so they do not pile up on every round trip.
+const BROKER_DEATH_HEADERS: [&str; 7] = [
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+];
+
+/// Longest `x-error` kept, so a huge error cannot push a frame past the broker's limits.
+const MAX_ERROR_LEN: usize = 2000;
+
+/// Why a message went to the dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    /// The payload is not a valid protobuf message of the expected type.
+    DecodeError,
+    /// The AMQP `type` property is missing or names another message.
+    UnknownType,
+    /// The AMQP `message_id` is missing or not a UUID.
+    InvalidMessageId,
+    /// The decoded event failed the handler's validation.
+    ValidationFailed,
+    /// The handler said the event can never succeed.
+    HandlerRejected,
+    /// Every allowed attempt failed with a transient error.
+    MaxAttemptsExceeded,
+}
+
+impl DeadLetterReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DecodeError => "decode_error",
+            Self::UnknownType => "unknown_type",
+            Self::InvalidMessageId => "invalid_message_id",
+            Self::ValidationFailed => "validation_failed",
+            Self::HandlerRejected => "handler_rejected",
+            Self::MaxAttemptsExceeded => "max_attempts_exceeded",
+        }
+    }
+}
+
+/// What to do with a message whose attempt number `attempts_made` just failed transiently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Park it in retry tier `tier` for `delay`.
+    Retry {
+        tier: usize,
+        delay: Duration,
+    },
+    DeadLetter,
+}
+
+/// The retry tier that follows `attempts_made` failed attempts: tiers in
+/// order, the last one repeating. None before any failure or without tiers.
+pub(crate) fn tier_for(attempts_made: u32, delays: &[Duration]) -> Option<(usize, Duration)> {
+    let last = delays.len().checked_sub(1)?;
+    let index = (attempts_made.checked_sub(1)? as usize).min(last);
+    Some((index, delays[index]))
+}
+
+pub(crate) fn next_step(attempts_made: u32, max_attempts: u32, delays: &[Duration]) -> Next {
+    if attempts_made >= max_attempts {
+        return Next::DeadLetter;
+    }
+    match tier_for(attempts_made, delays) {
+        Some((tier, delay)) => Next::Retry { tier, delay },
+        None => Next::DeadLetter,
+    }
+}
+
+/// Reads `x-attempt` leniently (any integer or numeric string); a missing or
+/// nonsensical value counts as no attempt so far.
+pub fn attempts_made(headers: Option<&FieldTable>) -> u32 {
+    let Some(value) = headers.and_then(|h| h.inner().get(ATTEMPT)) else { return 0 };
+    let number: Option<i128> = match value {
+        AMQPValue::ShortShortInt(v) => Some((*v).into()),
+        AMQPValue::ShortShortUInt(v) => Some((*v).into()),
+        AMQPValue::ShortInt(v) => Some((*v).into()),
+        AMQPValue::ShortUInt(v) => Some((*v).into()),
+        AMQPValue::LongInt(v) => Some((*v).into()),
+        AMQPValue::LongUInt(v) => Some((*v).into()),
+        AMQPValue::LongLongInt(v) => Some((*v).into()),
+        AMQPValue::ShortString(s) => s.as_str().trim().parse().ok(),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().and_then(|s| s.trim().parse().ok()),
+        _ => None,
+    };
+    number.map_or(0, |n| n.clamp(0, i128::from(u32::MAX)) as u32)
+}
+
+/// A text header (long or short string), if present and UTF-8.
+pub fn text(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+fn without(headers: Option<&FieldTable>, drop: &[&str]) -> std::collections::BTreeMap<ShortString, AMQPValue> {
+    let mut map = headers.map(|h| h.inner().clone()).unwrap_or_default();
+    map.retain(|key, _| !drop.contains(&key.as_str()));
+    map
+}
+
+fn long(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+/// The original headers with `x-attempt` set, for a copy parked in a retry tier.
+pub(crate) fn retry_headers(original: Option<&FieldTable>, attempts_made: u32) -> FieldTable {
+    let mut map = without(original, &BROKER_DEATH_HEADERS);
+    map.insert(ShortString::from(ATTEMPT), AMQPValue::LongLongInt(attempts_made.into()));
+    FieldTable::from(map)
+}
+
+/// The original headers plus the dead-letter headers.
+pub(crate) fn dead_letter_headers(
+    original: Option<&FieldTable>,
+    attempts_made: u32,
+    reason: DeadLetterReason,
+    error: &str,
+    source_queue: &str,
+    at: DateTime<Utc>,
+) -> FieldTable {
+    let mut map = without(original, &BROKER_DEATH_HEADERS);
+    let error = match error.char_indices().nth(MAX_ERROR_LEN) {
+        Some((cut, _)) => &error[..cut],
+        None => error,
+    };
+    map.insert(ShortString::from(ATTEMPT), AMQPValue::LongLongInt(attempts_made.into()));
+    map.insert(ShortString::from(REASON), long(reason.as_str()));
+    map.insert(ShortString::from(ERROR), long(error));
+    map.insert(ShortString::from(SOURCE_QUEUE), long(source_queue));
+    map.insert(ShortString::from(DEAD_LETTERED_AT), long(&at.to_rfc3339_opts(SecondsFormat::Millis, true)));
+    FieldTable::from(map)
+}
+
+/// The headers of a replayed message: the original ones, as first published.
+pub(crate) fn replay_headers(original: Option<&FieldTable>) -> FieldTable {
+    let mut drop = vec![ATTEMPT, REASON, ERROR, SOURCE_QUEUE, DEAD_LETTERED_AT];
+    drop.extend(BROKER_DEATH_HEADERS);
+    FieldTable::from(without(original, &drop))
+}
+
+/// The original properties with new headers, made persistent. `expiration` is
+/// dropped so a copy cannot silently expire out of the dead-letter queue, and
+/// `user_id` because the broker refuses a user id other than our own login.
+pub(crate) fn forward_properties(original: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    let mut properties = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+    let copy =
+        |p: BasicProperties, value: &Option<ShortString>, set: fn(BasicProperties, ShortString) -> BasicProperties| {
+            match value {
+                Some(v) => set(p, v.clone()),
+                None => p,
+            }
+        };
+    properties = copy(properties, original.content_type(), BasicProperties::with_content_type);
+    properties = copy(properties, original.content_encoding(), BasicProperties::with_content_encoding);
+    properties = copy(properties, original.correlation_id(), BasicProperties::with_correlation_id);
+    properties = copy(properties, original.reply_to(), BasicProperties::with_reply_to);
+    properties = copy(properties, original.message_id(), BasicProperties::with_message_id);
+    properties = copy(properties, original.kind(), BasicProperties::with_type);
+    properties = copy(properties, original.app_id(), BasicProperties::with_app_id);
+    properties = copy(properties, original.cluster_id(), BasicProperties::with_cluster_id);
+    if let Some(priority) = original.priority() {
+        properties = properties.with_priority(*priority);
+    }
+    if let Some(timestamp) = original.timestamp() {
+        properties = properties.with_timestamp(*timestamp);
+    }
+    properties
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (k, v) in entries {
+            t.insert(ShortString::from(*k), v.clone());
+        }
+        t
+    }
+
+    #[test]
+    fn reads_attempts_of_any_integer_shape() {
+        assert_eq!(attempts_made(None), 0);
+        assert_eq!(attempts_made(Some(&table(&[(ATTEMPT, AMQPValue::LongLongInt(3))]))), 3);
+        assert_eq!(attempts_made(Some(&table(&[(ATTEMPT, AMQPValue::LongInt(2))]))), 2);
+        assert_eq!(attempts_made(Some(&table(&[(ATTEMPT, long("4"))]))), 4);
+        assert_eq!(attempts_made(Some(&table(&[(ATTEMPT, AMQPValue::LongLongInt(-7))]))), 0);
+        assert_eq!(attempts_made(Some(&table(&[(ATTEMPT, long("many"))]))), 0);
+    }
+
+    #[test]
+    fn dead_letter_headers_keep_the_originals_and_add_the_reason() {
+        let original = table(&[
+            (CORRELATION_ID, long("corr-1")),
+            ("traceparent", long("00-abc")),
+            ("x-death", AMQPValue::Void),
+            (ATTEMPT, AMQPValue::LongLongInt(2)),
+        ]);
+        let at = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.678Z").unwrap().with_timezone(&Utc);
+        let headers =
+            dead_letter_headers(Some(&original), 3, DeadLetterReason::MaxAttemptsExceeded, "boom", "q.main", at);
+        let h = Some(&headers);
+        assert_eq!(text(h, CORRELATION_ID).as_deref(), Some("corr-1"));
+        assert_eq!(text(h, "traceparent").as_deref(), Some("00-abc"));
+        assert_eq!(attempts_made(h), 3);
+        assert_eq!(text(h, REASON).as_deref(), Some("max_attempts_exceeded"));
+        assert_eq!(text(h, ERROR).as_deref(), Some("boom"));
+        assert_eq!(text(h, SOURCE_QUEUE).as_deref(), Some("q.main"));
+        assert_eq!(text(h, DEAD_LETTERED_AT).as_deref(), Some("2026-01-02T03:04:05.678Z"));
+        assert!(!headers.contains_key("x-death"));
+
+        let replayed = replay_headers(h);
+        assert_eq!(replayed.inner().keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["traceparent", CORRELATION_ID]);
+    }
+
+    #[test]
+    fn long_errors_are_cut() {
+        let headers = dead_letter_headers(None, 1, DeadLetterReason::DecodeError, &"é".repeat(5000), "q", Utc::now());
+        assert_eq!(text(Some(&headers), ERROR).unwrap().chars().count(), MAX_ERROR_LEN);
+    }
+
+    #[test]
+    fn forwarded_properties_are_persistent_and_lose_expiration() {
+        let original = BasicProperties::default()
+            .with_message_id(ShortString::from("m"))
+            .with_type(ShortString::from("t"))
+            .with_expiration(ShortString::from("100"))
+            .with_user_id(ShortString::from("someone"))
+            .with_timestamp(42);
+        let forwarded = forward_properties(&original, retry_headers(None, 1));
+        assert_eq!(forwarded.message_id().as_ref().map(ShortString::as_str), Some("m"));
+        assert_eq!(forwarded.kind().as_ref().map(ShortString::as_str), Some("t"));
+        assert_eq!(*forwarded.timestamp(), Some(42));
+        assert_eq!(*forwarded.delivery_mode(), Some(2));
+        assert!(forwarded.expiration().is_none() && forwarded.user_id().is_none());
+        assert_eq!(attempts_made(forwarded.headers().as_ref()), 1);
+    }
+
+    #[test]
+    fn tiers_follow_the_configuration() {
+        let delays = [Duration::from_secs(1), Duration::from_secs(5)];
+        assert_eq!(next_step(1, 4, &delays), Next::Retry { tier: 0, delay: delays[0] });
+        assert_eq!(next_step(2, 4, &delays), Next::Retry { tier: 1, delay: delays[1] });
+        assert_eq!(next_step(3, 4, &delays), Next::Retry { tier: 1, delay: delays[1] });
+        assert_eq!(next_step(4, 4, &delays), Next::DeadLetter);
+        assert_eq!(next_step(1, 1, &delays), Next::DeadLetter);
+        assert_eq!(next_step(1, 3, &[]), Next::DeadLetter);
+    }
+
+    proptest! {
+        #[test]
+        fn retries_never_outlive_max_attempts_and_never_shorten(
+            delays in proptest::collection::vec(1u64..100_000, 1..6),
+            max in 1u32..20,
+            made in 1u32..40,
+        ) {
+            let delays: Vec<Duration> = delays.into_iter().map(Duration::from_millis).collect();
+            match next_step(made, max, &delays) {
+                Next::DeadLetter => prop_assert!(made >= max),
+                Next::Retry { tier, delay } => {
+                    prop_assert!(made < max);
+                    prop_assert!(tier < delays.len());
+                    prop_assert_eq!(delay, delays[tier]);
+                    if let Next::Retry { tier: later, .. } = next_step(made + 1, max.max(made + 2), &delays) {
+                        prop_assert!(later >= tier);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn attempts_survive_a_retry_round_trip(made in 0u32..1000, extra in "[a-z]{1,8}") {
+            let original = table(&[(extra.as_str(), long("v"))]);
+            let headers = retry_headers(Some(&original), made);
+            prop_assert_eq!(attempts_made(Some(&headers)), made);
+            let value = text(Some(&headers), &extra);
+            prop_assert_eq!(value.as_deref(), Some("v"));
+        }
+    }
+}

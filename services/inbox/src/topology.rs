@@ -1,0 +1,140 @@
+//! Queue names and their idempotent declaration.
+//!
+//! For a main queue `Q` bound to exchange `E`:
+//! * `Q` — quorum queue bound to `E` with each routing key. Deliveries the
+//!   broker hands out more than [`POISON_DELIVERY_LIMIT`] times (a message that
+//!   crashes every consumer before its ack) are dead-lettered by the broker to `Q.dlq`.
+//! * `Q.retry.<delay>` per tier, e.g. `Q.retry.1s`, `Q.retry.2m` — quorum queues
+//!   with that message TTL whose expired messages the broker dead-letters (at
+//!   least once) back to `Q` through the default exchange. Nothing consumes them.
+//! * `Q.dlq` — quorum queue holding what could not be processed, until replayed.
+
+use std::time::Duration;
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+
+/// Broker-side deliveries of one message before the broker itself dead-letters it.
+pub const POISON_DELIVERY_LIMIT: i64 = 20;
+
+/// The names an inbox declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    pub exchange: String,
+    pub routing_keys: Vec<String>,
+    pub main: String,
+    /// One queue per retry tier, in tier order, with its delay.
+    pub retries: Vec<(Duration, String)>,
+    pub dead_letter: String,
+}
+
+/// `1500ms`, `1s`, `30s`, `2m`, `1h`: the shortest exact spelling of a delay.
+pub fn delay_label(delay: Duration) -> String {
+    let ms = delay.as_millis();
+    match ms {
+        _ if ms > 0 && ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms > 0 && ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        _ if ms > 0 && ms.is_multiple_of(1_000) => format!("{}s", ms / 1_000),
+        _ => format!("{ms}ms"),
+    }
+}
+
+impl Topology {
+    pub fn new(exchange: &str, main: &str, routing_keys: &[String], delays: &[Duration]) -> Self {
+        Self {
+            exchange: exchange.to_owned(),
+            routing_keys: routing_keys.to_vec(),
+            main: main.to_owned(),
+            retries: delays.iter().map(|d| (*d, format!("{main}.retry.{}", delay_label(*d)))).collect(),
+            dead_letter: format!("{main}.dlq"),
+        }
+    }
+
+    /// Declares the exchange, every queue and the bindings. Safe to repeat and
+    /// to race with other replicas; fails if a queue exists with other arguments.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        channel
+            .exchange_declare(
+                ShortString::from(self.exchange.as_str()),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        declare_quorum(channel, &self.dead_letter, quorum_args()).await?;
+        for (delay, name) in &self.retries {
+            let mut args = quorum_args();
+            args.insert(ShortString::from("x-message-ttl"), AMQPValue::LongLongInt(delay.as_millis() as i64));
+            args.insert(ShortString::from("x-dead-letter-exchange"), text(""));
+            args.insert(ShortString::from("x-dead-letter-routing-key"), text(&self.main));
+            // Quorum queues dead-letter at most once unless asked otherwise, and
+            // at-least-once needs reject-publish overflow.
+            args.insert(ShortString::from("x-dead-letter-strategy"), text("at-least-once"));
+            args.insert(ShortString::from("x-overflow"), text("reject-publish"));
+            declare_quorum(channel, name, args).await?;
+        }
+        let mut args = quorum_args();
+        args.insert(ShortString::from("x-delivery-limit"), AMQPValue::LongLongInt(POISON_DELIVERY_LIMIT));
+        args.insert(ShortString::from("x-dead-letter-exchange"), text(""));
+        args.insert(ShortString::from("x-dead-letter-routing-key"), text(&self.dead_letter));
+        declare_quorum(channel, &self.main, args).await?;
+        for key in &self.routing_keys {
+            channel
+                .queue_bind(
+                    ShortString::from(self.main.as_str()),
+                    ShortString::from(self.exchange.as_str()),
+                    ShortString::from(key.as_str()),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+fn quorum_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(ShortString::from("x-queue-type"), text("quorum"));
+    args
+}
+
+async fn declare_quorum(channel: &Channel, name: &str, args: FieldTable) -> Result<(), lapin::Error> {
+    channel.queue_declare(ShortString::from(name), QueueDeclareOptions::durable(), args).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn names_derive_from_the_main_queue() {
+        let delays = [Duration::from_millis(200), Duration::from_secs(5), Duration::from_secs(120)];
+        let topology = Topology::new("pulse.events", "pulse.notifications", &["order.created".into()], &delays);
+        assert_eq!(topology.dead_letter, "pulse.notifications.dlq");
+        let names: Vec<&str> = topology.retries.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["pulse.notifications.retry.200ms", "pulse.notifications.retry.5s", "pulse.notifications.retry.2m"]
+        );
+        assert_eq!(delay_label(Duration::from_secs(7200)), "2h");
+        assert_eq!(delay_label(Duration::from_millis(1500)), "1500ms");
+    }
+
+    proptest! {
+        #[test]
+        fn labels_are_exact_and_distinct(a in 1u64..100_000_000, b in 1u64..100_000_000) {
+            let (la, lb) = (delay_label(Duration::from_millis(a)), delay_label(Duration::from_millis(b)));
+            prop_assert_eq!(la == lb, a == b);
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Losing the broker, shutting down, and throughput.
+
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{amqp::*, support::*};
+
+#[sqlx::test(migrations = "../../migrations/notifications")]
+async fn reconnects_by_itself_after_losing_the_broker(pool: PgPool) {
+    create_things(&pool).await;
+    let proxy = testkit::FaultProxy::start(broker_addr().await).await;
+    let config = config_for(&testkit::via(&testkit::amqp_url(), proxy.addr()));
+    let topology = config.topology();
+    let _sweep = Sweep(topology.clone());
+    let broker = Broker::connect().await;
+    let mut running = start(&pool, Recorder::default(), config);
+    running.wait_connected(true).await;
+    broker.publish(&topology.exchange, Uuid::new_v4(), &Thing::named("before")).await;
+    let stats = running.stats.clone();
+    let stats = &stats;
+    eventually(|| async move { stats.snapshot().processed == 1 }).await;
+
+    proxy.cut();
+    running.wait_connected(false).await;
+    // Published straight to the broker while the consumer is cut off: it waits in the queue.
+    broker.publish(&topology.exchange, Uuid::new_v4(), &Thing::named("during")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(running.stats.snapshot().processed, 1);
+
+    proxy.restore();
+    running.wait_connected(true).await;
+    broker.publish(&topology.exchange, Uuid::new_v4(), &Thing::named("after")).await;
+    eventually(|| async move { stats.snapshot().processed == 3 }).await;
+    assert!(running.stats.snapshot().reconnects >= 1);
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM things ORDER BY name").fetch_all(&pool).await.unwrap();
+    assert_eq!(names, ["after", "before", "during"]);
+    running.stop().await;
+    broker.delete(&topology).await;
+}
+
+#[sqlx::test(migrations = "../../migrations/notifications")]
+async fn shutdown_finishes_the_batch_in_hand_and_takes_no_more(pool: PgPool) {
+    create_things(&pool).await;
+    let config = config();
+    let topology = config.topology();
+    let _sweep = Sweep(topology.clone());
+    let broker = Broker::connect().await;
+    broker.declare(&topology).await;
+    for name in ["slow-1", "slow-2", "slow-3"] {
+        broker.publish(&topology.exchange, Uuid::new_v4(), &Thing { name: name.into(), fail: "slow".into() }).await;
+    }
+    let recorder = Recorder::default();
+    let running = start(&pool, recorder.clone(), config);
+    let attempts = &recorder.attempts;
+    eventually(|| async move { !attempts.lock().unwrap().is_empty() }).await;
+    let mut connected = running.connected.clone();
+    running.stop().await;
+    assert!(!*connected.borrow_and_update(), "reports disconnected once stopped");
+    let started = recorder.attempts.lock().unwrap().len() as i64;
+    let done = count(&pool, "SELECT count(*) FROM things").await;
+    assert_eq!(done, started, "every message whose handling had started was finished and committed");
+    // The broker takes back the deliveries not yet handled (asynchronously, for a quorum queue).
+    let (broker_ref, main) = (&broker, topology.main.as_str());
+    eventually(|| async move { done + i64::from(broker_ref.ready(main).await) == 3 }).await;
+    let left = broker.ready(&topology.main).await;
+    broker.publish(&topology.exchange, Uuid::new_v4(), &Thing::named("late")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(broker.ready(&topology.main).await, left + 1, "nothing consumes after shutdown");
+    broker.delete(&topology).await;
+}
+
+/// Run with `cargo nextest run -p inbox --run-ignored only throughput --release`.
+/// Publishes a backlog, then measures how fast one consumer drains it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run alone"]
+async fn throughput() {
+    const EVENTS: usize = 30_000;
+    let database = format!("pulse_inbox_bench_{}", Uuid::new_v4().simple());
+    let admin = PgPool::connect(&testkit::database_url()).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {database}")).execute(&admin).await.unwrap();
+    let url = testkit::database_url();
+    let url = format!("{}/{database}", url.rsplit_once('/').unwrap().0);
+    let pool = PgPool::connect(&url).await.unwrap();
+    sqlx::migrate!("../../migrations/notifications").run(&pool).await.unwrap();
+    create_things(&pool).await;
+
+    let mut config = config();
+    config.prefetch = std::env::var("BENCH_PREFETCH").map_or(512, |v| v.parse().unwrap());
+    config.batch_size = std::env::var("BENCH_BATCH").map_or(200, |v| v.parse().unwrap());
+    let topology = config.topology();
+    let _sweep = Sweep(topology.clone());
+    let broker = Broker::connect().await;
+    broker.declare(&topology).await;
+    let started = Instant::now();
+    for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(1000) {
+        let mut confirms = Vec::new();
+        for i in chunk {
+            let body = prost::Message::encode_to_vec(&Thing::named(&format!("e{i}")));
+            let confirm = broker
+                .channel
+                .basic_publish(
+                    lapin::types::ShortString::from(topology.exchange.as_str()),
+                    lapin::types::ShortString::from(ROUTING_KEY),
+                    lapin::options::BasicPublishOptions::default(),
+                    &body,
+                    properties(Some(&Uuid::new_v4().to_string()), Some(TYPE)),
+                )
+                .await
+                .unwrap();
+            confirms.push(confirm);
+        }
+        for confirm in futures::future::join_all(confirms).await {
+            confirm.unwrap();
+        }
+    }
+    println!("published {EVENTS} in {:?}", started.elapsed());
+
+    let started = Instant::now();
+    let running = start(&pool, Recorder::default(), config);
+    let stats = &running.stats;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stats.snapshot().processed < EVENTS as u64 {
+        assert!(Instant::now() < deadline, "drained only {:?}", stats.snapshot());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = started.elapsed();
+    let rate = EVENTS as f64 / elapsed.as_secs_f64();
+    println!("consumed {EVENTS} in {elapsed:?}: {rate:.0} events/s");
+    running.stop().await;
+    broker.delete(&topology).await;
+    pool.close().await;
+    sqlx::query(&format!("DROP DATABASE {database} WITH (FORCE)")).execute(&admin).await.unwrap();
+    assert!(rate > 7000.0, "{rate:.0} events/s");
+}

@@ -1,0 +1,8 @@
+//! Inbox tests against the local Postgres (a fresh database per test) and
+//! RabbitMQ (a fresh exchange and queue set per test, so tests run in parallel).
+
+mod amqp;
+mod broker;
+mod dedup;
+mod failures;
+mod support;

@@ -1,0 +1,138 @@
+//! Configuration from the environment; every default works against the local
+//! Postgres and RabbitMQ.
+//!
+//! | variable | default |
+//! |---|---|
+//! | `NOTIFICATIONS_GRPC_ADDR` | `0.0.0.0:50052` |
+//! | `NOTIFICATIONS_DATABASE_URL` | `postgres://postgres:postgres@localhost:5432/pulse_notifications` |
+//! | `NOTIFICATIONS_DB_MAX_CONNECTIONS` | `32` |
+//! | `NOTIFICATIONS_DB_ACQUIRE_TIMEOUT_MS` | `3000` |
+//! | `AMQP_URL` | `amqp://guest:guest@localhost:5672/%2f` |
+//! | `NOTIFICATIONS_CONSUMER_ENABLED` | `true` |
+//! | `NOTIFICATIONS_EXCHANGE` | `pulse.events` |
+//! | `NOTIFICATIONS_QUEUE_PREFIX` | `pulse` (main queue `<prefix>.notifications.order-created`) |
+//! | `NOTIFICATIONS_PREFETCH` | `512` |
+//! | `NOTIFICATIONS_BATCH_SIZE` | `200` |
+//! | `NOTIFICATIONS_RETRY_DELAYS_MS` | `1000,5000,30000,120000,600000` |
+//! | `NOTIFICATIONS_MAX_ATTEMPTS` | `6` |
+//! | `NOTIFICATIONS_DEDUP_WINDOW_SECS` | `604800` (7 days) |
+
+use std::{net::SocketAddr, time::Duration};
+
+use inbox::InboxConfig;
+use platform::{
+    config::{ConfigError, addr_or, bool_or, millis_or, parse_or, secret_url_or, var_or},
+    db::PoolSettings,
+};
+use secrecy::SecretString;
+
+/// Everything the service needs; tests build one directly.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Port 0 binds an ephemeral port (see [`crate::App::grpc_addr`]).
+    pub grpc_addr: SocketAddr,
+    pub database_url: SecretString,
+    pub pool: PoolSettings,
+    /// Off for a replica that only serves the API.
+    pub consumer_enabled: bool,
+    /// The consumer: broker URL, queue names, retry tiers, batch sizes.
+    pub inbox: InboxConfig,
+    /// How often the health check probes the database.
+    pub health_interval: Duration,
+}
+
+/// The consumer's main queue for a prefix; the retry and dead-letter queues are named after it.
+pub fn queue_name(prefix: &str) -> String {
+    format!("{prefix}.notifications.order-created")
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let amqp_url = secret_url_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f")?;
+        let mut inbox = InboxConfig::new(
+            amqp_url,
+            var_or("NOTIFICATIONS_EXCHANGE", contracts::EVENTS_EXCHANGE),
+            queue_name(&var_or("NOTIFICATIONS_QUEUE_PREFIX", "pulse")),
+            vec![contracts::events::v1::ORDER_CREATED_ROUTING_KEY.to_owned()],
+        );
+        inbox.connection_name = "notifications".to_owned();
+        inbox.prefetch = parse_or("NOTIFICATIONS_PREFETCH", inbox.prefetch)?;
+        inbox.batch_size = parse_or("NOTIFICATIONS_BATCH_SIZE", inbox.batch_size)?;
+        if let Some(delays) = delays_from("NOTIFICATIONS_RETRY_DELAYS_MS")? {
+            inbox.max_attempts = delays.len() as u32 + 1;
+            inbox.retry_delays = delays;
+        }
+        inbox.max_attempts = parse_or("NOTIFICATIONS_MAX_ATTEMPTS", inbox.max_attempts)?;
+        inbox.dedup_window =
+            Duration::from_secs(parse_or("NOTIFICATIONS_DEDUP_WINDOW_SECS", inbox.dedup_window.as_secs())?);
+        inbox.validate().map_err(|reason| invalid("NOTIFICATIONS_* consumer settings", reason))?;
+
+        let defaults = PoolSettings::default();
+        Ok(Self {
+            grpc_addr: addr_or("NOTIFICATIONS_GRPC_ADDR", "0.0.0.0:50052")?,
+            database_url: secret_url_or(
+                "NOTIFICATIONS_DATABASE_URL",
+                "postgres://postgres:postgres@localhost:5432/pulse_notifications",
+            )?,
+            pool: PoolSettings {
+                max_connections: parse_or("NOTIFICATIONS_DB_MAX_CONNECTIONS", defaults.max_connections)?,
+                acquire_timeout: millis_or("NOTIFICATIONS_DB_ACQUIRE_TIMEOUT_MS", defaults.acquire_timeout)?,
+            },
+            consumer_enabled: bool_or("NOTIFICATIONS_CONSUMER_ENABLED", true)?,
+            inbox,
+            health_interval: Duration::from_secs(1),
+        })
+    }
+}
+
+fn invalid(name: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { name: name.to_owned(), reason: reason.into() }
+}
+
+/// A comma-separated list of milliseconds, None when the variable is unset.
+fn delays_from(name: &str) -> Result<Option<Vec<Duration>>, ConfigError> {
+    let raw = var_or(name, "");
+    if raw.trim().is_empty() {
+        return Ok(None);
+    }
+    parse_delays(&raw).map(Some).map_err(|reason| invalid(name, reason))
+}
+
+fn parse_delays(raw: &str) -> Result<Vec<Duration>, String> {
+    raw.split(',')
+        .map(|part| {
+            let ms: u64 =
+                part.trim().parse().map_err(|_| format!("{:?} is not a number of milliseconds", part.trim()))?;
+            if ms == 0 { Err("a retry delay must be at least 1 ms".to_owned()) } else { Ok(Duration::from_millis(ms)) }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn queue_names_derive_from_the_prefix() {
+        assert_eq!(queue_name("pulse"), "pulse.notifications.order-created");
+    }
+
+    #[test]
+    fn parses_retry_delays() {
+        assert_eq!(parse_delays("1000, 5000,30000").unwrap(), [1000, 5000, 30000].map(Duration::from_millis));
+        assert!(parse_delays("1000,,5000").is_err());
+        assert!(parse_delays("1s").is_err());
+        assert!(parse_delays("0").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn delay_lists_round_trip(delays in proptest::collection::vec(1u64..10_000_000, 1..8)) {
+            let raw = delays.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+            let parsed = parse_delays(&raw).unwrap();
+            prop_assert_eq!(parsed, delays.into_iter().map(Duration::from_millis).collect::<Vec<_>>());
+        }
+    }
+}

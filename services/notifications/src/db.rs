@@ -1,0 +1,66 @@
+//! The notifications table: one row per consumed OrderCreated event.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// The migrations of this service, applied at start.
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/notifications");
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct Notification {
+    pub(crate) notification_id: Uuid,
+    pub(crate) order_id: Uuid,
+    pub(crate) event_id: Uuid,
+    pub(crate) message: String,
+    pub(crate) correlation_id: String,
+    pub(crate) created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NewNotification {
+    pub(crate) order_id: Uuid,
+    pub(crate) event_id: Uuid,
+    pub(crate) message: String,
+    pub(crate) correlation_id: String,
+}
+
+/// Inserts inside the caller's transaction, in one statement, and returns the
+/// event ids whose notification is new. An event that already made its notification is skipped
+/// (the inbox should have caught it first; the unique event id holds even past
+/// the inbox's dedup window).
+pub(crate) async fn insert(tx: &mut PgConnection, new: &[NewNotification]) -> Result<HashSet<Uuid>, sqlx::Error> {
+    let ids: Vec<Uuid> = new.iter().map(|_| Uuid::now_v7()).collect();
+    let orders: Vec<Uuid> = new.iter().map(|n| n.order_id).collect();
+    let events: Vec<Uuid> = new.iter().map(|n| n.event_id).collect();
+    let messages: Vec<&str> = new.iter().map(|n| n.message.as_str()).collect();
+    let correlations: Vec<&str> = new.iter().map(|n| n.correlation_id.as_str()).collect();
+    let inserted = sqlx::query_scalar(
+        "INSERT INTO notifications (notification_id, order_id, event_id, message, correlation_id)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[])
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING event_id",
+    )
+    .bind(&ids)
+    .bind(&orders)
+    .bind(&events)
+    .bind(&messages)
+    .bind(&correlations)
+    .fetch_all(tx)
+    .await?;
+    Ok(inserted.into_iter().collect())
+}
+
+/// The notifications of one order, oldest first.
+pub(crate) async fn for_order(pool: &PgPool, order_id: Uuid) -> Result<Vec<Notification>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT notification_id, order_id, event_id, message, correlation_id, created_at
+         FROM notifications WHERE order_id = $1
+         ORDER BY created_at, notification_id",
+    )
+    .bind(order_id)
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,149 @@
+//! Turns OrderCreated events into notifications, inside the inbox's transaction.
+
+use contracts::events::v1::{ORDER_CREATED_TYPE, OrderCreated};
+use inbox::{BatchError, Handler, HandlerError, MessageContext};
+use platform::correlation::CorrelationId;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::db::{self, NewNotification};
+
+/// The inbox handler of `pulse.events.v1.OrderCreated`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OrderCreatedHandler;
+
+impl Handler for OrderCreatedHandler {
+    type Event = OrderCreated;
+    const MESSAGE_TYPE: &'static str = ORDER_CREATED_TYPE;
+
+    fn validate(event: &OrderCreated) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if Uuid::parse_str(&event.order_id).is_err() {
+            problems.push(format!("order_id {:?} is not a UUID", event.order_id));
+        }
+        if event.amount.trim().is_empty() {
+            problems.push("amount is required".to_owned());
+        }
+        if event.currency.len() != 3 || !event.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            problems.push(format!("currency {:?} is not an ISO 4217 code", event.currency));
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        event: &OrderCreated,
+        ctx: &MessageContext,
+    ) -> Result<(), HandlerError> {
+        let new = notification_for(event, ctx)?;
+        let inserted = db::insert(tx, std::slice::from_ref(&new)).await?;
+        log_inserted(&new, inserted.contains(&new.event_id));
+        Ok(())
+    }
+
+    /// One INSERT for the whole batch: at thousands of events a second the
+    /// round trip per row is what would cost most.
+    async fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[(&OrderCreated, &MessageContext)],
+    ) -> Result<(), BatchError> {
+        let new = events
+            .iter()
+            .enumerate()
+            .map(|(index, (event, ctx))| {
+                notification_for(event, ctx).map_err(|error| BatchError { index: Some(index), error })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let inserted = db::insert(tx, &new).await?;
+        for (notification, (_, ctx)) in new.iter().zip(events) {
+            ctx.span.in_scope(|| log_inserted(notification, inserted.contains(&notification.event_id)));
+        }
+        Ok(())
+    }
+}
+
+fn notification_for(event: &OrderCreated, ctx: &MessageContext) -> Result<NewNotification, HandlerError> {
+    // validate() has checked it; a failure here would be a bug, not worth retrying.
+    let order_id = Uuid::parse_str(&event.order_id).map_err(|err| HandlerError::Permanent(err.into()))?;
+    Ok(NewNotification {
+        order_id,
+        event_id: ctx.event_id,
+        message: message_for(order_id, &event.amount, &event.currency),
+        correlation_id: correlation_of(event, ctx).to_string(),
+    })
+}
+
+fn log_inserted(notification: &NewNotification, inserted: bool) {
+    if inserted {
+        tracing::debug!(order_id = %notification.order_id, "notification created");
+    } else {
+        tracing::info!(order_id = %notification.order_id, "a notification for this event already exists");
+    }
+}
+
+/// The event's own correlation id, else the message header's, else a new one.
+fn correlation_of(event: &OrderCreated, ctx: &MessageContext) -> CorrelationId {
+    CorrelationId::parse(&event.correlation_id)
+        .or_else(|| ctx.correlation_id.as_deref().and_then(CorrelationId::parse))
+        .unwrap_or_else(CorrelationId::generate)
+}
+
+fn message_for(order_id: Uuid, amount: &str, currency: &str) -> String {
+    format!("Order {order_id} for {amount} {currency} has been received")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> OrderCreated {
+        OrderCreated {
+            event_id: Uuid::new_v4().to_string(),
+            order_id: Uuid::new_v4().to_string(),
+            customer_id: "c-1".into(),
+            amount: "77.50".into(),
+            currency: "EUR".into(),
+            occurred_at: None,
+            correlation_id: "corr-event".into(),
+        }
+    }
+
+    fn ctx(header: Option<&str>) -> MessageContext {
+        MessageContext {
+            event_id: Uuid::new_v4(),
+            correlation_id: header.map(str::to_owned),
+            attempt: 1,
+            redelivered: false,
+            span: tracing::Span::none(),
+        }
+    }
+
+    #[test]
+    fn validation_names_each_problem() {
+        assert!(OrderCreatedHandler::validate(&event()).is_ok());
+        let mut bad = event();
+        bad.order_id.clear();
+        bad.currency = "euro".into();
+        let error = OrderCreatedHandler::validate(&bad).unwrap_err();
+        assert!(error.contains("order_id") && error.contains("currency"), "{error}");
+    }
+
+    #[test]
+    fn correlation_comes_from_the_event_then_the_header() {
+        assert_eq!(correlation_of(&event(), &ctx(Some("corr-header"))).as_str(), "corr-event");
+        let mut bare = event();
+        bare.correlation_id.clear();
+        assert_eq!(correlation_of(&bare, &ctx(Some("corr-header"))).as_str(), "corr-header");
+        assert!(Uuid::parse_str(correlation_of(&bare, &ctx(Some("bad header"))).as_str()).is_ok());
+    }
+
+    #[test]
+    fn the_notification_reads_well() {
+        let (event, ctx) = (event(), ctx(None));
+        let new = notification_for(&event, &ctx).unwrap();
+        assert_eq!(new.message, format!("Order {} for 77.50 EUR has been received", event.order_id));
+        assert_eq!((new.event_id, new.correlation_id.as_str()), (ctx.event_id, "corr-event"));
+    }
+}

@@ -1,0 +1,148 @@
+//! Wiring: database, consumer, gRPC server and health, and the order they stop in.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use contracts::notifications::v1::{SERVICE_NAME, notification_service_server::NotificationServiceServer};
+use inbox::{Inbox, InboxStats};
+use platform::grpc::set_status;
+use sqlx::{PgPool, postgres::PgConnectOptions};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Router;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{config::Config, db::MIGRATOR, grpc::NotificationApi, handler::OrderCreatedHandler};
+
+/// Health name that follows the consumer's broker connection.
+pub const CONSUMER_HEALTH_NAME: &str = "pulse.notifications.v1.Consumer";
+
+/// A built service: database migrated, port bound, nothing running yet.
+pub struct App {
+    grpc_addr: SocketAddr,
+    listener: TcpListener,
+    router: Router,
+    reporter: HealthReporter,
+    pool: PgPool,
+    db_options: PgConnectOptions,
+    health_interval: Duration,
+    inbox: Option<Inbox<OrderCreatedHandler>>,
+    consumer_connected: watch::Receiver<bool>,
+    stats: Arc<InboxStats>,
+}
+
+/// Creates the database if needed, applies migrations, binds the gRPC port
+/// and prepares the consumer.
+pub async fn build(config: Config) -> anyhow::Result<App> {
+    tracing::info!(
+        database = %platform::config::redact_url(secrecy::ExposeSecret::expose_secret(&config.database_url)),
+        broker = %platform::config::redact_url(secrecy::ExposeSecret::expose_secret(&config.inbox.amqp_url)),
+        queue = %config.inbox.queue,
+        consumer = config.consumer_enabled,
+        "starting notifications"
+    );
+    let pool = platform::db::connect_and_migrate(&config.database_url, &config.pool, &MIGRATOR).await?;
+    let db_options = platform::db::connect_options(&config.database_url)?;
+    let (inbox, consumer_connected, stats) = if config.consumer_enabled {
+        let inbox = Inbox::new(pool.clone(), OrderCreatedHandler, config.inbox.clone())?;
+        let (connected, stats) = (inbox.connected(), inbox.stats());
+        (Some(inbox), connected, stats)
+    } else {
+        (None, watch::channel(false).1, Arc::default())
+    };
+    let (router, reporter) = platform::grpc::router_with_health_and_reflection()?;
+    let router = router.add_service(NotificationServiceServer::new(NotificationApi::new(pool.clone())));
+    let (listener, grpc_addr) = platform::grpc::bind(config.grpc_addr).await?;
+    // NOT_SERVING until the watchers have seen the database and the broker.
+    set_status(&reporter, &["", SERVICE_NAME, CONSUMER_HEALTH_NAME], ServingStatus::NotServing).await;
+    Ok(App {
+        grpc_addr,
+        listener,
+        router,
+        reporter,
+        pool,
+        db_options,
+        health_interval: config.health_interval,
+        inbox,
+        consumer_connected,
+        stats,
+    })
+}
+
+impl App {
+    /// The bound address (the real port when the configuration said 0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// True while the consumer is connected to the broker and subscribed.
+    pub fn consumer_connected(&self) -> watch::Receiver<bool> {
+        self.consumer_connected.clone()
+    }
+
+    /// What the consumer has done so far.
+    pub fn consumer_stats(&self) -> Arc<InboxStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Serves and consumes until `shutdown` fires, then: health NOT_SERVING,
+    /// consumer stopped after its batch in hand, in-flight calls finished.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let health_stop = CancellationToken::new();
+        let db_watch = tokio::spawn(platform::grpc::watch_database(
+            self.db_options,
+            self.reporter.clone(),
+            vec!["", SERVICE_NAME],
+            self.health_interval,
+            Duration::from_secs(2),
+            health_stop.clone(),
+        ));
+        let consumer_watch =
+            tokio::spawn(watch_consumer(self.consumer_connected, self.reporter.clone(), health_stop.clone()));
+        let consumer_stop = CancellationToken::new();
+        let consumer = self.inbox.map(|inbox| tokio::spawn(inbox.run(consumer_stop.clone())));
+        let server_stop = CancellationToken::new();
+        let mut server = tokio::spawn(platform::grpc::serve(self.router, self.listener, server_stop.clone()));
+        tracing::info!(addr = %self.grpc_addr, "notifications serving");
+
+        let early = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            ended = &mut server => Some(ended),
+        };
+        let all = ["", SERVICE_NAME, CONSUMER_HEALTH_NAME];
+        health_stop.cancel();
+        set_status(&self.reporter, &all, ServingStatus::NotServing).await;
+        consumer_stop.cancel();
+        if let Some(consumer) = consumer {
+            consumer.await?;
+        }
+        // A watcher caught mid-update could have written SERVING after us.
+        let _ = tokio::join!(db_watch, consumer_watch);
+        set_status(&self.reporter, &all, ServingStatus::NotServing).await;
+        server_stop.cancel();
+        let served = match early {
+            Some(ended) => ended,
+            None => server.await,
+        };
+        self.pool.close().await;
+        served??;
+        tracing::info!("notifications stopped");
+        Ok(())
+    }
+}
+
+/// Mirrors the consumer's connection state onto [`CONSUMER_HEALTH_NAME`].
+async fn watch_consumer(mut connected: watch::Receiver<bool>, reporter: HealthReporter, stop: CancellationToken) {
+    loop {
+        let status = if *connected.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
+        reporter.set_service_status(CONSUMER_HEALTH_NAME, status).await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = connected.changed() => if changed.is_err() {
+                // The consumer is gone (disabled or stopped): stays NOT_SERVING.
+                reporter.set_service_status(CONSUMER_HEALTH_NAME, ServingStatus::NotServing).await;
+                stop.cancelled().await;
+                return;
+            },
+        }
+    }
+}

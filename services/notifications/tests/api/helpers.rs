@@ -1,0 +1,282 @@
+//! Spawning the service in-process against a fresh database and an isolated
+//! exchange and queue set, publishing events the way Orders does, and waiting
+//! with deadlines.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use contracts::{
+    events::v1::{ORDER_CREATED_ROUTING_KEY, ORDER_CREATED_TYPE, OrderCreated},
+    notifications::v1::{
+        ListNotificationsRequest, Notification, notification_service_client::NotificationServiceClient,
+    },
+};
+use inbox::{InboxConfig, InboxStats, Topology};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection,
+    message::BasicGetMessage,
+    options::{
+        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use notifications::{App, Config};
+use platform::db::PoolSettings;
+use prost::Message;
+use secrecy::SecretString;
+use sqlx::{PgPool, postgres::PgConnectOptions};
+use tokio::{sync::watch, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel as GrpcChannel;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use uuid::Uuid;
+
+pub(crate) const WAIT: Duration = Duration::from_secs(25);
+
+/// The URL of the `#[sqlx::test]` database described by `options`.
+pub(crate) fn database_url(options: &PgConnectOptions) -> String {
+    let mut url = url::Url::parse(&testkit::database_url()).expect("DATABASE_URL is a URL");
+    url.set_path(&format!("/{}", options.get_database().expect("test database has a name")));
+    url.to_string()
+}
+
+/// A direct pool on the test database, for assertions.
+pub(crate) async fn pool(options: &PgConnectOptions) -> PgPool {
+    PgPool::connect_with(options.clone()).await.expect("connect to the test database")
+}
+
+/// Port 0, an isolated exchange and queue, short retry tiers (200 ms, 400 ms; 3 attempts).
+pub(crate) fn test_config(database_url: &str, amqp_url: &str) -> Config {
+    let mut inbox = InboxConfig::new(
+        SecretString::from(amqp_url.to_owned()),
+        testkit::unique("test.notifications.events"),
+        testkit::unique("test.notifications"),
+        vec![ORDER_CREATED_ROUTING_KEY.to_owned()],
+    );
+    inbox.retry_delays = vec![Duration::from_millis(200), Duration::from_millis(400)];
+    inbox.max_attempts = 3;
+    inbox.dedup_window = Duration::from_secs(3600);
+    inbox.backoff_max = Duration::from_millis(500);
+    inbox.connection_name = "notifications-test".into();
+    Config {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        database_url: SecretString::from(database_url.to_owned()),
+        pool: PoolSettings { max_connections: 8, acquire_timeout: Duration::from_millis(1000) },
+        consumer_enabled: true,
+        inbox,
+        health_interval: Duration::from_millis(200),
+    }
+}
+
+/// The service, running in the background.
+pub(crate) struct TestApp {
+    pub(crate) addr: SocketAddr,
+    pub(crate) stats: Arc<InboxStats>,
+    pub(crate) connected: watch::Receiver<bool>,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+pub(crate) async fn spawn_app(config: Config) -> TestApp {
+    platform::telemetry::init_for_tests();
+    let app: App = notifications::build(config).await.expect("the service builds");
+    let (addr, stats, connected) = (app.grpc_addr(), app.consumer_stats(), app.consumer_connected());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+    TestApp { addr, stats, connected, stop, task }
+}
+
+impl TestApp {
+    pub(crate) async fn client(&self) -> NotificationServiceClient<GrpcChannel> {
+        NotificationServiceClient::connect(format!("http://{}", self.addr)).await.expect("connect to the service")
+    }
+
+    pub(crate) async fn list(&self, order_id: &str) -> Result<Vec<Notification>, tonic::Status> {
+        let request = ListNotificationsRequest { order_id: order_id.to_owned() };
+        Ok(self.client().await.list_notifications(request).await?.into_inner().notifications)
+    }
+
+    pub(crate) async fn health(&self, service: &str) -> ServingStatus {
+        let channel = GrpcChannel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.unwrap();
+        let response = HealthClient::new(channel).check(HealthCheckRequest { service: service.to_owned() }).await;
+        ServingStatus::try_from(response.expect("health answers").into_inner().status).unwrap()
+    }
+
+    pub(crate) async fn wait_health(&self, service: &str, want: ServingStatus) {
+        eventually(|| async move { self.health(service).await == want }).await;
+    }
+
+    pub(crate) async fn wait_connected(&mut self, up: bool) {
+        tokio::time::timeout(WAIT, self.connected.wait_for(|c| *c == up))
+            .await
+            .unwrap_or_else(|_| panic!("consumer never became connected={up}"))
+            .ok();
+    }
+
+    /// Fires the shutdown token and waits for a clean exit.
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(WAIT, self.task).await.expect("stops in time").unwrap().expect("stops cleanly");
+    }
+}
+
+pub(crate) fn order_created(correlation_id: &str) -> (Uuid, OrderCreated) {
+    let event_id = Uuid::new_v4();
+    let event = OrderCreated {
+        event_id: event_id.to_string(),
+        order_id: Uuid::new_v4().to_string(),
+        customer_id: "customer-1".into(),
+        amount: "77.50".into(),
+        currency: "EUR".into(),
+        occurred_at: Some(prost_types_now()),
+        correlation_id: correlation_id.to_owned(),
+    };
+    (event_id, event)
+}
+
+fn prost_types_now() -> prost_types::Timestamp {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    prost_types::Timestamp { seconds: now.as_secs() as i64, nanos: now.subsec_nanos() as i32 }
+}
+
+/// Properties as the Orders relay sets them.
+pub(crate) fn properties(message_id: Option<&str>, kind: Option<&str>, correlation_id: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(ShortString::from("x-correlation-id"), AMQPValue::LongString(LongString::from(correlation_id)));
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/x-protobuf"))
+        .with_app_id(ShortString::from("orders"))
+        .with_headers(headers);
+    if let Some(id) = message_id {
+        properties = properties.with_message_id(ShortString::from(id));
+    }
+    if let Some(kind) = kind {
+        properties = properties.with_type(ShortString::from(kind));
+    }
+    properties
+}
+
+/// A confirm-mode channel straight to the real broker.
+pub(crate) struct Broker {
+    _connection: Connection,
+    channel: Channel,
+}
+
+impl Broker {
+    pub(crate) async fn connect() -> Self {
+        let connection = testkit::amqp_connection().await;
+        let channel = connection.create_channel().await.unwrap();
+        channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        Self { _connection: connection, channel }
+    }
+
+    pub(crate) fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    pub(crate) async fn declare(&self, topology: &Topology) {
+        topology.declare(&self.channel).await.unwrap();
+    }
+
+    pub(crate) async fn publish_raw(&self, exchange: &str, properties: BasicProperties, body: &[u8]) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                ShortString::from(exchange),
+                ShortString::from(ORDER_CREATED_ROUTING_KEY),
+                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                body,
+                properties,
+            )
+            .await
+            .unwrap();
+        assert_eq!(confirm.await.unwrap(), Confirmation::Ack(None), "the broker routes the message");
+    }
+
+    pub(crate) async fn publish(&self, exchange: &str, event_id: Uuid, event: &OrderCreated) {
+        let properties = properties(Some(&event_id.to_string()), Some(ORDER_CREATED_TYPE), &event.correlation_id);
+        self.publish_raw(exchange, properties, &event.encode_to_vec()).await;
+    }
+
+    pub(crate) async fn ready(&self, queue: &str) -> u32 {
+        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        self.channel
+            .queue_declare(ShortString::from(queue), passive, FieldTable::default())
+            .await
+            .unwrap()
+            .message_count()
+    }
+
+    /// Waits until `queue` holds `n` messages, then takes them all.
+    pub(crate) async fn take_n(&self, queue: &str, n: u32) -> Vec<BasicGetMessage> {
+        eventually(|| async move { self.ready(queue).await >= n }).await;
+        let mut taken = Vec::new();
+        let options = BasicGetOptions { no_ack: true };
+        while let Some(message) = self.channel.basic_get(ShortString::from(queue), options).await.unwrap() {
+            taken.push(message);
+        }
+        assert_eq!(taken.len(), n as usize, "exactly {n} messages in {queue}");
+        taken
+    }
+
+    pub(crate) async fn delete(&self, topology: &Topology) {
+        let retries = topology.retries.iter().map(|(_, q)| q.as_str());
+        for queue in retries.chain([topology.main.as_str(), topology.dead_letter.as_str()]) {
+            let _ = self.channel.queue_delete(ShortString::from(queue), QueueDeleteOptions::default()).await;
+        }
+        let exchange = ShortString::from(topology.exchange.as_str());
+        let _ = self.channel.exchange_delete(exchange, ExchangeDeleteOptions::default()).await;
+    }
+}
+
+/// Deletes a test's exchange and queues if the test panics before doing so itself.
+pub(crate) struct Sweep(pub(crate) Topology);
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let topology = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async { Broker::connect().await.delete(&topology).await });
+        })
+        .join();
+    }
+}
+
+pub(crate) fn header(message: &BasicGetMessage, name: &str) -> Option<String> {
+    inbox::headers::text(message.delivery.properties.headers().as_ref(), name)
+}
+
+/// Where a URL's host and port resolve to (IPv4), for a fault proxy to stand in front of.
+pub(crate) async fn upstream(url: &str) -> SocketAddr {
+    let parsed = url::Url::parse(url).expect("a URL");
+    let host_port = format!("{}:{}", parsed.host_str().unwrap(), parsed.port().unwrap());
+    let mut addrs = tokio::net::lookup_host(host_port).await.expect("host resolves");
+    addrs.find(SocketAddr::is_ipv4).expect("an IPv4 address")
+}
+
+pub(crate) async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+/// Polls `check` every 50 ms until it holds; fails the test after [`WAIT`].
+pub(crate) async fn eventually<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "condition not met within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,9 @@
+//! API tests: the service runs in-process against a fresh database
+//! (`#[sqlx::test]`) and the local RabbitMQ, with its own exchange and queues
+//! per test, and is driven through its generated gRPC client.
+
+mod consumer;
+mod faults;
+mod helpers;
+mod list;
+mod throughput;
