@@ -49,7 +49,8 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     } else {
         (None, watch::channel(false).1, Arc::default())
     };
-    let (router, reporter) = platform::grpc::router_with_health_and_reflection()?;
+    let (router, reporter) =
+        platform::grpc::router_with_health_and_reflection(&[contracts::notifications::v1::SERVICE_NAME])?;
     let router = router.add_service(NotificationServiceServer::new(NotificationApi::new(pool.clone())));
     let (listener, grpc_addr) = platform::grpc::bind(config.grpc_addr).await?;
     // NOT_SERVING until the watchers have seen the database and the broker.

@@ -39,7 +39,8 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let pool = platform::db::connect_and_migrate(&config.database_url, &config.pool, &MIGRATOR).await?;
         let writer = OutboxWriter::new();
-        let (mut router, health) = grpc::router_with_health_and_reflection()?;
+        let offered: &[&str] = if config.role == Role::Relay { &[] } else { &[SERVICE_NAME] };
+        let (mut router, health) = grpc::router_with_health_and_reflection(offered)?;
         if config.role != Role::Relay {
             let api = OrdersApi::new(Orders::new(pool.clone(), writer.clone()));
             router = router.add_service(OrderServiceServer::new(api));

@@ -11,17 +11,23 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Router;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-/// A tonic router already carrying health and reflection.
-pub fn router_with_health_and_reflection() -> anyhow::Result<(Router, HealthReporter)> {
+/// A tonic router already carrying health and reflection. Reflection lists
+/// `services` (the ones this server really offers), health and reflection.
+pub fn router_with_health_and_reflection(services: &[&str]) -> anyhow::Result<(Router, HealthReporter)> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(contracts::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(contracts::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let configure = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(contracts::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health");
+        for service in services {
+            builder = builder.with_service_name(*service);
+        }
+        builder
+    };
+    let reflection_v1 = configure().with_service_name("grpc.reflection.v1.ServerReflection").build_v1()?;
+    let reflection_v1alpha =
+        configure().with_service_name("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?;
     let router = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection_v1)

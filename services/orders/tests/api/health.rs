@@ -61,6 +61,10 @@ async fn reflection_v1_and_v1alpha_list_the_services(pool: PgPool) {
         for expected in ["pulse.orders.v1.OrderService", "grpc.health.v1.Health"] {
             assert!(services.iter().any(|s| s == expected), "{expected} missing from {services:?}");
         }
+        assert!(
+            !services.iter().any(|s| s.contains("NotificationService")),
+            "only what this server offers is listed: {services:?}"
+        );
     }
     app.stop().await;
 }
