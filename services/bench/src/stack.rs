@@ -114,6 +114,20 @@ impl Stack {
         Ok(sqlx::query_scalar("SELECT count(*) FROM notifications").fetch_one(&mut conn).await?)
     }
 
+    /// Waits until the outbox is empty; returns how long that took from `since`.
+    pub(crate) async fn wait_outbox_empty(&mut self, since: Instant, limit: Duration) -> anyhow::Result<Duration> {
+        loop {
+            self.sample_rss();
+            if self.pending().await? == 0 {
+                return Ok(since.elapsed());
+            }
+            if since.elapsed() > limit {
+                anyhow::bail!("outbox not empty within {limit:?}: {} pending", self.pending().await?);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Waits until the outbox is empty and `orders` notifications exist;
     /// returns the two moments, measured from `since`.
     pub(crate) async fn wait_delivered(

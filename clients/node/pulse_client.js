@@ -1,0 +1,194 @@
+#!/usr/bin/env node
+// Pulse from Node.js: loads proto/ at run time (@grpc/proto-loader, nothing
+// generated or committed) and takes one order end to end, printing each step:
+//   1. grpc.health.v1.Health/Check is SERVING on both services, for "" and for
+//      each service's full name (health.proto from the grpc-health-check package);
+//   2. CreateOrder with an x-correlation-id, which must come back in the body
+//      and in the response metadata;
+//   3. ListNotifications is polled until the order's notification appears
+//      (bounded), which must carry the order's event id and correlation id.
+// Exits 0 when all of that holds, 1 otherwise.
+//
+//   npm ci && node pulse_client.js [--orders host:port] [--notifications host:port]
+// Addresses default to ORDERS_ADDR [localhost:50051] and NOTIFICATIONS_ADDR
+// [localhost:50052]; PULSE_CLIENT_TIMEOUT_SECS [30] bounds every wait.
+'use strict';
+
+const crypto = require('node:crypto');
+const fs = require('node:fs');
+const path = require('node:path');
+const { parseArgs } = require('node:util');
+
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const ORDER_SERVICE = 'pulse.orders.v1.OrderService';
+const NOTIFICATION_SERVICE = 'pulse.notifications.v1.NotificationService';
+const SERVING = 'SERVING';
+
+class Failure extends Error {}
+
+function log(message) {
+  console.log(`[pulse_client.js] ${message}`);
+}
+
+function protoFiles(root) {
+  const found = [];
+  for (const entry of fs.readdirSync(root, { withFileTypes: true, recursive: true })) {
+    if (entry.isFile() && entry.name.endsWith('.proto')) {
+      // entry.parentPath is node >= 20.12; entry.path is the older name.
+      const dir = entry.parentPath ?? entry.path;
+      found.push(path.relative(root, path.join(dir, entry.name)));
+    }
+  }
+  return found.sort();
+}
+
+function loadPackages(protoDir) {
+  const options = { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true };
+  const files = protoFiles(protoDir);
+  if (files.length === 0) throw new Failure(`no .proto files under ${protoDir}`);
+  // protobufjs resolves google/protobuf/*.proto (well-known types) by itself.
+  const pulse = grpc.loadPackageDefinition(protoLoader.loadSync(files, { ...options, includeDirs: [protoDir] }));
+  const healthRoot = path.join(path.dirname(require.resolve('grpc-health-check/package.json')), 'proto');
+  const health = grpc.loadPackageDefinition(
+    protoLoader.loadSync('health/v1/health.proto', { ...options, includeDirs: [healthRoot] }),
+  );
+  log(`loaded ${files.length} proto files from ${protoDir} and health.proto from grpc-health-check`);
+  return { pulse, health };
+}
+
+// Calls a unary method; resolves with { response, metadata } (the response headers).
+function unary(client, method, request, { metadata = new grpc.Metadata(), timeoutSecs = 5 } = {}) {
+  return new Promise((resolve, reject) => {
+    let headers = new grpc.Metadata();
+    const deadline = new Date(Date.now() + timeoutSecs * 1000);
+    const call = client[method](request, metadata, { deadline }, (err, response) => {
+      if (err) reject(err);
+      else resolve({ response, metadata: headers });
+    });
+    call.on('metadata', (received) => {
+      headers = received;
+    });
+  });
+}
+
+function waitForReady(client, addr, timeoutSecs) {
+  return new Promise((resolve, reject) => {
+    client.waitForReady(new Date(Date.now() + timeoutSecs * 1000), (err) => {
+      if (err) reject(new Failure(`cannot connect to ${addr} within ${timeoutSecs}s: ${err.message}`));
+      else resolve();
+    });
+  });
+}
+
+async function checkHealth(client, addr, names) {
+  for (const name of names) {
+    const { response } = await unary(client, 'Check', { service: name });
+    log(`health ${addr} '${name || '(server)'}': ${response.status}`);
+    if (response.status !== SERVING) throw new Failure(`${addr} reports ${response.status} for '${name}'`);
+  }
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function run(args) {
+  const timeoutSecs = Number(args.timeout);
+  const { pulse, health } = loadPackages(path.resolve(args['proto-dir']));
+  const credentials = grpc.credentials.createInsecure();
+  const clients = [];
+  const make = (Ctor, addr) => {
+    const client = new Ctor(addr, credentials);
+    clients.push(client);
+    return client;
+  };
+  try {
+    const ordersHealth = make(health.grpc.health.v1.Health, args.orders);
+    const notificationsHealth = make(health.grpc.health.v1.Health, args.notifications);
+    await waitForReady(ordersHealth, args.orders, timeoutSecs);
+    await waitForReady(notificationsHealth, args.notifications, timeoutSecs);
+    await checkHealth(ordersHealth, args.orders, ['', ORDER_SERVICE]);
+    await checkHealth(notificationsHealth, args.notifications, ['', NOTIFICATION_SERVICE]);
+
+    const orders = make(pulse.pulse.orders.v1.OrderService, args.orders);
+    const correlationId = `node-client-${crypto.randomUUID()}`;
+    const metadata = new grpc.Metadata();
+    metadata.set('x-correlation-id', correlationId);
+    const created = await unary(
+      orders,
+      'CreateOrder',
+      { customer_id: args.customer, amount: args.amount, currency: args.currency },
+      { metadata, timeoutSecs: 10 },
+    );
+    const order = created.response;
+    log(
+      `CreateOrder: order ${order.order_id}, event ${order.event_id}, correlation ${order.correlation_id}, ` +
+        `amount ${order.order.amount} ${order.order.currency}`,
+    );
+    if (order.correlation_id !== correlationId) {
+      throw new Failure(`correlation id '${order.correlation_id}', sent '${correlationId}'`);
+    }
+    const echoed = created.metadata.get('x-correlation-id')[0];
+    if (echoed !== correlationId) {
+      throw new Failure(`response metadata x-correlation-id is '${echoed}', sent '${correlationId}'`);
+    }
+
+    const notifications = make(pulse.pulse.notifications.v1.NotificationService, args.notifications);
+    const started = Date.now();
+    let found = [];
+    let polls = 0;
+    for (;;) {
+      polls += 1;
+      found = (await unary(notifications, 'ListNotifications', { order_id: order.order_id })).response.notifications;
+      if (found.length > 0) break;
+      if (Date.now() - started > timeoutSecs * 1000) {
+        throw new Failure(`no notification for order ${order.order_id} after ${timeoutSecs}s (${polls} polls)`);
+      }
+      await sleep(200);
+    }
+    for (const n of found) {
+      log(`ListNotifications: ${n.notification_id}: '${n.message}' (correlation ${n.correlation_id})`);
+    }
+    if (found.length !== 1) throw new Failure(`expected exactly one notification, got ${found.length}`);
+    const [notification] = found;
+    if (notification.event_id !== order.event_id || notification.correlation_id !== correlationId) {
+      throw new Failure(
+        `notification carries event ${notification.event_id} / correlation ${notification.correlation_id}, ` +
+          `expected ${order.event_id} / ${correlationId}`,
+      );
+    }
+    const waited = ((Date.now() - started) / 1000).toFixed(2);
+    log(`notification arrived after ${waited}s (${polls} polls): all checks passed`);
+  } finally {
+    for (const client of clients) client.close();
+  }
+}
+
+async function main() {
+  const { values } = parseArgs({
+    options: {
+      orders: { type: 'string', default: process.env.ORDERS_ADDR || 'localhost:50051' },
+      notifications: { type: 'string', default: process.env.NOTIFICATIONS_ADDR || 'localhost:50052' },
+      'proto-dir': {
+        type: 'string',
+        default: process.env.PULSE_PROTO_DIR || path.join(__dirname, '..', '..', 'proto'),
+      },
+      timeout: { type: 'string', default: process.env.PULSE_CLIENT_TIMEOUT_SECS || '30' },
+      customer: { type: 'string', default: 'c-node' },
+      amount: { type: 'string', default: '23.45' },
+      currency: { type: 'string', default: 'USD' },
+    },
+  });
+  try {
+    await run(values);
+    return 0;
+  } catch (err) {
+    const detail = err instanceof Failure ? err.message : `${err.code !== undefined ? `gRPC ${err.code}: ` : ''}${err.message}`;
+    log(`FAILED: ${detail}`);
+    return 1;
+  }
+}
+
+main().then((code) => {
+  process.exitCode = code;
+});

@@ -1,0 +1,79 @@
+//! The example clients in `clients/` (Python and Node.js, stubs made from
+//! `proto/` at run time) against the real processes. Their dependencies come
+//! from `build-support/scripts/ensure-tools.sh`, under `$PULSE_TOOLS`.
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use tokio::process::Command;
+
+use crate::support::{System, db};
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the repository root")
+}
+
+fn tools_dir() -> PathBuf {
+    std::env::var_os("PULSE_TOOLS").map_or_else(|| PathBuf::from("/var/cache/pulse-tools"), PathBuf::from)
+}
+
+fn installed(path: PathBuf) -> PathBuf {
+    assert!(path.exists(), "{} is missing: run build-support/scripts/ensure-tools.sh", path.display());
+    path
+}
+
+/// Runs a client against `system` (bounded); fails the test, with its
+/// output, unless it exits 0. Returns what it printed.
+async fn run_client(system: &System, mut command: Command) -> String {
+    command
+        .current_dir(repo_root())
+        .env("ORDERS_ADDR", system.orders.addr().to_string())
+        .env("NOTIFICATIONS_ADDR", system.notifications.addr().to_string())
+        .env("PULSE_CLIENT_TIMEOUT_SECS", "30")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
+        .await
+        .expect("the client finishes within 120 s")
+        .expect("the client runs");
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    eprintln!("{printed}");
+    assert!(output.status.success(), "the client failed ({}):\n{printed}", output.status);
+    printed
+}
+
+/// The client's order is in the orders database and has exactly one notification.
+async fn assert_order_notified(system: &System, customer: &str) {
+    let orders_db = system.scratch.orders_pool().await;
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT order_id FROM orders WHERE customer_id = $1")
+        .bind(customer)
+        .fetch_all(&orders_db)
+        .await
+        .expect("read orders");
+    assert_eq!(ids.len(), 1, "the client made one order for {customer}");
+    let notifications_db = system.scratch.notifications_pool().await;
+    db::assert_one_notification_each(&notifications_db, &ids, Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_client_creates_an_order_and_sees_its_notification() {
+    let system = System::start().await;
+    let mut command = Command::new(installed(tools_dir().join("venv/bin/python")));
+    command.arg("clients/python/pulse_client.py").args(["--customer", "c-python-e2e"]);
+    let printed = run_client(&system, command).await;
+    assert!(printed.contains("all checks passed"), "{printed}");
+    assert_order_notified(&system, "c-python-e2e").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_node_client_creates_an_order_and_sees_its_notification() {
+    let system = System::start().await;
+    let mut command = Command::new("node");
+    // Dependencies from `npm ci` in clients/node when present, else ensure-tools.sh's copy.
+    if !repo_root().join("clients/node/node_modules").is_dir() {
+        command.env("NODE_PATH", installed(tools_dir().join("node-client/node_modules")));
+    }
+    command.arg("clients/node/pulse_client.js").args(["--customer", "c-node-e2e"]);
+    let printed = run_client(&system, command).await;
+    assert!(printed.contains("all checks passed"), "{printed}");
+    assert_order_notified(&system, "c-node-e2e").await;
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests: the real `orders` and `notifications` binaries as
+//! processes against the real Postgres and RabbitMQ, each test in its own
+//! RabbitMQ vhost with its own databases. Tests named `serial_*` run alone
+//! (see `.config/nextest.toml`). The binaries must be built first:
+//! `cargo build --workspace --bins` (build-support/scripts/test.sh does it).
+
+mod broker_outage;
+mod clients;
+mod consumer;
+mod crashes;
+mod happy_path;
+mod support;

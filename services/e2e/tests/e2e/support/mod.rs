@@ -1,0 +1,29 @@
+//! Shared by the end-to-end tests: a scratch vhost and databases, the
+//! services as processes, and the client, database and broker views.
+
+pub(crate) mod api;
+pub(crate) mod broker;
+pub(crate) mod db;
+pub(crate) mod process;
+pub(crate) mod scratch;
+
+use process::{Service, Spec};
+use scratch::Scratch;
+
+/// Both services running against one test's own vhost and databases.
+/// Fields drop in order: the processes are killed before the scratch space goes.
+pub(crate) struct System {
+    pub(crate) notifications: Service,
+    pub(crate) orders: Service,
+    pub(crate) scratch: Scratch,
+}
+
+impl System {
+    /// Notifications first (its consumer declares the queue), then orders with its relay.
+    pub(crate) async fn start() -> Self {
+        let scratch = Scratch::new().await;
+        let notifications = Spec::notifications(&scratch).start().await;
+        let orders = Spec::orders(&scratch).start().await;
+        Self { notifications, orders, scratch }
+    }
+}
