@@ -1,14 +1,8 @@
 //! The service's one error type and its one mapping to gRPC status codes.
 
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::Status;
 
-/// One invalid request field and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FieldViolation {
-    pub(crate) field: &'static str,
-    pub(crate) description: String,
-}
+pub(crate) use platform::errors::FieldViolation;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum NotificationsError {
@@ -29,25 +23,9 @@ impl From<sqlx::Error> for NotificationsError {
 impl From<NotificationsError> for Status {
     fn from(err: NotificationsError) -> Self {
         match err {
-            NotificationsError::InvalidArgument(violations) => {
-                let fields: Vec<&str> = violations.iter().map(|v| v.field).collect();
-                let message = format!("invalid {}", fields.join(", "));
-                let details = ErrorDetails::with_bad_request(
-                    violations
-                        .into_iter()
-                        .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
-                        .collect::<Vec<_>>(),
-                );
-                Status::with_error_details(Code::InvalidArgument, message, details)
-            }
-            NotificationsError::Unavailable(source) => {
-                tracing::warn!(error = %source, "database unavailable");
-                Status::unavailable("database unavailable, retry later")
-            }
-            NotificationsError::Internal(source) => {
-                tracing::error!(error = format!("{source:#}"), "internal error");
-                Status::internal("internal error")
-            }
+            NotificationsError::InvalidArgument(violations) => platform::errors::invalid_argument(violations),
+            NotificationsError::Unavailable(source) => platform::errors::database_unavailable(&source),
+            NotificationsError::Internal(source) => platform::errors::internal(&source),
         }
     }
 }

@@ -1,9 +1,8 @@
 //! The service's one error type and its one mapping to gRPC status codes.
 
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::Status;
 
-use crate::domain::FieldViolation;
+use platform::errors::FieldViolation;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OrdersError {
@@ -26,26 +25,10 @@ impl From<sqlx::Error> for OrdersError {
 impl From<OrdersError> for Status {
     fn from(err: OrdersError) -> Self {
         match err {
-            OrdersError::InvalidArgument(violations) => {
-                let fields: Vec<&str> = violations.iter().map(|v| v.field).collect();
-                let message = format!("invalid {}", fields.join(", "));
-                let details = ErrorDetails::with_bad_request(
-                    violations
-                        .into_iter()
-                        .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
-                        .collect::<Vec<_>>(),
-                );
-                Status::with_error_details(Code::InvalidArgument, message, details)
-            }
+            OrdersError::InvalidArgument(violations) => platform::errors::invalid_argument(violations),
             OrdersError::NotFound => Status::not_found("order not found"),
-            OrdersError::Unavailable(source) => {
-                tracing::warn!(error = %source, "database unavailable");
-                Status::unavailable("database unavailable, retry later")
-            }
-            OrdersError::Internal(source) => {
-                tracing::error!(error = format!("{source:#}"), "internal error");
-                Status::internal("internal error")
-            }
+            OrdersError::Unavailable(source) => platform::errors::database_unavailable(&source),
+            OrdersError::Internal(source) => platform::errors::internal(&source),
         }
     }
 }

@@ -8,18 +8,7 @@ pub use amount::Amount;
 pub use currency::Currency;
 use uuid::Uuid;
 
-/// One rejected request field and why, for a `google.rpc.BadRequest` detail.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldViolation {
-    pub field: &'static str,
-    pub description: String,
-}
-
-impl FieldViolation {
-    pub fn new(field: &'static str, description: impl Into<String>) -> Self {
-        Self { field, description: description.into() }
-    }
-}
+pub use platform::errors::FieldViolation;
 
 /// A customer id: 1 to 128 characters, no control characters, no surrounding blanks.
 #[derive(Debug, Clone, PartialEq, Eq)]
