@@ -48,12 +48,16 @@ async fn main() -> ExitCode {
     let server =
         std::env::var("BENCH_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432".into());
     let amqp = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let (amqp, vhost) = queues::isolated(&amqp);
     let mut stack = Stack::new(server, amqp);
     let mut report = Report::default();
     report.set("mode", mode);
     let started = Instant::now();
     let outcome = run(&plan, &only, &mut stack, &mut report).await;
     let cleanup = stack.reset().await;
+    if let Some(vhost) = vhost {
+        queues::remove(&vhost);
+    }
     report.set("elapsed_s", round(started.elapsed().as_secs_f64(), 1));
     report.print();
     if let Some(path) = json {

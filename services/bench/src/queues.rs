@@ -24,3 +24,35 @@ pub(crate) async fn delete_consumer_queues(url: &str) -> anyhow::Result<()> {
     let _ = connection.close(200, ShortString::from("done")).await;
     Ok(())
 }
+
+/// The bench's own virtual host, so that nothing else publishing to
+/// `pulse.events` on the same broker reaches the consumer it measures (and the
+/// bench's events reach nobody else). Made with `rabbitmqctl` when this machine
+/// runs the broker; otherwise the given URL is used as it is.
+pub(crate) fn isolated(url: &str) -> (String, Option<String>) {
+    const VHOST: &str = "pulse-bench";
+    let ctl = |args: &[&str]| {
+        std::process::Command::new("rabbitmqctl")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    let _ = ctl(&["add_vhost", VHOST]);
+    if !ctl(&["set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"]) {
+        eprintln!("bench: rabbitmqctl unavailable; sharing the broker's vhost with whatever else runs there");
+        return (url.to_owned(), None);
+    }
+    let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
+    (format!("{base}/{VHOST}"), Some(VHOST.to_owned()))
+}
+
+/// Deletes the bench's virtual host and everything in it.
+pub(crate) fn remove(vhost: &str) {
+    let _ = std::process::Command::new("rabbitmqctl")
+        .args(["delete_vhost", vhost])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
