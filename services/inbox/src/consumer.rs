@@ -23,6 +23,7 @@ use crate::{
     forward,
     handler::Handler,
     message,
+    metrics::InboxMetrics,
     stats::InboxStats,
     topology::Topology,
 };
@@ -35,6 +36,7 @@ pub struct Inbox<H: Handler> {
     topology: Topology,
     connected: watch::Sender<bool>,
     stats: Arc<InboxStats>,
+    metrics: InboxMetrics,
 }
 
 /// How a broker session ended without error.
@@ -48,7 +50,22 @@ impl<H: Handler> Inbox<H> {
     pub fn new(pool: PgPool, handler: H, config: InboxConfig) -> anyhow::Result<Self> {
         config.validate().map_err(|reason| anyhow::anyhow!("invalid inbox configuration: {reason}"))?;
         let topology = config.topology();
-        Ok(Self { pool, handler, config, topology, connected: watch::Sender::new(false), stats: Arc::default() })
+        Ok(Self {
+            pool,
+            handler,
+            config,
+            topology,
+            connected: watch::Sender::new(false),
+            stats: Arc::default(),
+            metrics: InboxMetrics::new(&platform::metrics::Registry::new()),
+        })
+    }
+
+    /// Records `inbox_messages_total` (by queue and outcome), `inbox_lag_seconds`
+    /// and `inbox_batch_duration_seconds` into `registry`.
+    pub fn with_metrics(mut self, registry: &platform::metrics::Registry) -> Self {
+        self.metrics = InboxMetrics::new(registry);
+        self
     }
 
     /// True while the consumer holds a broker connection and is subscribed.
@@ -191,15 +208,17 @@ impl<H: Handler> Inbox<H> {
     }
 
     async fn process(&self, channel: &Channel, deliveries: Vec<Delivery>) -> anyhow::Result<Option<End>> {
+        let started = std::time::Instant::now();
         let mut items: Vec<_> =
             deliveries.into_iter().map(|delivery| message::prepare::<H>(delivery, &self.topology.main)).collect();
         let committed = batch::apply(&self.pool, &self.handler, &mut items).await;
         if committed && self.config.fault == Fault::CrashAfterCommit {
             return Ok(Some(End::Crashed));
         }
-        forward::settle(channel, &self.config, &self.topology, &items, &self.stats)
+        forward::settle(channel, &self.config, &self.topology, &items, &self.stats, &self.metrics)
             .await
             .map_err(|reason| anyhow::anyhow!(reason))?;
+        self.metrics.batch(started.elapsed());
         Ok(None)
     }
 }

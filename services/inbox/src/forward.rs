@@ -13,6 +13,7 @@ use crate::{
     config::InboxConfig,
     headers::{self, DeadLetterReason, Next},
     message::{Item, Outcome},
+    metrics::{Counted, InboxMetrics},
     stats::InboxStats,
 };
 
@@ -26,12 +27,25 @@ pub(crate) async fn settle<E>(
     topology: &crate::Topology,
     items: &[Item<E>],
     stats: &InboxStats,
+    metrics: &InboxMetrics,
 ) -> Result<(), String> {
     let mut confirms = Vec::new();
+    let mut counted = Vec::with_capacity(items.len());
     for item in items {
         let made = item.attempts_before.saturating_add(1);
-        let Some((queue, headers)) = item.span.in_scope(|| route(item, made, config, topology)) else { continue };
+        let Some((queue, headers)) = item.span.in_scope(|| route(item, made, config, topology)) else {
+            counted.push(if item.outcome == Outcome::Duplicate { Counted::Duplicate } else { Counted::Processed });
+            continue;
+        };
         let dead = queue == &topology.dead_letter;
+        counted.push(match &item.outcome {
+            Outcome::DeadLetter(
+                DeadLetterReason::DecodeError | DeadLetterReason::UnknownType | DeadLetterReason::InvalidMessageId,
+                _,
+            ) => Counted::Poison,
+            _ if dead => Counted::DeadLettered,
+            _ => Counted::Retried,
+        });
         let published = channel
             .basic_publish(
                 ShortString::from(""),
@@ -76,6 +90,12 @@ pub(crate) async fn settle<E>(
         }
     }
     stats.count_forwarded(answers.len() - dead_lettered, dead_lettered);
+    for (item, outcome) in items.iter().zip(counted) {
+        metrics.settled(&topology.main, outcome);
+        if outcome == Counted::Processed {
+            metrics.processed(headers::occurred_at_millis(&item.delivery.properties));
+        }
+    }
     Ok(())
 }
 

@@ -22,6 +22,9 @@ pub const SOURCE_QUEUE: &str = "x-source-queue";
 pub const DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
 /// Correlation id, kept on every copy.
 pub const CORRELATION_ID: &str = platform::correlation::HEADER;
+/// When the event was committed, in milliseconds since the epoch (set by the
+/// outbox relay); the AMQP `timestamp` property (whole seconds) is the fallback.
+pub const OCCURRED_AT: &str = "x-occurred-at";
 
 /// Headers the broker adds when it dead-letters a message out of a retry
 /// queue; dropped on republish so they do not pile up on every round trip.
@@ -99,6 +102,17 @@ pub(crate) fn next_step(attempts_made: u32, max_attempts: u32, delays: &[Duratio
 
 /// Reads `x-attempt` leniently (any integer or numeric string); a missing or
 /// nonsensical value counts as no attempt so far.
+/// The event's commit time in milliseconds since the epoch, from
+/// [`OCCURRED_AT`] or else the `timestamp` property.
+pub fn occurred_at_millis(properties: &BasicProperties) -> Option<i64> {
+    let header = properties.headers().as_ref().and_then(|h| h.inner().get(OCCURRED_AT)).and_then(|value| match value {
+        AMQPValue::LongLongInt(v) => Some(*v),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().and_then(|s| s.trim().parse().ok()),
+        _ => None,
+    });
+    header.or_else(|| properties.timestamp().and_then(|t| i64::try_from(t).ok()).map(|t| t.saturating_mul(1000)))
+}
+
 pub fn attempts_made(headers: Option<&FieldTable>) -> u32 {
     let Some(value) = headers.and_then(|h| h.inner().get(ATTEMPT)) else { return 0 };
     let number: Option<i128> = match value {

@@ -29,6 +29,7 @@ mod forward;
 mod handler;
 pub mod headers;
 mod message;
+mod metrics;
 mod prune;
 mod replay;
 mod stats;

@@ -2,6 +2,7 @@
 //! never will.
 
 use lapin::{BasicProperties, message::Delivery};
+use platform::tracecontext::TraceParent;
 use tracing::Span;
 use uuid::Uuid;
 
@@ -48,13 +49,29 @@ pub(crate) fn prepare<H: Handler>(delivery: Delivery, queue: &str) -> Item<H::Ev
     let attempts_before = headers::attempts_made(properties.headers().as_ref());
     let correlation_id = headers::text(properties.headers().as_ref(), headers::CORRELATION_ID)
         .or_else(|| properties.correlation_id().as_ref().map(|c| c.as_str().to_owned()));
+    let event_id = properties.message_id().as_ref().map_or("", |id| id.as_str());
     let span = tracing::info_span!(
         "inbox_message",
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.destination.name = queue,
+        messaging.message.id = event_id,
+        db.system = "postgresql",
         queue,
-        event_id = properties.message_id().as_ref().map_or("", |id| id.as_str()),
+        event_id,
         correlation_id = correlation_id.as_deref().unwrap_or(""),
         attempt = attempts_before.saturating_add(1),
+        trace_id = tracing::field::Empty,
     );
+    // With OpenTelemetry the processing span is a child of the relay's publish
+    // span (the message's `traceparent`): one trace from CreateOrder on.
+    let traceparent = headers::text(properties.headers().as_ref(), platform::tracecontext::HEADER);
+    platform::telemetry::set_parent(&span, traceparent.as_deref());
+    // The trace id on this message's log lines, to find its trace.
+    if let Some(own) = platform::telemetry::traceparent_of(&span).and_then(|t| TraceParent::parse(&t)) {
+        span.record("trace_id", own.trace_id_hex());
+    }
     let (parsed, outcome) = match parse::<H::Event>(properties, &delivery.data, H::MESSAGE_TYPE, H::validate) {
         Ok((event, event_id)) => {
             let ctx = MessageContext {

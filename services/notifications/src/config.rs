@@ -31,6 +31,8 @@ use secrecy::SecretString;
 pub struct Config {
     /// Port 0 binds an ephemeral port (see [`crate::App::grpc_addr`]).
     pub grpc_addr: SocketAddr,
+    /// `GET /metrics` (Prometheus text); port 0 binds an ephemeral port.
+    pub metrics_addr: SocketAddr,
     pub database_url: SecretString,
     pub pool: PoolSettings,
     /// Off for a replica that only serves the API.
@@ -70,6 +72,7 @@ impl Config {
         let defaults = PoolSettings::default();
         Ok(Self {
             grpc_addr: addr_or("NOTIFICATIONS_GRPC_ADDR", "0.0.0.0:50052")?,
+            metrics_addr: addr_or("NOTIFICATIONS_METRICS_ADDR", "0.0.0.0:9465")?,
             database_url: secret_url_or(
                 "NOTIFICATIONS_DATABASE_URL",
                 "postgres://postgres:postgres@localhost:5432/pulse_notifications",

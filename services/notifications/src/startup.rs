@@ -4,11 +4,13 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use contracts::notifications::v1::{SERVICE_NAME, notification_service_server::NotificationServiceServer};
 use inbox::{Inbox, InboxStats};
-use platform::grpc::set_status;
+use platform::{
+    grpc::{GrpcRouter, set_status},
+    metrics::Registry,
+};
 use sqlx::{PgPool, postgres::PgConnectOptions};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::Router;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{config::Config, db::MIGRATOR, grpc::NotificationApi, handler::OrderCreatedHandler};
@@ -20,7 +22,10 @@ pub const CONSUMER_HEALTH_NAME: &str = "pulse.notifications.v1.Consumer";
 pub struct App {
     grpc_addr: SocketAddr,
     listener: TcpListener,
-    router: Router,
+    router: GrpcRouter,
+    registry: Registry,
+    metrics_listener: TcpListener,
+    metrics_addr: SocketAddr,
     reporter: HealthReporter,
     pool: PgPool,
     db_options: PgConnectOptions,
@@ -42,23 +47,28 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     );
     let pool = platform::db::connect_and_migrate(&config.database_url, &config.pool, &MIGRATOR).await?;
     let db_options = platform::db::connect_options(&config.database_url)?;
+    let registry = Registry::new();
     let (inbox, consumer_connected, stats) = if config.consumer_enabled {
-        let inbox = Inbox::new(pool.clone(), OrderCreatedHandler, config.inbox.clone())?;
+        let inbox = Inbox::new(pool.clone(), OrderCreatedHandler, config.inbox.clone())?.with_metrics(&registry);
         let (connected, stats) = (inbox.connected(), inbox.stats());
         (Some(inbox), connected, stats)
     } else {
         (None, watch::channel(false).1, Arc::default())
     };
     let (router, reporter) =
-        platform::grpc::router_with_health_and_reflection(&[contracts::notifications::v1::SERVICE_NAME])?;
+        platform::grpc::router_with_health_and_reflection(&[contracts::notifications::v1::SERVICE_NAME], &registry)?;
     let router = router.add_service(NotificationServiceServer::new(NotificationApi::new(pool.clone())));
     let (listener, grpc_addr) = platform::grpc::bind(config.grpc_addr).await?;
+    let (metrics_listener, metrics_addr) = platform::metrics::bind(config.metrics_addr).await?;
     // NOT_SERVING until the watchers have seen the database and the broker.
     set_status(&reporter, &["", SERVICE_NAME, CONSUMER_HEALTH_NAME], ServingStatus::NotServing).await;
     Ok(App {
         grpc_addr,
         listener,
         router,
+        registry,
+        metrics_listener,
+        metrics_addr,
         reporter,
         pool,
         db_options,
@@ -76,6 +86,11 @@ impl App {
     }
 
     /// True while the consumer is connected to the broker and subscribed.
+    /// Where `GET /metrics` answers.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
     pub fn consumer_connected(&self) -> watch::Receiver<bool> {
         self.consumer_connected.clone()
     }
@@ -103,7 +118,8 @@ impl App {
         let consumer = self.inbox.map(|inbox| tokio::spawn(inbox.run(consumer_stop.clone())));
         let server_stop = CancellationToken::new();
         let mut server = tokio::spawn(platform::grpc::serve(self.router, self.listener, server_stop.clone()));
-        tracing::info!(addr = %self.grpc_addr, "notifications serving");
+        let metrics = tokio::spawn(platform::metrics::serve(self.metrics_listener, self.registry, server_stop.clone()));
+        tracing::info!(addr = %self.grpc_addr, metrics = %self.metrics_addr, "notifications serving");
 
         let early = tokio::select! {
             _ = shutdown.cancelled() => None,
@@ -126,6 +142,7 @@ impl App {
         };
         self.pool.close().await;
         served??;
+        metrics.await??;
         tracing::info!("notifications stopped");
         Ok(())
     }

@@ -36,6 +36,8 @@ impl std::str::FromStr for Role {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub grpc_addr: SocketAddr,
+    /// `GET /metrics` (Prometheus text); port 0 binds an ephemeral port.
+    pub metrics_addr: SocketAddr,
     pub database_url: SecretString,
     pub pool: PoolSettings,
     pub role: Role,
@@ -55,7 +57,7 @@ impl Config {
         relay.pipeline_depth = parse_or("OUTBOX_PIPELINE_DEPTH", relay.pipeline_depth)?.clamp(1, 16);
         relay.poll_interval = millis_or("OUTBOX_POLL_INTERVAL_MS", relay.poll_interval)?;
         relay.backoff_max = millis_or("OUTBOX_BACKOFF_MAX_MS", relay.backoff_max)?;
-        relay.retention = Duration::from_secs(3600 * parse_or("OUTBOX_RETENTION_HOURS", 24u64)?);
+        relay.retention = Duration::from_secs(3600 * parse_or("OUTBOX_RETENTION_HOURS", 0u64)?);
         // An empty channel name turns LISTEN/NOTIFY off: relays then rely on their poll.
         let channel =
             std::env::var("OUTBOX_NOTIFY_CHANNEL").unwrap_or_else(|_| outbox::DEFAULT_NOTIFY_CHANNEL.to_owned());
@@ -65,6 +67,7 @@ impl Config {
         }
         Ok(Self {
             grpc_addr: addr_or("ORDERS_GRPC_ADDR", "0.0.0.0:50051")?,
+            metrics_addr: addr_or("ORDERS_METRICS_ADDR", "0.0.0.0:9464")?,
             database_url: secret_url_or(
                 "ORDERS_DATABASE_URL",
                 "postgres://postgres:postgres@localhost:5432/pulse_orders",

@@ -34,8 +34,24 @@ impl OrderService for OrdersApi {
         request: Request<CreateOrderRequest>,
     ) -> Result<Response<CreateOrderResponse>, Status> {
         let correlation = CorrelationId::from_header(header(&request, platform::correlation::HEADER));
-        let trace = TraceParent::continue_or_start(header(&request, platform::tracecontext::HEADER));
-        let span = tracing::info_span!("CreateOrder", correlation_id = %correlation, trace_id = %trace.trace_id_hex());
+        let incoming = header(&request, platform::tracecontext::HEADER);
+        let span = tracing::info_span!(
+            "CreateOrder",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = contracts::orders::v1::SERVICE_NAME,
+            rpc.method = "CreateOrder",
+            db.system = "postgresql",
+            correlation_id = %correlation,
+            trace_id = tracing::field::Empty,
+        );
+        // With OpenTelemetry the span continues the caller's trace and the
+        // outbox row carries the span's own context; without it, a generated one.
+        platform::telemetry::set_parent(&span, incoming);
+        let trace = platform::telemetry::traceparent_of(&span)
+            .and_then(|own| TraceParent::parse(&own))
+            .unwrap_or_else(|| TraceParent::continue_or_start(incoming));
+        span.record("trace_id", trace.trace_id_hex());
         let body = request.into_inner();
         let result = self
             .orders

@@ -5,11 +5,13 @@ use std::net::SocketAddr;
 
 use contracts::orders::v1::{SERVICE_NAME, order_service_server::OrderServiceServer};
 use outbox::{OutboxWriter, Relay};
-use platform::grpc::{self, set_status};
+use platform::{
+    grpc::{self, GrpcRouter, set_status},
+    metrics::Registry,
+};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::Router;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -28,10 +30,13 @@ pub struct App {
     config: Config,
     addr: SocketAddr,
     listener: TcpListener,
-    router: Router,
+    router: GrpcRouter,
     health: HealthReporter,
     pool: PgPool,
     writer: OutboxWriter,
+    registry: Registry,
+    metrics_listener: TcpListener,
+    metrics_addr: SocketAddr,
 }
 
 impl App {
@@ -40,18 +45,25 @@ impl App {
         let pool = platform::db::connect_and_migrate(&config.database_url, &config.pool, &MIGRATOR).await?;
         let writer = OutboxWriter::new();
         let offered: &[&str] = if config.role == Role::Relay { &[] } else { &[SERVICE_NAME] };
-        let (mut router, health) = grpc::router_with_health_and_reflection(offered)?;
+        let registry = Registry::new();
+        let (mut router, health) = grpc::router_with_health_and_reflection(offered, &registry)?;
         if config.role != Role::Relay {
             let api = OrdersApi::new(Orders::new(pool.clone(), writer.clone()));
             router = router.add_service(OrderServiceServer::new(api));
         }
         let (listener, addr) = grpc::bind(config.grpc_addr).await?;
-        tracing::info!(%addr, role = ?config.role, "orders listening");
-        Ok(Self { config, addr, listener, router, health, pool, writer })
+        let (metrics_listener, metrics_addr) = platform::metrics::bind(config.metrics_addr).await?;
+        tracing::info!(%addr, %metrics_addr, role = ?config.role, "orders listening");
+        Ok(Self { config, addr, listener, router, health, pool, writer, registry, metrics_listener, metrics_addr })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `GET /metrics` answers.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -61,7 +73,7 @@ impl App {
     /// Serves until `shutdown`: then reports NOT_SERVING, waits the grace
     /// period, lets in-flight calls finish, settles the relay's batch, returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { config, listener, router, health, pool, writer, .. } = self;
+        let Self { config, listener, router, health, pool, writer, registry, metrics_listener, .. } = self;
         let options = platform::db::connect_options(&config.database_url)?;
         let background = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
@@ -80,7 +92,7 @@ impl App {
         }
 
         if config.role != Role::Api {
-            let relay = Relay::new(options, config.relay.clone(), Some(writer.local_relay()));
+            let relay = Relay::new(options, config.relay.clone(), Some(writer.local_relay())).with_metrics(&registry);
             let mut status = relay.status();
             let reporter = health.clone();
             let stopped = background.clone();
@@ -103,6 +115,8 @@ impl App {
         }
 
         let serve_until = CancellationToken::new();
+        // Scraped until the very end, so the last values of a stopping relay are visible.
+        let metrics = tokio::spawn(platform::metrics::serve(metrics_listener, registry, serve_until.clone()));
         let serving = tokio::spawn(grpc::serve(router, listener, serve_until.clone()));
         shutdown.cancelled().await;
         set_status(&health, &api_names, ServingStatus::NotServing).await;
@@ -115,6 +129,7 @@ impl App {
         pool.close().await;
         tracing::info!("orders stopped");
         served??;
+        metrics.await??;
         Ok(())
     }
 }

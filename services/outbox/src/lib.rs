@@ -19,10 +19,15 @@
 //!   `LISTEN`; a slow poll is the fallback. Relays drain without waiting while
 //!   batches come back full.
 //!
+//! * Metrics: [`Relay::with_metrics`] records the backlog (count and age of the
+//!   oldest row), commit-to-confirm latency, batch sizes, failures, retries and
+//!   owned partitions into a `platform::metrics` registry.
+//!
 //! The schema is in `migrations/orders/0001_outbox.sql`; a service that uses
 //! the outbox copies that migration into its own set.
 
 mod message;
+mod metrics;
 mod ownership;
 mod publisher;
 mod relay;

@@ -1,7 +1,7 @@
 //! The AMQP side of the relay: one connection, one channel in confirm mode,
 //! batches published with every confirm in flight together.
 
-use std::time::Duration;
+use std::{task::Poll, time::Duration};
 
 use futures::future::join_all;
 use lapin::{
@@ -93,24 +93,58 @@ impl Publisher {
     /// Publishes every row without waiting; the returned batch settles once
     /// the broker has answered them all.
     pub(crate) async fn publish(&self, rows: &[PendingRow], app_id: &str) -> InFlight {
-        let mut confirms = Vec::with_capacity(rows.len());
-        let mut broken = None;
-        for row in rows {
-            let published = self
-                .channel
-                .basic_publish(
+        // lapin's publish future resolves once its I/O thread has written the
+        // frames: awaiting them one by one costs a thread hand-off per message
+        // (about 5,000 messages/s on a busy 2-core machine). All of a batch's
+        // publishes are therefore driven together; polling them in row order
+        // hands their frames to the channel, and numbers their confirms, in
+        // row order, which keeps each aggregate's events in sequence.
+        // With OpenTelemetry: a producer span per message, child of the span
+        // that wrote the row (its stored `traceparent`), open until the batch is
+        // written; the message carries the producer span's context, so the
+        // consumer's span is its child.
+        let spans: Vec<tracing::Span> =
+            if platform::telemetry::otel_active() { rows.iter().map(publish_span).collect() } else { Vec::new() };
+        let mut pending: Vec<_> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let traceparent = spans.get(i).and_then(platform::telemetry::traceparent_of);
+                Box::pin(self.channel.basic_publish(
                     ShortString::from(row.exchange.as_str()),
                     ShortString::from(row.routing_key.as_str()),
                     BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
                     &row.payload,
-                    properties(row, app_id),
-                )
-                .await;
-            match published {
-                Ok(confirm) => confirms.push(confirm),
+                    properties(row, app_id, traceparent),
+                ))
+            })
+            .collect();
+        let mut results: Vec<Option<Result<PublisherConfirm, lapin::Error>>> = rows.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut done = true;
+            for (future, result) in pending.iter_mut().zip(results.iter_mut()) {
+                if result.is_none() {
+                    match future.as_mut().poll(cx) {
+                        Poll::Ready(outcome) => *result = Some(outcome),
+                        Poll::Pending => done = false,
+                    }
+                }
+            }
+            if done { Poll::Ready(()) } else { Poll::Pending }
+        })
+        .await;
+        drop(pending);
+        drop(spans);
+
+        let mut confirms = Vec::with_capacity(rows.len());
+        let mut broken = None;
+        for result in results.into_iter().flatten() {
+            match result {
+                // After a failure, later confirms prove nothing about order: drop them.
+                Ok(confirm) if broken.is_none() => confirms.push(confirm),
+                Ok(_) => {}
                 Err(err) => {
-                    broken = Some(format!("publish failed: {err}"));
-                    break;
+                    broken.get_or_insert_with(|| format!("publish failed: {err}"));
                 }
             }
         }
@@ -123,16 +157,41 @@ impl Publisher {
     }
 }
 
-fn properties(row: &PendingRow, app_id: &str) -> BasicProperties {
+fn publish_span(row: &PendingRow) -> tracing::Span {
+    let span = tracing::info_span!(
+        "publish",
+        otel.kind = "producer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "publish",
+        messaging.destination.name = %row.exchange,
+        messaging.rabbitmq.destination.routing_key = %row.routing_key,
+        messaging.message.id = %row.event_id,
+        correlation_id = row.headers.get(platform::correlation::HEADER).map_or("", String::as_str),
+    );
+    platform::telemetry::set_parent(&span, row.headers.get(platform::tracecontext::HEADER).map(String::as_str));
+    span
+}
+
+/// The message's properties; `traceparent`, when given, replaces the row's.
+fn properties(row: &PendingRow, app_id: &str, traceparent: Option<String>) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (key, value) in row.headers.iter() {
         headers.insert(ShortString::from(key.as_str()), AMQPValue::LongString(LongString::from(value.as_str())));
+    }
+    if let Some(traceparent) = traceparent {
+        headers.insert(
+            ShortString::from(platform::tracecontext::HEADER),
+            AMQPValue::LongString(LongString::from(traceparent)),
+        );
     }
     headers.insert(
         ShortString::from("x-aggregate-id"),
         AMQPValue::LongString(LongString::from(row.aggregate_id.as_str())),
     );
     headers.insert(ShortString::from("x-outbox-seq"), AMQPValue::LongLongInt(row.id));
+    // Commit time to the millisecond, for consumers' end-to-end lag (the
+    // `timestamp` property has whole seconds only).
+    headers.insert(ShortString::from("x-occurred-at"), AMQPValue::LongLongInt(row.created_at.timestamp_millis()));
     let mut properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type(ShortString::from(row.content_type.as_str()))

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     message::{DEFAULT_NOTIFY_CHANNEL, LocalRelay},
+    metrics::RelayMetrics,
     ownership::{Ownership, PendingRow},
     publisher::{Outcome, Publisher},
     retention,
@@ -53,12 +54,12 @@ impl RelayConfig {
             amqp_url,
             app_id: app_id.into(),
             exchanges,
-            batch_size: 500,
-            pipeline_depth: 2,
+            batch_size: 1000,
+            pipeline_depth: 4,
             poll_interval: Duration::from_secs(1),
             rebalance_interval: Duration::from_secs(2),
             confirm_timeout: Duration::from_secs(30),
-            retention: Duration::from_secs(24 * 3600),
+            retention: Duration::ZERO,
             notify_channel: Some(DEFAULT_NOTIFY_CHANNEL.to_owned()),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
@@ -91,13 +92,31 @@ pub struct Relay {
     config: RelayConfig,
     local: LocalRelay,
     status: watch::Sender<RelayStatus>,
+    metrics: RelayMetrics,
+    /// Whether the backlog sampler runs (only with a registry someone scrapes).
+    sample_backlog: bool,
 }
 
 impl Relay {
     /// A relay over the database at `options`. `local` is the writer's
     /// [`crate::OutboxWriter::local_relay`] when both live in one process.
     pub fn new(options: PgConnectOptions, config: RelayConfig, local: Option<LocalRelay>) -> Self {
-        Self { options, config, local: local.unwrap_or_default(), status: watch::Sender::new(RelayStatus::default()) }
+        Self {
+            options,
+            config,
+            local: local.unwrap_or_default(),
+            status: watch::Sender::new(RelayStatus::default()),
+            metrics: RelayMetrics::new(&platform::metrics::Registry::new()),
+            sample_backlog: false,
+        }
+    }
+
+    /// Records the relay's metrics into `registry` and measures the backlog
+    /// (`outbox_pending_messages`, `outbox_oldest_pending_age_seconds`) about every second.
+    pub fn with_metrics(mut self, registry: &platform::metrics::Registry) -> Self {
+        self.metrics = RelayMetrics::new(registry);
+        self.sample_backlog = true;
+        self
     }
 
     pub fn status(&self) -> watch::Receiver<RelayStatus> {
@@ -112,6 +131,9 @@ impl Relay {
         }
         if !self.config.retention.is_zero() {
             tokio::spawn(retention::maintain(self.options.clone(), self.config.retention, tasks.clone()));
+        }
+        if self.sample_backlog {
+            tokio::spawn(self.metrics.clone().sample(self.options.clone(), tasks.clone()));
         }
         self.relay(&shutdown).await;
         tasks.cancel();
@@ -144,6 +166,7 @@ impl Relay {
                     Err(err) => {
                         self.report(false, broker.is_some(), 0);
                         tracing::warn!(error = %err, "relay cannot reach the database");
+                        self.metrics.retry("database_unreachable");
                         sleep_or_stop(backoff.next_delay(), shutdown).await;
                         continue;
                     }
@@ -168,6 +191,7 @@ impl Relay {
                     Err(err) => {
                         self.report(true, false, db.as_ref().map_or(0, Ownership::owned));
                         tracing::warn!(error = %err, "relay cannot reach the broker; events stay pending");
+                        self.metrics.retry("broker_unreachable");
                         sleep_or_stop(backoff.next_delay(), shutdown).await;
                         continue;
                     }
@@ -197,6 +221,7 @@ impl Relay {
 
             if !shutdown.is_cancelled() && !rebalance_due && in_flight.len() < self.config.pipeline_depth {
                 let pending: Vec<i64> = in_flight.iter().flat_map(|b| b.rows.iter().map(|r| r.id)).collect();
+                let claiming = Instant::now();
                 let rows = match ownership.claim(self.config.batch_size, &pending).await {
                     Ok(rows) => rows,
                     Err(err) => {
@@ -206,7 +231,15 @@ impl Relay {
                     }
                 };
                 if !rows.is_empty() {
+                    self.metrics.batch(rows.len());
+                    let publishing = Instant::now();
                     let flight = publisher.publish(&rows, &self.config.app_id).await;
+                    tracing::debug!(
+                        rows = rows.len(),
+                        claim_us = (publishing - claiming).as_micros() as u64,
+                        publish_us = publishing.elapsed().as_micros() as u64,
+                        "published outbox batch"
+                    );
                     in_flight.push_back(Batch { rows, settle: Box::pin(flight.settle(self.config.confirm_timeout)) });
                     continue;
                 }
@@ -222,7 +255,9 @@ impl Relay {
                 }
                 continue;
             };
+            let settling = Instant::now();
             let (outcomes, broken) = batch.settle.await;
+            let marking = Instant::now();
             let rows = batch.rows;
             let confirmed: Vec<i64> =
                 rows.iter().zip(&outcomes).filter(|(_, o)| **o == Outcome::Confirmed).map(|(r, _)| r.id).collect();
@@ -233,8 +268,22 @@ impl Relay {
                     db = None;
                     continue;
                 }
-                tracing::debug!(rows = confirmed.len(), "published outbox batch");
+                tracing::debug!(
+                    rows = confirmed.len(),
+                    settle_us = (marking - settling).as_micros() as u64,
+                    mark_us = marking.elapsed().as_micros() as u64,
+                    "marked outbox batch"
+                );
             }
+            let mut unconfirmed = 0;
+            for (row, outcome) in rows.iter().zip(&outcomes) {
+                match outcome {
+                    Outcome::Confirmed => self.metrics.confirmed(row),
+                    Outcome::Unknown => unconfirmed += 1,
+                    Outcome::Rejected(_) => self.metrics.failed("rejected", 1),
+                }
+            }
+            self.metrics.failed("unconfirmed", unconfirmed);
             let mut rejected = false;
             for (row, outcome) in rows.iter().zip(&outcomes) {
                 if let Outcome::Rejected(reason) = outcome {
@@ -253,9 +302,11 @@ impl Relay {
                 }
                 in_flight.clear();
                 self.report(true, false, db.as_ref().map_or(0, Ownership::owned));
+                self.metrics.retry("channel_broken");
                 sleep_or_stop(backoff.next_delay(), shutdown).await;
             } else if rejected {
                 // Refused rows come back in the next claim: do not spin on them.
+                self.metrics.retry("rejected");
                 sleep_or_stop(backoff.next_delay(), shutdown).await;
             } else {
                 backoff.reset();
@@ -274,6 +325,7 @@ impl Relay {
     }
 
     fn report(&self, database: bool, broker: bool, owned_partitions: usize) {
+        self.metrics.owned(owned_partitions);
         self.status.send_if_modified(|status| {
             let next = RelayStatus { database, broker, owned_partitions };
             let changed = *status != next;

@@ -112,7 +112,9 @@ async fn published_message_carries_properties_and_headers(pool: PgPool) {
     let _ = writer.append(&mut tx, &sent).await.unwrap();
     tx.commit().await.unwrap();
 
-    let (stop, relay) = start(&options, config(&exchange));
+    let mut archiving = config(&exchange);
+    archiving.retention = Duration::from_secs(3600);
+    let (stop, relay) = start(&options, archiving);
     let received = testkit::receive(&mut consumer, 1, Duration::from_secs(10)).await;
     assert_eq!(received.len(), 1);
     let delivery = &received[0];
@@ -134,7 +136,7 @@ async fn published_message_carries_properties_and_headers(pool: PgPool) {
     assert_eq!(text("x-aggregate-id"), "agg-1");
     assert_eq!(delivery.data, b"agg-1:0");
 
-    // Published rows leave the live table and wait in the archive.
+    // With a retention, published rows leave the live table and wait in the archive.
     assert!(testkit::eventually(Duration::from_secs(5), || async { pending(&pool).await == 0 }).await);
     let archived: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_archive WHERE event_id = $1")
         .bind(sent.event_id)

@@ -1,8 +1,15 @@
 //! gRPC bootstrap shared by the services: health (`grpc.health.v1`) and server
 //! reflection (v1 and v1alpha, for grpcurl 1.8 and later), a database-driven
-//! health watcher, and serving until the shutdown token fires.
+//! health watcher, serving until the shutdown token fires, and a tower layer
+//! recording `rpc.server.duration` per method and status code.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use futures::future::BoxFuture;
 
 use secrecy::SecretString;
 use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
@@ -10,10 +17,23 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Router;
 use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::{
+    Layer, Service,
+    layer::util::{Identity, Stack},
+};
 
-/// A tonic router already carrying health and reflection. Reflection lists
-/// `services` (the ones this server really offers), health and reflection.
-pub fn router_with_health_and_reflection(services: &[&str]) -> anyhow::Result<(Router, HealthReporter)> {
+use crate::metrics::{self, HistogramVec, Registry};
+
+/// The services' router: every call passes through [`RpcMetricsLayer`].
+pub type GrpcRouter = Router<Stack<RpcMetricsLayer, Identity>>;
+
+/// A tonic router already carrying health and reflection, its calls measured
+/// into `registry`. Reflection lists `services` (the ones this server really
+/// offers), health and reflection.
+pub fn router_with_health_and_reflection(
+    services: &[&str],
+    registry: &Registry,
+) -> anyhow::Result<(GrpcRouter, HealthReporter)> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let configure = || {
         let mut builder = tonic_reflection::server::Builder::configure()
@@ -29,6 +49,7 @@ pub fn router_with_health_and_reflection(services: &[&str]) -> anyhow::Result<(R
     let reflection_v1alpha =
         configure().with_service_name("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?;
     let router = tonic::transport::Server::builder()
+        .layer(RpcMetricsLayer::new(registry))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -45,7 +66,7 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)>
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then lets
 /// in-flight calls finish.
-pub async fn serve(router: Router, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(router: GrpcRouter, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Small unary responses go out in several writes: without TCP_NODELAY,
     // Nagle's algorithm holds the last one back until the client's ACK.
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
@@ -126,4 +147,105 @@ pub async fn probe(addr: SocketAddr, service: &str) -> anyhow::Result<bool> {
     let mut client = HealthClient::new(endpoint.connect().await?);
     let response = client.check(HealthCheckRequest { service: service.to_owned() }).await?;
     Ok(response.into_inner().status == Status::Serving as i32)
+}
+
+/// Records `rpc.server.duration` (seconds, as `rpc_server_duration_seconds`)
+/// with `rpc.system`, `rpc.service`, `rpc.method` and `rpc.grpc.status_code`.
+/// The duration runs until the response headers: the whole call for unary
+/// RPCs. The status is the `grpc-status` of a trailers-only response (how
+/// tonic answers an error) and OK otherwise, so a stream that fails after its
+/// first message counts as OK.
+#[derive(Clone)]
+pub struct RpcMetricsLayer {
+    duration: HistogramVec,
+}
+
+impl RpcMetricsLayer {
+    pub fn new(registry: &Registry) -> Self {
+        let duration = metrics::histogram_vec(
+            registry,
+            "rpc_server_duration_seconds",
+            "Duration of inbound gRPC calls (OpenTelemetry rpc.server.duration)",
+            &["rpc_system", "rpc_service", "rpc_method", "rpc_grpc_status_code"],
+            metrics::LATENCY_BUCKETS,
+        );
+        Self { duration }
+    }
+}
+
+impl<S> Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetrics { inner, duration: self.duration.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+    duration: HistogramVec,
+}
+
+impl<S, B, R> Service<http::Request<B>> for RpcMetrics<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let (service, method) = split_path(request.uri().path());
+        let started = Instant::now();
+        let duration = self.duration.clone();
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let result = call.await;
+            let code = match &result {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .unwrap_or(0),
+                // UNKNOWN: the transport answers for us.
+                Err(_) => 2,
+            };
+            duration
+                .with_label_values(&["grpc", &service, &method, &code.to_string()])
+                .observe(started.elapsed().as_secs_f64());
+            result
+        })
+    }
+}
+
+/// `/pkg.Service/Method` into its service and method; anything else is `unknown`
+/// (keeps label values bounded).
+fn split_path(path: &str) -> (String, String) {
+    match path.trim_start_matches('/').split_once('/') {
+        Some((service, method)) if !service.is_empty() && !method.is_empty() && !method.contains('/') => {
+            (service.to_owned(), method.to_owned())
+        }
+        _ => ("unknown".to_owned(), "unknown".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_path;
+
+    #[test]
+    fn splits_grpc_paths() {
+        assert_eq!(
+            split_path("/pulse.orders.v1.OrderService/CreateOrder"),
+            ("pulse.orders.v1.OrderService".to_owned(), "CreateOrder".to_owned())
+        );
+        assert_eq!(split_path("/favicon.ico"), ("unknown".to_owned(), "unknown".to_owned()));
+    }
 }

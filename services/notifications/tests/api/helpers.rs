@@ -65,6 +65,7 @@ pub(crate) fn test_config(database_url: &str, amqp_url: &str) -> Config {
     inbox.connection_name = "notifications-test".into();
     Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: SecretString::from(database_url.to_owned()),
         pool: PoolSettings { max_connections: 8, acquire_timeout: Duration::from_millis(1000) },
         consumer_enabled: true,
@@ -76,6 +77,8 @@ pub(crate) fn test_config(database_url: &str, amqp_url: &str) -> Config {
 /// The service, running in the background.
 pub(crate) struct TestApp {
     pub(crate) addr: SocketAddr,
+    /// Where `GET /metrics` answers.
+    pub(crate) metrics_addr: SocketAddr,
     pub(crate) stats: Arc<InboxStats>,
     pub(crate) connected: watch::Receiver<bool>,
     stop: CancellationToken,
@@ -85,10 +88,11 @@ pub(crate) struct TestApp {
 pub(crate) async fn spawn_app(config: Config) -> TestApp {
     platform::telemetry::init_for_tests();
     let app: App = notifications::build(config).await.expect("the service builds");
-    let (addr, stats, connected) = (app.grpc_addr(), app.consumer_stats(), app.consumer_connected());
+    let (addr, metrics_addr, stats, connected) =
+        (app.grpc_addr(), app.metrics_addr(), app.consumer_stats(), app.consumer_connected());
     let stop = CancellationToken::new();
     let task = tokio::spawn(app.run_until_stopped(stop.clone()));
-    TestApp { addr, stats, connected, stop, task }
+    TestApp { addr, metrics_addr, stats, connected, stop, task }
 }
 
 impl TestApp {

@@ -6,4 +6,6 @@ mod consumer;
 mod faults;
 mod helpers;
 mod list;
+mod metrics;
+mod secrets;
 mod throughput;

@@ -14,6 +14,8 @@ use tonic::transport::Channel;
 
 pub(crate) struct TestApp {
     pub(crate) addr: SocketAddr,
+    /// Where `GET /metrics` answers.
+    pub(crate) metrics_addr: SocketAddr,
     pub(crate) client: OrderServiceClient<Channel>,
     pub(crate) pool: PgPool,
     shutdown: CancellationToken,
@@ -53,6 +55,7 @@ pub(crate) async fn spawn_app(pool: &PgPool, options: Options) -> TestApp {
     relay.backoff_max = Duration::from_millis(500);
     let config = Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: SecretString::from(database_url(pool, options.database_addr)),
         pool: PoolSettings { max_connections: 10, acquire_timeout: Duration::from_secs(2) },
         role: if options.relay { Role::All } else { Role::Api },
@@ -62,11 +65,11 @@ pub(crate) async fn spawn_app(pool: &PgPool, options: Options) -> TestApp {
         doorbell_interval: Duration::from_millis(2),
     };
     let app = App::build(config).await.expect("app builds");
-    let addr = app.grpc_addr();
+    let (addr, metrics_addr) = (app.grpc_addr(), app.metrics_addr());
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let client = OrderServiceClient::connect(format!("http://{addr}")).await.expect("client connects");
-    TestApp { addr, client, pool: pool.clone(), shutdown, handle }
+    TestApp { addr, metrics_addr, client, pool: pool.clone(), shutdown, handle }
 }
 
 impl TestApp {

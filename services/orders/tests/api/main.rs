@@ -5,4 +5,6 @@ mod create;
 mod grpcurl;
 mod health;
 mod helpers;
+mod metrics;
 mod relay;
+mod secrets;

@@ -1,0 +1,32 @@
+//! No credential reaches a log line or an error: the real binary, started
+//! against unreachable servers with passwords in their URLs, at debug level.
+
+use std::time::Duration;
+
+const DB_PASSWORD: &str = "s3cretpw";
+const AMQP_PASSWORD: &str = "amqps3cret";
+
+#[tokio::test]
+async fn a_failed_database_connection_logs_no_password() {
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_notifications"))
+            .env("NOTIFICATIONS_DATABASE_URL", format!("postgres://postgres:{DB_PASSWORD}@127.0.0.1:1/x"))
+            .env("AMQP_URL", format!("amqp://guest:{AMQP_PASSWORD}@127.0.0.1:1/%2f"))
+            .env("NOTIFICATIONS_GRPC_ADDR", "127.0.0.1:0")
+            .env("NOTIFICATIONS_METRICS_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "debug")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("notifications exits by itself")
+    .expect("notifications runs");
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success());
+    assert!(printed.contains("postgres:***@127.0.0.1:1"), "the URL is logged redacted: {printed}");
+    assert!(printed.contains("cannot connect"), "the failure is logged with its cause: {printed}");
+    assert!(!printed.contains(DB_PASSWORD), "{printed}");
+    assert!(!printed.contains(AMQP_PASSWORD), "{printed}");
+}

@@ -1,0 +1,137 @@
+//! The relay's instruments (Prometheus names; OpenTelemetry names in the help
+//! text) and the sampler that measures the backlog.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use platform::{
+    backoff::Backoff,
+    metrics::{self, Gauge, Histogram, IntCounterVec, IntGauge, Registry},
+};
+use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::ownership::PendingRow;
+
+/// How often the backlog is measured (one `count(*)` and `min(created_at)` on
+/// `outbox_messages`, which holds only pending rows, so it is as cheap as the backlog is small).
+pub(crate) const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+pub(crate) struct RelayMetrics {
+    pending: IntGauge,
+    oldest_age: Gauge,
+    commit_to_confirm: Histogram,
+    failures: IntCounterVec,
+    retries: IntCounterVec,
+    batch_size: Histogram,
+    owned_partitions: IntGauge,
+}
+
+impl RelayMetrics {
+    pub(crate) fn new(registry: &Registry) -> Self {
+        Self {
+            pending: metrics::gauge(registry, "outbox_pending_messages", "Rows waiting in the outbox (outbox.pending)"),
+            oldest_age: metrics::float_gauge(
+                registry,
+                "outbox_oldest_pending_age_seconds",
+                "Age of the oldest pending outbox row (outbox.oldest_pending.age)",
+            ),
+            commit_to_confirm: metrics::histogram(
+                registry,
+                "outbox_commit_to_confirm_duration_seconds",
+                "From the row's commit (created_at) to the broker's confirm (outbox.commit_to_confirm.duration)",
+                metrics::LATENCY_BUCKETS,
+            ),
+            failures: metrics::counter_vec(
+                registry,
+                "outbox_publish_failures",
+                "Messages the broker did not confirm: rejected (nack or unroutable) or unconfirmed (channel lost)",
+                &["reason"],
+            ),
+            retries: metrics::counter_vec(
+                registry,
+                "outbox_publish_retries",
+                "Times the relay backed off before trying again, by cause",
+                &["cause"],
+            ),
+            batch_size: metrics::histogram(
+                registry,
+                "outbox_batch_size_messages",
+                "Rows claimed and published together (outbox.batch.size)",
+                metrics::SIZE_BUCKETS,
+            ),
+            owned_partitions: metrics::gauge(
+                registry,
+                "outbox_owned_partitions",
+                "Outbox partitions this relay owns (outbox.partitions.owned)",
+            ),
+        }
+    }
+
+    pub(crate) fn batch(&self, rows: usize) {
+        self.batch_size.observe(rows as f64);
+    }
+
+    pub(crate) fn confirmed(&self, row: &PendingRow) {
+        let elapsed = (Utc::now() - row.created_at).to_std().unwrap_or_default();
+        self.commit_to_confirm.observe(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn failed(&self, reason: &str, rows: usize) {
+        if rows > 0 {
+            self.failures.with_label_values(&[reason]).inc_by(rows as u64);
+        }
+    }
+
+    pub(crate) fn retry(&self, cause: &str) {
+        self.retries.with_label_values(&[cause]).inc();
+    }
+
+    pub(crate) fn owned(&self, partitions: usize) {
+        self.owned_partitions.set(partitions as i64);
+    }
+
+    /// Measures the backlog every [`SAMPLE_INTERVAL`] on a connection of its
+    /// own (so it keeps measuring while the relay waits for the broker) until `stop`.
+    pub(crate) async fn sample(self, options: PgConnectOptions, stop: CancellationToken) {
+        let mut conn: Option<PgConnection> = None;
+        let mut backoff = Backoff::new(SAMPLE_INTERVAL, Duration::from_secs(10));
+        while !stop.is_cancelled() {
+            let sampled = async {
+                if conn.is_none() {
+                    conn = Some(PgConnection::connect_with(&options).await?);
+                }
+                let c = conn.as_mut().expect("connected above");
+                sqlx::query_as::<_, (i64, f64)>(
+                    "SELECT count(*), \
+                     COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(created_at)), 0)::float8 \
+                     FROM outbox_messages",
+                )
+                .fetch_one(c)
+                .await
+            }
+            .await;
+            let delay = match sampled {
+                Ok((pending, age)) => {
+                    self.pending.set(pending);
+                    self.oldest_age.set(age.max(0.0));
+                    backoff.reset();
+                    SAMPLE_INTERVAL
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "outbox backlog not measured");
+                    conn = None;
+                    backoff.next_delay()
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        if let Some(conn) = conn {
+            let _ = conn.close().await;
+        }
+    }
+}
