@@ -112,6 +112,10 @@ async fn run(plan: &Plan, only: &[String], stack: &mut Stack, report: &mut Repor
         }
         stack.reset().await?;
     }
+    report.set("rss_mib.orders", round(stack.peak_rss_orders, 1));
+    report.set("rss_mib.notifications", round(stack.peak_rss_notifications, 1));
+    report.row("peak RSS orders", format!("{:.1} MiB", stack.peak_rss_orders), "target <= 32 MiB");
+    report.row("peak RSS notifications", format!("{:.1} MiB", stack.peak_rss_notifications), "target <= 32 MiB");
     Ok(())
 }
 
@@ -325,10 +329,5 @@ async fn pipeline(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f64) 
             result.errors
         ),
     );
-    stack.sample_rss();
-    report.set("rss_mib.orders", round(stack.peak_rss_orders, 1));
-    report.set("rss_mib.notifications", round(stack.peak_rss_notifications, 1));
-    report.row("peak RSS orders", format!("{:.1} MiB", stack.peak_rss_orders), "target <= 32 MiB");
-    report.row("peak RSS notifications", format!("{:.1} MiB", stack.peak_rss_notifications), "target <= 32 MiB");
     Ok(())
 }

@@ -54,7 +54,7 @@ impl RelayConfig {
             amqp_url,
             app_id: app_id.into(),
             exchanges,
-            batch_size: 1000,
+            batch_size: 500,
             pipeline_depth: 4,
             poll_interval: Duration::from_secs(1),
             rebalance_interval: Duration::from_secs(2),
