@@ -236,6 +236,34 @@ pub fn grpcurl() -> std::path::PathBuf {
         .expect("grpcurl not found: run build-support/scripts/ensure-tools.sh or set GRPCURL")
 }
 
+/// `GET /metrics` over plain HTTP/1.1; the body, after checking the status is 200.
+pub async fn scrape_metrics(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("metrics endpoint accepts");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8(response).expect("metrics are text");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
+    body.to_owned()
+}
+
+/// The sum of the samples of `name` carrying every label in `labels`; None when there is none.
+pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
+        if series_name != name || !labels.iter().all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\""))) {
+            continue;
+        }
+        *found.get_or_insert(0.0) += value.parse::<f64>().expect("a numeric sample");
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,6 @@
 //! `GET /metrics`: inbox outcome counters that match what was sent, the
 //! end-to-end lag from the relay's `x-occurred-at`, and gRPC durations.
 
-use std::net::SocketAddr;
-
 use contracts::events::v1::ORDER_CREATED_TYPE;
 use lapin::types::{AMQPValue, ShortString};
 use prost::Message;
@@ -10,34 +8,6 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
 
 use crate::helpers::*;
-
-/// `GET /metrics` over plain HTTP/1.1; the body, after checking the status is 200.
-pub(crate) async fn scrape(addr: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("metrics endpoint accepts");
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let response = String::from_utf8(response).expect("metrics are text");
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
-    body.to_owned()
-}
-
-/// The sum of the samples of `name` carrying every label in `labels`; None when there is none.
-pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
-        if series_name != name || !labels.iter().all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\""))) {
-            continue;
-        }
-        *found.get_or_insert(0.0) += value.parse::<f64>().expect("a numeric sample");
-    }
-    found
-}
 
 #[sqlx::test(migrations = "../../migrations/notifications")]
 async fn inbox_outcome_counters_match_what_was_sent(_: PgPoolOptions, db: PgConnectOptions) {
@@ -78,18 +48,19 @@ async fn inbox_outcome_counters_match_what_was_sent(_: PgPoolOptions, db: PgConn
 
     let metrics = app.metrics_addr;
     let outcome = |text: &str, outcome: &str| {
-        sample(text, "inbox_messages_total", &[("queue", topology.main.as_str()), ("outcome", outcome)]).unwrap_or(0.0)
+        testkit::metric_sample(text, "inbox_messages_total", &[("queue", topology.main.as_str()), ("outcome", outcome)])
+            .unwrap_or(0.0)
     };
     let main = topology.main.clone();
     eventually(|| {
         let main = main.clone();
         async move {
-            let text = scrape(metrics).await;
-            sample(&text, "inbox_messages_total", &[("queue", main.as_str())]).unwrap_or(0.0) >= 8.0
+            let text = testkit::scrape_metrics(metrics).await;
+            testkit::metric_sample(&text, "inbox_messages_total", &[("queue", main.as_str())]).unwrap_or(0.0) >= 8.0
         }
     })
     .await;
-    let text = scrape(metrics).await;
+    let text = testkit::scrape_metrics(metrics).await;
     assert_eq!(outcome(&text, "processed"), 3.0, "{text}");
     assert_eq!(outcome(&text, "duplicate"), 2.0, "{text}");
     assert_eq!(outcome(&text, "poison"), 2.0, "{text}");
@@ -98,14 +69,17 @@ async fn inbox_outcome_counters_match_what_was_sent(_: PgPoolOptions, db: PgConn
     let stats = app.stats.snapshot();
     assert_eq!((stats.processed, stats.duplicates, stats.dead_lettered), (3, 2, 3), "the stats agree");
 
-    assert_eq!(sample(&text, "inbox_lag_seconds_count", &[]), Some(3.0), "a lag per processed event");
-    assert!(sample(&text, "inbox_lag_seconds_sum", &[]).unwrap() >= 4.5, "each lag counts from x-occurred-at");
-    assert!(sample(&text, "inbox_batch_duration_seconds_count", &[]).unwrap() >= 1.0);
+    assert_eq!(testkit::metric_sample(&text, "inbox_lag_seconds_count", &[]), Some(3.0), "a lag per processed event");
+    assert!(
+        testkit::metric_sample(&text, "inbox_lag_seconds_sum", &[]).unwrap() >= 4.5,
+        "each lag counts from x-occurred-at"
+    );
+    assert!(testkit::metric_sample(&text, "inbox_batch_duration_seconds_count", &[]).unwrap() >= 1.0);
 
     app.list(&events[0].1.order_id).await.unwrap();
-    let text = scrape(metrics).await;
+    let text = testkit::scrape_metrics(metrics).await;
     let listed = [("rpc_method", "ListNotifications"), ("rpc_grpc_status_code", "0")];
-    assert_eq!(sample(&text, "rpc_server_duration_seconds_count", &listed), Some(1.0), "{text}");
+    assert_eq!(testkit::metric_sample(&text, "rpc_server_duration_seconds_count", &listed), Some(1.0), "{text}");
     app.stop().await;
     broker.delete(&topology).await;
 }

@@ -11,38 +11,10 @@ use crate::helpers::{Options, order, spawn_app};
 
 const EVENTS: usize = 500;
 
-/// `GET /metrics` over plain HTTP/1.1; the body, after checking the status is 200.
-pub(crate) async fn scrape(addr: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("metrics endpoint accepts");
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let response = String::from_utf8(response).expect("metrics are text");
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
-    body.to_owned()
-}
-
-/// The sum of the samples of `name` carrying every label in `labels`; None when there is none.
-pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
-        if series_name != name || !labels.iter().all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\""))) {
-            continue;
-        }
-        *found.get_or_insert(0.0) += value.parse::<f64>().expect("a numeric sample");
-    }
-    found
-}
-
 async fn backlog(addr: SocketAddr) -> (f64, f64) {
-    let text = scrape(addr).await;
-    let pending = sample(&text, "outbox_pending_messages", &[]).expect("pending gauge");
-    let age = sample(&text, "outbox_oldest_pending_age_seconds", &[]).expect("age gauge");
+    let text = testkit::scrape_metrics(addr).await;
+    let pending = testkit::metric_sample(&text, "outbox_pending_messages", &[]).expect("pending gauge");
+    let age = testkit::metric_sample(&text, "outbox_oldest_pending_age_seconds", &[]).expect("age gauge");
     (pending, age)
 }
 
@@ -56,7 +28,8 @@ async fn the_backlog_rises_during_a_broker_outage_and_drains_to_zero_after(pool:
     .await;
     let metrics = app.metrics_addr;
     let owned = || async move {
-        sample(&scrape(metrics).await, "outbox_owned_partitions", &[]).is_some_and(|owned| owned > 0.0)
+        testkit::metric_sample(&testkit::scrape_metrics(metrics).await, "outbox_owned_partitions", &[])
+            .is_some_and(|owned| owned > 0.0)
     };
     assert!(testkit::eventually(Duration::from_secs(10), owned).await, "the relay owns partitions");
 
@@ -82,15 +55,16 @@ async fn the_backlog_rises_during_a_broker_outage_and_drains_to_zero_after(pool:
     proxy.restore();
     let drained = || async move { backlog(metrics).await == (0.0, 0.0) };
     assert!(testkit::eventually(Duration::from_secs(30), drained).await, "the backlog drains to zero");
-    let text = scrape(metrics).await;
-    let confirmed = sample(&text, "outbox_commit_to_confirm_duration_seconds_count", &[]).unwrap();
+    let text = testkit::scrape_metrics(metrics).await;
+    let confirmed = testkit::metric_sample(&text, "outbox_commit_to_confirm_duration_seconds_count", &[]).unwrap();
     assert!(confirmed >= EVENTS as f64, "every row's latency recorded: {confirmed}");
-    let slow = confirmed - sample(&text, "outbox_commit_to_confirm_duration_seconds_bucket", &[("le", "1")]).unwrap();
+    let slow = confirmed
+        - testkit::metric_sample(&text, "outbox_commit_to_confirm_duration_seconds_bucket", &[("le", "1")]).unwrap();
     assert!(slow >= EVENTS as f64, "rows that waited out the outage took over a second: {slow}");
-    assert!(sample(&text, "outbox_batch_size_messages_sum", &[]).unwrap() >= EVENTS as f64);
-    assert!(sample(&text, "outbox_publish_retries_total", &[]).unwrap() > 0.0, "the relay retried");
+    assert!(testkit::metric_sample(&text, "outbox_batch_size_messages_sum", &[]).unwrap() >= EVENTS as f64);
+    assert!(testkit::metric_sample(&text, "outbox_publish_retries_total", &[]).unwrap() > 0.0, "the relay retried");
     let created_ok = [("rpc_method", "CreateOrder"), ("rpc_grpc_status_code", "0")];
-    assert_eq!(sample(&text, "rpc_server_duration_seconds_count", &created_ok), Some(EVENTS as f64));
+    assert_eq!(testkit::metric_sample(&text, "rpc_server_duration_seconds_count", &created_ok), Some(EVENTS as f64));
     app.stop().await;
 }
 
@@ -101,7 +75,7 @@ async fn grpc_calls_are_counted_by_method_and_status_code(pool: PgPool) {
     let refused = app.client.create_order(order("c-1", "not money", "EUR")).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 
-    let text = scrape(app.metrics_addr).await;
+    let text = testkit::scrape_metrics(app.metrics_addr).await;
     let labels = |code| {
         [
             ("rpc_system", "grpc"),
@@ -110,8 +84,8 @@ async fn grpc_calls_are_counted_by_method_and_status_code(pool: PgPool) {
             ("rpc_grpc_status_code", code),
         ]
     };
-    assert_eq!(sample(&text, "rpc_server_duration_seconds_count", &labels("0")), Some(1.0), "{text}");
-    assert_eq!(sample(&text, "rpc_server_duration_seconds_count", &labels("3")), Some(1.0), "{text}");
+    assert_eq!(testkit::metric_sample(&text, "rpc_server_duration_seconds_count", &labels("0")), Some(1.0), "{text}");
+    assert_eq!(testkit::metric_sample(&text, "rpc_server_duration_seconds_count", &labels("3")), Some(1.0), "{text}");
     assert!(text.contains("# TYPE rpc_server_duration_seconds histogram"));
     app.stop().await;
 }
