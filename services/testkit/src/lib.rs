@@ -2,6 +2,8 @@
 //! connection to Postgres or RabbitMQ and refuse new ones until restored, and
 //! the addresses of the local services the tests run against.
 
+pub mod consumer;
+
 use std::{
     net::SocketAddr,
     sync::{

@@ -10,7 +10,7 @@ use crate::{amqp::*, support::*};
 #[sqlx::test(migrations = "../../migrations/notifications")]
 async fn reconnects_by_itself_after_losing_the_broker(pool: PgPool) {
     create_things(&pool).await;
-    let proxy = testkit::FaultProxy::start(broker_addr().await).await;
+    let proxy = testkit::FaultProxy::start(testkit::socket_addr_of(&testkit::amqp_url())).await;
     let config = config_for(&testkit::via(&testkit::amqp_url(), proxy.addr()));
     let topology = config.topology();
     let _sweep = Sweep(topology.clone());

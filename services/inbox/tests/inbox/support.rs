@@ -8,7 +8,6 @@ use std::{
 };
 
 use inbox::{BatchError, Fault, Handler, HandlerError, Inbox, InboxConfig, InboxStats, MessageContext};
-use secrecy::SecretString;
 use sqlx::{PgConnection, PgPool};
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -114,18 +113,7 @@ pub(crate) fn config() -> InboxConfig {
 }
 
 pub(crate) fn config_for(amqp_url: &str) -> InboxConfig {
-    let mut config = InboxConfig::new(
-        SecretString::from(amqp_url.to_owned()),
-        testkit::unique("test.inbox.events"),
-        testkit::unique("test.inbox"),
-        vec![ROUTING_KEY.to_owned()],
-    );
-    config.retry_delays = vec![Duration::from_millis(200), Duration::from_millis(400)];
-    config.max_attempts = 3;
-    config.dedup_window = Duration::from_secs(3600);
-    config.backoff_max = Duration::from_millis(500);
-    config.connection_name = "inbox-test".into();
-    config
+    testkit::consumer::short_retry_config(amqp_url, "inbox", ROUTING_KEY)
 }
 
 /// An inbox running in the background.

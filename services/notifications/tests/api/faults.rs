@@ -10,7 +10,7 @@ use crate::helpers::*;
 #[sqlx::test(migrations = "../../migrations/notifications")]
 async fn a_database_outage_is_retried_and_loses_nothing(_: PgPoolOptions, db: PgConnectOptions) {
     let direct = database_url(&db);
-    let proxy = testkit::FaultProxy::start(upstream(&direct).await).await;
+    let proxy = testkit::FaultProxy::start(testkit::socket_addr_of(&direct)).await;
     let mut config = test_config(&testkit::via(&direct, proxy.addr()), &testkit::amqp_url());
     // Room for a few seconds of outage: 0.25 + 0.5 + 1 + 2 × 8 s of retries.
     config.inbox.retry_delays = [250, 500, 1000, 2000].map(Duration::from_millis).to_vec();
@@ -56,7 +56,7 @@ async fn a_database_outage_is_retried_and_loses_nothing(_: PgPoolOptions, db: Pg
 #[sqlx::test(migrations = "../../migrations/notifications")]
 async fn a_lost_broker_connection_recovers_without_a_restart(_: PgPoolOptions, db: PgConnectOptions) {
     let amqp = testkit::amqp_url();
-    let proxy = testkit::FaultProxy::start(upstream(&amqp).await).await;
+    let proxy = testkit::FaultProxy::start(testkit::socket_addr_of(&amqp)).await;
     let config = test_config(&database_url(&db), &testkit::via(&amqp, proxy.addr()));
     let topology = config.inbox.topology();
     let _sweep = Sweep(topology.clone());

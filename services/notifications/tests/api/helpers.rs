@@ -15,14 +15,9 @@ use contracts::{
         ListNotificationsRequest, Notification, notification_service_client::NotificationServiceClient,
     },
 };
-use inbox::{InboxConfig, InboxStats, Topology};
+use inbox::InboxStats;
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection,
-    message::BasicGetMessage,
-    options::{
-        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
-    },
+    BasicProperties,
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 use notifications::{App, Config};
@@ -52,17 +47,7 @@ pub(crate) async fn pool(options: &PgConnectOptions) -> PgPool {
 
 /// Port 0, an isolated exchange and queue, short retry tiers (200 ms, 400 ms; 3 attempts).
 pub(crate) fn test_config(database_url: &str, amqp_url: &str) -> Config {
-    let mut inbox = InboxConfig::new(
-        SecretString::from(amqp_url.to_owned()),
-        testkit::unique("test.notifications.events"),
-        testkit::unique("test.notifications"),
-        vec![ORDER_CREATED_ROUTING_KEY.to_owned()],
-    );
-    inbox.retry_delays = vec![Duration::from_millis(200), Duration::from_millis(400)];
-    inbox.max_attempts = 3;
-    inbox.dedup_window = Duration::from_secs(3600);
-    inbox.backoff_max = Duration::from_millis(500);
-    inbox.connection_name = "notifications-test".into();
+    let inbox = testkit::consumer::short_retry_config(amqp_url, "notifications", ORDER_CREATED_ROUTING_KEY);
     Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
@@ -166,107 +151,37 @@ pub(crate) fn properties(message_id: Option<&str>, kind: Option<&str>, correlati
     properties
 }
 
-/// A confirm-mode channel straight to the real broker.
-pub(crate) struct Broker {
-    _connection: Connection,
-    channel: Channel,
+/// The shared test broker, publishing with `order.created`.
+pub(crate) struct Broker(testkit::consumer::Broker);
+
+impl std::ops::Deref for Broker {
+    type Target = testkit::consumer::Broker;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Broker {
     pub(crate) async fn connect() -> Self {
-        let connection = testkit::amqp_connection().await;
-        let channel = connection.create_channel().await.unwrap();
-        channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        Self { _connection: connection, channel }
+        Self(testkit::consumer::Broker::connect(WAIT).await)
     }
 
-    pub(crate) fn channel(&self) -> &Channel {
-        &self.channel
-    }
-
-    pub(crate) async fn declare(&self, topology: &Topology) {
-        topology.declare(&self.channel).await.unwrap();
+    pub(crate) fn channel(&self) -> &lapin::Channel {
+        &self.0.channel
     }
 
     pub(crate) async fn publish_raw(&self, exchange: &str, properties: BasicProperties, body: &[u8]) {
-        let confirm = self
-            .channel
-            .basic_publish(
-                ShortString::from(exchange),
-                ShortString::from(ORDER_CREATED_ROUTING_KEY),
-                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-                body,
-                properties,
-            )
-            .await
-            .unwrap();
-        assert_eq!(confirm.await.unwrap(), Confirmation::Ack(None), "the broker routes the message");
+        self.0.publish_to(exchange, ORDER_CREATED_ROUTING_KEY, properties, body).await;
     }
 
     pub(crate) async fn publish(&self, exchange: &str, event_id: Uuid, event: &OrderCreated) {
         let properties = properties(Some(&event_id.to_string()), Some(ORDER_CREATED_TYPE), &event.correlation_id);
         self.publish_raw(exchange, properties, &event.encode_to_vec()).await;
     }
-
-    pub(crate) async fn ready(&self, queue: &str) -> u32 {
-        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        self.channel
-            .queue_declare(ShortString::from(queue), passive, FieldTable::default())
-            .await
-            .unwrap()
-            .message_count()
-    }
-
-    /// Waits until `queue` holds `n` messages, then takes them all.
-    pub(crate) async fn take_n(&self, queue: &str, n: u32) -> Vec<BasicGetMessage> {
-        eventually(|| async move { self.ready(queue).await >= n }).await;
-        let mut taken = Vec::new();
-        let options = BasicGetOptions { no_ack: true };
-        while let Some(message) = self.channel.basic_get(ShortString::from(queue), options).await.unwrap() {
-            taken.push(message);
-        }
-        assert_eq!(taken.len(), n as usize, "exactly {n} messages in {queue}");
-        taken
-    }
-
-    pub(crate) async fn delete(&self, topology: &Topology) {
-        let retries = topology.retries.iter().map(|(_, q)| q.as_str());
-        for queue in retries.chain([topology.main.as_str(), topology.dead_letter.as_str()]) {
-            let _ = self.channel.queue_delete(ShortString::from(queue), QueueDeleteOptions::default()).await;
-        }
-        let exchange = ShortString::from(topology.exchange.as_str());
-        let _ = self.channel.exchange_delete(exchange, ExchangeDeleteOptions::default()).await;
-    }
 }
 
-/// Deletes a test's exchange and queues if the test panics before doing so itself.
-pub(crate) struct Sweep(pub(crate) Topology);
-
-impl Drop for Sweep {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let topology = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async { Broker::connect().await.delete(&topology).await });
-        })
-        .join();
-    }
-}
-
-pub(crate) fn header(message: &BasicGetMessage, name: &str) -> Option<String> {
-    inbox::headers::text(message.delivery.properties.headers().as_ref(), name)
-}
-
-/// Where a URL's host and port resolve to (IPv4), for a fault proxy to stand in front of.
-pub(crate) async fn upstream(url: &str) -> SocketAddr {
-    let parsed = url::Url::parse(url).expect("a URL");
-    let host_port = format!("{}:{}", parsed.host_str().unwrap(), parsed.port().unwrap());
-    let mut addrs = tokio::net::lookup_host(host_port).await.expect("host resolves");
-    addrs.find(SocketAddr::is_ipv4).expect("an IPv4 address")
-}
+pub(crate) use testkit::consumer::{Sweep, header};
 
 pub(crate) async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()

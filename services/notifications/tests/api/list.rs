@@ -49,7 +49,7 @@ async fn health_follows_the_database_and_the_consumer(_: PgPoolOptions, db: PgCo
 #[sqlx::test(migrations = "../../migrations/notifications")]
 async fn a_lost_database_means_unavailable_and_not_serving(_: PgPoolOptions, db: PgConnectOptions) {
     let direct = database_url(&db);
-    let proxy = testkit::FaultProxy::start(upstream(&direct).await).await;
+    let proxy = testkit::FaultProxy::start(testkit::socket_addr_of(&direct)).await;
     let mut config = test_config(&testkit::via(&direct, proxy.addr()), &testkit::amqp_url());
     config.consumer_enabled = false;
     let app = spawn_app(config).await;
