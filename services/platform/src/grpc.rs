@@ -11,7 +11,6 @@ use std::{
 
 use futures::future::BoxFuture;
 
-use secrecy::SecretString;
 use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -128,11 +127,6 @@ pub async fn watch_database(
         }
     }
     set_status(&reporter, &names, ServingStatus::NotServing).await;
-}
-
-/// The database URL as a secret, for callers that build their own options.
-pub fn options_from(url: &SecretString) -> anyhow::Result<PgConnectOptions> {
-    crate::db::connect_options(url)
 }
 
 /// Asks the gRPC health service at `addr` about `service`; true when SERVING.
