@@ -211,7 +211,11 @@ impl<H: Handler> Inbox<H> {
         let started = std::time::Instant::now();
         let mut items: Vec<_> =
             deliveries.into_iter().map(|delivery| message::prepare::<H>(delivery, &self.topology.main)).collect();
+        let applying = items.iter().any(|item| item.outcome == message::Outcome::Pending).then(std::time::Instant::now);
         let committed = batch::apply(&self.pool, &self.handler, &mut items).await;
+        if let Some(applying) = applying {
+            self.metrics.applied(applying.elapsed());
+        }
         if committed && self.config.fault == Fault::CrashAfterCommit {
             return Ok(Some(End::Crashed));
         }

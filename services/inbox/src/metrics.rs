@@ -1,9 +1,9 @@
-//! The consumer's instruments (Prometheus names; OpenTelemetry names in the help text).
+//! The consumer's instruments.
 
 use std::time::Duration;
 
 use chrono::Utc;
-use platform::metrics::{self, Histogram, IntCounterVec, Registry};
+use platform::metrics::{self, Histogram, IntCounterVec, Name, Registry};
 
 /// What became of one delivery; the `outcome` label of `inbox_messages_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +33,7 @@ impl Counted {
 pub(crate) struct InboxMetrics {
     messages: IntCounterVec,
     lag: Histogram,
+    handler_duration: Histogram,
     batch_duration: Histogram,
 }
 
@@ -41,20 +42,26 @@ impl InboxMetrics {
         Self {
             messages: metrics::counter_vec(
                 registry,
-                "inbox_messages",
-                "Deliveries settled by the consumer, by outcome (inbox.messages)",
+                Name { prometheus: "inbox_messages", otel: "inbox.messages", unit: "{message}" },
+                "Deliveries settled by the consumer, by outcome",
                 &["queue", "outcome"],
             ),
             lag: metrics::histogram(
                 registry,
-                "inbox_lag_seconds",
-                "From the event's commit (occurred_at) to its processing commit (inbox.lag)",
+                Name { prometheus: "inbox_lag_seconds", otel: "inbox.lag", unit: "s" },
+                "From the event's commit (occurred_at) to its processing commit",
+                metrics::LATENCY_BUCKETS,
+            ),
+            handler_duration: metrics::histogram(
+                registry,
+                Name { prometheus: "inbox_handler_duration_seconds", otel: "messaging.process.duration", unit: "s" },
+                "Applying one batch in the database: recording the event ids, the handler, the commit",
                 metrics::LATENCY_BUCKETS,
             ),
             batch_duration: metrics::histogram(
                 registry,
-                "inbox_batch_duration_seconds",
-                "Applying and settling one batch: handler, commit, forwards and ack (inbox.batch.duration)",
+                Name { prometheus: "inbox_batch_duration_seconds", otel: "inbox.batch.duration", unit: "s" },
+                "Applying and settling one batch: handler, commit, forwards and ack",
                 metrics::LATENCY_BUCKETS,
             ),
         }
@@ -70,6 +77,11 @@ impl InboxMetrics {
             let lag_ms = Utc::now().timestamp_millis().saturating_sub(occurred).max(0);
             self.lag.observe(lag_ms as f64 / 1000.0);
         }
+    }
+
+    /// One batch's database half (a batch with nothing to apply is not measured).
+    pub(crate) fn applied(&self, took: Duration) {
+        self.handler_duration.observe(took.as_secs_f64());
     }
 
     pub(crate) fn batch(&self, took: Duration) {

@@ -1,4 +1,5 @@
-//! Wiring: database, consumer, gRPC server and health, and the order they stop in.
+//! Wiring: database, consumer, gRPC server and health, metrics (scraped and
+//! pushed), and the order they stop in.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -6,7 +7,7 @@ use contracts::notifications::v1::{SERVICE_NAME, notification_service_server::No
 use inbox::{Inbox, InboxStats};
 use platform::{
     grpc::{GrpcRouter, set_status},
-    metrics::Registry,
+    metrics::{OtlpExport, Registry},
 };
 use sqlx::{PgPool, postgres::PgConnectOptions};
 use tokio::{net::TcpListener, sync::watch};
@@ -26,6 +27,7 @@ pub struct App {
     registry: Registry,
     metrics_listener: TcpListener,
     metrics_addr: SocketAddr,
+    metrics_export: Option<OtlpExport>,
     reporter: HealthReporter,
     pool: PgPool,
     db_options: PgConnectOptions,
@@ -36,8 +38,11 @@ pub struct App {
 }
 
 /// Creates the database if needed, applies migrations, binds the gRPC port
-/// and prepares the consumer.
+/// and prepares the consumer. Metrics are pushed over OTLP as the standard
+/// `OTEL_*` variables say (see [`OtlpExport::from_env`];
+/// [`App::with_metrics_export`] overrides them).
 pub async fn build(config: Config) -> anyhow::Result<App> {
+    let metrics_export = OtlpExport::from_env("notifications", env!("CARGO_PKG_VERSION"))?;
     tracing::info!(
         database = %platform::config::redact_url(secrecy::ExposeSecret::expose_secret(&config.database_url)),
         broker = %platform::config::redact_url(secrecy::ExposeSecret::expose_secret(&config.inbox.amqp_url)),
@@ -69,6 +74,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         registry,
         metrics_listener,
         metrics_addr,
+        metrics_export,
         reporter,
         pool,
         db_options,
@@ -85,12 +91,18 @@ impl App {
         self.grpc_addr
     }
 
-    /// True while the consumer is connected to the broker and subscribed.
+    /// Pushes the metrics as `export` says (None: not at all) instead of as the environment says.
+    pub fn with_metrics_export(mut self, export: Option<OtlpExport>) -> Self {
+        self.metrics_export = export;
+        self
+    }
+
     /// Where `GET /metrics` answers.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
     }
 
+    /// True while the consumer is connected to the broker and subscribed.
     pub fn consumer_connected(&self) -> watch::Receiver<bool> {
         self.consumer_connected.clone()
     }
@@ -116,6 +128,11 @@ impl App {
             tokio::spawn(watch_consumer(self.consumer_connected, self.reporter.clone(), health_stop.clone()));
         let consumer_stop = CancellationToken::new();
         let consumer = self.inbox.map(|inbox| tokio::spawn(inbox.run(consumer_stop.clone())));
+        // Pushed once more after the consumer and the server have stopped, so the last values are sent.
+        let export_stop = CancellationToken::new();
+        let exporting = self.metrics_export.map(|export| {
+            tokio::spawn(platform::metrics::otlp::push(self.registry.clone(), export, export_stop.clone()))
+        });
         let server_stop = CancellationToken::new();
         let mut server = tokio::spawn(platform::grpc::serve(self.router, self.listener, server_stop.clone()));
         let metrics = tokio::spawn(platform::metrics::serve(self.metrics_listener, self.registry, server_stop.clone()));
@@ -140,7 +157,11 @@ impl App {
             Some(ended) => ended,
             None => server.await,
         };
+        export_stop.cancel();
         self.pool.close().await;
+        if let Some(exporting) = exporting {
+            exporting.await?;
+        }
         served??;
         metrics.await??;
         tracing::info!("notifications stopped");

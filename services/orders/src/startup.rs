@@ -1,5 +1,5 @@
-//! Builds the service (database, gRPC server, relay) and runs it until the
-//! shutdown token fires.
+//! Builds the service (database, gRPC server, relay, metrics endpoint and
+//! OTLP metrics push) and runs it until the shutdown token fires.
 
 use std::net::SocketAddr;
 
@@ -7,7 +7,7 @@ use contracts::orders::v1::{SERVICE_NAME, order_service_server::OrderServiceServ
 use outbox::{OutboxWriter, Relay};
 use platform::{
     grpc::{self, GrpcRouter, set_status},
-    metrics::Registry,
+    metrics::{OtlpExport, Registry},
 };
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -37,11 +37,15 @@ pub struct App {
     registry: Registry,
     metrics_listener: TcpListener,
     metrics_addr: SocketAddr,
+    metrics_export: Option<OtlpExport>,
 }
 
 impl App {
-    /// Creates and migrates the database, binds the gRPC port.
+    /// Creates and migrates the database, binds the gRPC port. Metrics are
+    /// pushed over OTLP as the standard `OTEL_*` variables say (see
+    /// [`OtlpExport::from_env`]; [`Self::with_metrics_export`] overrides them).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let metrics_export = OtlpExport::from_env("orders", env!("CARGO_PKG_VERSION"))?;
         let pool = platform::db::connect_and_migrate(&config.database_url, &config.pool, &MIGRATOR).await?;
         let writer = OutboxWriter::new();
         let offered: &[&str] = if config.role == Role::Relay { &[] } else { &[SERVICE_NAME] };
@@ -54,7 +58,25 @@ impl App {
         let (listener, addr) = grpc::bind(config.grpc_addr).await?;
         let (metrics_listener, metrics_addr) = platform::metrics::bind(config.metrics_addr).await?;
         tracing::info!(%addr, %metrics_addr, role = ?config.role, "orders listening");
-        Ok(Self { config, addr, listener, router, health, pool, writer, registry, metrics_listener, metrics_addr })
+        Ok(Self {
+            config,
+            addr,
+            listener,
+            router,
+            health,
+            pool,
+            writer,
+            registry,
+            metrics_listener,
+            metrics_addr,
+            metrics_export,
+        })
+    }
+
+    /// Pushes the metrics as `export` says (None: not at all) instead of as the environment says.
+    pub fn with_metrics_export(mut self, export: Option<OtlpExport>) -> Self {
+        self.metrics_export = export;
+        self
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -73,7 +95,8 @@ impl App {
     /// Serves until `shutdown`: then reports NOT_SERVING, waits the grace
     /// period, lets in-flight calls finish, settles the relay's batch, returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { config, listener, router, health, pool, writer, registry, metrics_listener, .. } = self;
+        let Self { config, listener, router, health, pool, writer, registry, metrics_listener, metrics_export, .. } =
+            self;
         let options = platform::db::connect_options(&config.database_url)?;
         let background = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
@@ -114,6 +137,10 @@ impl App {
             tasks.spawn(relay.run(background.clone()));
         }
 
+        // Pushed once more after everything else has stopped, so the last values are sent.
+        let export_until = CancellationToken::new();
+        let exporting = metrics_export
+            .map(|export| tokio::spawn(platform::metrics::otlp::push(registry.clone(), export, export_until.clone())));
         let serve_until = CancellationToken::new();
         // Scraped until the very end, so the last values of a stopping relay are visible.
         let metrics = tokio::spawn(platform::metrics::serve(metrics_listener, registry, serve_until.clone()));
@@ -126,7 +153,11 @@ impl App {
         let served = serving.await;
         background.cancel();
         while tasks.join_next().await.is_some() {}
+        export_until.cancel();
         pool.close().await;
+        if let Some(exporting) = exporting {
+            exporting.await?;
+        }
         tracing::info!("orders stopped");
         served??;
         metrics.await??;

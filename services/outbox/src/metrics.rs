@@ -1,12 +1,11 @@
-//! The relay's instruments (Prometheus names; OpenTelemetry names in the help
-//! text) and the sampler that measures the backlog.
+//! The relay's instruments and the sampler that measures the backlog.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use platform::{
     backoff::Backoff,
-    metrics::{self, Gauge, Histogram, IntCounterVec, IntGauge, Registry},
+    metrics::{self, Gauge, Histogram, IntCounterVec, IntGauge, Name, Registry},
 };
 use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
 use tokio_util::sync::CancellationToken;
@@ -31,40 +30,48 @@ pub(crate) struct RelayMetrics {
 impl RelayMetrics {
     pub(crate) fn new(registry: &Registry) -> Self {
         Self {
-            pending: metrics::gauge(registry, "outbox_pending_messages", "Rows waiting in the outbox (outbox.pending)"),
+            pending: metrics::gauge(
+                registry,
+                Name { prometheus: "outbox_pending_messages", otel: "outbox.pending", unit: "{message}" },
+                "Rows waiting in the outbox",
+            ),
             oldest_age: metrics::float_gauge(
                 registry,
-                "outbox_oldest_pending_age_seconds",
-                "Age of the oldest pending outbox row (outbox.oldest_pending.age)",
+                Name { prometheus: "outbox_oldest_pending_age_seconds", otel: "outbox.oldest_pending.age", unit: "s" },
+                "Age of the oldest pending outbox row",
             ),
             commit_to_confirm: metrics::histogram(
                 registry,
-                "outbox_commit_to_confirm_duration_seconds",
-                "From the row's commit (created_at) to the broker's confirm (outbox.commit_to_confirm.duration)",
+                Name {
+                    prometheus: "outbox_commit_to_confirm_duration_seconds",
+                    otel: "outbox.commit_to_confirm.duration",
+                    unit: "s",
+                },
+                "From the row's commit (created_at) to the broker's confirm",
                 metrics::LATENCY_BUCKETS,
             ),
             failures: metrics::counter_vec(
                 registry,
-                "outbox_publish_failures",
+                Name { prometheus: "outbox_publish_failures", otel: "outbox.publish.failures", unit: "{message}" },
                 "Messages the broker did not confirm: rejected (nack or unroutable) or unconfirmed (channel lost)",
                 &["reason"],
             ),
             retries: metrics::counter_vec(
                 registry,
-                "outbox_publish_retries",
+                Name { prometheus: "outbox_publish_retries", otel: "outbox.publish.retries", unit: "{retry}" },
                 "Times the relay backed off before trying again, by cause",
                 &["cause"],
             ),
             batch_size: metrics::histogram(
                 registry,
-                "outbox_batch_size_messages",
-                "Rows claimed and published together (outbox.batch.size)",
+                Name { prometheus: "outbox_batch_size_messages", otel: "outbox.batch.size", unit: "{message}" },
+                "Rows claimed and published together",
                 metrics::SIZE_BUCKETS,
             ),
             owned_partitions: metrics::gauge(
                 registry,
-                "outbox_owned_partitions",
-                "Outbox partitions this relay owns (outbox.partitions.owned)",
+                Name { prometheus: "outbox_owned_partitions", otel: "outbox.partitions.owned", unit: "{partition}" },
+                "Outbox partitions this relay owns",
             ),
         }
     }

@@ -21,7 +21,7 @@ use tower::{
     layer::util::{Identity, Stack},
 };
 
-use crate::metrics::{self, HistogramVec, Registry};
+use crate::metrics::{self, HistogramVec, Name, Registry};
 
 /// The services' router: every call passes through [`RpcMetricsLayer`].
 pub type GrpcRouter = Router<Stack<RpcMetricsLayer, Identity>>;
@@ -158,9 +158,9 @@ impl RpcMetricsLayer {
     pub fn new(registry: &Registry) -> Self {
         let duration = metrics::histogram_vec(
             registry,
-            "rpc_server_duration_seconds",
-            "Duration of inbound gRPC calls (OpenTelemetry rpc.server.duration)",
-            &["rpc_system", "rpc_service", "rpc_method", "rpc_grpc_status_code"],
+            Name { prometheus: "rpc_server_duration_seconds", otel: "rpc.server.duration", unit: "s" },
+            "Duration of inbound gRPC calls",
+            &["rpc.system", "rpc.service", "rpc.method", "rpc.grpc.status_code"],
             metrics::LATENCY_BUCKETS,
         );
         Self { duration }
