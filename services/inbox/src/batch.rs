@@ -7,11 +7,17 @@
 //! the failed message keeps its error when the handler could say which one it
 //! was, and the rest runs again one message at a time, each under a
 //! savepoint, so any failure stays with its own message.
+//!
+//! With OpenTelemetry on, every message's span gets a client span for each
+//! statement that wrote it, shared statements included (see
+//! `platform::telemetry`), and handlers run inside [`DbTarget::scope`] so
+//! theirs can say where the connection leads. With it off, none of this runs.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, future::Future};
 
+use platform::telemetry::DbTarget;
 use sqlx::{PgConnection, PgPool};
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 use crate::{
@@ -36,7 +42,8 @@ pub(crate) async fn apply<H: Handler>(pool: &PgPool, handler: &H, items: &mut [I
     if pending.is_empty() {
         return false;
     }
-    let mut result = run(pool, handler, items, &pending, false).await;
+    let db = platform::telemetry::otel_active().then(|| DbTarget::of(pool));
+    let mut result = run(pool, handler, items, &pending, false, db.as_ref()).await;
     if let Err(Stop::HandlerFailed(failed, error)) = result {
         match failed {
             Some(failed) => {
@@ -48,7 +55,7 @@ pub(crate) async fn apply<H: Handler>(pool: &PgPool, handler: &H, items: &mut [I
         for i in &pending {
             items[*i].outcome = Outcome::Pending;
         }
-        result = run(pool, handler, items, &pending, true).await;
+        result = run(pool, handler, items, &pending, true, db.as_ref()).await;
     }
     match result {
         Ok(()) => pending.iter().any(|i| items[*i].outcome == Outcome::Processed),
@@ -78,9 +85,11 @@ async fn run<H: Handler>(
     items: &mut [Item<H::Event>],
     pending: &[usize],
     savepoints: bool,
+    db: Option<&DbTarget>,
 ) -> Result<(), Stop> {
     let mut tx = pool.begin().await.map_err(lost)?;
     let ids: Vec<Uuid> = pending.iter().filter_map(|i| items[*i].event_id()).collect();
+    let spans = statement_spans(db, items, pending, "INSERT", ids.len());
     // Sorted so that two consumers holding the same ids lock them in the same
     // order and wait for each other instead of deadlocking.
     let recorded: HashSet<Uuid> = sqlx::query_scalar(
@@ -95,6 +104,7 @@ async fn run<H: Handler>(
     .map_err(lost)?
     .into_iter()
     .collect();
+    drop(spans);
 
     // A second copy within the batch is as much a duplicate as one committed earlier.
     let mut claimed = HashSet::new();
@@ -114,7 +124,7 @@ async fn run<H: Handler>(
                 (event, ctx)
             })
             .collect();
-        match handler.handle_batch(&mut tx, &batch).await {
+        match with_target(db, handler.handle_batch(&mut tx, &batch)).await {
             Ok(()) => {}
             Err(BatchError { error, .. }) if connection_lost(&error) => return Err(Stop::Database(error.to_string())),
             Err(BatchError { index, error }) => {
@@ -132,7 +142,7 @@ async fn run<H: Handler>(
         let item = &mut items[i];
         let (event, ctx) = item.parsed.as_ref().expect("pending items are parsed");
         execute(&mut tx, "SAVEPOINT inbox_message").await?;
-        match handler.handle(&mut tx, event, ctx).instrument(item.span.clone()).await {
+        match with_target(db, handler.handle(&mut tx, event, ctx)).instrument(item.span.clone()).await {
             Ok(()) => {
                 execute(&mut tx, "RELEASE SAVEPOINT inbox_message").await?;
                 item.outcome = Outcome::Processed;
@@ -144,6 +154,7 @@ async fn run<H: Handler>(
                 sqlx::query("DELETE FROM processed_events WHERE event_id = $1")
                     .bind(ctx.event_id)
                     .execute(&mut *tx)
+                    .instrument(db.map_or_else(Span::none, |db| db.span(&item.span, "DELETE", TABLE, 1)))
                     .await
                     .map_err(lost)?;
                 item.outcome = failure(err);
@@ -151,6 +162,31 @@ async fn run<H: Handler>(
         }
     }
     tx.commit().await.map_err(lost)
+}
+
+/// The table of recorded event ids.
+const TABLE: &str = "processed_events";
+
+/// With OpenTelemetry on, a span per item in `which`, child of the item's
+/// span, for one `operation` on [`TABLE`] applying `batch_size` rows; they
+/// last while the caller holds them. With it off, nothing.
+fn statement_spans<E>(
+    db: Option<&DbTarget>,
+    items: &[Item<E>],
+    which: &[usize],
+    operation: &'static str,
+    batch_size: usize,
+) -> Vec<Span> {
+    let Some(db) = db else { return Vec::new() };
+    which.iter().map(|i| db.span(&items[*i].span, operation, TABLE, batch_size)).collect()
+}
+
+/// Runs a handler's future inside `db`'s scope, when there is one.
+async fn with_target<F: Future>(db: Option<&DbTarget>, future: F) -> F::Output {
+    match db {
+        Some(db) => db.clone().scope(future).await,
+        None => future.await,
+    }
 }
 
 async fn execute(conn: &mut PgConnection, statement: &str) -> Result<(), Stop> {

@@ -50,6 +50,12 @@ pub(crate) fn prepare<H: Handler>(delivery: Delivery, queue: &str) -> Item<H::Ev
     let correlation_id = headers::text(properties.headers().as_ref(), headers::CORRELATION_ID)
         .or_else(|| properties.correlation_id().as_ref().map(|c| c.as_str().to_owned()));
     let event_id = properties.message_id().as_ref().map_or("", |id| id.as_str());
+    let traceparent = headers::text(properties.headers().as_ref(), platform::tracecontext::HEADER);
+    let otel = platform::telemetry::otel_active();
+    // Without OpenTelemetry the log lines still name the order's trace: the
+    // message's generated `traceparent` with a span id for this processing.
+    let generated = traceparent.as_deref().filter(|_| !otel).and_then(TraceParent::parse).map(TraceParent::child);
+    let (trace_id, span_id) = generated.map(|t| (t.trace_id_hex(), format!("{:016x}", t.span_id))).unzip();
     let span = tracing::info_span!(
         "inbox_message",
         otel.kind = "consumer",
@@ -57,20 +63,21 @@ pub(crate) fn prepare<H: Handler>(delivery: Delivery, queue: &str) -> Item<H::Ev
         messaging.operation.type = "process",
         messaging.destination.name = queue,
         messaging.message.id = event_id,
-        db.system = "postgresql",
         queue,
         event_id,
         correlation_id = correlation_id.as_deref().unwrap_or(""),
         attempt = attempts_before.saturating_add(1),
-        trace_id = tracing::field::Empty,
+        trace_id = trace_id.as_deref(),
+        span_id = span_id.as_deref(),
     );
-    // With OpenTelemetry the processing span is a child of the relay's publish
-    // span (the message's `traceparent`): one trace from CreateOrder on.
-    let traceparent = headers::text(properties.headers().as_ref(), platform::tracecontext::HEADER);
-    platform::telemetry::set_parent(&span, traceparent.as_deref());
-    // The trace id on this message's log lines, to find its trace.
-    if let Some(own) = platform::telemetry::traceparent_of(&span).and_then(|t| TraceParent::parse(&t)) {
-        span.record("trace_id", own.trace_id_hex());
+    if otel {
+        // The processing span is a child of the relay's publish span (the
+        // message's `traceparent`): one trace from CreateOrder on.
+        platform::telemetry::set_parent(&span, traceparent.as_deref());
+        if let Some(own) = platform::telemetry::traceparent_of(&span).and_then(|t| TraceParent::parse(&t)) {
+            span.record("trace_id", own.trace_id_hex());
+            span.record("span_id", format!("{:016x}", own.span_id));
+        }
     }
     let (parsed, outcome) = match parse::<H::Event>(properties, &delivery.data, H::MESSAGE_TYPE, H::validate) {
         Ok((event, event_id)) => {

@@ -9,6 +9,9 @@ use uuid::Uuid;
 /// The migrations of this service, applied at start.
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/notifications");
 
+/// The table of notifications (`db.collection.name` of the statements' spans).
+pub(crate) const TABLE: &str = "notifications";
+
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub(crate) struct Notification {
     pub(crate) notification_id: Uuid,

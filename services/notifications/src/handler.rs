@@ -2,8 +2,9 @@
 
 use contracts::events::v1::{ORDER_CREATED_TYPE, OrderCreated};
 use inbox::{BatchError, Handler, HandlerError, MessageContext};
-use platform::correlation::CorrelationId;
+use platform::{correlation::CorrelationId, telemetry::DbTarget};
 use sqlx::PgConnection;
+use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 use crate::db::{self, NewNotification};
@@ -37,7 +38,8 @@ impl Handler for OrderCreatedHandler {
         ctx: &MessageContext,
     ) -> Result<(), HandlerError> {
         let new = notification_for(event, ctx)?;
-        let inserted = db::insert(tx, std::slice::from_ref(&new)).await?;
+        let span = statement_spans(std::iter::once(ctx)).pop().unwrap_or_else(Span::none);
+        let inserted = db::insert(tx, std::slice::from_ref(&new)).instrument(span).await?;
         log_inserted(&new, inserted.contains(&new.event_id));
         Ok(())
     }
@@ -56,12 +58,23 @@ impl Handler for OrderCreatedHandler {
                 notification_for(event, ctx).map_err(|error| BatchError { index: Some(index), error })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let spans = statement_spans(events.iter().map(|(_, ctx)| *ctx));
         let inserted = db::insert(tx, &new).await?;
+        drop(spans);
         for (notification, (_, ctx)) in new.iter().zip(events) {
             ctx.span.in_scope(|| log_inserted(notification, inserted.contains(&notification.event_id)));
         }
         Ok(())
     }
+}
+
+/// With OpenTelemetry on (the inbox then runs handlers in a [`DbTarget`]
+/// scope), a span per message, child of its span, for the one INSERT that
+/// writes all of their notifications; nothing otherwise.
+fn statement_spans<'a>(messages: impl ExactSizeIterator<Item = &'a MessageContext>) -> Vec<Span> {
+    let Some(db) = DbTarget::current() else { return Vec::new() };
+    let batch_size = messages.len();
+    messages.map(|ctx| db.span(&ctx.span, "INSERT", db::TABLE, batch_size)).collect()
 }
 
 fn notification_for(event: &OrderCreated, ctx: &MessageContext) -> Result<NewNotification, HandlerError> {

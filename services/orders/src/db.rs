@@ -21,6 +21,9 @@ pub struct OrderRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// The table these queries read and write (`db.collection.name` of their spans).
+pub const TABLE: &str = "orders";
+
 /// The status of a freshly created order.
 pub const STATUS_CREATED: &str = "CREATED";
 

@@ -8,7 +8,7 @@ use contracts::orders::v1::{
 };
 use platform::{correlation::CorrelationId, tracecontext::TraceParent};
 use tonic::{Request, Response, Status, metadata::MetadataValue};
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use crate::{
     db::OrderRow,
@@ -41,22 +41,18 @@ impl OrderService for OrdersApi {
             rpc.system = "grpc",
             rpc.service = contracts::orders::v1::SERVICE_NAME,
             rpc.method = "CreateOrder",
-            db.system = "postgresql",
+            rpc.grpc.status_code = tracing::field::Empty,
             correlation_id = %correlation,
             trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
-        // With OpenTelemetry the span continues the caller's trace and the
-        // outbox row carries the span's own context; without it, a generated one.
-        platform::telemetry::set_parent(&span, incoming);
-        let trace = platform::telemetry::traceparent_of(&span)
-            .and_then(|own| TraceParent::parse(&own))
-            .unwrap_or_else(|| TraceParent::continue_or_start(incoming));
-        span.record("trace_id", trace.trace_id_hex());
+        // The outbox row carries this call's trace context.
+        let trace = continue_trace(&span, incoming);
         let body = request.into_inner();
         let result = self
             .orders
             .create(&body.customer_id, &body.amount, &body.currency, &body.request_id, &correlation, trace)
-            .instrument(span)
+            .instrument(span.clone())
             .await
             .map(|row| CreateOrderResponse {
                 order_id: row.order_id.to_string(),
@@ -64,44 +60,72 @@ impl OrderService for OrdersApi {
                 correlation_id: row.correlation_id.clone(),
                 order: Some(order(row)),
             });
-        respond(result, &correlation)
+        respond(result, &correlation, &span)
     }
 
     async fn get_order(&self, request: Request<GetOrderRequest>) -> Result<Response<GetOrderResponse>, Status> {
         let correlation = CorrelationId::from_header(header(&request, platform::correlation::HEADER));
-        let span = tracing::info_span!("GetOrder", correlation_id = %correlation);
+        let span = tracing::info_span!(
+            "GetOrder",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = contracts::orders::v1::SERVICE_NAME,
+            rpc.method = "GetOrder",
+            rpc.grpc.status_code = tracing::field::Empty,
+            correlation_id = %correlation,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        continue_trace(&span, header(&request, platform::tracecontext::HEADER));
         let order_id = request.into_inner().order_id;
         let result = async {
             let order_id = parse_uuid(&order_id)
                 .map_err(|e| OrdersError::InvalidArgument(vec![FieldViolation::new("order_id", e)]))?;
             self.orders.get(order_id).await
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await
         .map(|row| GetOrderResponse { order: Some(order(row)) });
-        respond(result, &correlation)
+        respond(result, &correlation, &span)
     }
+}
+
+/// Joins `span` to the caller's trace and records the trace context its log
+/// lines carry. With OpenTelemetry that is the span's own context; without
+/// it, the caller's trace (or a new one) with a generated span id.
+fn continue_trace(span: &Span, incoming: Option<&str>) -> TraceParent {
+    platform::telemetry::set_parent(span, incoming);
+    let trace = platform::telemetry::traceparent_of(span)
+        .and_then(|own| TraceParent::parse(&own))
+        .unwrap_or_else(|| TraceParent::continue_or_start(incoming));
+    span.record("trace_id", trace.trace_id_hex());
+    span.record("span_id", format!("{:016x}", trace.span_id));
+    trace
 }
 
 fn header<'a, T>(request: &'a Request<T>, name: &str) -> Option<&'a str> {
     request.metadata().get(name).and_then(|value| value.to_str().ok())
 }
 
-/// Every answer, success or error, carries the call's correlation id in its metadata.
-fn respond<T>(result: Result<T, OrdersError>, correlation: &CorrelationId) -> Result<Response<T>, Status> {
+/// Every answer, success or error, carries the call's correlation id in its
+/// metadata; its status code goes on the call's span (an error is logged there).
+fn respond<T>(result: Result<T, OrdersError>, correlation: &CorrelationId, span: &Span) -> Result<Response<T>, Status> {
     let value = MetadataValue::try_from(correlation.as_str()).expect("correlation ids are ASCII");
-    match result {
+    let answer = match result {
         Ok(body) => {
             let mut response = Response::new(body);
             response.metadata_mut().insert(platform::correlation::HEADER, value);
             Ok(response)
         }
         Err(err) => {
-            let mut status = Status::from(err);
+            let mut status = span.in_scope(|| Status::from(err));
             status.metadata_mut().insert(platform::correlation::HEADER, value);
             Err(status)
         }
-    }
+    };
+    let code = answer.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+    span.record("rpc.grpc.status_code", code as i64);
+    answer
 }
 
 fn order(row: OrderRow) -> Order {

@@ -3,8 +3,9 @@
 use anyhow::anyhow;
 use chrono::{DurationRound, TimeDelta, Utc};
 use outbox::OutboxWriter;
-use platform::{correlation::CorrelationId, tracecontext::TraceParent};
+use platform::{correlation::CorrelationId, telemetry::DbTarget, tracecontext::TraceParent};
 use sqlx::PgPool;
+use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 use crate::{
@@ -18,11 +19,14 @@ use crate::{
 pub struct Orders {
     pool: PgPool,
     outbox: OutboxWriter,
+    /// Where the pool connects, for the statements' spans.
+    db: DbTarget,
 }
 
 impl Orders {
     pub fn new(pool: PgPool, outbox: OutboxWriter) -> Self {
-        Self { pool, outbox }
+        let db = DbTarget::of(&pool);
+        Self { pool, outbox, db }
     }
 
     /// Stores the order and its `OrderCreated` event in one transaction, or
@@ -54,7 +58,9 @@ impl Orders {
         };
         let event = messaging::outbox_message(&draft, trace);
         let mut conn = self.pool.acquire().await?;
-        let Some((row, appended)) = db::insert_order_with_event(&mut conn, &draft, &event).await? else {
+        let Some((row, appended)) =
+            db::insert_order_with_event(&mut conn, &draft, &event).instrument(self.statement("INSERT")).await?
+        else {
             drop(conn);
             return self.replay(&order).await;
         };
@@ -68,6 +74,7 @@ impl Orders {
         let request_id = order.request_id.ok_or_else(|| anyhow!("insert conflicted without a request_id"))?;
         let mut conn = self.pool.acquire().await?;
         let existing = db::find_by_request_id(&mut conn, request_id)
+            .instrument(self.statement("SELECT"))
             .await?
             .ok_or_else(|| anyhow!("request_id {request_id} conflicted but no order has it"))?;
         let same = existing.customer_id == order.customer_id.as_str()
@@ -85,6 +92,11 @@ impl Orders {
 
     pub async fn get(&self, order_id: Uuid) -> Result<OrderRow, OrdersError> {
         let mut conn = self.pool.acquire().await?;
-        db::find(&mut conn, order_id).await?.ok_or(OrdersError::NotFound)
+        db::find(&mut conn, order_id).instrument(self.statement("SELECT")).await?.ok_or(OrdersError::NotFound)
+    }
+
+    /// The client span of one statement on the orders table, in the call's span.
+    fn statement(&self, operation: &'static str) -> Span {
+        self.db.span(&Span::current(), operation, db::TABLE, 1)
     }
 }

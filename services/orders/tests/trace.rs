@@ -1,32 +1,37 @@
 //! One CreateOrder, one trace: an in-test OTLP receiver collects the spans of
-//! Orders (CreateOrder, the relay's publish) and Notifications (the inbox's
-//! processing) running in this process, and finds them chained parent to
-//! child under the caller's `traceparent`, each with the correlation id.
+//! Orders (CreateOrder, its INSERT, the relay's publish and the DELETE that
+//! marks the row done) and Notifications (the inbox's processing and its
+//! statements) running in this process, and finds them chained parent to
+//! child under the caller's `traceparent`, each with the correlation id, the
+//! statements as client spans with OpenTelemetry's database attributes.
 //!
 //! Its own test binary: the tracing subscriber and the tracer provider are
 //! global, so both services share one provider (and one `service.name`).
 
 use std::{
     collections::HashMap,
+    str::FromStr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use contracts::orders::v1::{CreateOrderRequest, order_service_client::OrderServiceClient};
+use contracts::orders::v1::{CreateOrderRequest, GetOrderRequest, order_service_client::OrderServiceClient};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
         trace_service_server::{TraceService, TraceServiceServer},
     },
     common::v1::any_value::Value,
-    trace::v1::Span,
+    trace::v1::{Span, span::SpanKind},
 };
 use secrecy::SecretString;
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
 use tokio_util::sync::CancellationToken;
 
 const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const CORRELATION: &str = "corr-trace-1";
+/// Orders created at once, so that the relay and the inbox may batch them.
+const ORDERS: usize = 3;
 
 #[derive(Clone, Default)]
 struct Receiver {
@@ -58,6 +63,64 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
         Value::StringValue(s) => Some(s.clone()),
         other => Some(format!("{other:?}")),
     })
+}
+
+fn int_attribute(span: &Span, key: &str) -> Option<i64> {
+    span.attributes.iter().find(|kv| kv.key == key).and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+        Value::IntValue(i) => Some(*i),
+        _ => None,
+    })
+}
+
+/// The spans named `name` whose parent is `parent`.
+fn children<'a>(spans: &'a [Span], parent: &Span, name: &str) -> Vec<&'a Span> {
+    spans.iter().filter(|s| s.name == name && s.parent_span_id == parent.span_id).collect()
+}
+
+/// The one span named `name` under `parent`; panics naming what is there instead.
+fn child<'a>(spans: &'a [Span], parent: &Span, name: &str) -> &'a Span {
+    match children(spans, parent, name)[..] {
+        [one] => one,
+        ref other => panic!("{} has {} {name:?} children", parent.name, other.len()),
+    }
+}
+
+/// A database client span: the stable OpenTelemetry attributes, the name
+/// `"{operation} {table}"`, and what it returns: its `db.operation.batch.size`.
+fn assert_statement(
+    span: &Span,
+    operation: &str,
+    table: &str,
+    database: &str,
+    server: &PgConnectOptions,
+) -> Option<i64> {
+    assert_eq!(span.name, format!("{operation} {table}"));
+    assert_eq!(span.kind, SpanKind::Client as i32, "{} is a client span", span.name);
+    assert_eq!(attribute(span, "db.system.name").as_deref(), Some("postgresql"), "{}", span.name);
+    assert_eq!(attribute(span, "db.operation.name").as_deref(), Some(operation), "{}", span.name);
+    assert_eq!(attribute(span, "db.collection.name").as_deref(), Some(table), "{}", span.name);
+    assert_eq!(attribute(span, "db.namespace").as_deref(), Some(database), "{}", span.name);
+    assert_eq!(attribute(span, "server.address").as_deref(), Some(server.get_host()), "{}", span.name);
+    assert_eq!(int_attribute(span, "server.port"), Some(i64::from(server.get_port())), "{}", span.name);
+    let batch = int_attribute(span, "db.operation.batch.size");
+    assert!(batch.is_none_or(|n| n >= 2), "a batch has two operations or more: {batch:?}");
+    batch
+}
+
+/// Each row of a batch statement has a span with the statement's batch size:
+/// `n` spans of size `n` per batch, so their count is a multiple of `n`. Only
+/// for statements that see nothing but this test's rows (the inbox's queue
+/// also gets other tests' events: they share its batches, not its trace).
+fn assert_batches_add_up(spans: &[&Span]) {
+    let mut by_size: HashMap<i64, i64> = HashMap::new();
+    for span in spans {
+        if let Some(n) = int_attribute(span, "db.operation.batch.size") {
+            *by_size.entry(n).or_default() += 1;
+        }
+    }
+    for (size, count) in by_size {
+        assert_eq!(count % size, 0, "{count} spans of {:?} say they were in batches of {size}", spans[0].name);
+    }
 }
 
 /// A fresh database URL on the test server (the services create it on start).
@@ -140,58 +203,120 @@ async fn one_create_order_is_one_trace_across_both_services() {
     let orders_task = tokio::spawn(orders.run_until_stopped(orders_stop.clone()));
 
     let mut client = OrderServiceClient::connect(format!("http://{addr}")).await.unwrap();
-    let mut request = tonic::Request::new(CreateOrderRequest {
-        customer_id: "c-trace".into(),
-        amount: "9.99".into(),
-        currency: "EUR".into(),
-        request_id: String::new(),
+    let calls = (0..ORDERS).map(|i| {
+        let mut client = client.clone();
+        async move {
+            let mut request = tonic::Request::new(CreateOrderRequest {
+                customer_id: format!("c-trace-{i}"),
+                amount: "9.99".into(),
+                currency: "EUR".into(),
+                request_id: String::new(),
+            });
+            request.metadata_mut().insert("traceparent", INCOMING.parse().unwrap());
+            request.metadata_mut().insert("x-correlation-id", CORRELATION.parse().unwrap());
+            client.create_order(request).await.unwrap().into_inner()
+        }
     });
+    let created = futures::future::join_all(calls).await;
+    let mut request = tonic::Request::new(GetOrderRequest { order_id: created[0].order_id.clone() });
     request.metadata_mut().insert("traceparent", INCOMING.parse().unwrap());
-    request.metadata_mut().insert("x-correlation-id", CORRELATION.parse().unwrap());
-    let created = client.create_order(request).await.unwrap().into_inner();
+    client.get_order(request).await.unwrap();
 
+    // Every order's publish has its DELETE, every message's processing its two INSERTs.
     let trace_id = &INCOMING[3..35];
-    let wanted = ["CreateOrder", "publish", "inbox_message"];
+    let event_ids: Vec<&str> = created.iter().map(|c| c.event_id.as_str()).collect();
+    let complete = |spans: &[Span]| {
+        let of_events = |name: &str| {
+            spans
+                .iter()
+                .filter(|s| s.name == name)
+                .filter(|s| attribute(s, "messaging.message.id").is_some_and(|id| event_ids.contains(&id.as_str())))
+                .collect::<Vec<_>>()
+        };
+        let (published, processed) = (of_events("publish"), of_events("inbox_message"));
+        published.len() == ORDERS
+            && processed.len() == ORDERS
+            && published.iter().all(|p| children(spans, p, "DELETE outbox_messages").len() == 1)
+            && processed.iter().all(|p| {
+                children(spans, p, "INSERT processed_events").len() == 1
+                    && children(spans, p, "INSERT notifications").len() == 1
+            })
+            && spans.iter().any(|s| s.name == "SELECT orders")
+            && spans.iter().filter(|s| s.name == "INSERT orders").count() == ORDERS
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    let spans: HashMap<String, Span> = loop {
+    let spans: Vec<Span> = loop {
         let flushing = Arc::clone(&guard);
         tokio::task::spawn_blocking(move || flushing.flush()).await.unwrap();
-        let found: HashMap<String, Span> = receiver
-            .spans
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|s| hex(&s.trace_id) == trace_id && wanted.contains(&s.name.as_str()))
-            .filter(|s| {
-                s.name != "publish" && s.name != "inbox_message"
-                    || attribute(s, "messaging.message.id").as_deref() == Some(created.event_id.as_str())
-            })
-            .map(|s| (s.name.clone(), s.clone()))
-            .collect();
-        if found.len() == wanted.len() {
-            break found;
+        let in_trace: Vec<Span> =
+            receiver.spans.lock().unwrap().iter().filter(|s| hex(&s.trace_id) == trace_id).cloned().collect();
+        if complete(&in_trace) {
+            break in_trace;
         }
-        assert!(Instant::now() < deadline, "spans of the trace so far: {:?}", found.keys().collect::<Vec<_>>());
+        let names: Vec<&str> = in_trace.iter().map(|s| s.name.as_str()).collect();
+        assert!(Instant::now() < deadline, "spans of the trace so far: {names:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
 
-    let (create, publish, process) = (&spans["CreateOrder"], &spans["publish"], &spans["inbox_message"]);
-    assert_eq!(hex(&create.parent_span_id), &INCOMING[36..52], "CreateOrder continues the caller's span");
-    assert_eq!(publish.parent_span_id, create.span_id, "the relay's publish is a child of CreateOrder");
-    assert_eq!(process.parent_span_id, publish.span_id, "processing is a child of the publish");
-    for span in [create, publish, process] {
-        assert_eq!(attribute(span, "correlation_id").as_deref(), Some(CORRELATION), "{}", span.name);
+    let server = PgConnectOptions::from_str(&testkit::database_url()).unwrap();
+    let named = |name: &str, event_id: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == name && attribute(s, "messaging.message.id").as_deref() == Some(event_id))
+            .unwrap_or_else(|| panic!("no {name} span for {event_id}"))
+    };
+    let mut deletes = Vec::new();
+    for event_id in &event_ids {
+        let (publish, process) = (named("publish", event_id), named("inbox_message", event_id));
+        let create = spans
+            .iter()
+            .find(|s| s.name == "CreateOrder" && s.span_id == publish.parent_span_id)
+            .expect("the relay's publish is a child of CreateOrder");
+        assert_eq!(hex(&create.parent_span_id), &INCOMING[36..52], "CreateOrder continues the caller's span");
+        assert_eq!(process.parent_span_id, publish.span_id, "processing is a child of the publish");
+        for span in [create, publish, process] {
+            assert_eq!(attribute(span, "correlation_id").as_deref(), Some(CORRELATION), "{}", span.name);
+        }
+        for span in [create, process] {
+            assert_eq!(
+                attribute(span, "trace_id").as_deref(),
+                Some(trace_id),
+                "{}'s log lines name the trace",
+                span.name
+            );
+            assert_eq!(attribute(span, "span_id"), Some(hex(&span.span_id)), "{}'s log lines name the span", span.name);
+        }
+        assert_eq!(create.kind, SpanKind::Server as i32);
+        assert_eq!(attribute(create, "rpc.system").as_deref(), Some("grpc"));
+        assert_eq!(attribute(create, "rpc.service").as_deref(), Some("pulse.orders.v1.OrderService"));
+        assert_eq!(attribute(create, "rpc.method").as_deref(), Some("CreateOrder"));
+        assert_eq!(int_attribute(create, "rpc.grpc.status_code"), Some(0), "OK");
+        assert_eq!(attribute(publish, "messaging.system").as_deref(), Some("rabbitmq"));
+        assert_eq!(attribute(publish, "messaging.destination.name").as_deref(), Some(contracts::EVENTS_EXCHANGE));
+        assert_eq!(attribute(process, "messaging.system").as_deref(), Some("rabbitmq"));
+        assert_eq!(attribute(process, "messaging.destination.name").as_deref(), Some(topology.main.as_str()));
+
+        // The statements: one INSERT writes the order and its outbox row.
+        let insert = child(&spans, create, "INSERT orders");
+        assert_eq!(assert_statement(insert, "INSERT", "orders", &orders_db, &server), None, "one order per INSERT");
+        assert!(insert.start_time_unix_nano >= create.start_time_unix_nano);
+        assert!(insert.end_time_unix_nano <= create.end_time_unix_nano, "the INSERT ends before the call");
+        let delete = child(&spans, publish, "DELETE outbox_messages");
+        assert_statement(delete, "DELETE", "outbox_messages", &orders_db, &server);
+        deletes.push(delete);
+        let record = child(&spans, process, "INSERT processed_events");
+        assert_statement(record, "INSERT", "processed_events", &notifications_db, &server);
+        let notify = child(&spans, process, "INSERT notifications");
+        assert_statement(notify, "INSERT", "notifications", &notifications_db, &server);
     }
-    for span in [create, process] {
-        assert_eq!(attribute(span, "trace_id").as_deref(), Some(trace_id), "{}'s log lines name the trace", span.name);
-    }
-    assert_eq!(attribute(create, "rpc.system").as_deref(), Some("grpc"));
-    assert_eq!(attribute(create, "rpc.service").as_deref(), Some("pulse.orders.v1.OrderService"));
-    assert_eq!(attribute(create, "rpc.method").as_deref(), Some("CreateOrder"));
-    assert_eq!(attribute(create, "db.system").as_deref(), Some("postgresql"));
-    assert_eq!(attribute(publish, "messaging.system").as_deref(), Some("rabbitmq"));
-    assert_eq!(attribute(publish, "messaging.destination.name").as_deref(), Some(contracts::EVENTS_EXCHANGE));
-    assert_eq!(attribute(process, "messaging.destination.name").as_deref(), Some(topology.main.as_str()));
+    // The relay of this test's database publishes only this test's orders.
+    assert_batches_add_up(&deletes);
+
+    let get = spans.iter().find(|s| s.name == "GetOrder").expect("GetOrder joins the caller's trace");
+    assert_eq!(hex(&get.parent_span_id), &INCOMING[36..52]);
+    assert_eq!(attribute(get, "rpc.method").as_deref(), Some("GetOrder"));
+    assert_eq!(int_attribute(get, "rpc.grpc.status_code"), Some(0));
+    assert_statement(child(&spans, get, "SELECT orders"), "SELECT", "orders", &orders_db, &server);
 
     orders_stop.cancel();
     orders_task.await.unwrap().unwrap();

@@ -37,8 +37,21 @@ pub(crate) struct PendingRow {
     pub(crate) created_at: DateTime<Utc>,
 }
 
+/// Which rows to claim next: see [`Ownership::claim`].
+#[derive(Debug, Default)]
+pub(crate) struct Claim {
+    pub(crate) limit: i64,
+    /// Only rows with a higher id.
+    pub(crate) after: i64,
+    /// Rows to leave out (published, not yet marked).
+    pub(crate) exclude: Vec<i64>,
+}
+
 pub(crate) struct Ownership {
+    /// Holds the advisory locks; claims run on it.
     conn: PgConnection,
+    /// Marks confirmed rows, so that a batch is marked while the next one is claimed.
+    marker: PgConnection,
     owned: BTreeSet<i16>,
     instance: i32,
 }
@@ -57,7 +70,8 @@ impl Ownership {
                 break candidate;
             }
         };
-        Ok(Self { conn, owned: BTreeSet::new(), instance })
+        let marker = PgConnection::connect_with(options).await?;
+        Ok(Self { conn, marker, owned: BTreeSet::new(), instance })
     }
 
     pub(crate) fn instance(&self) -> i32 {
@@ -119,42 +133,38 @@ impl Ownership {
         Ok(self.owned.len() < share)
     }
 
-    /// The oldest pending rows of the owned partitions, at most `limit`, in id order.
+    /// The oldest pending rows of the owned partitions with an id above
+    /// `claim.after`, at most `claim.limit`, in id order, leaving out `claim.exclude`.
     ///
-    /// It walks the primary key in id order and skips other relays' partitions:
-    /// aggregates hash evenly, so with `n` relays it reads about `n * limit`
-    /// rows, and never sorts the backlog.
-    /// Rows in `in_flight` (published, confirms pending) are skipped.
-    pub(crate) async fn claim(&mut self, limit: i64, in_flight: &[i64]) -> Result<Vec<PendingRow>, sqlx::Error> {
-        let owned: Vec<i16> = self.owned.iter().copied().collect();
-        sqlx::query_as(
-            "SELECT id, event_id, aggregate_id, exchange, routing_key, message_type, content_type, payload,
-                    headers, created_at
-             FROM outbox_messages
-             WHERE partition = ANY($1) AND NOT (id = ANY($3))
-             ORDER BY id
-             LIMIT $2",
-        )
-        .bind(&owned)
-        .bind(limit)
-        .bind(in_flight)
-        .fetch_all(&mut self.conn)
-        .await
+    /// It walks the primary key in id order from `after` and skips other
+    /// relays' partitions: aggregates hash evenly, so with `n` relays it reads
+    /// about `n * limit` rows, and never sorts the backlog. While batches are
+    /// in flight the relay passes the last id it claimed as `after` and no
+    /// exclusions (checking each row against a list of thousands costs the
+    /// server more than the walk); from time to time it passes 0 and the list,
+    /// to pick up rows that committed late with a lower id, and rows refused before.
+    pub(crate) async fn claim(&mut self, claim: &Claim) -> Result<Vec<PendingRow>, sqlx::Error> {
+        claim_on(&mut self.conn, &self.owned, claim).await
     }
 
-    /// Removes confirmed rows, copying them into the archive when `archive` is set.
-    pub(crate) async fn mark_published(&mut self, ids: &[i64], archive: bool) -> Result<u64, sqlx::Error> {
-        let sql = if archive {
-            "WITH done AS (DELETE FROM outbox_messages WHERE id = ANY($1) RETURNING *)
-             INSERT INTO outbox_archive (id, event_id, aggregate_type, aggregate_id, exchange, routing_key,
-                 message_type, content_type, payload, headers, created_at, attempts, published_at)
-             SELECT id, event_id, aggregate_type, aggregate_id, exchange, routing_key,
-                 message_type, content_type, payload, headers, created_at, attempts + 1, now()
-             FROM done"
-        } else {
-            "DELETE FROM outbox_messages WHERE id = ANY($1)"
+    /// Marks `confirmed` rows published and meanwhile, on the claiming
+    /// connection, claims `next`: the database works on both at once. Marking
+    /// deletes the rows, copying them into the archive when `archive` is set.
+    pub(crate) async fn mark_and_claim(
+        &mut self,
+        confirmed: &[i64],
+        archive: bool,
+        next: Option<&Claim>,
+    ) -> (Result<u64, sqlx::Error>, Result<Vec<PendingRow>, sqlx::Error>) {
+        let marking =
+            async { if confirmed.is_empty() { Ok(0) } else { mark_on(&mut self.marker, confirmed, archive).await } };
+        let claiming = async {
+            match next {
+                Some(claim) => claim_on(&mut self.conn, &self.owned, claim).await,
+                None => Ok(Vec::new()),
+            }
         };
-        Ok(sqlx::query(sql).bind(ids).execute(&mut self.conn).await?.rows_affected())
+        tokio::join!(marking, claiming)
     }
 
     /// Records a failed publish on rows that stay pending.
@@ -162,13 +172,56 @@ impl Ownership {
         sqlx::query("UPDATE outbox_messages SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1)")
             .bind(ids)
             .bind(error)
-            .execute(&mut self.conn)
+            .execute(&mut self.marker)
             .await?;
         Ok(())
     }
 
     /// Gives every lock back (closing the connection would too).
     pub(crate) async fn close(self) {
+        let _ = self.marker.close().await;
         let _ = self.conn.close().await;
     }
+}
+
+async fn claim_on(
+    conn: &mut PgConnection,
+    owned: &BTreeSet<i16>,
+    claim: &Claim,
+) -> Result<Vec<PendingRow>, sqlx::Error> {
+    let owned: Vec<i16> = owned.iter().copied().collect();
+    let sql = if claim.exclude.is_empty() {
+        "SELECT id, event_id, aggregate_id, exchange, routing_key, message_type, content_type, payload,
+                headers, created_at
+         FROM outbox_messages
+         WHERE partition = ANY($1) AND id > $3
+         ORDER BY id
+         LIMIT $2"
+    } else {
+        "SELECT id, event_id, aggregate_id, exchange, routing_key, message_type, content_type, payload,
+                headers, created_at
+         FROM outbox_messages
+         WHERE partition = ANY($1) AND id > $3 AND NOT (id = ANY($4))
+         ORDER BY id
+         LIMIT $2"
+    };
+    let mut query = sqlx::query_as(sql).bind(owned).bind(claim.limit).bind(claim.after);
+    if !claim.exclude.is_empty() {
+        query = query.bind(&claim.exclude);
+    }
+    query.fetch_all(conn).await
+}
+
+async fn mark_on(conn: &mut PgConnection, ids: &[i64], archive: bool) -> Result<u64, sqlx::Error> {
+    let sql = if archive {
+        "WITH done AS (DELETE FROM outbox_messages WHERE id = ANY($1) RETURNING *)
+         INSERT INTO outbox_archive (id, event_id, aggregate_type, aggregate_id, exchange, routing_key,
+             message_type, content_type, payload, headers, created_at, attempts, published_at)
+         SELECT id, event_id, aggregate_type, aggregate_id, exchange, routing_key,
+             message_type, content_type, payload, headers, created_at, attempts + 1, now()
+         FROM done"
+    } else {
+        "DELETE FROM outbox_messages WHERE id = ANY($1)"
+    };
+    Ok(sqlx::query(sql).bind(ids).execute(conn).await?.rows_affected())
 }

@@ -28,13 +28,22 @@ pub(crate) struct InFlight {
     confirms: Vec<PublisherConfirm>,
     broken: Option<String>,
     rows: usize,
+    /// With OpenTelemetry, the context (`traceparent`) of each row's publish
+    /// span; empty without.
+    contexts: Vec<Option<String>>,
 }
 
 impl InFlight {
+    /// The publish spans' contexts, for the work that follows on each row
+    /// after its publish (marking it done); empty without OpenTelemetry.
+    pub(crate) fn take_contexts(&mut self) -> Vec<Option<String>> {
+        std::mem::take(&mut self.contexts)
+    }
+
     /// Waits for every confirm. The outcomes match the published rows;
     /// `Some(reason)` means the channel broke (rows without an answer are `Unknown`).
     pub(crate) async fn settle(self, timeout: Duration) -> (Vec<Outcome>, Option<String>) {
-        let Self { confirms, mut broken, rows } = self;
+        let Self { confirms, mut broken, rows, .. } = self;
         let mut outcomes: Vec<Outcome> = match tokio::time::timeout(timeout, join_all(confirms)).await {
             Ok(results) => results
                 .into_iter()
@@ -105,11 +114,12 @@ impl Publisher {
         // consumer's span is its child.
         let spans: Vec<tracing::Span> =
             if platform::telemetry::otel_active() { rows.iter().map(publish_span).collect() } else { Vec::new() };
+        let contexts: Vec<Option<String>> = spans.iter().map(platform::telemetry::traceparent_of).collect();
         let mut pending: Vec<_> = rows
             .iter()
             .enumerate()
             .map(|(i, row)| {
-                let traceparent = spans.get(i).and_then(platform::telemetry::traceparent_of);
+                let traceparent = contexts.get(i).cloned().flatten();
                 Box::pin(self.channel.basic_publish(
                     ShortString::from(row.exchange.as_str()),
                     ShortString::from(row.routing_key.as_str()),
@@ -148,7 +158,7 @@ impl Publisher {
                 }
             }
         }
-        InFlight { confirms, broken, rows: rows.len() }
+        InFlight { confirms, broken, rows: rows.len(), contexts }
     }
 
     pub(crate) async fn close(self) {

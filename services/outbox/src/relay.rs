@@ -5,7 +5,7 @@ use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
 
-use platform::backoff::Backoff;
+use platform::{backoff::Backoff, telemetry::DbTarget};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgListener};
 use tokio::{
@@ -13,11 +13,12 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Span;
 
 use crate::{
     message::{DEFAULT_NOTIFY_CHANNEL, LocalRelay},
     metrics::RelayMetrics,
-    ownership::{Ownership, PendingRow},
+    ownership::{Claim, Ownership, PendingRow},
     publisher::{Outcome, Publisher},
     retention,
 };
@@ -67,6 +68,11 @@ impl RelayConfig {
     }
 }
 
+/// How often a relay with batches in flight claims from the start of the
+/// outbox rather than after its newest batch: the longest a row that committed
+/// late, below ids already claimed, waits under sustained load.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
 /// What the relay can currently reach; drives its health status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RelayStatus {
@@ -85,10 +91,14 @@ impl RelayStatus {
 struct Batch {
     rows: Vec<PendingRow>,
     settle: BoxFuture<'static, (Vec<Outcome>, Option<String>)>,
+    /// With OpenTelemetry, each row's publish span context; empty without.
+    contexts: Vec<Option<String>>,
 }
 
 pub struct Relay {
     options: PgConnectOptions,
+    /// Where `options` lead, for the spans of the marking statements.
+    db: DbTarget,
     config: RelayConfig,
     local: LocalRelay,
     status: watch::Sender<RelayStatus>,
@@ -102,6 +112,7 @@ impl Relay {
     /// [`crate::OutboxWriter::local_relay`] when both live in one process.
     pub fn new(options: PgConnectOptions, config: RelayConfig, local: Option<LocalRelay>) -> Self {
         Self {
+            db: DbTarget::new(&options),
             options,
             config,
             local: local.unwrap_or_default(),
@@ -148,6 +159,12 @@ impl Relay {
         let mut in_flight: VecDeque<Batch> = VecDeque::new();
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let mut next_rebalance = Instant::now();
+        let mut next_sweep = Instant::now();
+        // Whether the last claim came back full: only a backlog is worth
+        // claiming ahead of the confirms. Caught up, the relay claims again once
+        // its batch is confirmed, so rows committed meanwhile go out together
+        // (fewer, fuller batches for the database and the broker at steady load).
+        let mut backlog = false;
 
         loop {
             if shutdown.is_cancelled() && in_flight.is_empty() {
@@ -219,29 +236,23 @@ impl Relay {
             }
             self.report(true, true, ownership.owned());
 
-            if !shutdown.is_cancelled() && !rebalance_due && in_flight.len() < self.config.pipeline_depth {
-                let pending: Vec<i64> = in_flight.iter().flat_map(|b| b.rows.iter().map(|r| r.id)).collect();
+            let may_claim = !shutdown.is_cancelled() && !rebalance_due;
+            if may_claim && in_flight.len() < self.config.pipeline_depth && (in_flight.is_empty() || backlog) {
+                let claim = self.next_claim(&in_flight, &[], &mut next_sweep);
                 let claiming = Instant::now();
-                let rows = match ownership.claim(self.config.batch_size, &pending).await {
-                    Ok(rows) => rows,
+                let claimed = ownership.claim(&claim).await;
+                backlog = claimed.as_ref().is_ok_and(|rows| rows.len() as i64 >= claim.limit);
+                match claimed {
+                    Ok(rows) if !rows.is_empty() => {
+                        in_flight.push_back(self.publish(publisher, rows, claiming).await);
+                        continue;
+                    }
+                    Ok(_) => {}
                     Err(err) => {
                         tracing::warn!(error = %err, "relay lost the database while claiming");
                         db = None;
                         continue;
                     }
-                };
-                if !rows.is_empty() {
-                    self.metrics.batch(rows.len());
-                    let publishing = Instant::now();
-                    let flight = publisher.publish(&rows, &self.config.app_id).await;
-                    tracing::debug!(
-                        rows = rows.len(),
-                        claim_us = (publishing - claiming).as_micros() as u64,
-                        publish_us = publishing.elapsed().as_micros() as u64,
-                        "published outbox batch"
-                    );
-                    in_flight.push_back(Batch { rows, settle: Box::pin(flight.settle(self.config.confirm_timeout)) });
-                    continue;
                 }
             }
 
@@ -261,19 +272,37 @@ impl Relay {
             let rows = batch.rows;
             let confirmed: Vec<i64> =
                 rows.iter().zip(&outcomes).filter(|(_, o)| **o == Outcome::Confirmed).map(|(r, _)| r.id).collect();
-            if !confirmed.is_empty() {
-                if let Err(err) = ownership.mark_published(&confirmed, !self.config.retention.is_zero()).await {
-                    // Confirmed but not marked: they will be published again (at least once).
-                    tracing::warn!(error = %err, rows = confirmed.len(), "relay could not mark confirmed rows");
+            // The next batch is claimed while this one is marked, each on its own connection.
+            let next = (may_claim && broken.is_none() && (in_flight.is_empty() || backlog))
+                .then(|| self.next_claim(&in_flight, &rows, &mut next_sweep));
+            let archive = !self.config.retention.is_zero();
+            // They close when both statements are done: with a claim beside, a little late.
+            let spans = self.mark_spans(&batch.contexts, &outcomes, confirmed.len());
+            let (marked, claimed) = ownership.mark_and_claim(&confirmed, archive, next.as_ref()).await;
+            drop(spans);
+            if let Err(err) = marked {
+                // Confirmed but not marked: they will be published again (at least once).
+                tracing::warn!(error = %err, rows = confirmed.len(), "relay could not mark confirmed rows");
+                db = None;
+                continue;
+            }
+            tracing::debug!(
+                rows = confirmed.len(),
+                settle_us = (marking - settling).as_micros() as u64,
+                mark_us = marking.elapsed().as_micros() as u64,
+                "marked outbox batch"
+            );
+            if let (Some(claim), Ok(rows)) = (&next, &claimed) {
+                backlog = rows.len() as i64 >= claim.limit;
+            }
+            match claimed {
+                Ok(next) if !next.is_empty() => in_flight.push_back(self.publish(publisher, next, marking).await),
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "relay lost the database while claiming");
                     db = None;
                     continue;
                 }
-                tracing::debug!(
-                    rows = confirmed.len(),
-                    settle_us = (marking - settling).as_micros() as u64,
-                    mark_us = marking.elapsed().as_micros() as u64,
-                    "marked outbox batch"
-                );
             }
             let mut unconfirmed = 0;
             for (row, outcome) in rows.iter().zip(&outcomes) {
@@ -322,6 +351,54 @@ impl Relay {
         }
         self.report(false, false, 0);
         tracing::info!("relay stopped");
+    }
+
+    /// The rows to claim after those published and not yet marked: `in_flight`
+    /// and `settling` (a settled batch being marked). Usually the rows after the
+    /// newest of them; on a sweep (nothing else in flight, or once every
+    /// [`SWEEP_INTERVAL`]) every pending row but them.
+    fn next_claim(&self, in_flight: &VecDeque<Batch>, settling: &[PendingRow], next_sweep: &mut Instant) -> Claim {
+        let outstanding = || in_flight.iter().map(|b| b.rows.as_slice()).chain([settling]);
+        if in_flight.is_empty() || Instant::now() >= *next_sweep {
+            *next_sweep = Instant::now() + SWEEP_INTERVAL;
+            let exclude = outstanding().flat_map(|rows| rows.iter().map(|r| r.id)).collect();
+            Claim { limit: self.config.batch_size, after: 0, exclude }
+        } else {
+            // Rows are claimed in id order: a batch's last row is its highest.
+            let after = outstanding().filter_map(|rows| rows.last()).map(|r| r.id).max().unwrap_or(0);
+            Claim { limit: self.config.batch_size, after, exclude: Vec::new() }
+        }
+    }
+
+    /// Publishes claimed `rows` (claimed from `claiming` on), confirms left in flight.
+    async fn publish(&self, publisher: &Publisher, rows: Vec<PendingRow>, claiming: Instant) -> Batch {
+        self.metrics.batch(rows.len());
+        let publishing = Instant::now();
+        let mut flight = publisher.publish(&rows, &self.config.app_id).await;
+        tracing::debug!(
+            rows = rows.len(),
+            claim_us = (publishing - claiming).as_micros() as u64,
+            publish_us = publishing.elapsed().as_micros() as u64,
+            "published outbox batch"
+        );
+        let contexts = flight.take_contexts();
+        Batch { rows, settle: Box::pin(flight.settle(self.config.confirm_timeout)), contexts }
+    }
+
+    /// With OpenTelemetry, a span per confirmed row, child of its publish
+    /// span, for the statement that marks the `batch_size` confirmed rows done;
+    /// without it, nothing (`contexts` is empty).
+    fn mark_spans(&self, contexts: &[Option<String>], outcomes: &[Outcome], batch_size: usize) -> Vec<Span> {
+        contexts
+            .iter()
+            .zip(outcomes)
+            .filter(|(_, outcome)| **outcome == Outcome::Confirmed)
+            .map(|(context, _)| {
+                let span = self.db.span(&Span::none(), "DELETE", "outbox_messages", batch_size);
+                platform::telemetry::set_parent(&span, context.as_deref());
+                span
+            })
+            .collect()
     }
 
     fn report(&self, database: bool, broker: bool, owned_partitions: usize) {

@@ -100,6 +100,48 @@ async fn two_relays_publish_every_row_once_in_aggregate_order(pool: PgPool) {
     testkit::delete_exchange(&amqp, &exchange).await;
 }
 
+/// A transaction that took its id early and commits late leaves a row below
+/// ids the relay has already claimed, while batches are in flight: it is
+/// still published, once, and nothing is published twice.
+#[sqlx::test(migrations = "../../migrations/orders")]
+async fn a_row_committed_late_below_claimed_ids_is_published(pool: PgPool) {
+    let options = pool.connect_options().as_ref().clone();
+    let exchange = testkit::unique("test.outbox");
+    let amqp = testkit::amqp_connection().await;
+    let mut consumer = testkit::subscribe(&amqp, &exchange, "seq.#").await;
+    let writer = OutboxWriter::new();
+
+    let mut late = pool.begin().await.unwrap();
+    let late_receipt = writer.append(&mut late, &message(&exchange, "seq.late", "late", 0)).await.unwrap();
+    for wave in 0..30 {
+        let mut tx = pool.begin().await.unwrap();
+        for i in 0..100 {
+            // Committed before the relay starts: nobody to wake.
+            let _ =
+                writer.append(&mut tx, &message(&exchange, "seq.created", &format!("agg-{i}"), wave)).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    let (stop, relay) = start(&options, config(&exchange));
+    let mut received = testkit::receive(&mut consumer, 300, Duration::from_secs(30)).await;
+    assert_eq!(received.len(), 300, "the relay is publishing");
+    late.commit().await.unwrap();
+    writer.committed(late_receipt);
+
+    received.extend(testkit::receive(&mut consumer, 2_701, Duration::from_secs(60)).await);
+    assert_eq!(received.len(), 3_001, "every row is published, the late one too");
+    assert!(testkit::receive(&mut consumer, 1, Duration::from_millis(700)).await.is_empty(), "none twice");
+    let ids: std::collections::HashSet<String> =
+        received.iter().map(|d| d.properties.message_id().as_ref().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 3_001, "no duplicate message id");
+    assert!(received.iter().any(|d| d.data == b"late:0"), "the late row is among them");
+    assert!(testkit::eventually(Duration::from_secs(5), || async { pending(&pool).await == 0 }).await);
+
+    stop.cancel();
+    relay.await.unwrap();
+    testkit::delete_exchange(&amqp, &exchange).await;
+}
+
 #[sqlx::test(migrations = "../../migrations/orders")]
 async fn published_message_carries_properties_and_headers(pool: PgPool) {
     let options = pool.connect_options().as_ref().clone();

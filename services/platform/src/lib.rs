@@ -1,7 +1,7 @@
 //! The plumbing every Pulse service shares: environment configuration,
-//! telemetry, the shutdown signal, database creation and migration, the gRPC
-//! bootstrap (health, reflection, call metrics), Prometheus metrics, correlation
-//! ids and retry backoff.
+//! telemetry and the JSON log format, the shutdown signal, database creation
+//! and migration, the gRPC bootstrap (health, reflection, call metrics),
+//! Prometheus metrics, correlation ids and retry backoff.
 
 pub mod backoff;
 pub mod config;
@@ -9,6 +9,7 @@ pub mod correlation;
 pub mod db;
 pub mod errors;
 pub mod grpc;
+pub mod logformat;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
