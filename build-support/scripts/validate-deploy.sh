@@ -5,6 +5,16 @@
 #                               a stage of the Dockerfile and every bind-mounted file exists
 #   Dockerfile                  hadolint, failing on warnings and errors
 #   deploy/otel-collector.yaml  parses, and every pipeline names only defined components
+#   deploy/prometheus.yml, deploy/prometheus-rules.yml
+#                               promtool check config and check rules (promtool from
+#                               ensure-tools.sh; outside CI skipped with a note when missing),
+#                               plus: the service loads the mounted config, the rule files are
+#                               mounted beside it, every scrape target is a compose service
+#                               whose environment or mounted config names the target's port
+#   deploy/grafana/             every dashboard parses and uses only provisioned datasource
+#                               uids, its queries (Grafana variables replaced) pass promtool;
+#                               the dashboards provider reads a mounted directory holding them,
+#                               datasource URLs name compose services
 #   deploy/kubernetes/          every manifest the kustomization lists, against the Kubernetes
 #                               JSON schemas (kubernetes-validate --strict, schemas bundled: no
 #                               cluster, no network) of the oldest version we support and the newest
@@ -82,6 +92,191 @@ for error in errors:
     print(f"[validate-deploy] error: {error}", file=sys.stderr)
 sys.exit(1 if errors else 0)
 PY
+pulse_log "deploy/prometheus.yml, deploy/grafana/ against docker-compose.yml"
+dashboard_rules="$(mktemp)"
+trap 'rm -f "$compose_json" "$dashboard_rules" "$dashboard_rules.where"' EXIT
+"$PULSE_TOOLS/venv/bin/python" - "$compose_json" deploy/prometheus.yml deploy/grafana "$dashboard_rules" <<'PY'
+import glob
+import json
+import os
+import re
+import sys
+from urllib.parse import urlsplit
+
+import yaml
+
+errors = []
+compose_path, prometheus_path, grafana_dir, rules_out = sys.argv[1:5]
+with open(compose_path) as f:
+    services = json.load(f)["services"]
+
+
+def binds(service):
+    return [v for v in services[service].get("volumes", []) if v.get("type") == "bind"]
+
+
+def host_path(service, container_path):
+    """The host path behind `container_path` in `service`, through its bind mounts (None: not mounted)."""
+    for volume in sorted(binds(service), key=lambda v: -len(v["target"])):
+        target = volume["target"].rstrip("/")
+        if container_path == target or container_path.startswith(target + "/"):
+            return volume["source"] + container_path[len(target):]
+    return None
+
+
+def mounts_of(local_path):
+    """(service, container path) of every bind mount of `local_path`."""
+    local = os.path.abspath(local_path)
+    return [(name, v["target"]) for name in services for v in binds(name) if os.path.abspath(v["source"]) == local]
+
+
+def load_yaml(path):
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as err:
+        errors.append(f"{path}: {err}")
+        return {}
+
+
+# Prometheus: its service loads the mounted config, the rule files are mounted
+# where the config looks for them, every target is a service listening there.
+prometheus = load_yaml(prometheus_path)
+if not mounts_of(prometheus_path):
+    errors.append(f"{prometheus_path} is not mounted by any compose service")
+for service, config_target in mounts_of(prometheus_path):
+    command = services[service].get("command") or []
+    loads = next((c.split("=", 1)[1] for c in command if c.startswith("--config.file=")), "/etc/prometheus/prometheus.yml")
+    if loads != config_target:
+        errors.append(f"service {service} loads {loads}, but {prometheus_path} is mounted at {config_target}")
+    for rule_file in prometheus.get("rule_files") or []:
+        in_container = os.path.normpath(os.path.join(os.path.dirname(config_target), rule_file))
+        source = host_path(service, in_container)
+        if source is None or not os.path.isfile(source):
+            errors.append(f"service {service}: rule file {in_container} is not mounted from an existing file")
+for job in prometheus.get("scrape_configs") or []:
+    for static in job.get("static_configs") or []:
+        for target in static.get("targets") or []:
+            host, _, port = target.rpartition(":")
+            where = f"{prometheus_path}: job {job.get('job_name')}, target {target}"
+            if host not in services:
+                errors.append(f"{where}: {host} is not a compose service")
+                continue
+            # The port must be one the service is told to listen on, in its
+            # environment (ORDERS_METRICS_ADDR: 0.0.0.0:9464) or a file it mounts.
+            told = [str(v) for v in (services[host].get("environment") or {}).values()]
+            for volume in binds(host):
+                if os.path.isfile(volume["source"]):
+                    with open(volume["source"]) as f:
+                        told.append(f.read())
+            if not any(re.search(rf":{re.escape(port)}\b", text) for text in told):
+                errors.append(f"{where}: nothing in service {host}'s environment or mounted files listens on :{port}")
+
+# Grafana: datasources by uid, dashboards where the provider looks.
+datasource_uids = set()
+for path in sorted(glob.glob(os.path.join(grafana_dir, "provisioning/datasources/*.y*ml"))):
+    for datasource in load_yaml(path).get("datasources") or []:
+        datasource_uids.add(datasource.get("uid"))
+        host = urlsplit(datasource.get("url", "")).hostname
+        if host not in services:
+            errors.append(f"{path}: datasource {datasource.get('name')} points at {host}, not a compose service")
+if not datasource_uids:
+    errors.append(f"{grafana_dir}/provisioning/datasources: no datasource")
+for directory in sorted(glob.glob(os.path.join(grafana_dir, "provisioning/*/"))):
+    directory = directory.rstrip("/")
+    if not mounts_of(directory) and not mounts_of(os.path.dirname(directory)):
+        errors.append(f"{directory} is not mounted by any compose service")
+for path in sorted(glob.glob(os.path.join(grafana_dir, "provisioning/dashboards/*.y*ml"))):
+    for provider in load_yaml(path).get("providers") or []:
+        reads = (provider.get("options") or {}).get("path", "")
+        sources = [(name, host_path(name, reads)) for name in services if host_path(name, reads)]
+        if not sources:
+            errors.append(f"{path}: provider {provider.get('name')} reads {reads}, which no service mounts")
+        for name, source in sources:
+            if not glob.glob(os.path.join(source, "*.json")):
+                errors.append(f"{path}: service {name} mounts {source} at {reads}, which holds no dashboard")
+
+# Dashboards: parse, datasources resolve, every query collected for promtool.
+queries = []
+
+
+def walk(node, at, path):
+    if isinstance(node, dict):
+        datasource = node.get("datasource")
+        builtin = isinstance(datasource, dict) and datasource.get("type") == "grafana"
+        if datasource is not None and not builtin and (
+            not isinstance(datasource, dict) or datasource.get("uid") not in datasource_uids
+        ):
+            errors.append(f"{path}: {at} uses datasource {datasource!r}, not one of the provisioned uids {sorted(datasource_uids)}")
+        if isinstance(node.get("expr"), str):
+            queries.append((path, at, node["expr"]))
+        for key, value in node.items():
+            walk(value, f"{at}.{key}", path)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            walk(value, f"{at}[{i}]", path)
+
+
+dashboards = sorted(glob.glob(os.path.join(grafana_dir, "dashboards/*.json")))
+if not dashboards:
+    errors.append(f"{grafana_dir}/dashboards: no dashboard")
+uids = {}
+for path in dashboards:
+    try:
+        with open(path) as f:
+            dashboard = json.load(f)
+    except (OSError, ValueError) as err:
+        errors.append(f"{path}: {err}")
+        continue
+    for key in ("uid", "title", "schemaVersion", "panels"):
+        if key not in dashboard:
+            errors.append(f"{path}: no {key}")
+    if dashboard.get("uid") in uids:
+        errors.append(f"{path}: uid {dashboard.get('uid')} is also the uid of {uids[dashboard.get('uid')]}")
+    uids[dashboard.get("uid")] = path
+    walk(dashboard, "$", path)
+    for variable in (dashboard.get("templating") or {}).get("list", []):
+        query = variable.get("query")
+        query = query.get("query") if isinstance(query, dict) else query
+        label_values = re.fullmatch(r"\s*label_values\((.*),\s*\w+\s*\)\s*", query or "")
+        if label_values:
+            queries.append((path, f"variable {variable.get('name')}", label_values.group(1)))
+
+
+def promql(expr):
+    """`expr` with Grafana's variables replaced, so that promtool can parse it."""
+    expr = re.sub(r"\$(__rate_interval|__interval)\b|\$\{(__rate_interval|__interval)\}", "1m", expr)
+    expr = re.sub(r"\$__range\b|\$\{__range\}", "1h", expr)
+    return re.sub(r"\$\w+|\$\{[^}]*\}", ".+", expr)
+
+
+rules = [{"record": f"dashboard_query_{i}", "expr": promql(expr)} for i, (_, _, expr) in enumerate(queries)]
+with open(rules_out, "w") as f:
+    yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": rules}]}, f)
+with open(rules_out + ".where", "w") as f:
+    for i, (path, at, expr) in enumerate(queries):
+        f.write(f"dashboard_query_{i}: {path} {at}: {expr}\n")
+
+for error in errors:
+    print(f"[validate-deploy] error: {error}", file=sys.stderr)
+sys.exit(1 if errors else 0)
+PY
+if command -v promtool >/dev/null 2>&1; then
+    pulse_log "deploy/prometheus.yml, deploy/prometheus-rules.yml: promtool"
+    promtool check config deploy/prometheus.yml
+    promtool check rules deploy/prometheus-rules.yml
+    pulse_log "deploy/grafana/dashboards: every query through promtool"
+    if ! promtool check rules "$dashboard_rules" >/dev/null 2>&1; then
+        promtool check rules "$dashboard_rules" >&2 || true
+        cat "$dashboard_rules.where" >&2
+        pulse_die "a dashboard query does not parse (the numbered queries are above)"
+    fi
+elif pulse_is_ci; then
+    pulse_die "promtool is missing (ensure-tools.sh installs it from Debian's prometheus package)"
+else
+    pulse_log "skipped promtool: it is missing (ensure-tools.sh installs it where apt-get exists)"
+fi
+
 # Oldest Kubernetes the manifests target (native gRPC probes: 1.24+; preStop
 # sleep: 1.30+), and the newest the pinned kubernetes-validate bundles.
 K8S_MIN_VERSION=1.30.0

@@ -8,5 +8,6 @@ mod broker_outage;
 mod clients;
 mod consumer;
 mod crashes;
+mod dashboard;
 mod happy_path;
 mod support;
