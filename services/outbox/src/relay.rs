@@ -217,7 +217,7 @@ impl Relay {
             let (Some(ownership), Some(publisher)) = (db.as_mut(), broker.as_ref()) else { continue };
 
             // Partitions change hands only with nothing in flight.
-            let rebalance_due = Instant::now() >= next_rebalance;
+            let mut rebalance_due = Instant::now() >= next_rebalance;
             if rebalance_due && in_flight.is_empty() && !shutdown.is_cancelled() {
                 match ownership.rebalance().await {
                     // Short of our share: look again soon, a peer is giving partitions back.
@@ -226,6 +226,9 @@ impl Relay {
                         let wait =
                             if short { self.config.rebalance_interval / 8 } else { self.config.rebalance_interval };
                         next_rebalance = Instant::now() + wait;
+                        // Done: claim in this same pass, or a wake-up taken
+                        // before it would wait for the next poll.
+                        rebalance_due = false;
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, "relay lost the database while sharing partitions");

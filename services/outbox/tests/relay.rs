@@ -100,6 +100,35 @@ async fn two_relays_publish_every_row_once_in_aggregate_order(pool: PgPool) {
     testkit::delete_exchange(&amqp, &exchange).await;
 }
 
+/// A relay that starts over rows already waiting publishes them at once: it
+/// does not sit out a poll interval after taking its partitions.
+#[sqlx::test(migrations = "../../migrations/orders")]
+async fn a_starting_relay_publishes_the_waiting_rows_without_waiting_for_a_poll(pool: PgPool) {
+    let options = pool.connect_options().as_ref().clone();
+    let exchange = testkit::unique("test.outbox");
+    let amqp = testkit::amqp_connection().await;
+    let mut consumer = testkit::subscribe(&amqp, &exchange, "seq.#").await;
+    let writer = OutboxWriter::new();
+    let mut tx = pool.begin().await.unwrap();
+    for i in 0..10 {
+        // Nobody is woken: only the relay's own start can find these rows.
+        let _ = writer.append(&mut tx, &message(&exchange, "seq.created", &format!("agg-{i}"), 0)).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let mut config = config(&exchange);
+    config.notify_channel = None;
+    config.poll_interval = Duration::from_secs(60);
+    config.rebalance_interval = Duration::from_secs(60);
+    let (stop, relay) = start(&options, config);
+    let received = testkit::receive(&mut consumer, 10, Duration::from_secs(10)).await;
+    assert_eq!(received.len(), 10, "published on start, long before the 60 s poll");
+
+    stop.cancel();
+    relay.await.unwrap();
+    testkit::delete_exchange(&amqp, &exchange).await;
+}
+
 /// A transaction that took its id early and commits late leaves a row below
 /// ids the relay has already claimed, while batches are in flight: it is
 /// still published, once, and nothing is published twice.
