@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod in_process;
+
 use contracts::orders::v1::{CreateOrderRequest, order_service_client::OrderServiceClient};
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::{
@@ -27,7 +29,6 @@ use orders::{
     startup::App,
 };
 use platform::metrics::{LATENCY_BUCKETS, OtlpExport};
-use secrecy::SecretString;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
@@ -161,27 +162,6 @@ fn url_of(pool: &PgPool) -> String {
     format!("{server}/{name}")
 }
 
-fn orders_config(database_url: String, role: Role) -> Config {
-    let mut relay = outbox::RelayConfig::new(
-        SecretString::from(testkit::amqp_url()),
-        "pulse-orders",
-        vec![contracts::EVENTS_EXCHANGE.to_owned()],
-    );
-    relay.poll_interval = Duration::from_millis(200);
-    relay.rebalance_interval = Duration::from_millis(200);
-    Config {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        database_url: SecretString::from(database_url),
-        pool: platform::db::PoolSettings { max_connections: 4, acquire_timeout: Duration::from_secs(2) },
-        role,
-        relay,
-        shutdown_grace: Duration::ZERO,
-        health_interval: Duration::from_secs(1),
-        doorbell_interval: Duration::from_millis(2),
-    }
-}
-
 /// Orders started with `export`: its gRPC address, `/metrics` address, stop token and task.
 struct Running {
     addr: SocketAddr,
@@ -223,27 +203,11 @@ async fn both_services_push_their_metrics_with_opentelemetry_names_and_units(poo
     let interval = Duration::from_millis(200);
 
     // Notifications, consuming order.created from the real exchange on a queue of its own.
-    let base = testkit::database_url();
-    let (server, _) = base.rsplit_once('/').unwrap();
-    let notifications_db = format!("pulse_otlp_notifications_{}", uuid::Uuid::new_v4().simple());
-    let notifications_url = format!("{server}/{notifications_db}");
-    let mut inbox = inbox::InboxConfig::new(
-        SecretString::from(testkit::amqp_url()),
-        contracts::EVENTS_EXCHANGE,
-        testkit::unique("test.otlp.notifications"),
-        vec![contracts::events::v1::ORDER_CREATED_ROUTING_KEY.to_owned()],
-    );
-    inbox.connection_name = "notifications-otlp-test".into();
-    let topology = inbox.topology();
-    let config = notifications::Config {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        database_url: SecretString::from(notifications_url.clone()),
-        pool: platform::db::PoolSettings { max_connections: 4, acquire_timeout: Duration::from_secs(2) },
-        consumer_enabled: true,
-        inbox,
-        health_interval: Duration::from_millis(200),
-    };
+    let mut leftovers = in_process::Leftovers::default();
+    let (notifications_url, notifications_db) = in_process::fresh_database("pulse_otlp_notifications");
+    let (config, topology) = in_process::notifications_config(&notifications_url, "test.otlp.notifications");
+    leftovers.queues(&topology);
+    leftovers.database(&notifications_db);
     let notifications = notifications::build(config)
         .await
         .expect("notifications builds")
@@ -253,7 +217,8 @@ async fn both_services_push_their_metrics_with_opentelemetry_names_and_units(poo
     let notifications_task = tokio::spawn(notifications.run_until_stopped(notifications_stop.clone()));
     tokio::time::timeout(Duration::from_secs(20), consuming.wait_for(|c| *c)).await.unwrap().unwrap();
 
-    let orders = start_orders(orders_config(url_of(&pool), Role::All), export(&endpoint, ORDERS, interval)).await;
+    let orders =
+        start_orders(in_process::orders_config(&url_of(&pool), Role::All), export(&endpoint, ORDERS, interval)).await;
     let events = create_orders(orders.addr, SENT).await;
 
     let mut processed_db = PgConnection::connect(&notifications_url).await.unwrap();
@@ -335,19 +300,7 @@ async fn both_services_push_their_metrics_with_opentelemetry_names_and_units(poo
     assert_eq!(receiver.latest(ORDERS, "rpc.server.duration").map(|m| calls(&m, "CreateOrder")), Some(SENT as u64));
 
     processed_db.close().await.unwrap();
-    // The queues only: the exchange is the shared `pulse.events`.
-    let amqp = testkit::amqp_connection().await;
-    let channel = amqp.create_channel().await.unwrap();
-    let queues =
-        topology.retries.iter().map(|(_, q)| q.clone()).chain([topology.main.clone(), topology.dead_letter.clone()]);
-    for queue in queues {
-        let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
-    }
-    let mut admin = PgConnection::connect(&format!("{server}/postgres")).await.unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{notifications_db}\" WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    leftovers.remove().await;
 }
 
 #[sqlx::test(migrations = false)]
@@ -355,9 +308,11 @@ async fn a_stopping_service_pushes_its_last_values(pool: PgPool) {
     platform::telemetry::init_for_tests();
     let (receiver, endpoint) = Receiver::start().await;
     // Far longer than the test: only the push on shutdown can deliver anything.
-    let orders =
-        start_orders(orders_config(url_of(&pool), Role::Api), export(&endpoint, ORDERS, Duration::from_secs(3600)))
-            .await;
+    let orders = start_orders(
+        in_process::orders_config(&url_of(&pool), Role::Api),
+        export(&endpoint, ORDERS, Duration::from_secs(3600)),
+    )
+    .await;
     create_orders(orders.addr, 3).await;
     assert_eq!(receiver.requests_from(ORDERS), 0, "nothing is pushed before the interval");
 
@@ -375,7 +330,7 @@ async fn a_collector_that_never_answers_costs_the_service_nothing(pool: PgPool) 
     let endpoint = format!("http://{}", silent.local_addr().unwrap());
     let export =
         OtlpExport { timeout: Duration::from_millis(300), ..export(&endpoint, ORDERS, Duration::from_millis(50)) };
-    let orders = start_orders(orders_config(url_of(&pool), Role::Api), export).await;
+    let orders = start_orders(in_process::orders_config(&url_of(&pool), Role::Api), export).await;
 
     create_orders(orders.addr, 3).await;
     let text = testkit::scrape_metrics(orders.metrics_addr).await;

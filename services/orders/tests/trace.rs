@@ -15,6 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod in_process;
+
 use contracts::orders::v1::{CreateOrderRequest, GetOrderRequest, order_service_client::OrderServiceClient};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
@@ -24,8 +26,7 @@ use opentelemetry_proto::tonic::{
     common::v1::any_value::Value,
     trace::v1::{Span, span::SpanKind},
 };
-use secrecy::SecretString;
-use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
+use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
 
 const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -123,21 +124,6 @@ fn assert_batches_add_up(spans: &[&Span]) {
     }
 }
 
-/// A fresh database URL on the test server (the services create it on start).
-fn fresh_database(prefix: &str) -> (String, String) {
-    let base = testkit::database_url();
-    let (server, _) = base.rsplit_once('/').expect("database url has a path");
-    let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
-    (format!("{server}/{name}"), name)
-}
-
-async fn drop_database(name: &str) {
-    let base = testkit::database_url();
-    let (server, _) = base.rsplit_once('/').unwrap();
-    let mut admin = PgConnection::connect(&format!("{server}/postgres")).await.unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut admin).await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_create_order_is_one_trace_across_both_services() {
     let receiver = Receiver::default();
@@ -153,24 +139,11 @@ async fn one_create_order_is_one_trace_across_both_services() {
     assert!(platform::telemetry::otel_active());
 
     // Notifications, consuming order.created from the real exchange on a queue of its own.
-    let (notifications_url, notifications_db) = fresh_database("pulse_trace_notifications");
-    let mut inbox = inbox::InboxConfig::new(
-        SecretString::from(testkit::amqp_url()),
-        contracts::EVENTS_EXCHANGE,
-        testkit::unique("test.trace.notifications"),
-        vec![contracts::events::v1::ORDER_CREATED_ROUTING_KEY.to_owned()],
-    );
-    inbox.connection_name = "notifications-trace-test".into();
-    let topology = inbox.topology();
-    let config = notifications::Config {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        database_url: SecretString::from(notifications_url),
-        pool: platform::db::PoolSettings { max_connections: 4, acquire_timeout: Duration::from_secs(2) },
-        consumer_enabled: true,
-        inbox,
-        health_interval: Duration::from_millis(200),
-    };
+    let mut leftovers = in_process::Leftovers::default();
+    let (notifications_url, notifications_db) = in_process::fresh_database("pulse_trace_notifications");
+    let (config, topology) = in_process::notifications_config(&notifications_url, "test.trace.notifications");
+    leftovers.queues(&topology);
+    leftovers.database(&notifications_db);
     let notifications = notifications::build(config).await.expect("notifications builds");
     let mut consuming = notifications.consumer_connected();
     let notifications_stop = CancellationToken::new();
@@ -178,25 +151,9 @@ async fn one_create_order_is_one_trace_across_both_services() {
     tokio::time::timeout(Duration::from_secs(20), consuming.wait_for(|c| *c)).await.unwrap().unwrap();
 
     // Orders with its relay.
-    let (orders_url, orders_db) = fresh_database("pulse_trace_orders");
-    let mut relay = outbox::RelayConfig::new(
-        SecretString::from(testkit::amqp_url()),
-        "pulse-orders",
-        vec![contracts::EVENTS_EXCHANGE.to_owned()],
-    );
-    relay.poll_interval = Duration::from_millis(200);
-    relay.rebalance_interval = Duration::from_millis(200);
-    let config = orders::config::Config {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        database_url: SecretString::from(orders_url),
-        pool: platform::db::PoolSettings { max_connections: 4, acquire_timeout: Duration::from_secs(2) },
-        role: orders::config::Role::All,
-        relay,
-        shutdown_grace: Duration::ZERO,
-        health_interval: Duration::from_secs(1),
-        doorbell_interval: Duration::from_millis(2),
-    };
+    let (orders_url, orders_db) = in_process::fresh_database("pulse_trace_orders");
+    leftovers.database(&orders_db);
+    let config = in_process::orders_config(&orders_url, orders::config::Role::All);
     let orders = orders::startup::App::build(config).await.expect("orders builds");
     let addr = orders.grpc_addr();
     let orders_stop = CancellationToken::new();
@@ -322,13 +279,5 @@ async fn one_create_order_is_one_trace_across_both_services() {
     orders_task.await.unwrap().unwrap();
     notifications_stop.cancel();
     notifications_task.await.unwrap().unwrap();
-    let amqp = testkit::amqp_connection().await;
-    let channel = amqp.create_channel().await.unwrap();
-    let queues =
-        topology.retries.iter().map(|(_, q)| q.clone()).chain([topology.main.clone(), topology.dead_letter.clone()]);
-    for queue in queues {
-        let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
-    }
-    drop_database(&orders_db).await;
-    drop_database(&notifications_db).await;
+    leftovers.remove().await;
 }
