@@ -27,6 +27,25 @@ impl OrdersApi {
     }
 }
 
+/// The server span of one call to `method` (a literal: span names are static),
+/// with the OpenTelemetry RPC attributes; the status code and the trace
+/// context are recorded as the call goes.
+macro_rules! server_span {
+    ($method:literal, $correlation:expr) => {
+        tracing::info_span!(
+            $method,
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = contracts::orders::v1::SERVICE_NAME,
+            rpc.method = $method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            correlation_id = %$correlation,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        )
+    };
+}
+
 #[tonic::async_trait]
 impl OrderService for OrdersApi {
     async fn create_order(
@@ -35,17 +54,7 @@ impl OrderService for OrdersApi {
     ) -> Result<Response<CreateOrderResponse>, Status> {
         let correlation = CorrelationId::from_header(header(&request, platform::correlation::HEADER));
         let incoming = header(&request, platform::tracecontext::HEADER);
-        let span = tracing::info_span!(
-            "CreateOrder",
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.service = contracts::orders::v1::SERVICE_NAME,
-            rpc.method = "CreateOrder",
-            rpc.grpc.status_code = tracing::field::Empty,
-            correlation_id = %correlation,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-        );
+        let span = server_span!("CreateOrder", correlation);
         // The outbox row carries this call's trace context.
         let trace = continue_trace(&span, incoming);
         let body = request.into_inner();
@@ -65,17 +74,7 @@ impl OrderService for OrdersApi {
 
     async fn get_order(&self, request: Request<GetOrderRequest>) -> Result<Response<GetOrderResponse>, Status> {
         let correlation = CorrelationId::from_header(header(&request, platform::correlation::HEADER));
-        let span = tracing::info_span!(
-            "GetOrder",
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.service = contracts::orders::v1::SERVICE_NAME,
-            rpc.method = "GetOrder",
-            rpc.grpc.status_code = tracing::field::Empty,
-            correlation_id = %correlation,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-        );
+        let span = server_span!("GetOrder", correlation);
         continue_trace(&span, header(&request, platform::tracecontext::HEADER));
         let order_id = request.into_inner().order_id;
         let result = async {
