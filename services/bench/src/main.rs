@@ -287,7 +287,10 @@ async fn pipeline(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f64) 
     // 6. Sustained pipeline at the highest rate with end-to-end p99 under 100 ms.
     stack.start_notifications().await?;
     stack.start_orders("all").await?;
+    // Up by 40% while the rate keeps up; after the first rate that does not,
+    // halve the interval between the two until they are within 10%.
     let mut best = plan.pipeline_start;
+    let mut failed: Option<f64> = None;
     let mut rate = plan.pipeline_start;
     for _ in 0..plan.search_steps {
         let bar = spinner(format!("pipeline search at {rate:.0} orders/s"));
@@ -299,11 +302,16 @@ async fn pipeline(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f64) 
             latency::order_to_notification(&stack.orders_url(), &stack.notifications_url(), &result.order_ids).await?;
         let kept_up =
             delivered.is_ok() && result.rate() >= 0.95 * rate && ms(&latency, 0.99) < 100.0 && result.errors == 0;
-        if !kept_up {
-            break;
+        if kept_up {
+            best = rate;
+        } else {
+            failed = Some(rate);
         }
-        best = rate;
-        rate *= 1.4;
+        rate = match failed {
+            None => rate * 1.4,
+            Some(failed) if failed > best * 1.1 => (best + failed) / 2.0,
+            Some(_) => break,
+        };
     }
     let bar = spinner(format!("sustained pipeline at {best:.0} orders/s"));
     let before = stack.notification_count().await?;

@@ -6,6 +6,7 @@
 //! | `NOTIFICATIONS_GRPC_ADDR` | `0.0.0.0:50052` |
 //! | `NOTIFICATIONS_DATABASE_URL` | `postgres://postgres:postgres@localhost:5432/pulse_notifications` |
 //! | `NOTIFICATIONS_DB_MAX_CONNECTIONS` | `32` |
+//! | `NOTIFICATIONS_DB_MIN_CONNECTIONS` | `4` |
 //! | `NOTIFICATIONS_DB_ACQUIRE_TIMEOUT_MS` | `3000` |
 //! | `AMQP_URL` | `amqp://guest:guest@localhost:5672/%2f` |
 //! | `NOTIFICATIONS_CONSUMER_ENABLED` | `true` |
@@ -79,6 +80,7 @@ impl Config {
             )?,
             pool: PoolSettings {
                 max_connections: parse_or("NOTIFICATIONS_DB_MAX_CONNECTIONS", defaults.max_connections)?,
+                min_connections: parse_or("NOTIFICATIONS_DB_MIN_CONNECTIONS", defaults.min_connections)?,
                 acquire_timeout: millis_or("NOTIFICATIONS_DB_ACQUIRE_TIMEOUT_MS", defaults.acquire_timeout)?,
             },
             consumer_enabled: bool_or("NOTIFICATIONS_CONSUMER_ENABLED", true)?,

@@ -74,6 +74,7 @@ impl Config {
             )?,
             pool: PoolSettings {
                 max_connections: parse_or("ORDERS_DB_MAX_CONNECTIONS", 32)?,
+                min_connections: parse_or("ORDERS_DB_MIN_CONNECTIONS", PoolSettings::default().min_connections)?,
                 acquire_timeout: millis_or("ORDERS_DB_ACQUIRE_TIMEOUT_MS", Duration::from_secs(3))?,
             },
             role: parse_or("ORDERS_ROLE", Role::All)?,

@@ -52,7 +52,7 @@ pub(crate) fn test_config(database_url: &str, amqp_url: &str) -> Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: SecretString::from(database_url.to_owned()),
-        pool: PoolSettings { max_connections: 8, acquire_timeout: Duration::from_millis(1000) },
+        pool: PoolSettings { max_connections: 8, min_connections: 1, acquire_timeout: Duration::from_millis(1000) },
         consumer_enabled: true,
         inbox,
         health_interval: Duration::from_millis(200),

@@ -57,7 +57,7 @@ pub(crate) async fn spawn_app(pool: &PgPool, options: Options) -> TestApp {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: SecretString::from(database_url(pool, options.database_addr)),
-        pool: PoolSettings { max_connections: 10, acquire_timeout: Duration::from_secs(2) },
+        pool: PoolSettings { max_connections: 10, min_connections: 1, acquire_timeout: Duration::from_secs(2) },
         role: if options.relay { Role::All } else { Role::Api },
         relay,
         shutdown_grace: Duration::ZERO,
