@@ -168,3 +168,25 @@ async fn get_order_answers_not_found_and_invalid_argument(pool: PgPool) {
     assert_eq!(bad_fields(&status), ["order_id"]);
     app.stop().await;
 }
+
+/// The pool opens its idle connections at start: the first burst of calls
+/// does not wait for connections to be set up.
+#[sqlx::test(migrations = false)]
+async fn the_pool_keeps_its_minimum_of_connections_open_from_the_start(pool: PgPool) {
+    let app = spawn_app(&pool, Options { min_connections: Some(8), ..Options::default() }).await;
+    // The app's pool plus its health probe's own connection; the test's query runs on one more.
+    let open = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert!(
+        testkit::eventually(std::time::Duration::from_secs(5), || async { open().await >= 8 }).await,
+        "only {} connections open",
+        open().await
+    );
+    app.stop().await;
+}

@@ -30,6 +30,8 @@ pub(crate) struct Options {
     pub(crate) amqp_url: Option<String>,
     /// Reach Postgres at this address (e.g. through a fault proxy).
     pub(crate) database_addr: Option<SocketAddr>,
+    /// Connections the pool keeps open while idle (1 unless given).
+    pub(crate) min_connections: Option<u32>,
 }
 
 /// The URL of the database `#[sqlx::test]` made for this test.
@@ -57,7 +59,11 @@ pub(crate) async fn spawn_app(pool: &PgPool, options: Options) -> TestApp {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: SecretString::from(database_url(pool, options.database_addr)),
-        pool: PoolSettings { max_connections: 10, min_connections: 1, acquire_timeout: Duration::from_secs(2) },
+        pool: PoolSettings {
+            max_connections: 10,
+            min_connections: options.min_connections.unwrap_or(1),
+            acquire_timeout: Duration::from_secs(2),
+        },
         role: if options.relay { Role::All } else { Role::Api },
         relay,
         shutdown_grace: Duration::ZERO,
