@@ -30,6 +30,35 @@ pulse_export_target_dir() {
     export CARGO_TARGET_DIR
 }
 
+# Runs a command as root: directly when we are root, else through sudo.
+as_root() {
+    if [[ "$(id -u)" -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -n "$@"
+    else
+        pulse_die "root is needed to run: $*"
+    fi
+}
+
+# Debian's package index, refreshed at most once per run. apt's output goes
+# to $APT_LOG when the caller sets it, otherwise to stderr.
+apt_updated=false
+apt_update_once() {
+    [[ "$apt_updated" == true ]] && return
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null >>"${APT_LOG:-/dev/stderr}" 2>&1 ||
+        pulse_die "apt-get update failed${APT_LOG:+ (see $APT_LOG)}"
+    apt_updated=true
+}
+
+# apt_install [APT-OPTION...] PACKAGE...: installs from Debian's packages.
+apt_install() {
+    pulse_log "installing from Debian's packages: $*"
+    apt_update_once
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" </dev/null >>"${APT_LOG:-/dev/stderr}" 2>&1 ||
+        pulse_die "apt-get install $* failed${APT_LOG:+ (see $APT_LOG)}"
+}
+
 # Installs missing tools and puts them on PATH in the calling shell.
 pulse_load_tools() {
     local tools_env

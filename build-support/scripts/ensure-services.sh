@@ -25,31 +25,10 @@ AMQP_PORT=5672
 # Daemons we start must not inherit our stdout: a CI runner reading it would
 # wait for them to exit.
 START_LOG="${TMPDIR:-/tmp}/pulse-ensure-services.log"
+APT_LOG="$START_LOG"
 
 # Debian keeps the server tools in sbin, which a non-root PATH may lack.
 export PATH="$PATH:/usr/sbin:/sbin"
-
-as_root() {
-    if [[ "$(id -u)" -eq 0 ]]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo -n "$@"
-    else
-        pulse_die "root is needed to run: $*"
-    fi
-}
-
-apt_updated=false
-apt_install() {
-    pulse_log "installing from Debian's packages: $*"
-    if [[ "$apt_updated" == false ]]; then
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null >>"$START_LOG" 2>&1 ||
-            pulse_die "apt-get update failed (see $START_LOG)"
-        apt_updated=true
-    fi
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" </dev/null >>"$START_LOG" 2>&1 ||
-        pulse_die "apt-get install $* failed (see $START_LOG)"
-}
 
 tcp_open() {
     # shellcheck disable=SC2016 # $1 and $2 expand in the inner bash

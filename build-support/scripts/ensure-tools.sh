@@ -66,32 +66,13 @@ export PATH="$BIN:$PATH"
 exec 9>"$PULSE_TOOLS/.lock"
 flock -w 900 9 || pulse_die "timed out waiting for the lock on $PULSE_TOOLS/.lock"
 
-as_root() {
-    if [[ "$(id -u)" -eq 0 ]]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo -n "$@"
-    else
-        pulse_die "root is needed to run: $*"
-    fi
-}
-
-apt_updated=false
-apt_install() {
-    if [[ "$apt_updated" == false ]]; then
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-        apt_updated=true
-    fi
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
-}
-
 # --- buf (npm) ---------------------------------------------------------------
 ensure_buf() {
     if [[ -x "$BIN/buf" && "$("$BIN/buf" --version 2>/dev/null)" == "$BUF_VERSION" ]]; then
         return
     fi
     pulse_log "installing buf $BUF_VERSION from npm into $NPM_PREFIX"
-    command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+    command -v npm >/dev/null 2>&1 || apt_install --no-install-recommends nodejs npm
     mkdir -p "$NPM_PREFIX"
     npm install --prefix "$NPM_PREFIX" --no-audit --no-fund --no-save --no-package-lock --loglevel=error \
         "@bufbuild/buf@$BUF_VERSION" >&2
@@ -136,13 +117,13 @@ ensure_python_tools() {
     local python
     python="$(command -v python3 || true)"
     [[ -n "$python" ]] || {
-        apt_install python3 python3-venv
+        apt_install --no-install-recommends python3 python3-venv
         python=python3
     }
     if [[ ! -x "$VENV/bin/python" ]]; then
         "$python" -m venv "$VENV" >&2 || {
             # Debian's python3 needs python3-venv for `-m venv`.
-            apt_install python3-venv
+            apt_install --no-install-recommends python3-venv
             rm -rf "$VENV"
             "$python" -m venv "$VENV" >&2
         }
@@ -185,8 +166,7 @@ ensure_promtool() {
     # apt downloads as the unprivileged _apt user when it can write here.
     chmod 0777 "$dir"
     if ! (cd "$dir" && apt-get download -qq prometheus >&2); then
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-        apt_updated=true
+        apt_update_once
         (cd "$dir" && apt-get download -qq prometheus >&2) || {
             rm -rf "$dir"
             pulse_die "apt-get download prometheus failed"
@@ -210,7 +190,7 @@ ensure_node_client() {
         return
     fi
     pulse_log "installing the Node.js client's dependencies (npm ci) into $dir"
-    command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+    command -v npm >/dev/null 2>&1 || apt_install --no-install-recommends nodejs npm
     rm -rf "$dir"
     mkdir -p "$dir"
     cp "$PULSE_ROOT/clients/node/package.json" "$lock" "$dir/"
