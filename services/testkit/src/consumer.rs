@@ -100,12 +100,18 @@ impl Broker {
 
     /// Removes every queue and the exchange of `topology`.
     pub async fn delete(&self, topology: &Topology) {
+        self.delete_queues(topology).await;
+        let exchange = ShortString::from(topology.exchange.as_str());
+        let _ = self.channel.exchange_delete(exchange, ExchangeDeleteOptions::default()).await;
+    }
+
+    /// Removes every queue of `topology`, leaving its exchange (for a shared
+    /// one such as `pulse.events`).
+    pub async fn delete_queues(&self, topology: &Topology) {
         let retries = topology.retries.iter().map(|(_, q)| q.as_str());
         for queue in retries.chain([topology.main.as_str(), topology.dead_letter.as_str()]) {
             let _ = self.channel.queue_delete(ShortString::from(queue), QueueDeleteOptions::default()).await;
         }
-        let exchange = ShortString::from(topology.exchange.as_str());
-        let _ = self.channel.exchange_delete(exchange, ExchangeDeleteOptions::default()).await;
     }
 }
 

@@ -11,7 +11,6 @@
 use std::time::Duration;
 
 use inbox::Topology;
-use lapin::{options::QueueDeleteOptions, types::ShortString};
 use orders::config::{Config, Role};
 use secrecy::SecretString;
 use sqlx::{Connection, PgConnection};
@@ -116,13 +115,9 @@ impl Drop for Leftovers {
 
 async fn remove(topologies: Vec<Topology>, databases: Vec<String>) {
     if !topologies.is_empty() {
-        let amqp = testkit::amqp_connection().await;
-        let channel = amqp.create_channel().await.unwrap();
+        let broker = testkit::consumer::Broker::connect(Duration::ZERO).await;
         for topology in &topologies {
-            let retries = topology.retries.iter().map(|(_, q)| q.as_str());
-            for queue in retries.chain([topology.main.as_str(), topology.dead_letter.as_str()]) {
-                let _ = channel.queue_delete(ShortString::from(queue), QueueDeleteOptions::default()).await;
-            }
+            broker.delete_queues(topology).await;
         }
     }
     if !databases.is_empty() {
