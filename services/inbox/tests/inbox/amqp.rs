@@ -52,4 +52,4 @@ pub(crate) fn properties(id: Option<&str>, kind: Option<&str>) -> BasicPropertie
     properties
 }
 
-pub(crate) use testkit::consumer::{Sweep, attempt_header, header};
+pub(crate) use testkit::consumer::{attempt_header, header};

@@ -9,12 +9,9 @@ use crate::{amqp::*, support::*};
 
 #[sqlx::test(migrations = "../../migrations/notifications")]
 async fn reconnects_by_itself_after_losing_the_broker(pool: PgPool) {
-    create_things(&pool).await;
     let proxy = testkit::FaultProxy::start(testkit::socket_addr_of(&testkit::amqp_url())).await;
     let config = config_for(&testkit::via(&testkit::amqp_url(), proxy.addr()));
-    let topology = config.topology();
-    let _sweep = Sweep(topology.clone());
-    let broker = Broker::connect().await;
+    let (config, topology, broker, _sweep) = setup(&pool, config).await;
     let mut running = start(&pool, Recorder::default(), config);
     running.wait_connected(true).await;
     broker.publish(&topology.exchange, Uuid::new_v4(), &Thing::named("before")).await;
@@ -43,11 +40,7 @@ async fn reconnects_by_itself_after_losing_the_broker(pool: PgPool) {
 
 #[sqlx::test(migrations = "../../migrations/notifications")]
 async fn shutdown_finishes_the_batch_in_hand_and_takes_no_more(pool: PgPool) {
-    create_things(&pool).await;
-    let config = config();
-    let topology = config.topology();
-    let _sweep = Sweep(topology.clone());
-    let broker = Broker::connect().await;
+    let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     broker.declare(&topology).await;
     for name in ["slow-1", "slow-2", "slow-3"] {
         broker.publish(&topology.exchange, Uuid::new_v4(), &Thing { name: name.into(), fail: "slow".into() }).await;
@@ -85,14 +78,10 @@ async fn throughput() {
     let url = format!("{}/{database}", url.rsplit_once('/').unwrap().0);
     let pool = PgPool::connect(&url).await.unwrap();
     sqlx::migrate!("../../migrations/notifications").run(&pool).await.unwrap();
-    create_things(&pool).await;
-
     let mut config = config();
     config.prefetch = std::env::var("BENCH_PREFETCH").map_or(512, |v| v.parse().unwrap());
     config.batch_size = std::env::var("BENCH_BATCH").map_or(200, |v| v.parse().unwrap());
-    let topology = config.topology();
-    let _sweep = Sweep(topology.clone());
-    let broker = Broker::connect().await;
+    let (config, topology, broker, _sweep) = setup(&pool, config).await;
     broker.declare(&topology).await;
     let started = Instant::now();
     for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(1000) {

@@ -5,18 +5,14 @@ use std::time::Duration;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{amqp::*, support::*};
+use crate::support::*;
 
 const THINGS: &str = "SELECT count(*) FROM things";
 const PROCESSED: &str = "SELECT count(*) FROM processed_events";
 
 #[sqlx::test(migrations = "../../migrations/notifications")]
 async fn the_same_event_five_times_has_one_effect(pool: PgPool) {
-    create_things(&pool).await;
-    let config = config();
-    let topology = config.topology();
-    let _sweep = Sweep(topology.clone());
-    let broker = Broker::connect().await;
+    let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     broker.declare(&topology).await;
     let id = Uuid::new_v4();
     for _ in 0..5 {
@@ -37,11 +33,7 @@ async fn the_same_event_five_times_has_one_effect(pool: PgPool) {
 
 #[sqlx::test(migrations = "../../migrations/notifications")]
 async fn two_consumers_apply_each_event_once(pool: PgPool) {
-    create_things(&pool).await;
-    let config = config();
-    let topology = config.topology();
-    let _sweep = Sweep(topology.clone());
-    let broker = Broker::connect().await;
+    let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     let mut first = start(&pool, Recorder::default(), config.clone());
     let mut second = start(&pool, Recorder::default(), config);
     first.wait_connected(true).await;
@@ -78,11 +70,7 @@ async fn two_consumers_apply_each_event_once(pool: PgPool) {
 
 #[sqlx::test(migrations = "../../migrations/notifications")]
 async fn a_crash_between_commit_and_ack_is_acked_as_a_duplicate(pool: PgPool) {
-    create_things(&pool).await;
-    let config = config();
-    let topology = config.topology();
-    let _sweep = Sweep(topology.clone());
-    let broker = Broker::connect().await;
+    let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     broker.declare(&topology).await;
     broker.publish(&topology.exchange, Uuid::new_v4(), &Thing::named("survivor")).await;
 

@@ -11,11 +11,7 @@ use crate::{amqp::*, support::*};
 
 #[sqlx::test(migrations = "../../migrations/notifications")]
 async fn retryable_failures_climb_the_tiers_then_dead_letter(pool: PgPool) {
-    create_things(&pool).await;
-    let config = config();
-    let topology = config.topology();
-    let _sweep = Sweep(topology.clone());
-    let broker = Broker::connect().await;
+    let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     let recorder = Recorder::default();
     let mut running = start(&pool, recorder.clone(), config);
     running.wait_connected(true).await;
@@ -55,11 +51,7 @@ async fn retryable_failures_climb_the_tiers_then_dead_letter(pool: PgPool) {
 
 #[sqlx::test(migrations = "../../migrations/notifications")]
 async fn a_permanent_failure_is_dead_lettered_at_once_without_holding_back_its_batch(pool: PgPool) {
-    create_things(&pool).await;
-    let config = config();
-    let topology = config.topology();
-    let _sweep = Sweep(topology.clone());
-    let broker = Broker::connect().await;
+    let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     broker.declare(&topology).await;
     // Published before the consumer starts, so the three arrive in one batch.
     broker.publish(&topology.exchange, Uuid::new_v4(), &Thing::named("before")).await;
@@ -87,11 +79,7 @@ async fn a_permanent_failure_is_dead_lettered_at_once_without_holding_back_its_b
 
 #[sqlx::test(migrations = "../../migrations/notifications")]
 async fn a_batch_failing_as_a_whole_is_redone_message_by_message(pool: PgPool) {
-    create_things(&pool).await;
-    let config = config();
-    let topology = config.topology();
-    let _sweep = Sweep(topology.clone());
-    let broker = Broker::connect().await;
+    let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     broker.declare(&topology).await;
     broker.publish(&topology.exchange, Uuid::new_v4(), &Thing::named("one")).await;
     broker.publish(&topology.exchange, Uuid::new_v4(), &Thing { name: "bad".into(), fail: "permanent".into() }).await;
@@ -113,11 +101,7 @@ async fn a_batch_failing_as_a_whole_is_redone_message_by_message(pool: PgPool) {
 
 #[sqlx::test(migrations = "../../migrations/notifications")]
 async fn malformed_messages_are_dead_lettered_with_their_reason(pool: PgPool) {
-    create_things(&pool).await;
-    let config = config();
-    let topology = config.topology();
-    let _sweep = Sweep(topology.clone());
-    let broker = Broker::connect().await;
+    let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     broker.declare(&topology).await;
     let ex = topology.exchange.as_str();
     let good = Thing::named("good").encode_to_vec();
@@ -162,11 +146,7 @@ async fn malformed_messages_are_dead_lettered_with_their_reason(pool: PgPool) {
 
 #[sqlx::test(migrations = "../../migrations/notifications")]
 async fn replay_moves_dead_letters_back_with_fresh_attempts(pool: PgPool) {
-    create_things(&pool).await;
-    let config = config();
-    let topology = config.topology();
-    let _sweep = Sweep(topology.clone());
-    let broker = Broker::connect().await;
+    let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     let recorder = Recorder::default();
     recorder.broken.store(true, Ordering::SeqCst);
     let mut running = start(&pool, recorder.clone(), config.clone());

@@ -7,11 +7,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use inbox::{BatchError, Fault, Handler, HandlerError, Inbox, InboxConfig, InboxStats, MessageContext};
+use inbox::{BatchError, Fault, Handler, HandlerError, Inbox, InboxConfig, InboxStats, MessageContext, Topology};
 use sqlx::{PgConnection, PgPool};
+use testkit::consumer::Sweep;
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::amqp::Broker;
 
 pub(crate) const TYPE: &str = "test.v1.Thing";
 pub(crate) const ROUTING_KEY: &str = "thing.happened";
@@ -114,6 +117,16 @@ pub(crate) fn config() -> InboxConfig {
 
 pub(crate) fn config_for(amqp_url: &str) -> InboxConfig {
     testkit::consumer::short_retry_config(amqp_url, "inbox", ROUTING_KEY)
+}
+
+/// What a test starts from: the `things` table, the topology of `config`
+/// (removed again should the test panic) and a broker handle. Declaring the
+/// topology is left to the test: some must see the consumer declare it.
+pub(crate) async fn setup(pool: &PgPool, config: InboxConfig) -> (InboxConfig, Topology, Broker, Sweep) {
+    create_things(pool).await;
+    let topology = config.topology();
+    let sweep = Sweep(topology.clone());
+    (config, topology, Broker::connect().await, sweep)
 }
 
 /// An inbox running in the background.
