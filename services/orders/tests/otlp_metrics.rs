@@ -215,7 +215,7 @@ async fn both_services_push_their_metrics_with_opentelemetry_names_and_units(poo
     let mut consuming = notifications.consumer_connected();
     let notifications_stop = CancellationToken::new();
     let notifications_task = tokio::spawn(notifications.run_until_stopped(notifications_stop.clone()));
-    tokio::time::timeout(Duration::from_secs(20), consuming.wait_for(|c| *c)).await.unwrap().unwrap();
+    assert!(testkit::wait_for_flag(&mut consuming, true, Duration::from_secs(20)).await, "notifications stopped");
 
     let orders =
         start_orders(in_process::orders_config(&url_of(&pool), Role::All), export(&endpoint, ORDERS, interval)).await;

@@ -148,7 +148,7 @@ async fn one_create_order_is_one_trace_across_both_services() {
     let mut consuming = notifications.consumer_connected();
     let notifications_stop = CancellationToken::new();
     let notifications_task = tokio::spawn(notifications.run_until_stopped(notifications_stop.clone()));
-    tokio::time::timeout(Duration::from_secs(20), consuming.wait_for(|c| *c)).await.unwrap().unwrap();
+    assert!(testkit::wait_for_flag(&mut consuming, true, Duration::from_secs(20)).await, "notifications stopped");
 
     // Orders with its relay.
     let (orders_url, orders_db) = in_process::fresh_database("pulse_trace_orders");

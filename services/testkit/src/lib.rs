@@ -212,6 +212,20 @@ where
     }
 }
 
+/// Waits until `flag` (a service's "connected" watch) reads `want`, failing
+/// the test after `within`. False when the service dropped the flag first.
+#[must_use = "false means the service went away before the flag read `want`"]
+pub async fn wait_for_flag(
+    flag: &mut tokio::sync::watch::Receiver<bool>,
+    want: bool,
+    within: std::time::Duration,
+) -> bool {
+    tokio::time::timeout(within, flag.wait_for(|value| *value == want))
+        .await
+        .unwrap_or_else(|_| panic!("the flag never became {want} within {within:?}"))
+        .is_ok()
+}
+
 /// The socket address a service URL points at (`localhost` resolves to 127.0.0.1).
 pub fn socket_addr_of(url: &str) -> SocketAddr {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);

@@ -146,10 +146,7 @@ pub(crate) fn start(pool: &PgPool, handler: Recorder, config: InboxConfig) -> Ru
 
 impl Running {
     pub(crate) async fn wait_connected(&mut self, up: bool) {
-        tokio::time::timeout(WAIT, self.connected.wait_for(|c| *c == up))
-            .await
-            .unwrap_or_else(|_| panic!("consumer never became connected={up}"))
-            .unwrap();
+        assert!(testkit::wait_for_flag(&mut self.connected, up, WAIT).await, "the inbox stopped");
     }
 
     /// Stops the inbox and waits for it to return.
