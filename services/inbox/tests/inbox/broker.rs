@@ -84,27 +84,11 @@ async fn throughput() {
     let (config, topology, broker, _sweep) = setup(&pool, config).await;
     broker.declare(&topology).await;
     let started = Instant::now();
-    for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(1000) {
-        let mut confirms = Vec::new();
-        for i in chunk {
-            let body = prost::Message::encode_to_vec(&Thing::named(&format!("e{i}")));
-            let confirm = broker
-                .channel
-                .basic_publish(
-                    lapin::types::ShortString::from(topology.exchange.as_str()),
-                    lapin::types::ShortString::from(ROUTING_KEY),
-                    lapin::options::BasicPublishOptions::default(),
-                    &body,
-                    properties(Some(&Uuid::new_v4().to_string()), Some(TYPE)),
-                )
-                .await
-                .unwrap();
-            confirms.push(confirm);
-        }
-        for confirm in futures::future::join_all(confirms).await {
-            confirm.unwrap();
-        }
-    }
+    let events = (0..EVENTS).map(|i| {
+        let body = prost::Message::encode_to_vec(&Thing::named(&format!("e{i}")));
+        (properties(Some(&Uuid::new_v4().to_string()), Some(TYPE)), body)
+    });
+    broker.publish_backlog(&topology.exchange, ROUTING_KEY, events).await;
     println!("published {EVENTS} in {:?}", started.elapsed());
 
     let started = Instant::now();

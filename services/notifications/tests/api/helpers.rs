@@ -165,10 +165,6 @@ impl Broker {
         Self(testkit::consumer::Broker::connect(WAIT).await)
     }
 
-    pub(crate) fn channel(&self) -> &lapin::Channel {
-        &self.0.channel
-    }
-
     pub(crate) async fn publish_raw(&self, exchange: &str, properties: BasicProperties, body: &[u8]) {
         self.0.publish_to(exchange, ORDER_CREATED_ROUTING_KEY, properties, body).await;
     }

@@ -3,7 +3,6 @@
 use std::time::{Duration, Instant};
 
 use contracts::events::v1::{ORDER_CREATED_ROUTING_KEY, ORDER_CREATED_TYPE};
-use lapin::{options::BasicPublishOptions, types::ShortString};
 use prost::Message;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -32,28 +31,14 @@ async fn throughput_of_one_replica() {
     broker.declare(&topology).await;
 
     let started = Instant::now();
-    for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(1000) {
-        let mut confirms = Vec::new();
-        for i in chunk {
-            let (event_id, event) = order_created(&format!("corr-bench-{i}"));
-            let properties = properties(Some(&event_id.to_string()), Some(ORDER_CREATED_TYPE), &event.correlation_id);
-            let confirm = broker
-                .channel()
-                .basic_publish(
-                    ShortString::from(topology.exchange.as_str()),
-                    ShortString::from(ORDER_CREATED_ROUTING_KEY),
-                    BasicPublishOptions::default(),
-                    &event.encode_to_vec(),
-                    properties,
-                )
-                .await
-                .unwrap();
-            confirms.push(confirm);
-        }
-        for confirm in futures::future::join_all(confirms).await {
-            confirm.unwrap();
-        }
-    }
+    let events = (0..EVENTS).map(|i| {
+        let (event_id, event) = order_created(&format!("corr-bench-{i}"));
+        (
+            properties(Some(&event_id.to_string()), Some(ORDER_CREATED_TYPE), &event.correlation_id),
+            event.encode_to_vec(),
+        )
+    });
+    broker.publish_backlog(&topology.exchange, ORDER_CREATED_ROUTING_KEY, events).await;
     println!("published {EVENTS} in {:?}", started.elapsed());
 
     let app = spawn_app(config).await;
