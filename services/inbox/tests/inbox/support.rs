@@ -167,14 +167,10 @@ pub(crate) fn crashing(mut config: InboxConfig) -> InboxConfig {
 }
 
 /// Polls `check` every 50 ms until it holds; fails the test after [`WAIT`].
-pub(crate) async fn eventually<F, Fut>(mut check: F)
+pub(crate) async fn eventually<F, Fut>(check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "condition not met within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(testkit::eventually(WAIT, check).await, "condition not met within {WAIT:?}");
 }

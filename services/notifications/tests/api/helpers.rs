@@ -2,12 +2,7 @@
 //! exchange and queue set, publishing events the way Orders does, and waiting
 //! with deadlines.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use contracts::{
     events::v1::{ORDER_CREATED_ROUTING_KEY, ORDER_CREATED_TYPE, OrderCreated},
@@ -182,14 +177,10 @@ pub(crate) async fn count(pool: &PgPool, sql: &str) -> i64 {
 }
 
 /// Polls `check` every 50 ms until it holds; fails the test after [`WAIT`].
-pub(crate) async fn eventually<F, Fut>(mut check: F)
+pub(crate) async fn eventually<F, Fut>(check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "condition not met within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(testkit::eventually(WAIT, check).await, "condition not met within {WAIT:?}");
 }
