@@ -13,7 +13,7 @@ use lapin::{
         BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
         QueueDeleteOptions,
     },
-    types::{FieldTable, ShortString},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 use secrecy::SecretString;
 
@@ -144,6 +144,25 @@ impl Broker {
             let _ = self.channel.queue_delete(ShortString::from(queue), QueueDeleteOptions::default()).await;
         }
     }
+}
+
+/// Properties as the Orders relay sets them; `message_id` and `type` may be
+/// left out to make malformed messages.
+pub fn relay_properties(message_id: Option<&str>, kind: Option<&str>, correlation_id: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(ShortString::from("x-correlation-id"), AMQPValue::LongString(LongString::from(correlation_id)));
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/x-protobuf"))
+        .with_app_id(ShortString::from("orders"))
+        .with_headers(headers);
+    if let Some(id) = message_id {
+        properties = properties.with_message_id(ShortString::from(id));
+    }
+    if let Some(kind) = kind {
+        properties = properties.with_type(ShortString::from(kind));
+    }
+    properties
 }
 
 /// Deletes a test's exchange and queues if the test panics before doing so itself.

@@ -1,10 +1,7 @@
 //! Talking to the real broker from tests: publishing like the outbox does,
 //! looking into queues, and cleaning up.
 
-use lapin::{
-    BasicProperties,
-    types::{AMQPValue, FieldTable, LongString, ShortString},
-};
+use lapin::BasicProperties;
 use prost::Message;
 use uuid::Uuid;
 
@@ -36,20 +33,9 @@ impl Broker {
     }
 }
 
+/// A message as the outbox relay publishes it, `message_id` and `type` optional.
 pub(crate) fn properties(id: Option<&str>, kind: Option<&str>) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert(ShortString::from("x-correlation-id"), AMQPValue::LongString(LongString::from("corr-test")));
-    let mut properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type(ShortString::from("application/x-protobuf"))
-        .with_headers(headers);
-    if let Some(id) = id {
-        properties = properties.with_message_id(ShortString::from(id));
-    }
-    if let Some(kind) = kind {
-        properties = properties.with_type(ShortString::from(kind));
-    }
-    properties
+    testkit::consumer::relay_properties(id, kind, "corr-test")
 }
 
 pub(crate) use testkit::consumer::{attempt_header, header};

@@ -11,10 +11,7 @@ use contracts::{
     },
 };
 use inbox::InboxStats;
-use lapin::{
-    BasicProperties,
-    types::{AMQPValue, FieldTable, LongString, ShortString},
-};
+use lapin::BasicProperties;
 use notifications::{App, Config};
 use platform::db::PoolSettings;
 use prost::Message;
@@ -126,23 +123,7 @@ fn prost_types_now() -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: now.as_secs() as i64, nanos: now.subsec_nanos() as i32 }
 }
 
-/// Properties as the Orders relay sets them.
-pub(crate) fn properties(message_id: Option<&str>, kind: Option<&str>, correlation_id: &str) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert(ShortString::from("x-correlation-id"), AMQPValue::LongString(LongString::from(correlation_id)));
-    let mut properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type(ShortString::from("application/x-protobuf"))
-        .with_app_id(ShortString::from("orders"))
-        .with_headers(headers);
-    if let Some(id) = message_id {
-        properties = properties.with_message_id(ShortString::from(id));
-    }
-    if let Some(kind) = kind {
-        properties = properties.with_type(ShortString::from(kind));
-    }
-    properties
-}
+pub(crate) use testkit::consumer::relay_properties as properties;
 
 /// The shared test broker, publishing with `order.created`.
 pub(crate) struct Broker(testkit::consumer::Broker);
