@@ -213,6 +213,7 @@ impl<H: Handler> Inbox<H> {
             deliveries.into_iter().map(|delivery| message::prepare::<H>(delivery, &self.topology.main)).collect();
         let applying = items.iter().any(|item| item.outcome == message::Outcome::Pending).then(std::time::Instant::now);
         let committed = batch::apply(&self.pool, &self.handler, &mut items).await;
+        let applied = started.elapsed();
         if let Some(applying) = applying {
             self.metrics.applied(applying.elapsed());
         }
@@ -223,6 +224,12 @@ impl<H: Handler> Inbox<H> {
             .await
             .map_err(|reason| anyhow::anyhow!(reason))?;
         self.metrics.batch(started.elapsed());
+        tracing::debug!(
+            messages = items.len(),
+            apply_us = applied.as_micros() as u64,
+            settle_us = (started.elapsed() - applied).as_micros() as u64,
+            "settled inbox batch"
+        );
         Ok(None)
     }
 }
