@@ -1,12 +1,16 @@
 //! What the hardware allows, measured in the same run: raw sqlx transactions
-//! doing CreateOrder's two inserts, and raw lapin publishing with pipelined confirms.
+//! doing CreateOrder's two inserts, and raw lapin publishing with pipelined
+//! confirms, alone and with a raw consumer draining the queue.
 
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream::FuturesUnordered};
 use lapin::{
-    BasicProperties, Connection, ConnectionProperties,
-    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions},
+    BasicProperties, Channel, Connection, ConnectionProperties,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
+    },
     types::{AMQPValue, FieldTable, ShortString},
 };
 use sqlx::{PgPool, postgres::PgPoolOptions};
@@ -67,7 +71,58 @@ async fn two_inserts(pool: &PgPool) -> anyhow::Result<()> {
 pub(crate) async fn amqp_publish_confirm(url: &str, messages: usize) -> anyhow::Result<f64> {
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let queue = declare_quorum_queue(&channel).await?;
+    let started = Instant::now();
+    publish_pipelined(&channel, &queue, messages).await?;
+    let rate = messages as f64 / started.elapsed().as_secs_f64();
+    channel.queue_delete(ShortString::from(queue.as_str()), QueueDeleteOptions::default()).await?;
+    connection.close(200, ShortString::from("done")).await?;
+    Ok(rate)
+}
+
+/// Messages per second through a quorum queue with a consumer running, as in
+/// a drain while the notifications consumer is up: the same publisher as
+/// [`amqp_publish_confirm`], and a raw consumer on its own connection
+/// (prefetch 1,000, one multiple-ack per 100 deliveries). Timed until the last
+/// message is both confirmed and consumed. `LIMITS.md` calls it "publish
+/// pipelined while consuming".
+pub(crate) async fn amqp_publish_while_consuming(url: &str, messages: usize) -> anyhow::Result<f64> {
+    let publisher = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = publisher.create_channel().await?;
+    let queue = declare_quorum_queue(&channel).await?;
+    let consumer_connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let consumer_channel = consumer_connection.create_channel().await?;
+    consumer_channel.basic_qos(1_000, BasicQosOptions::default()).await?;
+    let mut deliveries = consumer_channel
+        .basic_consume(
+            ShortString::from(queue.as_str()),
+            ShortString::from("ceiling"),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let consume = async {
+        for n in 1..=messages {
+            let delivery = deliveries.next().await.ok_or_else(|| anyhow::anyhow!("the consumer was cancelled"))??;
+            if n % 100 == 0 || n == messages {
+                delivery.ack(BasicAckOptions { multiple: true }).await?;
+            }
+        }
+        anyhow::Ok(())
+    };
+    let started = Instant::now();
+    let (published, consumed) = tokio::join!(publish_pipelined(&channel, &queue, messages), consume);
+    published?;
+    consumed?;
+    let rate = messages as f64 / started.elapsed().as_secs_f64();
+    consumer_connection.close(200, ShortString::from("done")).await?;
+    channel.queue_delete(ShortString::from(queue.as_str()), QueueDeleteOptions::default()).await?;
+    publisher.close(200, ShortString::from("done")).await?;
+    Ok(rate)
+}
+
+/// A durable quorum queue of the bench's own, named at random.
+async fn declare_quorum_queue(channel: &Channel) -> anyhow::Result<String> {
     let queue = format!("pulse.bench.ceiling.{}", Uuid::new_v4().simple());
     let mut arguments = FieldTable::default();
     arguments.insert(ShortString::from("x-queue-type"), AMQPValue::LongString("quorum".into()));
@@ -78,9 +133,15 @@ pub(crate) async fn amqp_publish_confirm(url: &str, messages: usize) -> anyhow::
             arguments,
         )
         .await?;
+    Ok(queue)
+}
+
+/// Publishes `messages` persistent 250-byte messages to `queue`, up to 1,000
+/// confirms in flight; returns once every one is confirmed.
+async fn publish_pipelined(channel: &Channel, queue: &str, messages: usize) -> anyhow::Result<()> {
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let payload = vec![b'x'; 250];
     let properties = BasicProperties::default().with_delivery_mode(2);
-    let started = Instant::now();
     let mut in_flight = FuturesUnordered::new();
     for _ in 0..messages {
         if in_flight.len() >= 1_000 {
@@ -89,7 +150,7 @@ pub(crate) async fn amqp_publish_confirm(url: &str, messages: usize) -> anyhow::
         let confirm = channel
             .basic_publish(
                 ShortString::from(""),
-                ShortString::from(queue.as_str()),
+                ShortString::from(queue),
                 BasicPublishOptions::default(),
                 &payload,
                 properties.clone(),
@@ -100,8 +161,5 @@ pub(crate) async fn amqp_publish_confirm(url: &str, messages: usize) -> anyhow::
     while let Some(confirmed) = in_flight.next().await {
         confirmed?;
     }
-    let rate = messages as f64 / started.elapsed().as_secs_f64();
-    channel.queue_delete(ShortString::from(queue.as_str()), QueueDeleteOptions::default()).await?;
-    connection.close(200, ShortString::from("done")).await?;
-    Ok(rate)
+    Ok(())
 }

@@ -1,5 +1,11 @@
 //! End-to-end latency from one clock: the order row's and the notification
 //! row's `clock_timestamp()` defaults, both written by the same Postgres server.
+//!
+//! With `BENCH_LATENCY_DUMP=PATH`, every measured order is also appended to
+//! PATH as `order created_at (µs since the epoch),latency µs`, to see where in
+//! a window the tail sits.
+
+use std::io::Write;
 
 use std::collections::HashMap;
 
@@ -29,11 +35,19 @@ pub(crate) async fn order_to_notification(
             .fetch_all(&mut notifications)
             .await?;
     let mut histogram = Histogram::new_with_bounds(1, 600_000_000, 3)?;
+    let dump_to = std::env::var("BENCH_LATENCY_DUMP").ok();
+    let mut dump = Vec::new();
     for (order_id, at) in notified {
         if let Some(start) = created.get(&order_id) {
             let micros = (at - *start).num_microseconds().unwrap_or(i64::MAX).max(1) as u64;
             histogram.saturating_record(micros);
+            if dump_to.is_some() {
+                writeln!(dump, "{},{micros}", start.timestamp_micros())?;
+            }
         }
+    }
+    if let Some(path) = dump_to {
+        std::fs::OpenOptions::new().append(true).create(true).open(&path)?.write_all(&dump)?;
     }
     Ok(histogram)
 }

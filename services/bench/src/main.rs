@@ -2,8 +2,9 @@
 //! beside a ceiling measured in the same run. Starts and stops the `orders`
 //! and `notifications` binaries it measures (built alongside it).
 //!
-//! Usage: `bench [--quick | --smoke] [--json PATH] [--only PHASE,...]` where the phases are
-//! create_order, relay_on, end_to_end, drain and pipeline (the ceilings always run).
+//! Usage: `bench [--quick | --smoke] [--json PATH] [--only PHASE,...] [--pipeline-rate N]` where
+//! the phases are create_order, relay_on, end_to_end, drain and pipeline (the ceilings always run);
+//! `--pipeline-rate` skips the pipeline's search and sustains N orders/s.
 
 mod ceilings;
 mod latency;
@@ -29,6 +30,7 @@ async fn main() -> ExitCode {
     let mut mode = "full";
     let mut json: Option<PathBuf> = None;
     let mut only: Vec<String> = Vec::new();
+    let mut pipeline_rate: Option<f64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -36,15 +38,21 @@ async fn main() -> ExitCode {
             "--smoke" => mode = "smoke",
             "--json" => json = args.next().map(PathBuf::from),
             "--only" => only = args.next().map(|list| list.split(',').map(str::to_owned).collect()).unwrap_or_default(),
+            "--pipeline-rate" => match args.next().and_then(|rate| rate.parse::<f64>().ok()).filter(|r| *r > 0.0) {
+                Some(rate) => pipeline_rate = Some(rate),
+                None => {
+                    eprintln!("--pipeline-rate needs a positive number of orders per second");
+                    return ExitCode::from(2);
+                }
+            },
             other => {
-                eprintln!(
-                    "unknown argument {other:?}\nusage: bench [--quick | --smoke] [--json PATH] [--only PHASE,...]"
-                );
+                eprintln!("unknown argument {other:?}\nusage: {USAGE}");
                 return ExitCode::from(2);
             }
         }
     }
-    let plan = Plan::new(mode);
+    let mut plan = Plan::new(mode);
+    plan.pipeline_rate = pipeline_rate;
     let server =
         std::env::var("BENCH_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432".into());
     let amqp = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
@@ -83,6 +91,8 @@ async fn main() -> ExitCode {
     }
 }
 
+const USAGE: &str = "bench [--quick | --smoke] [--json PATH] [--only PHASE,...] [--pipeline-rate N]";
+
 fn spinner(message: String) -> ProgressBar {
     let bar = ProgressBar::new_spinner();
     bar.set_style(
@@ -98,7 +108,8 @@ const PHASES: [&str; 5] = ["create_order", "relay_on", "end_to_end", "drain", "p
 
 async fn run(plan: &Plan, only: &[String], stack: &mut Stack, report: &mut Report) -> anyhow::Result<()> {
     stack.reset().await?;
-    let (pg, amqp) = ceilings(plan, stack, report).await?;
+    let ceilings = ceilings(plan, stack, report).await?;
+    let pg = ceilings.pg;
     for phase in PHASES {
         if !only.is_empty() && !only.iter().any(|o| o == phase) {
             continue;
@@ -107,7 +118,7 @@ async fn run(plan: &Plan, only: &[String], stack: &mut Stack, report: &mut Repor
             "create_order" => create_order(plan, stack, report, pg).await?,
             "relay_on" => relay_on(plan, stack, report, pg).await?,
             "end_to_end" => end_to_end(plan, stack, report).await?,
-            "drain" => drain(plan, stack, report, amqp).await?,
+            "drain" => drain(plan, stack, report, &ceilings).await?,
             _ => pipeline(plan, stack, report, pg).await?,
         }
         stack.reset().await?;
@@ -119,7 +130,7 @@ async fn run(plan: &Plan, only: &[String], stack: &mut Stack, report: &mut Repor
     Ok(())
 }
 
-async fn ceilings(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow::Result<(f64, f64)> {
+async fn ceilings(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow::Result<Ceilings> {
     // 1. Ceilings.
     let bar = spinner("ceiling: raw sqlx two-insert transactions, 32 connections".into());
     let ceiling_db = stack.url(stack::CEILING_DB);
@@ -127,12 +138,27 @@ async fn ceilings(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow
     let pg = ceilings::pg_two_inserts(&ceiling_db, 32, plan.pg_ceiling).await?;
     bar.set_message("ceiling: raw lapin publish, 1,000 confirms in flight");
     let amqp = ceilings::amqp_publish_confirm(&stack.amqp, plan.amqp_messages).await?;
+    bar.set_message("ceiling: raw lapin publish while a raw consumer drains the queue");
+    let amqp_consuming = ceilings::amqp_publish_while_consuming(&stack.amqp, plan.amqp_messages).await?;
     bar.finish_and_clear();
     report.set("ceilings.pg_create_order_tps_c32", round(pg, 0));
     report.set("ceilings.amqp_publish_confirm_per_s", round(amqp, 0));
+    report.set("ceilings.amqp_publish_while_consuming_per_s", round(amqp_consuming, 0));
     report.row("ceiling: Postgres two-insert tx, 32 clients", format!("{pg:.0} tx/s"), "raw sqlx");
     report.row("ceiling: RabbitMQ publish, pipelined confirms", format!("{amqp:.0} msg/s"), "raw lapin, quorum queue");
-    Ok((pg, amqp))
+    report.row(
+        "ceiling: the same while a consumer drains it",
+        format!("{amqp_consuming:.0} msg/s"),
+        format!("raw lapin, {:.2}x the publish ceiling", amqp_consuming / amqp),
+    );
+    Ok(Ceilings { pg, amqp, amqp_consuming })
+}
+
+/// This run's ceilings: two-insert tx/s, publish msg/s alone and with a consumer.
+struct Ceilings {
+    pg: f64,
+    amqp: f64,
+    amqp_consuming: f64,
 }
 
 async fn create_order(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f64) -> anyhow::Result<()> {
@@ -220,7 +246,8 @@ async fn end_to_end(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyh
     Ok(())
 }
 
-async fn drain(plan: &Plan, stack: &mut Stack, report: &mut Report, amqp: f64) -> anyhow::Result<()> {
+async fn drain(plan: &Plan, stack: &mut Stack, report: &mut Report, ceilings: &Ceilings) -> anyhow::Result<()> {
+    let amqp = ceilings.amqp;
     // 5. Backlog drain, twice. First alone: orders pile up with no relay and no
     // consumer, one relay starts (against the publish ceiling, which has no
     // consumer either), then the consumer starts on the queued events. Then as
@@ -267,13 +294,18 @@ async fn drain(plan: &Plan, stack: &mut Stack, report: &mut Report, amqp: f64) -
     report.set("drain.events_per_s", round(drained, 0));
     report.set("drain.handled_per_s", round(handled_rate, 0));
     report.set("drain.ratio", round(drained / amqp, 3));
+    report.set("drain.ratio_to_publish_while_consuming", round(drained / ceilings.amqp_consuming, 3));
     report.set("drain.relay_alone_events_per_s", round(alone, 0));
     report.set("drain.relay_alone_ratio", round(alone / amqp, 3));
     report.set("drain.consumer_alone_events_per_s", round(consumer, 0));
     report.row(
         format!("backlog drain of {}, consumer running", second.ok),
         format!("{drained:.0} ev/s"),
-        format!("{:.2}x publish ceiling; all handled at {handled_rate:.0}/s", drained / amqp),
+        format!(
+            "{:.2}x publish ceiling, {:.2}x publish-while-consuming; all handled at {handled_rate:.0}/s",
+            drained / amqp,
+            drained / ceilings.amqp_consuming
+        ),
     );
     report.row(
         format!("backlog drain of {}, relay alone", first.ok),
@@ -287,55 +319,97 @@ async fn pipeline(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f64) 
     // 6. Sustained pipeline at the highest rate with end-to-end p99 under 100 ms.
     stack.start_notifications().await?;
     stack.start_orders("all").await?;
-    // Up by 40% while the rate keeps up; after the first rate that does not,
-    // halve the interval between the two until they are within 10%.
-    let mut best = plan.pipeline_start;
-    let mut failed: Option<f64> = None;
-    let mut rate = plan.pipeline_start;
-    for _ in 0..plan.search_steps {
-        let bar = spinner(format!("pipeline search at {rate:.0} orders/s"));
-        let before = stack.notification_count().await?;
-        let result = load::open_loop(stack.orders_addr(), rate, plan.probe, &bar).await?;
-        bar.finish_and_clear();
-        let delivered = stack.wait_delivered(before + result.ok as i64, Instant::now(), plan.settle).await;
-        let latency =
-            latency::order_to_notification(&stack.orders_url(), &stack.notifications_url(), &result.order_ids).await?;
-        let kept_up =
-            delivered.is_ok() && result.rate() >= 0.95 * rate && ms(&latency, 0.99) < 100.0 && result.errors == 0;
-        if kept_up {
+    // From a share of this run's ceiling, up by 25% while the rate keeps up;
+    // after the first rate that does not, halve the interval between the two
+    // until they are within 5%.
+    let start = plan.pipeline_start.max(plan.pipeline_start_share * pg);
+    let (mut best, mut failed) = (start, None::<f64>);
+    let steps = match plan.pipeline_rate {
+        Some(fixed) => {
+            best = fixed;
+            0
+        }
+        None => plan.search_steps,
+    };
+    let mut rate = start;
+    for _ in 0..steps {
+        let window = pipeline_window(stack, rate, plan.probe, plan.settle, "pipeline search").await?;
+        if window.held(rate) {
             best = rate;
         } else {
             failed = Some(rate);
         }
         rate = match failed {
-            None => rate * 1.4,
-            Some(failed) if failed > best * 1.1 => (best + failed) / 2.0,
+            None => rate * 1.25,
+            Some(failed) if failed > best * 1.05 => (best + failed) / 2.0,
             Some(_) => break,
         };
     }
-    let bar = spinner(format!("sustained pipeline at {best:.0} orders/s"));
-    let before = stack.notification_count().await?;
-    let result = load::open_loop(stack.orders_addr(), best, plan.sustained, &bar).await?;
-    bar.finish_and_clear();
-    stack.wait_delivered(before + result.ok as i64, Instant::now(), plan.settle).await?;
-    let latency =
-        latency::order_to_notification(&stack.orders_url(), &stack.notifications_url(), &result.order_ids).await?;
+    // The long window can fail where a short probe held (the tail grows with
+    // the window): step down by 10% until it holds, three tries at most.
+    let mut attempts = 0;
+    let (rate, window) = loop {
+        attempts += 1;
+        let window = pipeline_window(stack, best, plan.sustained, plan.settle, "sustained pipeline").await?;
+        if window.held(best) || attempts == 3 || plan.pipeline_rate.is_some() {
+            break (best, window);
+        }
+        best *= 0.9;
+    };
     stack.verify().await?;
-    report.set("pipeline.target_per_s", round(best, 0));
+    let (result, latency) = (&window.load, &window.latency);
+    let held = window.held(rate);
+    report.set("pipeline.target_per_s", round(rate, 0));
     report.set("pipeline.orders_per_s", round(result.rate(), 0));
-    report.set("pipeline.p99_ms", ms(&latency, 0.99));
+    report.set("pipeline.p50_ms", ms(latency, 0.5));
+    report.set("pipeline.p99_ms", ms(latency, 0.99));
     report.set("pipeline.ratio", round(result.rate() / pg, 3));
     report.set("pipeline.errors", result.errors);
+    report.set("pipeline.held", held);
+    report.set("pipeline.sustained_attempts", attempts);
     report.row(
         "sustained pipeline (e2e p99 < 100 ms)",
         format!("{:.0} orders/s", result.rate()),
         format!(
-            "{:.2}x ceiling; p50 {} / p99 {} ms; {} errors",
+            "{:.2}x ceiling; p50 {} / p99 {} ms; {} errors{}",
             result.rate() / pg,
-            ms(&latency, 0.5),
-            ms(&latency, 0.99),
-            result.errors
+            ms(latency, 0.5),
+            ms(latency, 0.99),
+            result.errors,
+            if held { "" } else { "; DID NOT HOLD the p99 bound" }
         ),
     );
     Ok(())
+}
+
+/// One open-loop window of the whole pipeline and its end-to-end latency.
+struct PipelineWindow {
+    load: load::LoadResult,
+    latency: hdrhistogram::Histogram<u64>,
+    delivered: bool,
+}
+
+impl PipelineWindow {
+    /// Whether the pipeline kept up with `rate`: every order accepted and
+    /// delivered, at 95% of the rate or more, end-to-end p99 under 100 ms.
+    fn held(&self, rate: f64) -> bool {
+        self.delivered && self.load.errors == 0 && self.load.rate() >= 0.95 * rate && ms(&self.latency, 0.99) < 100.0
+    }
+}
+
+async fn pipeline_window(
+    stack: &mut Stack,
+    rate: f64,
+    duration: std::time::Duration,
+    settle: std::time::Duration,
+    label: &str,
+) -> anyhow::Result<PipelineWindow> {
+    let bar = spinner(format!("{label} at {rate:.0} orders/s"));
+    let before = stack.notification_count().await?;
+    let load = load::open_loop(stack.orders_addr(), rate, duration, &bar).await?;
+    bar.finish_and_clear();
+    let delivered = stack.wait_delivered(before + load.ok as i64, Instant::now(), settle).await.is_ok();
+    let latency =
+        latency::order_to_notification(&stack.orders_url(), &stack.notifications_url(), &load.order_ids).await?;
+    Ok(PipelineWindow { load, latency, delivered })
 }
