@@ -70,6 +70,9 @@ impl InFlight {
     }
 }
 
+/// Publishes started together; see [`Publisher::publish`].
+const PUBLISH_CHUNK: usize = 100;
+
 pub(crate) struct Publisher {
     connection: Connection,
     channel: Channel,
@@ -115,35 +118,41 @@ impl Publisher {
         let spans: Vec<tracing::Span> =
             if platform::telemetry::otel_active() { rows.iter().map(publish_span).collect() } else { Vec::new() };
         let contexts: Vec<Option<String>> = spans.iter().map(platform::telemetry::traceparent_of).collect();
-        let mut pending: Vec<_> = rows
-            .iter()
-            .enumerate()
-            .map(|(i, row)| {
-                let traceparent = contexts.get(i).cloned().flatten();
-                Box::pin(self.channel.basic_publish(
-                    ShortString::from(row.exchange.as_str()),
-                    ShortString::from(row.routing_key.as_str()),
-                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-                    &row.payload,
-                    properties(row, app_id, traceparent),
-                ))
-            })
-            .collect();
-        let mut results: Vec<Option<Result<PublisherConfirm, lapin::Error>>> = rows.iter().map(|_| None).collect();
-        std::future::poll_fn(|cx| {
-            let mut done = true;
-            for (future, result) in pending.iter_mut().zip(results.iter_mut()) {
-                if result.is_none() {
-                    match future.as_mut().poll(cx) {
-                        Poll::Ready(outcome) => *result = Some(outcome),
-                        Poll::Pending => done = false,
+        let mut results: Vec<Option<Result<PublisherConfirm, lapin::Error>>> = Vec::with_capacity(rows.len());
+        // A hundred at a time: each publish future holds its frames until
+        // the I/O loop has written them, and a whole batch of them at once is
+        // what set the relay's peak memory.
+        for (chunk, offset) in rows.chunks(PUBLISH_CHUNK).zip((0..).step_by(PUBLISH_CHUNK)) {
+            let mut pending: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, row)| {
+                    let traceparent = contexts.get(offset + i).cloned().flatten();
+                    Box::pin(self.channel.basic_publish(
+                        ShortString::from(row.exchange.as_str()),
+                        ShortString::from(row.routing_key.as_str()),
+                        BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                        &row.payload,
+                        properties(row, app_id, traceparent),
+                    ))
+                })
+                .collect();
+            let mut done: Vec<Option<Result<PublisherConfirm, lapin::Error>>> = chunk.iter().map(|_| None).collect();
+            std::future::poll_fn(|cx| {
+                let mut all = true;
+                for (future, result) in pending.iter_mut().zip(done.iter_mut()) {
+                    if result.is_none() {
+                        match future.as_mut().poll(cx) {
+                            Poll::Ready(outcome) => *result = Some(outcome),
+                            Poll::Pending => all = false,
+                        }
                     }
                 }
-            }
-            if done { Poll::Ready(()) } else { Poll::Pending }
-        })
-        .await;
-        drop(pending);
+                if all { Poll::Ready(()) } else { Poll::Pending }
+            })
+            .await;
+            results.extend(done);
+        }
         drop(spans);
 
         let mut confirms = Vec::with_capacity(rows.len());

@@ -129,6 +129,46 @@ async fn a_starting_relay_publishes_the_waiting_rows_without_waiting_for_a_poll(
     testkit::delete_exchange(&amqp, &exchange).await;
 }
 
+/// A backlog claimed in full batches (500 rows, published a hundred at a time)
+/// goes out whole: every row once, each aggregate's rows in order, the outbox
+/// left empty.
+#[sqlx::test(migrations = "../../migrations/orders")]
+async fn a_backlog_in_full_batches_is_published_once_in_aggregate_order(pool: PgPool) {
+    let options = pool.connect_options().as_ref().clone();
+    let exchange = testkit::unique("test.outbox");
+    let amqp = testkit::amqp_connection().await;
+    let mut consumer = testkit::subscribe(&amqp, &exchange, "seq.#").await;
+    let writer = OutboxWriter::new();
+    let mut tx = pool.begin().await.unwrap();
+    for seq in 0..250 {
+        for aggregate in ["agg-a", "agg-b", "agg-c", "agg-d"] {
+            let _ = writer.append(&mut tx, &message(&exchange, "seq.created", aggregate, seq)).await.unwrap();
+        }
+    }
+    tx.commit().await.unwrap();
+
+    let mut config = config(&exchange);
+    config.batch_size = 500;
+    let (stop, relay) = start(&options, config);
+    let received = testkit::receive(&mut consumer, 1_000, Duration::from_secs(30)).await;
+    assert_eq!(received.len(), 1_000, "every row is published");
+    let mut next: HashMap<String, usize> = HashMap::new();
+    for delivery in &received {
+        let body = String::from_utf8(delivery.data.clone()).unwrap();
+        let (aggregate, seq) = body.split_once(':').unwrap();
+        let expected = next.entry(aggregate.to_owned()).or_default();
+        assert_eq!(seq.parse::<usize>().unwrap(), *expected, "events of {aggregate} out of order");
+        *expected += 1;
+    }
+    assert!(testkit::eventually(Duration::from_secs(5), || async { pending(&pool).await == 0 }).await);
+    let extra = testkit::receive(&mut consumer, 1, Duration::from_millis(500)).await;
+    assert!(extra.is_empty(), "no row is published twice");
+
+    stop.cancel();
+    relay.await.unwrap();
+    testkit::delete_exchange(&amqp, &exchange).await;
+}
+
 /// A transaction that took its id early and commits late leaves a row below
 /// ids the relay has already claimed, while batches are in flight: it is
 /// still published, once, and nothing is published twice.
