@@ -332,8 +332,10 @@ async fn pipeline(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f64) 
         None => plan.search_steps,
     };
     let mut rate = start;
+    let mut probes = Vec::new();
     for _ in 0..steps {
         let window = pipeline_window(stack, rate, plan.probe, plan.settle, "pipeline search").await?;
+        probes.push(window.summary(rate));
         if window.held(rate) {
             best = rate;
         } else {
@@ -351,6 +353,7 @@ async fn pipeline(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f64) 
     let (rate, window) = loop {
         attempts += 1;
         let window = pipeline_window(stack, best, plan.sustained, plan.settle, "sustained pipeline").await?;
+        probes.push(window.summary(best));
         if window.held(best) || attempts == 3 || plan.pipeline_rate.is_some() {
             break (best, window);
         }
@@ -367,6 +370,8 @@ async fn pipeline(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f64) 
     report.set("pipeline.errors", result.errors);
     report.set("pipeline.held", held);
     report.set("pipeline.sustained_attempts", attempts);
+    // Every window, search and sustained, in the order they ran.
+    report.set("pipeline.windows", probes);
     report.row(
         "sustained pipeline (e2e p99 < 100 ms)",
         format!("{:.0} orders/s", result.rate()),
@@ -394,6 +399,15 @@ impl PipelineWindow {
     /// delivered, at 95% of the rate or more, end-to-end p99 under 100 ms.
     fn held(&self, rate: f64) -> bool {
         self.delivered && self.load.errors == 0 && self.load.rate() >= 0.95 * rate && ms(&self.latency, 0.99) < 100.0
+    }
+
+    fn summary(&self, rate: f64) -> serde_json::Value {
+        serde_json::json!({
+            "target_per_s": round(rate, 0),
+            "orders_per_s": round(self.load.rate(), 0),
+            "p99_ms": ms(&self.latency, 0.99),
+            "held": self.held(rate),
+        })
     }
 }
 
