@@ -3,8 +3,7 @@
 use anyhow::anyhow;
 use chrono::{DurationRound, TimeDelta, Utc};
 use outbox::OutboxWriter;
-use platform::{correlation::CorrelationId, telemetry::DbTarget, tracecontext::TraceParent};
-use sqlx::PgPool;
+use platform::{correlation::CorrelationId, lane::Lane, telemetry::DbTarget, tracecontext::TraceParent};
 use tracing::{Instrument, Span};
 use uuid::Uuid;
 
@@ -17,16 +16,17 @@ use crate::{
 
 #[derive(Clone)]
 pub struct Orders {
-    pool: PgPool,
+    /// Every call is one statement: connections come back without a ping.
+    lane: Lane,
     outbox: OutboxWriter,
-    /// Where the pool connects, for the statements' spans.
+    /// Where the lane connects, for the statements' spans.
     db: DbTarget,
 }
 
 impl Orders {
-    pub fn new(pool: PgPool, outbox: OutboxWriter) -> Self {
-        let db = DbTarget::of(&pool);
-        Self { pool, outbox, db }
+    pub fn new(lane: Lane, outbox: OutboxWriter) -> Self {
+        let db = DbTarget::new(lane.options());
+        Self { lane, outbox, db }
     }
 
     /// Stores the order and its `OrderCreated` event in one transaction, or
@@ -57,11 +57,11 @@ impl Orders {
             created_at: Utc::now().duration_trunc(TimeDelta::microseconds(1)).map_err(anyhow::Error::from)?,
         };
         let event = messaging::outbox_message(&draft, trace);
-        let mut conn = self.pool.acquire().await?;
-        let Some((row, appended)) =
-            db::insert_order_with_event(&mut conn, &draft, &event).instrument(self.statement("INSERT")).await?
-        else {
-            drop(conn);
+        let mut conn = self.lane.acquire().await?;
+        let inserted =
+            db::insert_order_with_event(&mut conn, &draft, &event).instrument(self.statement("INSERT")).await;
+        conn.settle(&inserted);
+        let Some((row, appended)) = inserted? else {
             return self.replay(&order).await;
         };
         self.outbox.committed(appended);
@@ -72,11 +72,10 @@ impl Orders {
     /// The answer to a retry: the stored order, if the retry asks for the same thing.
     async fn replay(&self, order: &NewOrder) -> Result<OrderRow, OrdersError> {
         let request_id = order.request_id.ok_or_else(|| anyhow!("insert conflicted without a request_id"))?;
-        let mut conn = self.pool.acquire().await?;
-        let existing = db::find_by_request_id(&mut conn, request_id)
-            .instrument(self.statement("SELECT"))
-            .await?
-            .ok_or_else(|| anyhow!("request_id {request_id} conflicted but no order has it"))?;
+        let mut conn = self.lane.acquire().await?;
+        let found = db::find_by_request_id(&mut conn, request_id).instrument(self.statement("SELECT")).await;
+        conn.settle(&found);
+        let existing = found?.ok_or_else(|| anyhow!("request_id {request_id} conflicted but no order has it"))?;
         let same = existing.customer_id == order.customer_id.as_str()
             && existing.amount == order.amount.to_string()
             && existing.currency == order.currency.code();
@@ -91,8 +90,10 @@ impl Orders {
     }
 
     pub async fn get(&self, order_id: Uuid) -> Result<OrderRow, OrdersError> {
-        let mut conn = self.pool.acquire().await?;
-        db::find(&mut conn, order_id).instrument(self.statement("SELECT")).await?.ok_or(OrdersError::NotFound)
+        let mut conn = self.lane.acquire().await?;
+        let found = db::find(&mut conn, order_id).instrument(self.statement("SELECT")).await;
+        conn.settle(&found);
+        found?.ok_or(OrdersError::NotFound)
     }
 
     /// The client span of one statement on the orders table, in the call's

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use contracts::orders::v1::{SERVICE_NAME, order_service_server::OrderServiceServer};
 use outbox::{OutboxWriter, Relay};
 use platform::{
+    db::PoolSettings,
     grpc::{self, GrpcRouter, set_status},
+    lane::Lane,
     metrics::{OtlpExport, Registry},
 };
 use sqlx::PgPool;
@@ -24,6 +26,10 @@ use crate::{
 /// broker (the API stays SERVING and keeps taking orders meanwhile).
 pub const RELAY_HEALTH_NAME: &str = "pulse.orders.v1.OutboxRelay";
 
+/// The pool's connections, beside the lane's `ORDERS_DB_MAX_CONNECTIONS`:
+/// migrations, the outbox doorbell, the tests' own queries.
+const BACKGROUND_CONNECTIONS: u32 = 4;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/orders");
 
 pub struct App {
@@ -33,6 +39,8 @@ pub struct App {
     router: GrpcRouter,
     health: HealthReporter,
     pool: PgPool,
+    /// Connections for the RPCs (none in the relay role).
+    lane: Option<Lane>,
     writer: OutboxWriter,
     registry: Registry,
     metrics_listener: TcpListener,
@@ -46,14 +54,20 @@ impl App {
     /// [`OtlpExport::from_env`]; [`Self::with_metrics_export`] overrides them).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics_export = OtlpExport::from_env("orders", env!("CARGO_PKG_VERSION"))?;
-        let pool = platform::db::connect_and_migrate(&config.database_url, &config.pool, &MIGRATOR).await?;
+        // The pool serves migrations, the doorbell and tests; requests go
+        // through the lane, which gets the configured connections.
+        let background = PoolSettings { max_connections: BACKGROUND_CONNECTIONS, min_connections: 1, ..config.pool };
+        let pool = platform::db::connect_and_migrate(&config.database_url, &background, &MIGRATOR).await?;
         let writer = OutboxWriter::new();
         let offered: &[&str] = if config.role == Role::Relay { &[] } else { &[SERVICE_NAME] };
         let registry = Registry::new();
         let (mut router, health) = grpc::router_with_health_and_reflection(offered, &registry)?;
+        let mut lane = None;
         if config.role != Role::Relay {
-            let api = OrdersApi::new(Orders::new(pool.clone(), writer.clone()));
+            let opened = Lane::open(pool.connect_options().as_ref().clone(), &config.pool).await?;
+            let api = OrdersApi::new(Orders::new(opened.clone(), writer.clone()));
             router = router.add_service(OrderServiceServer::new(api));
+            lane = Some(opened);
         }
         let (listener, addr) = grpc::bind(config.grpc_addr).await?;
         let (metrics_listener, metrics_addr) = platform::metrics::bind(config.metrics_addr).await?;
@@ -65,6 +79,7 @@ impl App {
             router,
             health,
             pool,
+            lane,
             writer,
             registry,
             metrics_listener,
@@ -95,8 +110,19 @@ impl App {
     /// Serves until `shutdown`: then reports NOT_SERVING, waits the grace
     /// period, lets in-flight calls finish, settles the relay's batch, returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { config, listener, router, health, pool, writer, registry, metrics_listener, metrics_export, .. } =
-            self;
+        let Self {
+            config,
+            listener,
+            router,
+            health,
+            pool,
+            lane,
+            writer,
+            registry,
+            metrics_listener,
+            metrics_export,
+            ..
+        } = self;
         let options = platform::db::connect_options(&config.database_url)?;
         let background = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
@@ -154,6 +180,9 @@ impl App {
         background.cancel();
         while tasks.join_next().await.is_some() {}
         export_until.cancel();
+        if let Some(lane) = lane {
+            lane.close().await;
+        }
         pool.close().await;
         if let Some(exporting) = exporting {
             exporting.await?;

@@ -9,6 +9,7 @@ pub mod correlation;
 pub mod db;
 pub mod errors;
 pub mod grpc;
+pub mod lane;
 pub mod logformat;
 pub mod metrics;
 pub mod shutdown;

@@ -1,0 +1,244 @@
+//! A pool of Postgres connections for one-statement requests, without the
+//! round trip sqlx's pool spends on every release.
+//!
+//! `sqlx::Pool` pings each connection as it comes back (a Sync message and a
+//! wait for ReadyForQuery), so a request whose work is one statement pays two
+//! round trips, and the server wakes twice. A [`Lane`] hands connections back
+//! only when the caller says the statement finished ([`LaneConnection::done`]);
+//! a connection dropped any other way (an error, a cancelled request, a
+//! panic) is closed instead, so a half-read response is never reused. That
+//! is the same guarantee the ping gave, without asking the server.
+//!
+//! When no connection is idle, a checkout opens one but takes whichever comes
+//! first, that one or a connection another request hands back: under a step
+//! in load, setting up a connection (tens of milliseconds on a busy server)
+//! would otherwise be added to every request that arrived meanwhile.
+
+use std::{
+    ops::{Deref, DerefMut},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::future::BoxFuture;
+use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::db::PoolSettings;
+
+/// Connections older than this are closed when handed back, so none lives
+/// forever (server-side memory, a moved primary behind a stable address).
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
+/// Up to `max_connections` connections, `min_connections` of them opened at start.
+#[derive(Clone)]
+pub struct Lane {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: PgConnectOptions,
+    idle: Mutex<Vec<Idle>>,
+    /// Signalled whenever a connection goes idle or one is closed.
+    returned: Notify,
+    /// Checkouts: at most `max` connections out at once.
+    slots: Arc<Semaphore>,
+    /// Connections open or being opened: at most `max`.
+    total: AtomicUsize,
+    max: usize,
+    acquire_timeout: Duration,
+}
+
+impl Inner {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn park(&self, idle: Idle) {
+        self.idle().push(idle);
+        self.returned.notify_one();
+    }
+
+    /// A connection closed (or never opened): make room for another.
+    fn forget(&self) {
+        self.total.fetch_sub(1, Ordering::AcqRel);
+        self.returned.notify_one();
+    }
+}
+
+struct Idle {
+    conn: PgConnection,
+    opened: Instant,
+}
+
+impl Lane {
+    /// Opens the minimum of connections; fails if the first cannot be opened.
+    pub async fn open(options: PgConnectOptions, settings: &PoolSettings) -> Result<Self, sqlx::Error> {
+        let max = settings.max_connections.max(1) as usize;
+        let lane = Self {
+            inner: Arc::new(Inner {
+                options,
+                idle: Mutex::new(Vec::with_capacity(max)),
+                returned: Notify::new(),
+                slots: Arc::new(Semaphore::new(max)),
+                total: AtomicUsize::new(0),
+                max,
+                acquire_timeout: settings.acquire_timeout,
+            }),
+        };
+        for _ in 0..(settings.min_connections as usize).min(max) {
+            let conn = PgConnection::connect_with(&lane.inner.options).await?;
+            lane.inner.total.fetch_add(1, Ordering::AcqRel);
+            lane.inner.park(Idle { conn, opened: Instant::now() });
+        }
+        Ok(lane)
+    }
+
+    /// Where the connections lead.
+    pub fn options(&self) -> &PgConnectOptions {
+        &self.inner.options
+    }
+
+    /// An idle connection, or a new one while fewer than `max_connections` are
+    /// out. Waits at most the acquire timeout: `PoolTimedOut` after that.
+    pub async fn acquire(&self) -> Result<LaneConnection, sqlx::Error> {
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + inner.acquire_timeout;
+        let slot = tokio::time::timeout_at(deadline, Arc::clone(&inner.slots).acquire_owned())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        let mut opening: Option<BoxFuture<'static, Result<PgConnection, sqlx::Error>>> = None;
+        let outcome = loop {
+            // Registered before looking, so a connection handed back in
+            // between still wakes us.
+            let returned = inner.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(idle) = inner.idle().pop() {
+                break Ok(idle);
+            }
+            if opening.is_none() && reserve(&inner.total, inner.max) {
+                let options = inner.options.clone();
+                opening = Some(Box::pin(async move { PgConnection::connect_with(&options).await }));
+            }
+            let connect = async {
+                match opening.as_mut() {
+                    Some(connecting) => connecting.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                opened = connect => {
+                    opening = None;
+                    break opened.map(|conn| Idle { conn, opened: Instant::now() }).inspect_err(|_| inner.forget());
+                }
+                _ = &mut returned => {}
+                _ = tokio::time::sleep_until(deadline) => break Err(sqlx::Error::PoolTimedOut),
+            }
+        };
+        if let Some(connecting) = opening {
+            // Served by a connection handed back (or out of time): the one
+            // being opened finishes in the background and waits idle.
+            let inner = Arc::clone(inner);
+            tokio::spawn(async move {
+                match connecting.await {
+                    Ok(conn) => inner.park(Idle { conn, opened: Instant::now() }),
+                    Err(_) => inner.forget(),
+                }
+            });
+        }
+        Ok(LaneConnection { idle: Some(outcome?), lane: Arc::clone(inner), _slot: slot })
+    }
+
+    /// Connections open and idle right now.
+    pub fn idle_count(&self) -> usize {
+        self.inner.idle().len()
+    }
+
+    /// Connections open, or being opened, right now.
+    pub fn size(&self) -> usize {
+        self.inner.total.load(Ordering::Acquire)
+    }
+
+    /// Closes the idle connections and refuses new checkouts; connections
+    /// still out are closed as they come back.
+    pub async fn close(&self) {
+        self.inner.slots.close();
+        let idle = std::mem::take(&mut *self.inner.idle());
+        for Idle { conn, .. } in idle {
+            self.inner.forget();
+            let _ = conn.close().await;
+        }
+    }
+}
+
+/// Takes one of `max` places in `total`, if one is free.
+fn reserve(total: &AtomicUsize, max: usize) -> bool {
+    total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < max).then_some(open + 1)).is_ok()
+}
+
+/// A connection out of a [`Lane`]. Call [`Self::done`] once its statement has
+/// completed (successfully or with an error the server reported) to hand it back;
+/// dropped without that, it is closed.
+pub struct LaneConnection {
+    idle: Option<Idle>,
+    lane: Arc<Inner>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl LaneConnection {
+    /// Hands the connection back after a statement that returned `result`:
+    /// kept when it succeeded or the server rejected it (the exchange then
+    /// ended cleanly), closed after any other error (I/O, protocol, decoding).
+    pub fn settle<T>(self, result: &Result<T, sqlx::Error>) {
+        if matches!(result, Ok(_) | Err(sqlx::Error::Database(_))) {
+            self.done();
+        }
+    }
+
+    /// Hands the connection back for the next request, unless it is inside a
+    /// transaction, the lane is closing or the connection has lived its time.
+    pub fn done(mut self) {
+        let Some(idle) = self.idle.take() else { return };
+        let reusable =
+            !idle.conn.is_in_transaction() && !self.lane.slots.is_closed() && idle.opened.elapsed() < MAX_LIFETIME;
+        if reusable {
+            self.lane.park(idle);
+            return;
+        }
+        self.lane.forget();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // Its last response was read in full: say goodbye properly.
+            runtime.spawn(async move {
+                let _ = idle.conn.close().await;
+            });
+        }
+    }
+}
+
+impl Drop for LaneConnection {
+    fn drop(&mut self) {
+        // Not handed back: the connection closes with it.
+        if self.idle.take().is_some() {
+            self.lane.forget();
+        }
+    }
+}
+
+impl Deref for LaneConnection {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.idle.as_ref().expect("present until done or dropped").conn
+    }
+}
+
+impl DerefMut for LaneConnection {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.idle.as_mut().expect("present until done or dropped").conn
+    }
+}

@@ -1,0 +1,155 @@
+//! The lane against the real Postgres: connections come back only when the
+//! caller says their statement finished; anything else is closed, never reused.
+
+use std::time::Duration;
+
+use platform::{db::PoolSettings, lane::Lane};
+use sqlx::{PgConnection, PgPool};
+
+fn settings(min: u32, max: u32) -> PoolSettings {
+    PoolSettings { max_connections: max, min_connections: min, acquire_timeout: Duration::from_millis(300) }
+}
+
+async fn lane(pool: &PgPool, min: u32, max: u32) -> Lane {
+    Lane::open(pool.connect_options().as_ref().clone(), &settings(min, max)).await.unwrap()
+}
+
+async fn backend(conn: &mut PgConnection) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(conn).await.unwrap()
+}
+
+/// Backends of this test's database other than `pool`'s own query connection.
+async fn backends(pool: &PgPool) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() ORDER BY pid",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn opens_its_minimum_at_start_and_reuses_a_connection_handed_back(pool: PgPool) {
+    let lane = lane(&pool, 3, 8).await;
+    assert_eq!(lane.idle_count(), 3);
+    assert_eq!(backends(&pool).await.len(), 3, "three connections open before any request");
+
+    let mut conn = lane.acquire().await.unwrap();
+    let first = backend(&mut conn).await;
+    conn.done();
+    let mut conn = lane.acquire().await.unwrap();
+    assert_eq!(backend(&mut conn).await, first, "the connection handed back is the next one out");
+    conn.done();
+    assert_eq!(backends(&pool).await.len(), 3, "no connection was opened or lost");
+    lane.close().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_statement_the_server_rejected_keeps_its_connection(pool: PgPool) {
+    let lane = lane(&pool, 1, 1).await;
+    let mut conn = lane.acquire().await.unwrap();
+    let first = backend(&mut conn).await;
+    let rejected = sqlx::query_scalar::<_, i32>("SELECT 1 / 0").fetch_one(&mut *conn).await;
+    assert!(matches!(rejected, Err(sqlx::Error::Database(_))), "{rejected:?}");
+    conn.settle(&rejected);
+    let mut conn = lane.acquire().await.unwrap();
+    assert_eq!(backend(&mut conn).await, first);
+    conn.done();
+    lane.close().await;
+}
+
+/// A request cancelled in the middle of its statement (the client went away)
+/// leaves its connection mid-response: it is closed, and the next request gets
+/// a fresh one that works.
+#[sqlx::test(migrations = false)]
+async fn a_connection_dropped_mid_statement_is_closed_not_reused(pool: PgPool) {
+    let lane = lane(&pool, 1, 1).await;
+    let mut conn = lane.acquire().await.unwrap();
+    let first = backend(&mut conn).await;
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(200), sqlx::query("SELECT pg_sleep(3)").execute(&mut *conn)).await;
+    assert!(cancelled.is_err(), "the statement was still running");
+    drop(conn);
+
+    let mut conn = lane.acquire().await.unwrap();
+    let second = backend(&mut conn).await;
+    assert_ne!(second, first, "a new connection, not the one left mid-statement");
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *conn).await.unwrap();
+    assert_eq!(one, 1);
+    conn.done();
+    // The abandoned backend goes away once its sleep ends and it finds the socket closed.
+    let gone = async {
+        loop {
+            if !backends(&pool).await.contains(&first) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), gone).await.expect("the abandoned backend exits");
+    lane.close().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn never_more_than_its_maximum_and_a_full_lane_times_out(pool: PgPool) {
+    let lane = lane(&pool, 0, 2).await;
+    let a = lane.acquire().await.unwrap();
+    let b = lane.acquire().await.unwrap();
+    let started = std::time::Instant::now();
+    let third = lane.acquire().await;
+    assert!(matches!(third, Err(sqlx::Error::PoolTimedOut)), "{:?}", third.err());
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(backends(&pool).await.len(), 2);
+    a.done();
+    let c = lane.acquire().await.expect("a slot came back");
+    drop((b, c));
+    lane.close().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_closed_lane_refuses_checkouts_and_closes_its_connections(pool: PgPool) {
+    let lane = lane(&pool, 2, 4).await;
+    let out = lane.acquire().await.unwrap();
+    lane.close().await;
+    assert!(matches!(lane.acquire().await, Err(sqlx::Error::PoolClosed)));
+    out.done();
+    assert_eq!(lane.idle_count(), 0, "a connection handed back after close is not kept");
+    let gone = async {
+        while !backends(&pool).await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), gone).await.expect("every connection closes");
+}
+
+/// Many more callers than connections: every statement runs, the lane never
+/// holds more than its maximum, and connections opened for callers that were
+/// served by a handed-back one end up idle rather than lost.
+#[sqlx::test(migrations = false)]
+async fn many_callers_share_at_most_max_connections_and_none_is_lost(pool: PgPool) {
+    let lane = lane(&pool, 0, 4).await;
+    let callers = (0..32).map(|_| {
+        let lane = lane.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                let mut conn = lane.acquire().await.unwrap();
+                assert!(lane.size() <= 4, "{} connections", lane.size());
+                let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *conn).await.unwrap();
+                conn.settle(&Ok::<_, sqlx::Error>(one));
+            }
+        })
+    });
+    for caller in futures::future::join_all(callers).await {
+        caller.unwrap();
+    }
+    let settled = async {
+        while lane.idle_count() != lane.size() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), settled).await.expect("every connection is idle or closed");
+    assert!((1..=4).contains(&lane.size()));
+    assert_eq!(backends(&pool).await.len(), lane.size(), "the lane's count matches the server's");
+    lane.close().await;
+    assert_eq!(lane.size(), 0);
+}
