@@ -321,32 +321,34 @@ async fn pipeline(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f64) 
     stack.start_orders("all").await?;
     // From a share of this run's ceiling, up by 25% while the rate keeps up;
     // after the first rate that does not, halve the interval between the two
-    // until they are within 5%.
-    let start = plan.pipeline_start.max(plan.pipeline_start_share * pg);
-    let (mut best, mut failed) = (start, None::<f64>);
-    let steps = match plan.pipeline_rate {
-        Some(fixed) => {
-            best = fixed;
-            0
-        }
-        None => plan.search_steps,
-    };
-    let mut rate = start;
+    // until they are within 5%. Down by 20% while nothing has held yet.
+    let start = plan.pipeline_rate.unwrap_or(plan.pipeline_start.max(plan.pipeline_start_share * pg));
+    // Warm-up, not measured: the first second of a fresh stack (connections
+    // opening, queues and caches cold) would otherwise decide the first probe.
+    let warm_up = spinner(format!("pipeline warm-up at {:.0} orders/s", start / 2.0));
+    let before = stack.notification_count().await?;
+    let warmed = load::open_loop(stack.orders_addr(), start / 2.0, plan.probe, &warm_up).await?;
+    stack.wait_delivered(before + warmed.ok as i64, Instant::now(), plan.settle).await?;
+    warm_up.finish_and_clear();
+    let steps = if plan.pipeline_rate.is_some() { 0 } else { plan.search_steps };
+    let (mut rate, mut held, mut failed) = (start, None::<f64>, None::<f64>);
     let mut probes = Vec::new();
     for _ in 0..steps {
         let window = pipeline_window(stack, rate, plan.probe, plan.settle, "pipeline search").await?;
         probes.push(window.summary(rate));
         if window.held(rate) {
-            best = rate;
+            held = Some(rate);
         } else {
             failed = Some(rate);
         }
-        rate = match failed {
-            None => rate * 1.25,
-            Some(failed) if failed > best * 1.05 => (best + failed) / 2.0,
-            Some(_) => break,
+        rate = match (held, failed) {
+            (_, None) => rate * 1.25,
+            (None, Some(failed)) => failed * 0.8,
+            (Some(held), Some(failed)) if failed > held * 1.05 => (held + failed) / 2.0,
+            (Some(_), Some(_)) => break,
         };
     }
+    let mut best = held.unwrap_or(rate);
     // The long window can fail where a short probe held (the tail grows with
     // the window): step down by 10% until it holds, three tries at most.
     let mut attempts = 0;
