@@ -58,6 +58,11 @@ impl Inner {
     }
 
     fn park(&self, idle: Idle) {
+        if self.slots.is_closed() {
+            // Opened in the background after the lane closed.
+            self.forget();
+            return;
+        }
         self.idle().push(idle);
         self.returned.notify_one();
     }
@@ -111,7 +116,7 @@ impl Lane {
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?
             .map_err(|_| sqlx::Error::PoolClosed)?;
-        let mut opening: Option<BoxFuture<'static, Result<PgConnection, sqlx::Error>>> = None;
+        let mut opening = Opening { connecting: None, lane: Arc::clone(inner) };
         let outcome = loop {
             // Registered before looking, so a connection handed back in
             // between still wakes us.
@@ -121,36 +126,26 @@ impl Lane {
             if let Some(idle) = inner.idle().pop() {
                 break Ok(idle);
             }
-            if opening.is_none() && reserve(&inner.total, inner.max) {
+            if opening.connecting.is_none() && reserve(&inner.total, inner.max) {
                 let options = inner.options.clone();
-                opening = Some(Box::pin(async move { PgConnection::connect_with(&options).await }));
+                opening.connecting = Some(Box::pin(async move { PgConnection::connect_with(&options).await }));
             }
             let connect = async {
-                match opening.as_mut() {
+                match opening.connecting.as_mut() {
                     Some(connecting) => connecting.await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 opened = connect => {
-                    opening = None;
+                    opening.connecting = None;
                     break opened.map(|conn| Idle { conn, opened: Instant::now() }).inspect_err(|_| inner.forget());
                 }
                 _ = &mut returned => {}
                 _ = tokio::time::sleep_until(deadline) => break Err(sqlx::Error::PoolTimedOut),
             }
         };
-        if let Some(connecting) = opening {
-            // Served by a connection handed back (or out of time): the one
-            // being opened finishes in the background and waits idle.
-            let inner = Arc::clone(inner);
-            tokio::spawn(async move {
-                match connecting.await {
-                    Ok(conn) => inner.park(Idle { conn, opened: Instant::now() }),
-                    Err(_) => inner.forget(),
-                }
-            });
-        }
+        drop(opening);
         Ok(LaneConnection { idle: Some(outcome?), lane: Arc::clone(inner), _slot: slot })
     }
 
@@ -172,6 +167,32 @@ impl Lane {
         for Idle { conn, .. } in idle {
             self.inner.forget();
             let _ = conn.close().await;
+        }
+    }
+}
+
+/// A connection being opened for a checkout. Should the checkout be served by
+/// a connection handed back, run out of time or be cancelled, the opening
+/// finishes in the background and the connection waits idle.
+struct Opening {
+    connecting: Option<BoxFuture<'static, Result<PgConnection, sqlx::Error>>>,
+    lane: Arc<Inner>,
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        let Some(connecting) = self.connecting.take() else { return };
+        let lane = Arc::clone(&self.lane);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    match connecting.await {
+                        Ok(conn) => lane.park(Idle { conn, opened: Instant::now() }),
+                        Err(_) => lane.forget(),
+                    }
+                });
+            }
+            Err(_) => lane.forget(),
         }
     }
 }

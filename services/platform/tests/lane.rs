@@ -153,3 +153,23 @@ async fn many_callers_share_at_most_max_connections_and_none_is_lost(pool: PgPoo
     lane.close().await;
     assert_eq!(lane.size(), 0);
 }
+
+/// A checkout cancelled while its connection is being opened (the caller
+/// went away) does not lose that connection's place: it opens in the
+/// background, waits idle, and the next checkout gets it.
+#[sqlx::test(migrations = false)]
+async fn a_checkout_cancelled_while_connecting_does_not_lose_the_place(pool: PgPool) {
+    let lane = lane(&pool, 0, 1).await;
+    for _ in 0..5 {
+        let cancelled = tokio::time::timeout(Duration::from_micros(50), lane.acquire()).await;
+        if let Ok(conn) = cancelled {
+            conn.unwrap().done();
+        }
+    }
+    let mut conn = lane.acquire().await.expect("the only place is free again");
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *conn).await.unwrap();
+    assert_eq!(one, 1);
+    conn.done();
+    assert_eq!(lane.size(), 1);
+    lane.close().await;
+}
