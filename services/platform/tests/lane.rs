@@ -11,18 +11,23 @@ fn settings(min: u32, max: u32) -> PoolSettings {
 }
 
 async fn lane(pool: &PgPool, min: u32, max: u32) -> Lane {
-    Lane::open(pool.connect_options().as_ref().clone(), &settings(min, max)).await.unwrap()
+    let options = pool.connect_options().as_ref().clone().application_name(LANE_APP);
+    Lane::open(options, &settings(min, max)).await.unwrap()
 }
 
 async fn backend(conn: &mut PgConnection) -> i32 {
     sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(conn).await.unwrap()
 }
 
-/// Backends of this test's database other than `pool`'s own query connection.
+/// The lanes' `application_name`, to tell their backends from the test pool's.
+const LANE_APP: &str = "pulse-lane-test";
+
+/// The lane's backends on this test's database.
 async fn backends(pool: &PgPool) -> Vec<i32> {
     sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() ORDER BY pid",
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1 ORDER BY pid",
     )
+    .bind(LANE_APP)
     .fetch_all(pool)
     .await
     .unwrap()
