@@ -39,6 +39,37 @@ async fn pending(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM outbox_messages").fetch_one(pool).await.unwrap()
 }
 
+/// What most tests start from: the database's options, an exchange of their
+/// own, and a queue bound to it with `binding`.
+struct Setup {
+    options: PgConnectOptions,
+    exchange: String,
+    amqp: lapin::Connection,
+    consumer: lapin::Consumer,
+    writer: OutboxWriter,
+}
+
+async fn setup(pool: &PgPool, binding: &str) -> Setup {
+    let exchange = testkit::unique("test.outbox");
+    let amqp = testkit::amqp_connection().await;
+    let consumer = testkit::subscribe(&amqp, &exchange, binding).await;
+    Setup { options: pool.connect_options().as_ref().clone(), exchange, amqp, consumer, writer: OutboxWriter::new() }
+}
+
+/// Each aggregate's messages (bodies `aggregate:seq`) arrived in order from
+/// 0 with no gap; returns how many aggregates there were.
+fn assert_aggregate_order(received: &[lapin::message::Delivery]) -> usize {
+    let mut next: HashMap<String, usize> = HashMap::new();
+    for delivery in received {
+        let body = String::from_utf8(delivery.data.clone()).unwrap();
+        let (aggregate, seq) = body.split_once(':').unwrap();
+        let expected = next.entry(aggregate.to_owned()).or_default();
+        assert_eq!(seq.parse::<usize>().unwrap(), *expected, "events of {aggregate} out of order");
+        *expected += 1;
+    }
+    next.len()
+}
+
 fn start(options: &PgConnectOptions, config: RelayConfig) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let stop = CancellationToken::new();
     let relay = Relay::new(options.clone(), config, None);
@@ -47,11 +78,7 @@ fn start(options: &PgConnectOptions, config: RelayConfig) -> (CancellationToken,
 
 #[sqlx::test(migrations = "../../migrations/orders")]
 async fn two_relays_publish_every_row_once_in_aggregate_order(pool: PgPool) {
-    let options = pool.connect_options().as_ref().clone();
-    let exchange = testkit::unique("test.outbox");
-    let amqp = testkit::amqp_connection().await;
-    let mut consumer = testkit::subscribe(&amqp, &exchange, "seq.#").await;
-    let writer = OutboxWriter::new();
+    let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.#").await;
     let aggregates: Vec<String> = (0..50).map(|i| format!("agg-{i}")).collect();
 
     let (stop_a, relay_a) = start(&options, config(&exchange));
@@ -81,18 +108,12 @@ async fn two_relays_publish_every_row_once_in_aggregate_order(pool: PgPool) {
     let extra = testkit::receive(&mut consumer, 1, Duration::from_millis(700)).await;
     assert!(extra.is_empty(), "no row is published twice");
 
-    let mut next: HashMap<String, usize> = HashMap::new();
     let mut ids = std::collections::HashSet::new();
     for delivery in &received {
         let id = delivery.properties.message_id().as_ref().unwrap().to_string();
         assert!(ids.insert(id), "duplicate message id");
-        let body = String::from_utf8(delivery.data.clone()).unwrap();
-        let (aggregate, seq) = body.split_once(':').unwrap();
-        let expected = next.entry(aggregate.to_owned()).or_default();
-        assert_eq!(seq.parse::<usize>().unwrap(), *expected, "events of {aggregate} out of order");
-        *expected += 1;
     }
-    assert_eq!(next.len(), 50);
+    assert_eq!(assert_aggregate_order(&received), 50);
     assert!(testkit::eventually(Duration::from_secs(5), || async { pending(&pool).await == 0 }).await);
 
     stop_b.cancel();
@@ -104,11 +125,7 @@ async fn two_relays_publish_every_row_once_in_aggregate_order(pool: PgPool) {
 /// does not sit out a poll interval after taking its partitions.
 #[sqlx::test(migrations = "../../migrations/orders")]
 async fn a_starting_relay_publishes_the_waiting_rows_without_waiting_for_a_poll(pool: PgPool) {
-    let options = pool.connect_options().as_ref().clone();
-    let exchange = testkit::unique("test.outbox");
-    let amqp = testkit::amqp_connection().await;
-    let mut consumer = testkit::subscribe(&amqp, &exchange, "seq.#").await;
-    let writer = OutboxWriter::new();
+    let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.#").await;
     let mut tx = pool.begin().await.unwrap();
     for i in 0..10 {
         // Nobody is woken: only the relay's own start can find these rows.
@@ -134,11 +151,7 @@ async fn a_starting_relay_publishes_the_waiting_rows_without_waiting_for_a_poll(
 /// left empty.
 #[sqlx::test(migrations = "../../migrations/orders")]
 async fn a_backlog_in_full_batches_is_published_once_in_aggregate_order(pool: PgPool) {
-    let options = pool.connect_options().as_ref().clone();
-    let exchange = testkit::unique("test.outbox");
-    let amqp = testkit::amqp_connection().await;
-    let mut consumer = testkit::subscribe(&amqp, &exchange, "seq.#").await;
-    let writer = OutboxWriter::new();
+    let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.#").await;
     let mut tx = pool.begin().await.unwrap();
     for seq in 0..250 {
         for aggregate in ["agg-a", "agg-b", "agg-c", "agg-d"] {
@@ -152,14 +165,7 @@ async fn a_backlog_in_full_batches_is_published_once_in_aggregate_order(pool: Pg
     let (stop, relay) = start(&options, config);
     let received = testkit::receive(&mut consumer, 1_000, Duration::from_secs(30)).await;
     assert_eq!(received.len(), 1_000, "every row is published");
-    let mut next: HashMap<String, usize> = HashMap::new();
-    for delivery in &received {
-        let body = String::from_utf8(delivery.data.clone()).unwrap();
-        let (aggregate, seq) = body.split_once(':').unwrap();
-        let expected = next.entry(aggregate.to_owned()).or_default();
-        assert_eq!(seq.parse::<usize>().unwrap(), *expected, "events of {aggregate} out of order");
-        *expected += 1;
-    }
+    assert_eq!(assert_aggregate_order(&received), 4);
     assert!(testkit::eventually(Duration::from_secs(5), || async { pending(&pool).await == 0 }).await);
     let extra = testkit::receive(&mut consumer, 1, Duration::from_millis(500)).await;
     assert!(extra.is_empty(), "no row is published twice");
@@ -174,11 +180,7 @@ async fn a_backlog_in_full_batches_is_published_once_in_aggregate_order(pool: Pg
 /// still published, once, and nothing is published twice.
 #[sqlx::test(migrations = "../../migrations/orders")]
 async fn a_row_committed_late_below_claimed_ids_is_published(pool: PgPool) {
-    let options = pool.connect_options().as_ref().clone();
-    let exchange = testkit::unique("test.outbox");
-    let amqp = testkit::amqp_connection().await;
-    let mut consumer = testkit::subscribe(&amqp, &exchange, "seq.#").await;
-    let writer = OutboxWriter::new();
+    let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.#").await;
 
     let mut late = pool.begin().await.unwrap();
     let late_receipt = writer.append(&mut late, &message(&exchange, "seq.late", "late", 0)).await.unwrap();
@@ -213,11 +215,7 @@ async fn a_row_committed_late_below_claimed_ids_is_published(pool: PgPool) {
 
 #[sqlx::test(migrations = "../../migrations/orders")]
 async fn published_message_carries_properties_and_headers(pool: PgPool) {
-    let options = pool.connect_options().as_ref().clone();
-    let exchange = testkit::unique("test.outbox");
-    let amqp = testkit::amqp_connection().await;
-    let mut consumer = testkit::subscribe(&amqp, &exchange, "seq.created").await;
-    let writer = OutboxWriter::new();
+    let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.created").await;
     let sent = message(&exchange, "seq.created", "agg-1", 0);
     let mut tx = pool.begin().await.unwrap();
     let _ = writer.append(&mut tx, &sent).await.unwrap();
