@@ -38,16 +38,17 @@ pub(crate) fn notifications_config(database_url: &str, queue_prefix: &str) -> (n
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: SecretString::from(database_url.to_owned()),
-        pool: platform::db::PoolSettings {
-            max_connections: 4,
-            min_connections: 1,
-            acquire_timeout: Duration::from_secs(2),
-        },
+        pool: pool_settings(),
         consumer_enabled: true,
         inbox,
         health_interval: Duration::from_millis(200),
     };
     (config, topology)
+}
+
+/// The database connections both services get in these tests.
+fn pool_settings() -> platform::db::PoolSettings {
+    platform::db::PoolSettings { max_connections: 4, min_connections: 1, acquire_timeout: Duration::from_secs(2) }
 }
 
 /// Orders in `role` on `database_url`, its relay polling and rebalancing every 200 ms.
@@ -63,11 +64,7 @@ pub(crate) fn orders_config(database_url: &str, role: Role) -> Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: SecretString::from(database_url.to_owned()),
-        pool: platform::db::PoolSettings {
-            max_connections: 4,
-            min_connections: 1,
-            acquire_timeout: Duration::from_secs(2),
-        },
+        pool: pool_settings(),
         role,
         relay,
         shutdown_grace: Duration::ZERO,
