@@ -16,7 +16,7 @@
 use std::{collections::HashSet, future::Future};
 
 use platform::telemetry::DbTarget;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tracing::{Instrument, Span};
 use uuid::Uuid;
 
@@ -35,15 +35,37 @@ enum Stop {
     Database(String),
 }
 
-/// Applies every pending item; each one ends `Processed`, `Duplicate`,
-/// `Retry` or `DeadLetter`. Returns whether anything was committed.
-pub(crate) async fn apply<H: Handler>(pool: &PgPool, handler: &H, items: &mut [Item<H::Event>]) -> bool {
+/// Applies every pending item on the connection in `slot`, taking one from
+/// `pool` when it is empty; each item ends `Processed`, `Duplicate`, `Retry` or
+/// `DeadLetter`. Returns whether anything was committed. A lost database
+/// empties the slot.
+pub(crate) async fn apply<H: Handler>(
+    pool: &PgPool,
+    slot: &mut Option<PgConnection>,
+    handler: &H,
+    items: &mut [Item<H::Event>],
+) -> bool {
     let mut pending: Vec<usize> = (0..items.len()).filter(|i| items[*i].outcome == Outcome::Pending).collect();
     if pending.is_empty() {
         return false;
     }
+    let conn = match slot {
+        Some(conn) => conn,
+        // Out of the pool for good, so its release check never runs; a failure
+        // to get one waits the pool's acquire timeout, as every batch did.
+        None => match pool.acquire().await {
+            Ok(conn) => slot.insert(conn.detach()),
+            Err(err) => {
+                let error = format!("database: {err}");
+                for i in &pending {
+                    items[*i].outcome = Outcome::Retry(error.clone());
+                }
+                return false;
+            }
+        },
+    };
     let db = platform::telemetry::otel_active().then(|| DbTarget::of(pool));
-    let mut result = run(pool, handler, items, &pending, false, db.as_ref()).await;
+    let mut result = run(conn, handler, items, &pending, false, db.as_ref()).await;
     if let Err(Stop::HandlerFailed(failed, error)) = result {
         match failed {
             Some(failed) => {
@@ -55,11 +77,13 @@ pub(crate) async fn apply<H: Handler>(pool: &PgPool, handler: &H, items: &mut [I
         for i in &pending {
             items[*i].outcome = Outcome::Pending;
         }
-        result = run(pool, handler, items, &pending, true, db.as_ref()).await;
+        result = run(conn, handler, items, &pending, true, db.as_ref()).await;
     }
     match result {
         Ok(()) => pending.iter().any(|i| items[*i].outcome == Outcome::Processed),
         Err(stop) => {
+            // Whatever state it is in, the next batch starts on a new connection.
+            *slot = None;
             let error = match stop {
                 Stop::Database(error) => error,
                 Stop::HandlerFailed(..) => unreachable!("savepoint runs keep handler failures"),
@@ -80,14 +104,14 @@ fn failure(err: HandlerError) -> Outcome {
 }
 
 async fn run<H: Handler>(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     handler: &H,
     items: &mut [Item<H::Event>],
     pending: &[usize],
     savepoints: bool,
     db: Option<&DbTarget>,
 ) -> Result<(), Stop> {
-    let mut tx = pool.begin().await.map_err(lost)?;
+    let mut tx = conn.begin().await.map_err(lost)?;
     let ids: Vec<Uuid> = pending.iter().filter_map(|i| items[*i].event_id()).collect();
     let spans = statement_spans(db, items, pending, "INSERT", ids.len());
     // Sorted so that two consumers holding the same ids lock them in the same

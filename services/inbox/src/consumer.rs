@@ -13,7 +13,7 @@ use lapin::{
 };
 use platform::backoff::Backoff;
 use secrecy::ExposeSecret;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +31,10 @@ use crate::{
 /// An idempotent consumer of `H::Event` messages.
 pub struct Inbox<H: Handler> {
     pool: PgPool,
+    /// The connection batches run on, taken out of `pool` and kept: a pooled
+    /// one costs a round trip (the pool's check on return) per batch. Dropped
+    /// when the database is lost, and taken again for the next batch.
+    db: tokio::sync::Mutex<Option<PgConnection>>,
     handler: H,
     config: InboxConfig,
     topology: Topology,
@@ -52,6 +56,7 @@ impl<H: Handler> Inbox<H> {
         let topology = config.topology();
         Ok(Self {
             pool,
+            db: tokio::sync::Mutex::new(None),
             handler,
             config,
             topology,
@@ -212,7 +217,7 @@ impl<H: Handler> Inbox<H> {
         let mut items: Vec<_> =
             deliveries.into_iter().map(|delivery| message::prepare::<H>(delivery, &self.topology.main)).collect();
         let applying = items.iter().any(|item| item.outcome == message::Outcome::Pending).then(std::time::Instant::now);
-        let committed = batch::apply(&self.pool, &self.handler, &mut items).await;
+        let committed = batch::apply(&self.pool, &mut *self.db.lock().await, &self.handler, &mut items).await;
         let applied = started.elapsed();
         if let Some(applying) = applying {
             self.metrics.applied(applying.elapsed());

@@ -1,4 +1,4 @@
-//! Losing the broker, shutting down, and throughput.
+//! Losing the broker or the database connection, shutting down, and throughput.
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,49 @@ async fn reconnects_by_itself_after_losing_the_broker(pool: PgPool) {
     let names: Vec<String> =
         sqlx::query_scalar("SELECT name FROM things ORDER BY name").fetch_all(&pool).await.unwrap();
     assert_eq!(names, ["after", "before", "during"]);
+    running.stop().await;
+    broker.delete(&topology).await;
+}
+
+/// The backends that committed last in this test's database: the consumer's
+/// batch connection is the only one that runs transactions.
+async fn committing_backends(pool: &PgPool) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = 'COMMIT' ORDER BY pid",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrations = "../../migrations/notifications")]
+async fn batches_keep_one_connection_and_replace_it_when_it_dies(pool: PgPool) {
+    let (config, topology, broker, _sweep) = setup(&pool, config()).await;
+    let mut running = start(&pool, Recorder::default(), config);
+    running.wait_connected(true).await;
+    let stats = running.stats.clone();
+    let stats = &stats;
+    for n in 1..=3 {
+        broker.publish(&topology.exchange, Uuid::new_v4(), &Thing::named("kept")).await;
+        eventually(|| async move { stats.snapshot().processed == n }).await;
+    }
+    let kept = committing_backends(&pool).await;
+    assert_eq!(kept.len(), 1, "three batches, one connection: {kept:?}");
+
+    // The backend dies between batches, as in a database restart or a failover.
+    let terminated: bool =
+        sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(kept[0]).fetch_one(&pool).await.unwrap();
+    assert!(terminated);
+    broker.publish(&topology.exchange, Uuid::new_v4(), &Thing::named("after")).await;
+    // Its first attempt meets the dead connection and goes to a retry tier; the
+    // next one runs on a new connection.
+    eventually(|| async move { stats.snapshot().processed == 4 }).await;
+    let seen = running.stats.snapshot();
+    assert_eq!((seen.retried, seen.dead_lettered), (1, 0));
+    assert_eq!(count(&pool, "SELECT count(*) FROM things WHERE name = 'after'").await, 1);
+    let replaced = committing_backends(&pool).await;
+    assert_eq!(replaced.len(), 1);
+    assert_ne!(replaced, kept, "the dead connection was replaced");
     running.stop().await;
     broker.delete(&topology).await;
 }
