@@ -7,6 +7,7 @@
 //! `--pipeline-rate` skips the pipeline's search and sustains N orders/s.
 
 mod ceilings;
+mod cpu;
 mod latency;
 mod load;
 mod plan;
@@ -372,6 +373,9 @@ async fn pipeline(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f64) 
     report.set("pipeline.errors", result.errors);
     report.set("pipeline.held", held);
     report.set("pipeline.sustained_attempts", attempts);
+    // Where each order's CPU went during the sustained window (the relay and
+    // consumer finishing its last orders after it are not counted).
+    report.set("pipeline.cpu_us_per_order", window.cpu.clone());
     // Every window, search and sustained, in the order they ran.
     report.set("pipeline.windows", probes);
     report.row(
@@ -386,6 +390,21 @@ async fn pipeline(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f64) 
             if held { "" } else { "; DID NOT HOLD the p99 bound" }
         ),
     );
+    let cpu = &window.cpu;
+    let part = |name: &str| cpu.get(name).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    report.row(
+        "CPU per pipeline order (sustained window)",
+        format!("{:.0} us", part("total")),
+        format!(
+            "postgres {:.0}, rabbitmq {:.0}, orders {:.0}, notifications {:.0}, bench {:.0}; cores {:.0}% busy",
+            part("postgres"),
+            part("rabbitmq"),
+            part("orders"),
+            part("notifications"),
+            part("bench"),
+            part("busy_share_of_cores") * 100.0
+        ),
+    );
     Ok(())
 }
 
@@ -394,6 +413,8 @@ struct PipelineWindow {
     load: load::LoadResult,
     latency: hdrhistogram::Histogram<u64>,
     delivered: bool,
+    /// CPU microseconds per accepted order, by process, over the load window.
+    cpu: serde_json::Value,
 }
 
 impl PipelineWindow {
@@ -422,10 +443,12 @@ async fn pipeline_window(
 ) -> anyhow::Result<PipelineWindow> {
     let bar = spinner(format!("{label} at {rate:.0} orders/s"));
     let before = stack.notification_count().await?;
+    let cpu_before = cpu::CpuSnapshot::take();
     let load = load::open_loop(stack.orders_addr(), rate, duration, &bar).await?;
+    let cpu = cpu_before.per_unit(&cpu::CpuSnapshot::take(), load.ok);
     bar.finish_and_clear();
     let delivered = stack.wait_delivered(before + load.ok as i64, Instant::now(), settle).await.is_ok();
     let latency =
         latency::order_to_notification(&stack.orders_url(), &stack.notifications_url(), &load.order_ids).await?;
-    Ok(PipelineWindow { load, latency, delivered })
+    Ok(PipelineWindow { load, latency, delivered, cpu })
 }

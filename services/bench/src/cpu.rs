@@ -1,0 +1,78 @@
+//! CPU time by process over a window, from `/proc` (Linux): where each order's
+//! cost goes when the pipeline runs, so a profile of the saturated machine
+//! is part of every report instead of a one-off measurement.
+
+use std::collections::BTreeMap;
+
+/// The processes a pipeline order costs CPU in, by the name each goes by in
+/// `/proc/<pid>/stat`: Postgres (every backend and helper), RabbitMQ's Erlang
+/// VM, the two services, and this bench (the load generator).
+const GROUPS: [(&str, &str); 4] =
+    [("postgres", "postgres"), ("beam.smp", "rabbitmq"), ("orders", "orders"), ("notifications", "notifications")];
+
+/// `/proc` counts CPU time in USER_HZ ticks, 100 a second on Linux whatever the kernel's own tick.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// Clock ticks used so far, per group; processes that exit during a window take
+/// their ticks with them, so windows should be steady.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CpuSnapshot {
+    ticks: BTreeMap<&'static str, u64>,
+    at: Option<std::time::Instant>,
+}
+
+impl CpuSnapshot {
+    pub(crate) fn take() -> Self {
+        let mut ticks: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let own = std::process::id().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else { return Self::default() };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+            let command = &stat[open + 1..close];
+            let group = if pid == own {
+                Some("bench")
+            } else {
+                GROUPS.iter().find(|(comm, _)| *comm == command).map(|(_, group)| *group)
+            };
+            let Some(group) = group else { continue };
+            // After the command: state is field 3; utime and stime are fields 14 and 15.
+            let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+            let used = fields
+                .get(11)
+                .zip(fields.get(12))
+                .and_then(|(u, s)| Some(u.parse::<u64>().ok()? + s.parse::<u64>().ok()?));
+            *ticks.entry(group).or_default() += used.unwrap_or(0);
+        }
+        Self { ticks, at: Some(std::time::Instant::now()) }
+    }
+
+    /// CPU microseconds per unit of work (`units` done between `self` and
+    /// `later`) for each group and in total, and the share of the machine's
+    /// cores the groups kept busy.
+    pub(crate) fn per_unit(&self, later: &Self, units: u64) -> serde_json::Value {
+        let tick_us = 1e6 / TICKS_PER_SECOND;
+        let mut out = serde_json::Map::new();
+        let mut total = 0.0;
+        for group in ["postgres", "rabbitmq", "orders", "notifications", "bench"] {
+            let used = later
+                .ticks
+                .get(group)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(self.ticks.get(group).copied().unwrap_or(0));
+            let us = used as f64 * tick_us;
+            total += us;
+            out.insert(group.into(), crate::report::round(us / units.max(1) as f64, 0).into());
+        }
+        out.insert("total".into(), crate::report::round(total / units.max(1) as f64, 0).into());
+        if let (Some(from), Some(to)) = (self.at, later.at) {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            let busy = total / 1e6 / (to - from).as_secs_f64() / cores;
+            out.insert("busy_share_of_cores".into(), crate::report::round(busy, 2).into());
+        }
+        serde_json::Value::Object(out)
+    }
+}
