@@ -56,6 +56,8 @@ impl Config {
         relay.batch_size = parse_or("OUTBOX_BATCH_SIZE", relay.batch_size)?;
         relay.pipeline_depth = parse_or("OUTBOX_PIPELINE_DEPTH", relay.pipeline_depth)?.clamp(1, 16);
         relay.poll_interval = millis_or("OUTBOX_POLL_INTERVAL_MS", relay.poll_interval)?;
+        relay.gather = millis_or("OUTBOX_GATHER_MS", relay.gather)?;
+        relay.gather_from_rate = parse_or("OUTBOX_GATHER_FROM_RATE", relay.gather_from_rate)?;
         relay.backoff_max = millis_or("OUTBOX_BACKOFF_MAX_MS", relay.backoff_max)?;
         relay.retention = Duration::from_secs(3600 * parse_or("OUTBOX_RETENTION_HOURS", 0u64)?);
         // An empty channel name turns LISTEN/NOTIFY off: relays then rely on their poll.

@@ -35,6 +35,17 @@ pub struct RelayConfig {
     pub batch_size: i64,
     /// Batches published ahead of their confirms (1: strictly one at a time).
     pub pipeline_depth: usize,
+    /// Under heavy steady load, how long rows may gather between claims: while
+    /// events arrive at `gather_from_rate` a second or more and a claim does not
+    /// fill a batch, the next claim waits until this long after it. Fuller
+    /// batches cost the broker, the database and the consumer less per event,
+    /// which is what lets the whole pipeline sustain a higher rate; zero claims
+    /// again as soon as a batch is confirmed.
+    pub gather: Duration,
+    /// The arrival rate (events a second, smoothed over claims) from which rows
+    /// gather; below it each claim follows the last at once, so light load
+    /// keeps the lowest latency.
+    pub gather_from_rate: f64,
     /// Fallback poll when no wake-up arrives.
     pub poll_interval: Duration,
     /// How often relays re-share partitions.
@@ -57,6 +68,8 @@ impl RelayConfig {
             exchanges,
             batch_size: 500,
             pipeline_depth: 4,
+            gather: Duration::from_millis(20),
+            gather_from_rate: 1_500.0,
             poll_interval: Duration::from_secs(1),
             rebalance_interval: Duration::from_secs(2),
             confirm_timeout: Duration::from_secs(30),
@@ -68,10 +81,17 @@ impl RelayConfig {
     }
 }
 
-/// How often a relay with batches in flight claims from the start of the
-/// outbox rather than after its newest batch: the longest a row that committed
-/// late, below ids already claimed, waits under sustained load.
+/// How often a relay claims from the start of the outbox rather than near
+/// the newest row it has claimed: the longest a row that committed late, far
+/// below ids already claimed, waits.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How far below the newest id it has claimed a relay with nothing in flight
+/// looks again, for rows that committed after rows with higher ids (ids are
+/// taken at insert, rows become visible at commit). Looking from the start
+/// instead would walk every row deleted since the last vacuum, each claim: at
+/// a few thousand events a second, tens of thousands of dead index entries.
+const LOOKBACK_IDS: i64 = 1_000;
 
 /// What the relay can currently reach; drives its health status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -160,11 +180,16 @@ impl Relay {
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let mut next_rebalance = Instant::now();
         let mut next_sweep = Instant::now();
+        // The newest id claimed on this connection with these partitions.
+        let mut claimed_up_to = 0i64;
         // Whether the last claim came back full: only a backlog is worth
         // claiming ahead of the confirms. Caught up, the relay claims again once
         // its batch is confirmed, so rows committed meanwhile go out together
         // (fewer, fuller batches for the database and the broker at steady load).
         let mut backlog = false;
+        // While rows gather after a claim: no claim before this.
+        let mut gather_until: Option<Instant> = None;
+        let mut arrivals = ArrivalRate::default();
 
         loop {
             if shutdown.is_cancelled() && in_flight.is_empty() {
@@ -179,6 +204,7 @@ impl Relay {
                         tracing::info!(relay = ownership.instance(), "relay connected to the database");
                         db = Some(ownership);
                         next_rebalance = Instant::now();
+                        claimed_up_to = 0;
                     }
                     Err(err) => {
                         self.report(false, broker.is_some(), 0);
@@ -223,6 +249,8 @@ impl Relay {
                     // Short of our share: look again soon, a peer is giving partitions back.
                     Ok(short) => {
                         self.local.set_owned(ownership.partitions());
+                        // A partition taken over may hold rows far below: look from the start.
+                        claimed_up_to = 0;
                         let wait =
                             if short { self.config.rebalance_interval / 8 } else { self.config.rebalance_interval };
                         next_rebalance = Instant::now() + wait;
@@ -241,10 +269,21 @@ impl Relay {
 
             let may_claim = !shutdown.is_cancelled() && !rebalance_due;
             if may_claim && in_flight.len() < self.config.pipeline_depth && (in_flight.is_empty() || backlog) {
-                let claim = self.next_claim(&in_flight, &[], &mut next_sweep);
+                if let Some(until) = gather_until.take().filter(|until| *until > Instant::now()) {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => continue,
+                        _ = tokio::time::sleep_until(until) => {}
+                    }
+                }
+                let claim = self.next_claim(&in_flight, &[], &mut next_sweep, claimed_up_to);
                 let claiming = Instant::now();
                 let claimed = ownership.claim(&claim).await;
                 backlog = claimed.as_ref().is_ok_and(|rows| rows.len() as i64 >= claim.limit);
+                claimed_up_to = newest(claimed.as_deref().unwrap_or_default(), claimed_up_to);
+                gather_until = claimed
+                    .as_ref()
+                    .ok()
+                    .and_then(|rows| self.gather_after(&mut arrivals, rows.len(), &claim, claiming));
                 match claimed {
                     Ok(rows) if !rows.is_empty() => {
                         in_flight.push_back(self.publish(publisher, rows, claiming).await);
@@ -276,8 +315,10 @@ impl Relay {
             let confirmed: Vec<i64> =
                 rows.iter().zip(&outcomes).filter(|(_, o)| **o == Outcome::Confirmed).map(|(r, _)| r.id).collect();
             // The next batch is claimed while this one is marked, each on its own connection.
-            let next = (may_claim && broken.is_none() && (in_flight.is_empty() || backlog))
-                .then(|| self.next_claim(&in_flight, &rows, &mut next_sweep));
+            // Rows gathering after a busy claim are claimed at the top of the loop, in time.
+            let gathering = gather_until.is_some_and(|until| until > Instant::now());
+            let next = (may_claim && broken.is_none() && (in_flight.is_empty() || backlog) && !gathering)
+                .then(|| self.next_claim(&in_flight, &rows, &mut next_sweep, claimed_up_to));
             let archive = !self.config.retention.is_zero();
             // They close when both statements are done: with a claim beside, a little late.
             let spans = self.mark_spans(&batch.contexts, &outcomes, confirmed.len());
@@ -297,6 +338,8 @@ impl Relay {
             );
             if let (Some(claim), Ok(rows)) = (&next, &claimed) {
                 backlog = rows.len() as i64 >= claim.limit;
+                claimed_up_to = newest(rows, claimed_up_to);
+                gather_until = self.gather_after(&mut arrivals, rows.len(), claim, marking);
             }
             match claimed {
                 Ok(next) if !next.is_empty() => in_flight.push_back(self.publish(publisher, next, marking).await),
@@ -356,16 +399,41 @@ impl Relay {
         tracing::info!("relay stopped");
     }
 
+    /// When the claim after one of `claimed` rows (started at `started`) may
+    /// run: later only while events arrive fast and that claim was not full.
+    fn gather_after(
+        &self,
+        arrivals: &mut ArrivalRate,
+        claimed: usize,
+        claim: &Claim,
+        started: Instant,
+    ) -> Option<Instant> {
+        let per_s = arrivals.update(claimed, started);
+        let gather = !self.config.gather.is_zero() && per_s >= self.config.gather_from_rate;
+        (gather && (claimed as i64) < claim.limit).then(|| started + self.config.gather)
+    }
+
     /// The rows to claim after those published and not yet marked: `in_flight`
-    /// and `settling` (a settled batch being marked). Usually the rows after the
-    /// newest of them; on a sweep (nothing else in flight, or once every
-    /// [`SWEEP_INTERVAL`]) every pending row but them.
-    fn next_claim(&self, in_flight: &VecDeque<Batch>, settling: &[PendingRow], next_sweep: &mut Instant) -> Claim {
+    /// and `settling` (a settled batch being marked). With batches in flight,
+    /// the rows after the newest of them; with none, the rows from
+    /// [`LOOKBACK_IDS`] below `claimed_up_to` on; once every [`SWEEP_INTERVAL`],
+    /// every pending row. Outstanding rows are left out of the last two.
+    fn next_claim(
+        &self,
+        in_flight: &VecDeque<Batch>,
+        settling: &[PendingRow],
+        next_sweep: &mut Instant,
+        claimed_up_to: i64,
+    ) -> Claim {
         let outstanding = || in_flight.iter().map(|b| b.rows.as_slice()).chain([settling]);
-        if in_flight.is_empty() || Instant::now() >= *next_sweep {
+        let sweep = Instant::now() >= *next_sweep;
+        if sweep {
             *next_sweep = Instant::now() + SWEEP_INTERVAL;
-            let exclude = outstanding().flat_map(|rows| rows.iter().map(|r| r.id)).collect();
-            Claim { limit: self.config.batch_size, after: 0, exclude }
+        }
+        if sweep || in_flight.is_empty() {
+            let after = if sweep { 0 } else { claimed_up_to.saturating_sub(LOOKBACK_IDS).max(0) };
+            let exclude = outstanding().flat_map(|rows| rows.iter().map(|r| r.id)).filter(|id| *id > after).collect();
+            Claim { limit: self.config.batch_size, after, exclude }
         } else {
             // Rows are claimed in id order: a batch's last row is its highest.
             let after = outstanding().filter_map(|rows| rows.last()).map(|r| r.id).max().unwrap_or(0);
@@ -422,6 +490,31 @@ async fn sleep_or_stop(delay: Duration, shutdown: &CancellationToken) {
     }
 }
 
+/// The highest id among claimed `rows` (in id order) and `up_to`.
+fn newest(rows: &[PendingRow], up_to: i64) -> i64 {
+    rows.last().map_or(up_to, |row| row.id.max(up_to))
+}
+
+/// Events a second reaching the relay: the rows its claims return, as an
+/// exponentially decaying rate over about [`ARRIVAL_WINDOW`], so a burst of a
+/// few rows does not read as heavy load.
+#[derive(Debug, Default)]
+struct ArrivalRate {
+    last: Option<Instant>,
+    per_s: f64,
+}
+
+const ARRIVAL_WINDOW: Duration = Duration::from_millis(250);
+
+impl ArrivalRate {
+    fn update(&mut self, rows: usize, at: Instant) -> f64 {
+        let window = ARRIVAL_WINDOW.as_secs_f64();
+        let elapsed = self.last.replace(at).map_or(0.0, |last| at.saturating_duration_since(last).as_secs_f64());
+        self.per_s = self.per_s * (-elapsed / window).exp() + rows as f64 / window;
+        self.per_s
+    }
+}
+
 /// Turns NOTIFYs on `channel` into wake-ups; a reconnect also wakes the relay
 /// since notifications may have been missed meanwhile.
 async fn listen(options: PgConnectOptions, channel: String, waker: Arc<Notify>, stop: CancellationToken) {
@@ -457,5 +550,50 @@ async fn listen(options: PgConnectOptions, channel: String, waker: Arc<Notify>, 
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds claims of `rows` every `every` for a second; returns the highest estimate.
+    fn highest(rows: usize, every: Duration) -> f64 {
+        let (mut rate, start) = (ArrivalRate::default(), Instant::now());
+        (0..(1_000 / every.as_millis() as u32)).map(|i| rate.update(rows, start + every * i)).fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn the_arrival_rate_follows_steady_load() {
+        // 1,000 events a second in claims of 5 every 5 ms, or of 20 every 20 ms.
+        for (rows, every) in [(5, 5), (20, 20)] {
+            let mut rate = ArrivalRate::default();
+            let start = Instant::now();
+            let mut last = 0.0;
+            for i in 0..200 {
+                last = rate.update(rows, start + Duration::from_millis(every * i));
+            }
+            assert!((900.0..1_150.0).contains(&last), "{rows} every {every} ms read as {last:.0}/s");
+        }
+    }
+
+    #[test]
+    fn a_burst_at_light_load_does_not_read_as_heavy() {
+        // 1,000 a second, arriving as 25 rows every 25 ms: still under the 1,500 default.
+        assert!(highest(25, Duration::from_millis(25)) < 1_500.0);
+        // 100 a second in single rows never comes close.
+        assert!(highest(1, Duration::from_millis(10)) < 150.0);
+        // 3,000 a second does cross it.
+        assert!(highest(30, Duration::from_millis(10)) > 1_500.0);
+    }
+
+    #[test]
+    fn an_idle_gap_brings_the_rate_down() {
+        let (mut rate, start) = (ArrivalRate::default(), Instant::now());
+        for i in 0..100 {
+            rate.update(30, start + Duration::from_millis(10 * i));
+        }
+        let after_gap = rate.update(1, start + Duration::from_millis(990 + 2_000));
+        assert!(after_gap < 100.0, "{after_gap:.0}/s after two idle seconds");
     }
 }

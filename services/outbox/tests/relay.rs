@@ -175,6 +175,45 @@ async fn a_backlog_in_full_batches_is_published_once_in_aggregate_order(pool: Pg
     testkit::delete_exchange(&amqp, &exchange).await;
 }
 
+/// Under heavy steady load the relay lets rows gather between claims: a row
+/// committed right after a claim waits out the gather interval, then goes out.
+#[sqlx::test(migrations = "../../migrations/orders")]
+async fn under_heavy_load_rows_gather_between_claims(pool: PgPool) {
+    let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.#").await;
+    let mut config = config(&exchange);
+    config.gather = Duration::from_secs(1);
+    // Every claim counts as heavy load.
+    config.gather_from_rate = 0.0;
+    let (stop, relay) = start(&options, config);
+
+    let append = |aggregate: &'static str| {
+        let (pool, writer, exchange) = (pool.clone(), writer.clone(), exchange.clone());
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            let receipt = writer.append(&mut tx, &message(&exchange, "seq.created", aggregate, 0)).await.unwrap();
+            tx.commit().await.unwrap();
+            // Nothing to wake in this test: the relay finds it on its 100 ms poll.
+            let _ = receipt;
+        }
+    };
+    append("first").await;
+    let first = testkit::receive(&mut consumer, 1, Duration::from_secs(10)).await;
+    assert_eq!(first.len(), 1);
+    let first_at = std::time::Instant::now();
+    append("second").await;
+    let second = testkit::receive(&mut consumer, 1, Duration::from_secs(10)).await;
+    assert_eq!(second.len(), 1, "the gathered row goes out");
+    assert_eq!(second[0].data, b"second:0");
+    // Its claim waits a second from the first one's, which came before the first arrived.
+    let waited = first_at.elapsed();
+    assert!(waited >= Duration::from_millis(500), "claimed again after {waited:?}");
+    assert!(testkit::eventually(Duration::from_secs(5), || async { pending(&pool).await == 0 }).await);
+
+    stop.cancel();
+    relay.await.unwrap();
+    testkit::delete_exchange(&amqp, &exchange).await;
+}
+
 /// A transaction that took its id early and commits late leaves a row below
 /// ids the relay has already claimed, while batches are in flight: it is
 /// still published, once, and nothing is published twice.
