@@ -48,12 +48,21 @@ pub fn router_with_health_and_reflection(
     let reflection_v1alpha =
         configure().with_service_name("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?;
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .layer(RpcMetricsLayer::new(registry))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     Ok((router, reporter))
 }
+
+/// Calls one client connection may have in flight at once (HTTP/2
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`). tonic leaves it unlimited: a client
+/// sending faster than the database commits then parks every waiting call,
+/// its request and its stream in the server's memory (orders grew from 25 to
+/// 37 MiB in a few seconds at 4,500 calls a second over 16 connections). With
+/// a limit the client waits for a free stream instead.
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
 
 /// Binds `addr` (port 0 picks a free port) and returns the listener with the
 /// address it got.

@@ -107,3 +107,27 @@ mod reflection {
         (v1_names, v1alpha_names)
     }
 }
+
+/// The server caps the calls one connection may have in flight: a client
+/// sending faster than orders commit waits for a stream instead of parking
+/// every call in the server's memory.
+#[sqlx::test(migrations = false)]
+async fn a_connection_may_have_a_bounded_number_of_calls_in_flight(pool: PgPool) {
+    let app = spawn_app(&pool, Options::default()).await;
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    // The limit arrives with the server's SETTINGS; before that h2 assumes none.
+    let advertised = || {
+        let client = client.clone();
+        async move {
+            // Polling for readiness lets the client take in the server's settings.
+            let client = client.ready().await.unwrap();
+            client.current_max_send_streams() == platform::grpc::MAX_CONCURRENT_STREAMS as usize
+        }
+    };
+    assert!(testkit::eventually(Duration::from_secs(5), advertised).await, "{}", client.current_max_send_streams());
+    // Closed, so the server's graceful shutdown does not wait for it.
+    drop(client);
+    connection.abort();
+}
