@@ -60,6 +60,7 @@ impl Config {
         relay.gather_from_rate = parse_or("OUTBOX_GATHER_FROM_RATE", relay.gather_from_rate)?;
         relay.backoff_max = millis_or("OUTBOX_BACKOFF_MAX_MS", relay.backoff_max)?;
         relay.retention = Duration::from_secs(3600 * parse_or("OUTBOX_RETENTION_HOURS", 0u64)?);
+        relay.vacuum_every = parse_or("OUTBOX_VACUUM_EVERY_ROWS", relay.vacuum_every)?;
         // An empty channel name turns LISTEN/NOTIFY off: relays then rely on their poll.
         let channel =
             std::env::var("OUTBOX_NOTIFY_CHANNEL").unwrap_or_else(|_| outbox::DEFAULT_NOTIFY_CHANNEL.to_owned());

@@ -32,6 +32,7 @@ mod ownership;
 mod publisher;
 mod relay;
 mod retention;
+mod vacuum;
 
 pub use message::{
     Appended, DEFAULT_NOTIFY_CHANNEL, LocalRelay, OutboxMessage, OutboxWriter, PARTITIONS, insert_from, partition_of,

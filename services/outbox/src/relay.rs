@@ -20,7 +20,7 @@ use crate::{
     metrics::RelayMetrics,
     ownership::{Claim, Ownership, PendingRow},
     publisher::{Outcome, Publisher},
-    retention,
+    retention, vacuum,
 };
 
 /// How a relay behaves; every field has a working default.
@@ -54,6 +54,9 @@ pub struct RelayConfig {
     pub confirm_timeout: Duration,
     /// Published rows kept in `outbox_archive`; zero deletes them at once.
     pub retention: Duration,
+    /// The relay vacuums `outbox_messages` each time it has deleted this many
+    /// rows (see the `vacuum` module); zero leaves the table to autovacuum.
+    pub vacuum_every: u64,
     /// Postgres channel to LISTEN on; None relies on the local waker and the poll.
     pub notify_channel: Option<String>,
     pub backoff_initial: Duration,
@@ -74,6 +77,7 @@ impl RelayConfig {
             rebalance_interval: Duration::from_secs(2),
             confirm_timeout: Duration::from_secs(30),
             retention: Duration::ZERO,
+            vacuum_every: 10_000,
             notify_channel: Some(DEFAULT_NOTIFY_CHANNEL.to_owned()),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
@@ -125,6 +129,8 @@ pub struct Relay {
     metrics: RelayMetrics,
     /// Whether the backlog sampler runs (only with a registry someone scrapes).
     sample_backlog: bool,
+    /// Rows deleted since the last vacuum.
+    deleted: vacuum::Deleted,
 }
 
 impl Relay {
@@ -139,6 +145,7 @@ impl Relay {
             status: watch::Sender::new(RelayStatus::default()),
             metrics: RelayMetrics::new(&platform::metrics::Registry::new()),
             sample_backlog: false,
+            deleted: vacuum::Deleted::default(),
         }
     }
 
@@ -165,6 +172,10 @@ impl Relay {
         }
         if self.sample_backlog {
             tokio::spawn(self.metrics.clone().sample(self.options.clone(), tasks.clone()));
+        }
+        if self.config.vacuum_every > 0 {
+            let (options, deleted) = (self.options.clone(), self.deleted.clone());
+            tokio::spawn(vacuum::maintain(options, deleted, self.config.vacuum_every, tasks.clone()));
         }
         self.relay(&shutdown).await;
         tasks.cancel();
@@ -324,6 +335,9 @@ impl Relay {
             let spans = self.mark_spans(&batch.contexts, &outcomes, confirmed.len());
             let (marked, claimed) = ownership.mark_and_claim(&confirmed, archive, next.as_ref()).await;
             drop(spans);
+            if let Ok(rows) = marked {
+                self.deleted.add(rows);
+            }
             if let Err(err) = marked {
                 // Confirmed but not marked: they will be published again (at least once).
                 tracing::warn!(error = %err, rows = confirmed.len(), "relay could not mark confirmed rows");

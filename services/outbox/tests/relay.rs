@@ -214,6 +214,37 @@ async fn under_heavy_load_rows_gather_between_claims(pool: PgPool) {
     testkit::delete_exchange(&amqp, &exchange).await;
 }
 
+/// The relay vacuums the outbox itself once it has deleted enough rows:
+/// autovacuum may be a minute away, or off.
+#[sqlx::test(migrations = "../../migrations/orders")]
+async fn the_relay_vacuums_the_outbox_after_deleting_enough_rows(pool: PgPool) {
+    let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.#").await;
+    let mut tx = pool.begin().await.unwrap();
+    for seq in 0..1_500 {
+        let _ = writer.append(&mut tx, &message(&exchange, "seq.created", "agg", seq)).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let mut config = config(&exchange);
+    config.vacuum_every = 1_000;
+    let (stop, relay) = start(&options, config);
+    assert_eq!(testkit::receive(&mut consumer, 1_500, Duration::from_secs(30)).await.len(), 1_500);
+    let vacuumed = || async {
+        let count: i64 =
+            sqlx::query_scalar("SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox_messages'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        count >= 1
+    };
+    assert!(testkit::eventually(Duration::from_secs(10), vacuumed).await, "no vacuum after 1,500 deleted rows");
+    assert_eq!(pending(&pool).await, 0);
+
+    stop.cancel();
+    relay.await.unwrap();
+    testkit::delete_exchange(&amqp, &exchange).await;
+}
+
 /// A transaction that took its id early and commits late leaves a row below
 /// ids the relay has already claimed, while batches are in flight: it is
 /// still published, once, and nothing is published twice.
