@@ -70,6 +70,18 @@ fn assert_aggregate_order(received: &[lapin::message::Delivery]) -> usize {
     next.len()
 }
 
+/// The outbox is empty within five seconds.
+async fn assert_outbox_empties(pool: &PgPool) {
+    assert!(testkit::eventually(Duration::from_secs(5), || async { pending(pool).await == 0 }).await, "rows left");
+}
+
+/// Stops a relay, waits for it to return, and removes the test's exchange.
+async fn finish(stop: CancellationToken, relay: tokio::task::JoinHandle<()>, amqp: &lapin::Connection, exchange: &str) {
+    stop.cancel();
+    relay.await.unwrap();
+    testkit::delete_exchange(amqp, exchange).await;
+}
+
 fn start(options: &PgConnectOptions, config: RelayConfig) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let stop = CancellationToken::new();
     let relay = Relay::new(options.clone(), config, None);
@@ -114,11 +126,9 @@ async fn two_relays_publish_every_row_once_in_aggregate_order(pool: PgPool) {
         assert!(ids.insert(id), "duplicate message id");
     }
     assert_eq!(assert_aggregate_order(&received), 50);
-    assert!(testkit::eventually(Duration::from_secs(5), || async { pending(&pool).await == 0 }).await);
+    assert_outbox_empties(&pool).await;
 
-    stop_b.cancel();
-    relay_b.await.unwrap();
-    testkit::delete_exchange(&amqp, &exchange).await;
+    finish(stop_b, relay_b, &amqp, &exchange).await;
 }
 
 /// A relay that starts over rows already waiting publishes them at once: it
@@ -141,9 +151,7 @@ async fn a_starting_relay_publishes_the_waiting_rows_without_waiting_for_a_poll(
     let received = testkit::receive(&mut consumer, 10, Duration::from_secs(10)).await;
     assert_eq!(received.len(), 10, "published on start, long before the 60 s poll");
 
-    stop.cancel();
-    relay.await.unwrap();
-    testkit::delete_exchange(&amqp, &exchange).await;
+    finish(stop, relay, &amqp, &exchange).await;
 }
 
 /// A backlog claimed in full batches (500 rows, published a hundred at a time)
@@ -166,13 +174,11 @@ async fn a_backlog_in_full_batches_is_published_once_in_aggregate_order(pool: Pg
     let received = testkit::receive(&mut consumer, 1_000, Duration::from_secs(30)).await;
     assert_eq!(received.len(), 1_000, "every row is published");
     assert_eq!(assert_aggregate_order(&received), 4);
-    assert!(testkit::eventually(Duration::from_secs(5), || async { pending(&pool).await == 0 }).await);
+    assert_outbox_empties(&pool).await;
     let extra = testkit::receive(&mut consumer, 1, Duration::from_millis(500)).await;
     assert!(extra.is_empty(), "no row is published twice");
 
-    stop.cancel();
-    relay.await.unwrap();
-    testkit::delete_exchange(&amqp, &exchange).await;
+    finish(stop, relay, &amqp, &exchange).await;
 }
 
 /// Under heavy steady load the relay lets rows gather between claims: a row
@@ -207,11 +213,9 @@ async fn under_heavy_load_rows_gather_between_claims(pool: PgPool) {
     // Its claim waits a second from the first one's, which came before the first arrived.
     let waited = first_at.elapsed();
     assert!(waited >= Duration::from_millis(500), "claimed again after {waited:?}");
-    assert!(testkit::eventually(Duration::from_secs(5), || async { pending(&pool).await == 0 }).await);
+    assert_outbox_empties(&pool).await;
 
-    stop.cancel();
-    relay.await.unwrap();
-    testkit::delete_exchange(&amqp, &exchange).await;
+    finish(stop, relay, &amqp, &exchange).await;
 }
 
 /// The relay vacuums the outbox itself once it has deleted enough rows:
@@ -240,9 +244,7 @@ async fn the_relay_vacuums_the_outbox_after_deleting_enough_rows(pool: PgPool) {
     assert!(testkit::eventually(Duration::from_secs(10), vacuumed).await, "no vacuum after 1,500 deleted rows");
     assert_eq!(pending(&pool).await, 0);
 
-    stop.cancel();
-    relay.await.unwrap();
-    testkit::delete_exchange(&amqp, &exchange).await;
+    finish(stop, relay, &amqp, &exchange).await;
 }
 
 /// A transaction that took its id early and commits late leaves a row below
@@ -276,11 +278,9 @@ async fn a_row_committed_late_below_claimed_ids_is_published(pool: PgPool) {
         received.iter().map(|d| d.properties.message_id().as_ref().unwrap().to_string()).collect();
     assert_eq!(ids.len(), 3_001, "no duplicate message id");
     assert!(received.iter().any(|d| d.data == b"late:0"), "the late row is among them");
-    assert!(testkit::eventually(Duration::from_secs(5), || async { pending(&pool).await == 0 }).await);
+    assert_outbox_empties(&pool).await;
 
-    stop.cancel();
-    relay.await.unwrap();
-    testkit::delete_exchange(&amqp, &exchange).await;
+    finish(stop, relay, &amqp, &exchange).await;
 }
 
 #[sqlx::test(migrations = "../../migrations/orders")]
@@ -316,16 +316,14 @@ async fn published_message_carries_properties_and_headers(pool: PgPool) {
     assert_eq!(delivery.data, b"agg-1:0");
 
     // With a retention, published rows leave the live table and wait in the archive.
-    assert!(testkit::eventually(Duration::from_secs(5), || async { pending(&pool).await == 0 }).await);
+    assert_outbox_empties(&pool).await;
     let archived: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_archive WHERE event_id = $1")
         .bind(sent.event_id)
         .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(archived, 1);
-    stop.cancel();
-    relay.await.unwrap();
-    testkit::delete_exchange(&amqp, &exchange).await;
+    finish(stop, relay, &amqp, &exchange).await;
 }
 
 #[sqlx::test(migrations = "../../migrations/orders")]
@@ -355,10 +353,8 @@ async fn unroutable_message_stays_pending_until_a_queue_is_bound(pool: PgPool) {
     let mut consumer = testkit::subscribe(&amqp, &exchange, "nobody.listens").await;
     let received = testkit::receive(&mut consumer, 1, Duration::from_secs(10)).await;
     assert_eq!(received.len(), 1, "published once a queue is bound");
-    assert!(testkit::eventually(Duration::from_secs(5), || async { pending(&pool).await == 0 }).await);
-    stop.cancel();
-    relay.await.unwrap();
-    testkit::delete_exchange(&amqp, &exchange).await;
+    assert_outbox_empties(&pool).await;
+    finish(stop, relay, &amqp, &exchange).await;
 }
 
 #[sqlx::test(migrations = "../../migrations/orders")]
