@@ -125,6 +125,10 @@ impl<H: Handler> Inbox<H> {
             }
         }
         self.connected.send_replace(false);
+        if let Some(conn) = self.db.lock().await.take() {
+            // A goodbye, not a dropped socket, in the server's log.
+            let _ = sqlx::Connection::close(conn).await;
+        }
         prune_stop.cancel();
         let _ = pruner.await;
         tracing::info!(queue = %self.topology.main, "inbox stopped");
