@@ -68,6 +68,15 @@ impl Config {
         if !(1..=10_000).contains(&relay.batch_size) {
             return Err(ConfigError::Invalid { name: "OUTBOX_BATCH_SIZE".into(), reason: "must be 1 to 10000".into() });
         }
+        if relay.gather > Duration::from_secs(1) {
+            return Err(ConfigError::Invalid { name: "OUTBOX_GATHER_MS".into(), reason: "must be 0 to 1000".into() });
+        }
+        if !(relay.gather_from_rate.is_finite() && relay.gather_from_rate >= 0.0) {
+            return Err(ConfigError::Invalid {
+                name: "OUTBOX_GATHER_FROM_RATE".into(),
+                reason: "must be a number of events a second, 0 or more".into(),
+            });
+        }
         Ok(Self {
             grpc_addr: addr_or("ORDERS_GRPC_ADDR", "0.0.0.0:50051")?,
             metrics_addr: addr_or("ORDERS_METRICS_ADDR", "0.0.0.0:9464")?,

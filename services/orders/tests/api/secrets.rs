@@ -1,5 +1,6 @@
-//! No credential reaches a log line or an error: the real binary, started
-//! against unreachable servers with passwords in their URLs, at debug level.
+//! Start-up failures of the real binary: no credential reaches a log line or
+//! an error (started against unreachable servers with passwords in their URLs,
+//! at debug level), and unusable settings are refused by name.
 
 use std::time::Duration;
 
@@ -8,9 +9,15 @@ const AMQP_PASSWORD: &str = "amqps3cret";
 
 /// Runs the `orders` binary with `database_url` and returns its exit status and everything it printed.
 async fn run_orders(database_url: &str) -> (std::process::ExitStatus, String) {
+    run_orders_with(database_url, &[]).await
+}
+
+/// The same, with `extra` environment variables.
+async fn run_orders_with(database_url: &str, extra: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
     let output = tokio::time::timeout(
         Duration::from_secs(30),
         tokio::process::Command::new(env!("CARGO_BIN_EXE_orders"))
+            .envs(extra.iter().copied())
             .env("ORDERS_DATABASE_URL", database_url)
             .env("AMQP_URL", format!("amqp://guest:{AMQP_PASSWORD}@127.0.0.1:1/%2f"))
             .env("ORDERS_GRPC_ADDR", "127.0.0.1:0")
@@ -43,4 +50,17 @@ async fn an_invalid_database_url_is_reported_without_its_password() {
     assert!(!status.success());
     assert!(printed.contains("ORDERS_DATABASE_URL"), "the variable is named: {printed}");
     assert!(!printed.contains(DB_PASSWORD), "{printed}");
+}
+
+#[tokio::test]
+async fn unusable_relay_settings_are_refused_by_name() {
+    let url = format!("postgres://postgres:{DB_PASSWORD}@127.0.0.1:1/x");
+    for (name, value) in
+        [("OUTBOX_GATHER_FROM_RATE", "-5"), ("OUTBOX_GATHER_FROM_RATE", "NaN"), ("OUTBOX_GATHER_MS", "5000")]
+    {
+        let (status, printed) = run_orders_with(&url, &[(name, value)]).await;
+        assert!(!status.success(), "{name}={value} was accepted");
+        assert!(printed.contains(name), "{name}={value}: the variable is named: {printed}");
+        assert!(!printed.contains("cannot connect"), "{name}={value}: refused before connecting: {printed}");
+    }
 }
