@@ -35,6 +35,16 @@ fn message(exchange: &str, routing_key: &str, aggregate: &str, seq: usize) -> Ou
     }
 }
 
+/// Appends `messages` in one transaction and commits it, waking nobody: a
+/// relay finds the rows on its start, its poll or a claim of its own.
+async fn commit_unannounced(pool: &PgPool, writer: &OutboxWriter, messages: impl IntoIterator<Item = OutboxMessage>) {
+    let mut tx = pool.begin().await.unwrap();
+    for message in messages {
+        let _ = writer.append(&mut tx, &message).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
 async fn pending(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM outbox_messages").fetch_one(pool).await.unwrap()
 }
@@ -136,12 +146,9 @@ async fn two_relays_publish_every_row_once_in_aggregate_order(pool: PgPool) {
 #[sqlx::test(migrations = "../../migrations/orders")]
 async fn a_starting_relay_publishes_the_waiting_rows_without_waiting_for_a_poll(pool: PgPool) {
     let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.#").await;
-    let mut tx = pool.begin().await.unwrap();
-    for i in 0..10 {
-        // Nobody is woken: only the relay's own start can find these rows.
-        let _ = writer.append(&mut tx, &message(&exchange, "seq.created", &format!("agg-{i}"), 0)).await.unwrap();
-    }
-    tx.commit().await.unwrap();
+    // Nobody is woken: only the relay's own start can find these rows.
+    let rows = (0..10).map(|i| message(&exchange, "seq.created", &format!("agg-{i}"), 0));
+    commit_unannounced(&pool, &writer, rows).await;
 
     let mut config = config(&exchange);
     config.notify_channel = None;
@@ -160,13 +167,10 @@ async fn a_starting_relay_publishes_the_waiting_rows_without_waiting_for_a_poll(
 #[sqlx::test(migrations = "../../migrations/orders")]
 async fn a_backlog_in_full_batches_is_published_once_in_aggregate_order(pool: PgPool) {
     let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.#").await;
-    let mut tx = pool.begin().await.unwrap();
-    for seq in 0..250 {
-        for aggregate in ["agg-a", "agg-b", "agg-c", "agg-d"] {
-            let _ = writer.append(&mut tx, &message(&exchange, "seq.created", aggregate, seq)).await.unwrap();
-        }
-    }
-    tx.commit().await.unwrap();
+    let rows = (0..250)
+        .flat_map(|seq| ["agg-a", "agg-b", "agg-c", "agg-d"].map(|aggregate| (aggregate, seq)))
+        .map(|(aggregate, seq)| message(&exchange, "seq.created", aggregate, seq));
+    commit_unannounced(&pool, &writer, rows).await;
 
     let mut config = config(&exchange);
     config.batch_size = 500;
@@ -192,16 +196,8 @@ async fn under_heavy_load_rows_gather_between_claims(pool: PgPool) {
     config.gather_from_rate = 0.0;
     let (stop, relay) = start(&options, config);
 
-    let append = |aggregate: &'static str| {
-        let (pool, writer, exchange) = (pool.clone(), writer.clone(), exchange.clone());
-        async move {
-            let mut tx = pool.begin().await.unwrap();
-            let receipt = writer.append(&mut tx, &message(&exchange, "seq.created", aggregate, 0)).await.unwrap();
-            tx.commit().await.unwrap();
-            // Nothing to wake in this test: the relay finds it on its 100 ms poll.
-            let _ = receipt;
-        }
-    };
+    // Nothing to wake in this test: the relay finds each row on its 100 ms poll.
+    let append = |aggregate| commit_unannounced(&pool, &writer, [message(&exchange, "seq.created", aggregate, 0)]);
     append("first").await;
     let first = testkit::receive(&mut consumer, 1, Duration::from_secs(10)).await;
     assert_eq!(first.len(), 1);
@@ -223,11 +219,7 @@ async fn under_heavy_load_rows_gather_between_claims(pool: PgPool) {
 #[sqlx::test(migrations = "../../migrations/orders")]
 async fn the_relay_vacuums_the_outbox_after_deleting_enough_rows(pool: PgPool) {
     let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.#").await;
-    let mut tx = pool.begin().await.unwrap();
-    for seq in 0..1_500 {
-        let _ = writer.append(&mut tx, &message(&exchange, "seq.created", "agg", seq)).await.unwrap();
-    }
-    tx.commit().await.unwrap();
+    commit_unannounced(&pool, &writer, (0..1_500).map(|seq| message(&exchange, "seq.created", "agg", seq))).await;
 
     let mut config = config(&exchange);
     config.vacuum_every = 1_000;
@@ -257,13 +249,9 @@ async fn a_row_committed_late_below_claimed_ids_is_published(pool: PgPool) {
     let mut late = pool.begin().await.unwrap();
     let late_receipt = writer.append(&mut late, &message(&exchange, "seq.late", "late", 0)).await.unwrap();
     for wave in 0..30 {
-        let mut tx = pool.begin().await.unwrap();
-        for i in 0..100 {
-            // Committed before the relay starts: nobody to wake.
-            let _ =
-                writer.append(&mut tx, &message(&exchange, "seq.created", &format!("agg-{i}"), wave)).await.unwrap();
-        }
-        tx.commit().await.unwrap();
+        // Committed before the relay starts: nobody to wake.
+        let rows = (0..100).map(|i| message(&exchange, "seq.created", &format!("agg-{i}"), wave));
+        commit_unannounced(&pool, &writer, rows).await;
     }
     let (stop, relay) = start(&options, config(&exchange));
     let mut received = testkit::receive(&mut consumer, 300, Duration::from_secs(30)).await;
@@ -287,9 +275,7 @@ async fn a_row_committed_late_below_claimed_ids_is_published(pool: PgPool) {
 async fn published_message_carries_properties_and_headers(pool: PgPool) {
     let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.created").await;
     let sent = message(&exchange, "seq.created", "agg-1", 0);
-    let mut tx = pool.begin().await.unwrap();
-    let _ = writer.append(&mut tx, &sent).await.unwrap();
-    tx.commit().await.unwrap();
+    commit_unannounced(&pool, &writer, [sent.clone()]).await;
 
     let mut archiving = config(&exchange);
     archiving.retention = Duration::from_secs(3600);
@@ -332,9 +318,7 @@ async fn unroutable_message_stays_pending_until_a_queue_is_bound(pool: PgPool) {
     let exchange = testkit::unique("test.outbox");
     let writer = OutboxWriter::new();
     let sent = message(&exchange, "nobody.listens", "agg-1", 0);
-    let mut tx = pool.begin().await.unwrap();
-    let _ = writer.append(&mut tx, &sent).await.unwrap();
-    tx.commit().await.unwrap();
+    commit_unannounced(&pool, &writer, [sent.clone()]).await;
 
     let (stop, relay) = start(&options, config(&exchange));
     let failed = testkit::eventually(Duration::from_secs(10), || async {
