@@ -16,12 +16,20 @@ use lapin::{
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use uuid::Uuid;
 
-/// Transactions per second of [`two_inserts`]
-/// at `concurrency` connections for `duration`, on a database migrated like Orders'.
-pub(crate) async fn pg_two_inserts(url: &str, concurrency: usize, duration: Duration) -> anyhow::Result<f64> {
+use crate::cpu::CpuSnapshot;
+
+/// Transactions per second of [`two_inserts`] at `concurrency` connections
+/// for `duration`, on a database migrated like Orders', and the CPU each took
+/// by process ([`CpuSnapshot::per_unit`]).
+pub(crate) async fn pg_two_inserts(
+    url: &str,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<(f64, serde_json::Value)> {
     let pool = PgPoolOptions::new().max_connections(concurrency as u32).connect(url).await?;
     sqlx::migrate!("../../migrations/orders").run(&pool).await?;
     sqlx::query("TRUNCATE orders, outbox_messages").execute(&pool).await?;
+    let cpu_before = CpuSnapshot::take();
     let started = Instant::now();
     let workers = (0..concurrency).map(|_| {
         let pool = pool.clone();
@@ -39,8 +47,9 @@ pub(crate) async fn pg_two_inserts(url: &str, concurrency: usize, duration: Dura
         total += worker??;
     }
     let tps = total as f64 / started.elapsed().as_secs_f64();
+    let cpu = cpu_before.per_unit(&CpuSnapshot::take(), total);
     pool.close().await;
-    Ok(tps)
+    Ok((tps, cpu))
 }
 
 /// The transaction `LIMITS.md` measured with pgbench (`create_order.sql`):

@@ -120,7 +120,7 @@ async fn run(plan: &Plan, only: &[String], stack: &mut Stack, report: &mut Repor
             "relay_on" => relay_on(plan, stack, report, pg).await?,
             "end_to_end" => end_to_end(plan, stack, report).await?,
             "drain" => drain(plan, stack, report, &ceilings).await?,
-            _ => pipeline(plan, stack, report, pg).await?,
+            _ => pipeline(plan, stack, report, &ceilings).await?,
         }
         stack.reset().await?;
     }
@@ -136,7 +136,7 @@ async fn ceilings(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow
     let bar = spinner("ceiling: raw sqlx two-insert transactions, 32 connections".into());
     let ceiling_db = stack.url(stack::CEILING_DB);
     platform::db::create_database_if_missing(&ceiling_db.parse()?).await?;
-    let pg = ceilings::pg_two_inserts(&ceiling_db, 32, plan.pg_ceiling).await?;
+    let (pg, pg_cpu) = ceilings::pg_two_inserts(&ceiling_db, 32, plan.pg_ceiling).await?;
     bar.set_message("ceiling: raw lapin publish, 1,000 confirms in flight");
     let amqp = ceilings::amqp_publish_confirm(&stack.amqp, plan.amqp_messages).await?;
     bar.set_message("ceiling: raw lapin publish while a raw consumer drains the queue");
@@ -145,19 +145,26 @@ async fn ceilings(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow
     report.set("ceilings.pg_create_order_tps_c32", round(pg, 0));
     report.set("ceilings.amqp_publish_confirm_per_s", round(amqp, 0));
     report.set("ceilings.amqp_publish_while_consuming_per_s", round(amqp_consuming, 0));
+    // What one ceiling transaction costs, to set beside what one order costs:
+    // on a saturated machine the pipeline's ratio cannot pass the ratio of the two.
+    report.set("ceilings.pg_cpu_us_per_tx", pg_cpu.clone());
     report.row("ceiling: Postgres two-insert tx, 32 clients", format!("{pg:.0} tx/s"), "raw sqlx");
+    cpu_row(report, "CPU per ceiling transaction", &pg_cpu);
     report.row("ceiling: RabbitMQ publish, pipelined confirms", format!("{amqp:.0} msg/s"), "raw lapin, quorum queue");
     report.row(
         "ceiling: the same while a consumer drains it",
         format!("{amqp_consuming:.0} msg/s"),
         format!("raw lapin, {:.2}x the publish ceiling", amqp_consuming / amqp),
     );
-    Ok(Ceilings { pg, amqp, amqp_consuming })
+    let pg_cpu_us = pg_cpu.get("total").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    Ok(Ceilings { pg, pg_cpu_us, amqp, amqp_consuming })
 }
 
-/// This run's ceilings: two-insert tx/s, publish msg/s alone and with a consumer.
+/// This run's ceilings: two-insert tx/s and the CPU microseconds each took
+/// (every process), publish msg/s alone and with a consumer.
 struct Ceilings {
     pg: f64,
+    pg_cpu_us: f64,
     amqp: f64,
     amqp_consuming: f64,
 }
@@ -167,7 +174,9 @@ async fn create_order(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f
     stack.start_orders("api").await?;
     for &clients in &plan.levels {
         let bar = spinner(format!("CreateOrder, {clients} clients, relay off"));
+        let cpu_before = cpu::CpuSnapshot::take();
         let result = load::closed_loop(stack.orders_addr(), clients, plan.level, None, &bar).await?;
+        let cpu = cpu_before.per_unit(&cpu::CpuSnapshot::take(), result.ok);
         bar.finish_and_clear();
         let tps = result.rate();
         let key = format!("create_order.c{clients}");
@@ -188,8 +197,10 @@ async fn create_order(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f
                 result.errors
             ),
         );
+        report.set(&format!("{key}_cpu_us_per_order"), cpu.clone());
         if clients == 32 {
             report.set("create_order.c32_ratio", round(tps / pg, 3));
+            cpu_row(report, "CPU per CreateOrder c32, relay off", &cpu);
         }
     }
     stack.sample_rss();
@@ -283,8 +294,10 @@ async fn drain(plan: &Plan, stack: &mut Stack, report: &mut Report, ceilings: &C
     stack.stop_orders().await?;
     let bar = spinner("draining the backlog".into());
     let restored = Instant::now();
+    let cpu_before = cpu::CpuSnapshot::take();
     stack.start_orders("relay").await?;
     let (empty, handled) = stack.wait_delivered((first.ok + second.ok) as i64, restored, plan.settle * 4).await?;
+    let cpu = cpu_before.per_unit(&cpu::CpuSnapshot::take(), second.ok);
     bar.finish_and_clear();
     stack.verify().await?;
 
@@ -299,6 +312,8 @@ async fn drain(plan: &Plan, stack: &mut Stack, report: &mut Report, ceilings: &C
     report.set("drain.relay_alone_events_per_s", round(alone, 0));
     report.set("drain.relay_alone_ratio", round(alone / amqp, 3));
     report.set("drain.consumer_alone_events_per_s", round(consumer, 0));
+    // Where each event's CPU went from the restore until every notification existed.
+    report.set("drain.cpu_us_per_event", cpu.clone());
     report.row(
         format!("backlog drain of {}, consumer running", second.ok),
         format!("{drained:.0} ev/s"),
@@ -313,10 +328,12 @@ async fn drain(plan: &Plan, stack: &mut Stack, report: &mut Report, ceilings: &C
         format!("{alone:.0} ev/s"),
         format!("{:.2}x publish ceiling; then the consumer alone: {consumer:.0} ev/s", alone / amqp),
     );
+    cpu_row(report, "CPU per drained event, consumer running", &cpu);
     Ok(())
 }
 
-async fn pipeline(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f64) -> anyhow::Result<()> {
+async fn pipeline(plan: &Plan, stack: &mut Stack, report: &mut Report, ceilings: &Ceilings) -> anyhow::Result<()> {
+    let pg = ceilings.pg;
     // 6. Sustained pipeline at the highest rate with end-to-end p99 under 100 ms.
     stack.start_notifications().await?;
     stack.start_orders("all").await?;
@@ -393,10 +410,31 @@ async fn pipeline(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f64) 
             if held { "" } else { "; DID NOT HOLD the p99 bound" }
         ),
     );
-    let cpu = &window.cpu;
+    cpu_row(report, "CPU per pipeline order (sustained window)", &window.cpu);
+    // On a machine the load saturates, the pipeline's ratio to the ceiling
+    // cannot pass the ratio of their CPU per unit: one ceiling transaction's
+    // CPU over one pipelined order's.
+    let order_cpu_us = window.cpu.get("total").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    if order_cpu_us > 0.0 && ceilings.pg_cpu_us > 0.0 {
+        let bound = ceilings.pg_cpu_us / order_cpu_us;
+        report.set("pipeline.cpu_bound_ratio", round(bound, 3));
+        report.row(
+            "pipeline ratio bound by CPU",
+            format!("{bound:.2}x"),
+            format!(
+                "a ceiling tx costs {:.0} us of CPU, a pipelined order {order_cpu_us:.0} us (at 100% of the cores)",
+                ceilings.pg_cpu_us
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// A report row for a [`cpu::CpuSnapshot::per_unit`] breakdown.
+fn cpu_row(report: &mut Report, label: &str, cpu: &serde_json::Value) {
     let part = |name: &str| cpu.get(name).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
     report.row(
-        "CPU per pipeline order (sustained window)",
+        label,
         format!("{:.0} us", part("total")),
         format!(
             "postgres {:.0}, rabbitmq {:.0}, orders {:.0}, notifications {:.0}, bench {:.0}; cores {:.0}% busy",
@@ -408,7 +446,6 @@ async fn pipeline(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f64) 
             part("busy_share_of_cores") * 100.0
         ),
     );
-    Ok(())
 }
 
 /// One open-loop window of the whole pipeline and its end-to-end latency.
