@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use outbox::RelayConfig;
 use platform::{
-    config::{ConfigError, addr_or, millis_or, parse_or, secret_url_or},
+    config::{ConfigError, addr_or, millis_or, millis_up_to_or, parse_or, rate_or, secret_url_or},
     db::PoolSettings,
 };
 use secrecy::SecretString;
@@ -56,8 +56,8 @@ impl Config {
         relay.batch_size = parse_or("OUTBOX_BATCH_SIZE", relay.batch_size)?;
         relay.pipeline_depth = parse_or("OUTBOX_PIPELINE_DEPTH", relay.pipeline_depth)?.clamp(1, 16);
         relay.poll_interval = millis_or("OUTBOX_POLL_INTERVAL_MS", relay.poll_interval)?;
-        relay.gather = millis_or("OUTBOX_GATHER_MS", relay.gather)?;
-        relay.gather_from_rate = parse_or("OUTBOX_GATHER_FROM_RATE", relay.gather_from_rate)?;
+        relay.gather = millis_up_to_or("OUTBOX_GATHER_MS", relay.gather, Duration::from_secs(1))?;
+        relay.gather_from_rate = rate_or("OUTBOX_GATHER_FROM_RATE", relay.gather_from_rate)?;
         relay.backoff_max = millis_or("OUTBOX_BACKOFF_MAX_MS", relay.backoff_max)?;
         relay.retention = Duration::from_secs(3600 * parse_or("OUTBOX_RETENTION_HOURS", 0u64)?);
         relay.vacuum_every = parse_or("OUTBOX_VACUUM_EVERY_ROWS", relay.vacuum_every)?;
@@ -67,15 +67,6 @@ impl Config {
         relay.notify_channel = (!channel.trim().is_empty()).then(|| channel.trim().to_owned());
         if !(1..=10_000).contains(&relay.batch_size) {
             return Err(ConfigError::Invalid { name: "OUTBOX_BATCH_SIZE".into(), reason: "must be 1 to 10000".into() });
-        }
-        if relay.gather > Duration::from_secs(1) {
-            return Err(ConfigError::Invalid { name: "OUTBOX_GATHER_MS".into(), reason: "must be 0 to 1000".into() });
-        }
-        if !(relay.gather_from_rate.is_finite() && relay.gather_from_rate >= 0.0) {
-            return Err(ConfigError::Invalid {
-                name: "OUTBOX_GATHER_FROM_RATE".into(),
-                reason: "must be a number of events a second, 0 or more".into(),
-            });
         }
         Ok(Self {
             grpc_addr: addr_or("ORDERS_GRPC_ADDR", "0.0.0.0:50051")?,

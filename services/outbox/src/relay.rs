@@ -5,7 +5,7 @@ use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
 
-use platform::{backoff::Backoff, telemetry::DbTarget};
+use platform::{backoff::Backoff, rate::ArrivalRate, telemetry::DbTarget};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgListener};
 use tokio::{
@@ -509,26 +509,6 @@ fn newest(rows: &[PendingRow], up_to: i64) -> i64 {
     rows.last().map_or(up_to, |row| row.id.max(up_to))
 }
 
-/// Events a second reaching the relay: the rows its claims return, as an
-/// exponentially decaying rate over about [`ARRIVAL_WINDOW`], so a burst of a
-/// few rows does not read as heavy load.
-#[derive(Debug, Default)]
-struct ArrivalRate {
-    last: Option<Instant>,
-    per_s: f64,
-}
-
-const ARRIVAL_WINDOW: Duration = Duration::from_millis(250);
-
-impl ArrivalRate {
-    fn update(&mut self, rows: usize, at: Instant) -> f64 {
-        let window = ARRIVAL_WINDOW.as_secs_f64();
-        let elapsed = self.last.replace(at).map_or(0.0, |last| at.saturating_duration_since(last).as_secs_f64());
-        self.per_s = self.per_s * (-elapsed / window).exp() + rows as f64 / window;
-        self.per_s
-    }
-}
-
 /// Turns NOTIFYs on `channel` into wake-ups; a reconnect also wakes the relay
 /// since notifications may have been missed meanwhile.
 async fn listen(options: PgConnectOptions, channel: String, waker: Arc<Notify>, stop: CancellationToken) {
@@ -564,50 +544,5 @@ async fn listen(options: PgConnectOptions, channel: String, waker: Arc<Notify>, 
                 },
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Feeds claims of `rows` every `every` for a second; returns the highest estimate.
-    fn highest(rows: usize, every: Duration) -> f64 {
-        let (mut rate, start) = (ArrivalRate::default(), Instant::now());
-        (0..(1_000 / every.as_millis() as u32)).map(|i| rate.update(rows, start + every * i)).fold(0.0, f64::max)
-    }
-
-    #[test]
-    fn the_arrival_rate_follows_steady_load() {
-        // 1,000 events a second in claims of 5 every 5 ms, or of 20 every 20 ms.
-        for (rows, every) in [(5, 5), (20, 20)] {
-            let mut rate = ArrivalRate::default();
-            let start = Instant::now();
-            let mut last = 0.0;
-            for i in 0..200 {
-                last = rate.update(rows, start + Duration::from_millis(every * i));
-            }
-            assert!((900.0..1_150.0).contains(&last), "{rows} every {every} ms read as {last:.0}/s");
-        }
-    }
-
-    #[test]
-    fn a_burst_at_light_load_does_not_read_as_heavy() {
-        // 1,000 a second, arriving as 25 rows every 25 ms: still under the 1,500 default.
-        assert!(highest(25, Duration::from_millis(25)) < 1_500.0);
-        // 100 a second in single rows never comes close.
-        assert!(highest(1, Duration::from_millis(10)) < 150.0);
-        // 3,000 a second does cross it.
-        assert!(highest(30, Duration::from_millis(10)) > 1_500.0);
-    }
-
-    #[test]
-    fn an_idle_gap_brings_the_rate_down() {
-        let (mut rate, start) = (ArrivalRate::default(), Instant::now());
-        for i in 0..100 {
-            rate.update(30, start + Duration::from_millis(10 * i));
-        }
-        let after_gap = rate.update(1, start + Duration::from_millis(990 + 2_000));
-        assert!(after_gap < 100.0, "{after_gap:.0}/s after two idle seconds");
     }
 }

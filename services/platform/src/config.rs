@@ -44,6 +44,30 @@ pub fn millis_or(name: &str, default: Duration) -> Result<Duration, ConfigError>
     parse_or(name, default.as_millis() as u64).map(Duration::from_millis)
 }
 
+/// A duration in milliseconds of at most `max`: a wait that longer would stall the work it batches.
+pub fn millis_up_to_or(name: &str, default: Duration, max: Duration) -> Result<Duration, ConfigError> {
+    let value = millis_or(name, default)?;
+    if value > max {
+        return Err(ConfigError::Invalid {
+            name: name.to_owned(),
+            reason: format!("must be 0 to {}", max.as_millis()),
+        });
+    }
+    Ok(value)
+}
+
+/// A rate a second: a finite number, 0 or more.
+pub fn rate_or(name: &str, default: f64) -> Result<f64, ConfigError> {
+    let value: f64 = parse_or(name, default)?;
+    if !(value.is_finite() && value >= 0.0) {
+        return Err(ConfigError::Invalid {
+            name: name.to_owned(),
+            reason: "must be a number a second, 0 or more".into(),
+        });
+    }
+    Ok(value)
+}
+
 /// A boolean written as `true`/`false`, `1`/`0`, `yes`/`no` or `on`/`off`.
 pub fn bool_or(name: &str, default: bool) -> Result<bool, ConfigError> {
     match std::env::var(name) {

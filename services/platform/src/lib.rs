@@ -1,7 +1,7 @@
 //! The plumbing every Pulse service shares: environment configuration,
 //! telemetry and the JSON log format, the shutdown signal, database creation
 //! and migration, the gRPC bootstrap (health, reflection, call metrics),
-//! Prometheus metrics, correlation ids and retry backoff.
+//! Prometheus metrics, correlation ids, retry backoff and arrival rates.
 
 pub mod backoff;
 pub mod config;
@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod lane;
 pub mod logformat;
 pub mod metrics;
+pub mod rate;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tracecontext;
