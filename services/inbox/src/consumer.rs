@@ -11,7 +11,7 @@ use lapin::{
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions},
     types::{FieldTable, LongString, ShortString},
 };
-use platform::backoff::Backoff;
+use platform::{backoff::Backoff, rate::ArrivalRate};
 use secrecy::ExposeSecret;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
@@ -172,6 +172,7 @@ impl<H: Handler> Inbox<H> {
             .await?;
         self.connected.send_replace(true);
         tracing::info!(queue = %self.topology.main, prefetch = self.config.prefetch, "inbox consuming");
+        let mut arrivals = ArrivalRate::default();
 
         loop {
             let first = tokio::select! {
@@ -184,19 +185,29 @@ impl<H: Handler> Inbox<H> {
                 Some(Err(err)) => return Err(err).context("consumer failed"),
                 None => anyhow::bail!("the broker cancelled the consumer"),
             };
+            let taken = tokio::time::Instant::now();
             let mut deliveries = vec![first];
-            let mut broken = None;
-            // Whatever the broker has already pushed joins the batch; no waiting for more.
-            while deliveries.len() < self.config.batch_size {
-                match consumer.next().now_or_never() {
-                    Some(Some(Ok(delivery))) => deliveries.push(delivery),
-                    Some(Some(Err(err))) => {
-                        broken = Some(err);
-                        break;
+            // Whatever the broker has already pushed joins the batch...
+            let mut broken = take_ready(&mut consumer, &mut deliveries, self.config.batch_size);
+            // ...and under heavy load, what arrives within the linger too: the
+            // relay publishes a batch at once but the broker hands it over in
+            // pieces, and each piece taken alone costs a transaction and an ack.
+            let heavy = arrivals.at(taken) >= self.config.linger_from_rate;
+            if heavy && !self.config.linger.is_zero() {
+                let until = taken + self.config.linger;
+                while broken.is_none() && deliveries.len() < self.config.batch_size {
+                    match tokio::time::timeout_at(until, consumer.next()).await {
+                        Ok(Some(Ok(delivery))) => {
+                            deliveries.push(delivery);
+                            broken = take_ready(&mut consumer, &mut deliveries, self.config.batch_size);
+                        }
+                        Ok(Some(Err(err))) => broken = Some(err),
+                        // The stream ended (reported at the next take) or the linger is over.
+                        Ok(None) | Err(_) => break,
                     }
-                    Some(None) | None => break,
                 }
             }
+            arrivals.update(deliveries.len(), taken);
             // Not raced against shutdown: a batch in hand is always finished.
             if let Some(end) = self.process(&channel, deliveries).await? {
                 return Ok(end);
@@ -241,4 +252,17 @@ impl<H: Handler> Inbox<H> {
         );
         Ok(None)
     }
+}
+
+/// Moves the deliveries already received into `batch`, up to `limit`, without
+/// waiting; returns the consumer's error if it reported one.
+fn take_ready(consumer: &mut lapin::Consumer, batch: &mut Vec<Delivery>, limit: usize) -> Option<lapin::Error> {
+    while batch.len() < limit {
+        match consumer.next().now_or_never() {
+            Some(Some(Ok(delivery))) => batch.push(delivery),
+            Some(Some(Err(err))) => return Some(err),
+            Some(None) | None => break,
+        }
+    }
+    None
 }

@@ -14,6 +14,8 @@
 //! | `NOTIFICATIONS_QUEUE_PREFIX` | `pulse` (main queue `<prefix>.notifications.order-created`) |
 //! | `NOTIFICATIONS_PREFETCH` | `512` |
 //! | `NOTIFICATIONS_BATCH_SIZE` | `200` |
+//! | `NOTIFICATIONS_LINGER_MS` | `2` (a batch's wait for more deliveries under heavy load) |
+//! | `NOTIFICATIONS_LINGER_FROM_RATE` | `1500` (deliveries a second from which batches linger) |
 //! | `NOTIFICATIONS_RETRY_DELAYS_MS` | `1000,5000,30000,120000,600000` |
 //! | `NOTIFICATIONS_MAX_ATTEMPTS` | `6` |
 //! | `NOTIFICATIONS_DEDUP_WINDOW_SECS` | `604800` (7 days) |
@@ -22,7 +24,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use inbox::InboxConfig;
 use platform::{
-    config::{ConfigError, addr_or, bool_or, millis_or, parse_or, secret_url_or, var_or},
+    config::{ConfigError, addr_or, bool_or, millis_or, millis_up_to_or, parse_or, rate_or, secret_url_or, var_or},
     db::PoolSettings,
 };
 use secrecy::SecretString;
@@ -61,6 +63,8 @@ impl Config {
         inbox.connection_name = "notifications".to_owned();
         inbox.prefetch = parse_or("NOTIFICATIONS_PREFETCH", inbox.prefetch)?;
         inbox.batch_size = parse_or("NOTIFICATIONS_BATCH_SIZE", inbox.batch_size)?;
+        inbox.linger = millis_up_to_or("NOTIFICATIONS_LINGER_MS", inbox.linger, Duration::from_secs(1))?;
+        inbox.linger_from_rate = rate_or("NOTIFICATIONS_LINGER_FROM_RATE", inbox.linger_from_rate)?;
         if let Some(delays) = delays_from("NOTIFICATIONS_RETRY_DELAYS_MS")? {
             inbox.max_attempts = delays.len() as u32 + 1;
             inbox.retry_delays = delays;

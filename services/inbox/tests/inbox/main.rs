@@ -2,6 +2,7 @@
 //! RabbitMQ (a fresh exchange and queue set per test, so tests run in parallel).
 
 mod amqp;
+mod batching;
 mod broker;
 mod dedup;
 mod failures;
