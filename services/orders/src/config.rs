@@ -33,6 +33,9 @@ impl std::str::FromStr for Role {
     }
 }
 
+/// CreateOrder transactions in flight at once, by default.
+pub const DEFAULT_WRITERS: usize = 4;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub grpc_addr: SocketAddr,
@@ -40,6 +43,9 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     pub database_url: SecretString,
     pub pool: PoolSettings,
+    /// CreateOrder writers: transactions in flight at once, each writing every
+    /// call that waited for it (see [`crate::group`]). At most the pool's size.
+    pub writers: usize,
     pub role: Role,
     pub relay: RelayConfig,
     /// Between NOT_SERVING and closing the listener, so load balancers stop routing first.
@@ -68,6 +74,14 @@ impl Config {
         if !(1..=10_000).contains(&relay.batch_size) {
             return Err(ConfigError::Invalid { name: "OUTBOX_BATCH_SIZE".into(), reason: "must be 1 to 10000".into() });
         }
+        let max_connections: u32 = parse_or("ORDERS_DB_MAX_CONNECTIONS", 32)?;
+        let writers: usize = parse_or("ORDERS_DB_WRITERS", DEFAULT_WRITERS)?;
+        if writers == 0 || writers > max_connections as usize {
+            return Err(ConfigError::Invalid {
+                name: "ORDERS_DB_WRITERS".into(),
+                reason: format!("must be 1 to ORDERS_DB_MAX_CONNECTIONS ({max_connections})"),
+            });
+        }
         Ok(Self {
             grpc_addr: addr_or("ORDERS_GRPC_ADDR", "0.0.0.0:50051")?,
             metrics_addr: addr_or("ORDERS_METRICS_ADDR", "0.0.0.0:9464")?,
@@ -76,10 +90,11 @@ impl Config {
                 "postgres://postgres:postgres@localhost:5432/pulse_orders",
             )?,
             pool: PoolSettings {
-                max_connections: parse_or("ORDERS_DB_MAX_CONNECTIONS", 32)?,
+                max_connections,
                 min_connections: parse_or("ORDERS_DB_MIN_CONNECTIONS", PoolSettings::default().min_connections)?,
                 acquire_timeout: millis_or("ORDERS_DB_ACQUIRE_TIMEOUT_MS", Duration::from_secs(3))?,
             },
+            writers,
             role: parse_or("ORDERS_ROLE", Role::All)?,
             relay,
             shutdown_grace: millis_or("ORDERS_SHUTDOWN_GRACE_MS", Duration::ZERO)?,

@@ -65,6 +65,53 @@ pub async fn insert_order_with_event(
     Ok(inserted.map(|row| (row.order, Appended { id: row.outbox_id, partition: row.outbox_partition })))
 }
 
+/// [`insert_order_with_event`] for several orders in one statement (one
+/// transaction, one commit): every order with its own event. Returns the
+/// orders written, each with its outbox row; an order whose `request_id` is
+/// already taken (also by an earlier order of the same call) is left out,
+/// and so is its event.
+pub async fn insert_orders_with_events(
+    conn: &mut PgConnection,
+    orders: &[(&OrderRow, &OutboxMessage)],
+) -> Result<Vec<(OrderRow, Appended)>, sqlx::Error> {
+    let sql = format!(
+        "WITH input AS (
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[],
+                                  $7::uuid[], $8::text[], $9::timestamptz[]) WITH ORDINALITY
+                 AS t(order_id, customer_id, amount, currency, status, request_id, event_id, correlation_id,
+                      created_at, n)
+         ), new_order AS (
+             INSERT INTO orders (order_id, customer_id, amount, currency, status, request_id, event_id,
+                                 correlation_id, created_at)
+             SELECT order_id, customer_id, amount::numeric, currency, status, request_id, event_id,
+                    correlation_id, created_at
+             FROM input ORDER BY n
+             ON CONFLICT (request_id) DO NOTHING
+             RETURNING {COLUMNS}
+         ), event AS ({})
+         SELECT new_order.*, event.id AS outbox_id, event.partition AS outbox_partition
+         FROM new_order JOIN event USING (event_id)",
+        outbox::insert_many_from("new_order", 10)
+    );
+    let column = |f: fn(&OrderRow) -> String| orders.iter().map(|(o, _)| f(o)).collect::<Vec<_>>();
+    let query = sqlx::query_as::<_, InsertedRow>(&sql)
+        .bind(orders.iter().map(|(o, _)| o.order_id).collect::<Vec<_>>())
+        .bind(column(|o| o.customer_id.clone()))
+        .bind(column(|o| o.amount.clone()))
+        .bind(column(|o| o.currency.clone()))
+        .bind(column(|o| o.status.clone()))
+        .bind(orders.iter().map(|(o, _)| o.request_id).collect::<Vec<_>>())
+        .bind(orders.iter().map(|(o, _)| o.event_id).collect::<Vec<_>>())
+        .bind(column(|o| o.correlation_id.clone()))
+        .bind(orders.iter().map(|(o, _)| o.created_at).collect::<Vec<_>>());
+    let events: Vec<&OutboxMessage> = orders.iter().map(|(_, e)| *e).collect();
+    let rows = OutboxMessage::bind_many(&events, query).fetch_all(conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.order, Appended { id: row.outbox_id, partition: row.outbox_partition }))
+        .collect())
+}
+
 #[derive(sqlx::FromRow)]
 struct InsertedRow {
     #[sqlx(flatten)]

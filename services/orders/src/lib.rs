@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod group;
 pub mod grpc;
 pub mod messaging;
 pub mod service;

@@ -11,6 +11,7 @@ use crate::{
     db::{self, OrderRow},
     domain::{FieldViolation, NewOrder},
     error::OrdersError,
+    group::GroupWriter,
     messaging,
 };
 
@@ -18,19 +19,25 @@ use crate::{
 pub struct Orders {
     /// Every call is one statement: connections come back without a ping.
     lane: Lane,
+    /// CreateOrder's inserts, grouped into shared transactions under load.
+    group: GroupWriter,
     outbox: OutboxWriter,
     /// Where the lane connects, for the statements' spans.
     db: DbTarget,
 }
 
 impl Orders {
-    pub fn new(lane: Lane, outbox: OutboxWriter) -> Self {
+    /// Starts `writers` writers for CreateOrder's inserts (see [`crate::group`]);
+    /// call it inside the runtime.
+    pub fn new(lane: Lane, outbox: OutboxWriter, writers: usize) -> Self {
         let db = DbTarget::new(lane.options());
-        Self { lane, outbox, db }
+        let group = GroupWriter::spawn(lane.clone(), writers, db.clone());
+        Self { lane, group, outbox, db }
     }
 
-    /// Stores the order and its `OrderCreated` event in one transaction, or
-    /// returns the order an earlier call with the same `request_id` created.
+    /// Stores the order and its `OrderCreated` event in one transaction
+    /// (shared with other calls' orders under load), or returns the order an
+    /// earlier call with the same `request_id` created.
     pub async fn create(
         &self,
         customer_id: &str,
@@ -57,11 +64,7 @@ impl Orders {
             created_at: Utc::now().duration_trunc(TimeDelta::microseconds(1)).map_err(anyhow::Error::from)?,
         };
         let event = messaging::outbox_message(&draft, trace);
-        let mut conn = self.lane.acquire().await?;
-        let inserted =
-            db::insert_order_with_event(&mut conn, &draft, &event).instrument(self.statement("INSERT")).await;
-        conn.settle(&inserted);
-        let Some((row, appended)) = inserted? else {
+        let Some((row, appended)) = self.group.insert(draft, event).await? else {
             return self.replay(&order).await;
         };
         self.outbox.committed(appended);

@@ -65,7 +65,7 @@ impl App {
         let mut lane = None;
         if config.role != Role::Relay {
             let opened = Lane::open(pool.connect_options().as_ref().clone(), &config.pool).await?;
-            let api = OrdersApi::new(Orders::new(opened.clone(), writer.clone()));
+            let api = OrdersApi::new(Orders::new(opened.clone(), writer.clone(), config.writers));
             router = router.add_service(OrderServiceServer::new(api));
             lane = Some(opened);
         }

@@ -35,7 +35,8 @@ mod retention;
 mod vacuum;
 
 pub use message::{
-    Appended, DEFAULT_NOTIFY_CHANNEL, LocalRelay, OutboxMessage, OutboxWriter, PARTITIONS, insert_from, partition_of,
+    Appended, DEFAULT_NOTIFY_CHANNEL, LocalRelay, OutboxMessage, OutboxWriter, PARTITIONS, insert_from,
+    insert_many_from, partition_of,
 };
 pub use relay::{Relay, RelayConfig, RelayStatus};
 /// One pass of archive upkeep (what the relay runs every minute); for operators and tests.

@@ -99,6 +99,25 @@ pub fn insert_from(source: &str, first: usize) -> String {
     format!("{INSERT_INTO} SELECT {} FROM {source} RETURNING id, partition", placeholders(first))
 }
 
+/// [`insert_from`] for many messages at once: one outbox row per message in
+/// `messages` whose `event_id` is among `source`'s `event_id`s, in the order
+/// of `messages`: `... RETURNING id, partition, event_id`. Bind the values
+/// with [`OutboxMessage::bind_many`] right after the statement's own
+/// `first - 1` parameters.
+pub fn insert_many_from(source: &str, first: usize) -> String {
+    const TYPES: [&str; COLUMNS] = ["uuid", "text", "text", "int2", "text", "text", "text", "text", "bytea", "jsonb"];
+    let arrays: Vec<String> = TYPES.iter().enumerate().map(|(i, ty)| format!("${}::{ty}[]", first + i)).collect();
+    format!(
+        "{INSERT_INTO} SELECT m.event_id, m.aggregate_type, m.aggregate_id, m.partition, m.exchange, m.routing_key, \
+         m.message_type, m.content_type, m.payload, m.headers \
+         FROM unnest({}) WITH ORDINALITY AS m(event_id, aggregate_type, aggregate_id, partition, exchange, \
+         routing_key, message_type, content_type, payload, headers, n) \
+         WHERE m.event_id IN (SELECT event_id FROM {source}) ORDER BY m.n \
+         RETURNING id, partition, event_id",
+        arrays.join(", ")
+    )
+}
+
 impl OutboxMessage {
     /// Binds this message's ten column values, in the order [`insert_from`] expects.
     pub fn bind<'q, O>(
@@ -116,6 +135,31 @@ impl OutboxMessage {
             .bind(&self.content_type)
             .bind(&self.payload)
             .bind(serde_json::to_value(&self.headers).expect("string map serialises"))
+    }
+
+    /// Binds the ten columns of every message, as arrays, in the order
+    /// [`insert_many_from`] expects.
+    pub fn bind_many<'q, O>(
+        messages: &[&OutboxMessage],
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        let column = |f: fn(&OutboxMessage) -> String| messages.iter().map(|m| f(m)).collect::<Vec<_>>();
+        query
+            .bind(messages.iter().map(|m| m.event_id).collect::<Vec<_>>())
+            .bind(column(|m| m.aggregate_type.clone()))
+            .bind(column(|m| m.aggregate_id.clone()))
+            .bind(messages.iter().map(|m| partition_of(&m.aggregate_id)).collect::<Vec<_>>())
+            .bind(column(|m| m.exchange.clone()))
+            .bind(column(|m| m.routing_key.clone()))
+            .bind(column(|m| m.message_type.clone()))
+            .bind(column(|m| m.content_type.clone()))
+            .bind(messages.iter().map(|m| m.payload.clone()).collect::<Vec<_>>())
+            .bind(
+                messages
+                    .iter()
+                    .map(|m| serde_json::to_value(&m.headers).expect("string map serialises"))
+                    .collect::<Vec<_>>(),
+            )
     }
 }
 

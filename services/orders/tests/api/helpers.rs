@@ -32,6 +32,8 @@ pub(crate) struct Options {
     pub(crate) database_addr: Option<SocketAddr>,
     /// Connections the pool keeps open while idle (1 unless given).
     pub(crate) min_connections: Option<u32>,
+    /// CreateOrder writers (the default unless given).
+    pub(crate) writers: Option<usize>,
 }
 
 /// The URL of the database `#[sqlx::test]` made for this test.
@@ -64,6 +66,7 @@ pub(crate) async fn spawn_app(pool: &PgPool, options: Options) -> TestApp {
             min_connections: options.min_connections.unwrap_or(1),
             acquire_timeout: Duration::from_secs(2),
         },
+        writers: options.writers.unwrap_or(orders::config::DEFAULT_WRITERS),
         role: if options.relay { Role::All } else { Role::Api },
         relay,
         shutdown_grace: Duration::ZERO,

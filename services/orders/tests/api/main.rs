@@ -2,6 +2,7 @@
 //! and RabbitMQ, driven through a generated gRPC client (and grpcurl).
 
 mod create;
+mod group;
 mod grpcurl;
 mod health;
 mod helpers;

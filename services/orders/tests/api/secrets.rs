@@ -55,9 +55,14 @@ async fn an_invalid_database_url_is_reported_without_its_password() {
 #[tokio::test]
 async fn unusable_relay_settings_are_refused_by_name() {
     let url = format!("postgres://postgres:{DB_PASSWORD}@127.0.0.1:1/x");
-    for (name, value) in
-        [("OUTBOX_GATHER_FROM_RATE", "-5"), ("OUTBOX_GATHER_FROM_RATE", "NaN"), ("OUTBOX_GATHER_MS", "5000")]
-    {
+    for (name, value) in [
+        ("OUTBOX_GATHER_FROM_RATE", "-5"),
+        ("OUTBOX_GATHER_FROM_RATE", "NaN"),
+        ("OUTBOX_GATHER_MS", "5000"),
+        ("ORDERS_DB_WRITERS", "0"),
+        // More writers than connections would leave calls waiting on each other for connections.
+        ("ORDERS_DB_WRITERS", "33"),
+    ] {
         let (status, printed) = run_orders_with(&url, &[(name, value)]).await;
         assert!(!status.success(), "{name}={value} was accepted");
         assert!(printed.contains(name), "{name}={value}: the variable is named: {printed}");

@@ -65,6 +65,7 @@ pub(crate) fn orders_config(database_url: &str, role: Role) -> Config {
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: SecretString::from(database_url.to_owned()),
         pool: pool_settings(),
+        writers: orders::config::DEFAULT_WRITERS,
         role,
         relay,
         shutdown_grace: Duration::ZERO,
