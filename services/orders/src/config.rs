@@ -34,7 +34,7 @@ impl std::str::FromStr for Role {
 }
 
 /// CreateOrder transactions in flight at once, by default.
-pub const DEFAULT_WRITERS: usize = 4;
+pub const DEFAULT_WRITERS: usize = 2;
 
 #[derive(Debug, Clone)]
 pub struct Config {
