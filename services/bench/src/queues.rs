@@ -25,6 +25,30 @@ pub(crate) async fn delete_consumer_queues(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until the notifications consumer is subscribed to its main queue:
+/// its health says SERVING once its database answers, which can be before it
+/// has declared its queues, and a relay publishing then finds no route.
+pub(crate) async fn wait_consumer(url: &str, limit: std::time::Duration) -> anyhow::Result<()> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let deadline = tokio::time::Instant::now() + limit;
+    let subscribed = loop {
+        // A passive declare of a missing queue closes its channel: a new one each time.
+        let channel = connection.create_channel().await?;
+        let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        let declared = channel.queue_declare(ShortString::from(MAIN_QUEUE), options, Default::default()).await;
+        if declared.is_ok_and(|queue| queue.consumer_count() > 0) {
+            break true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let _ = connection.close(200, ShortString::from("done")).await;
+    anyhow::ensure!(subscribed, "the notifications consumer did not subscribe to {MAIN_QUEUE} within {limit:?}");
+    Ok(())
+}
+
 /// The bench's own virtual host, so that nothing else publishing to
 /// `pulse.events` on the same broker reaches the consumer it measures (and the
 /// bench's events reach nobody else). Made with `rabbitmqctl` when this machine

@@ -84,6 +84,7 @@ impl Stack {
         Ok(())
     }
 
+    /// Starts the notifications service and waits until its consumer is subscribed.
     pub(crate) async fn start_notifications(&mut self) -> anyhow::Result<()> {
         let env = [
             ("NOTIFICATIONS_DATABASE_URL", self.notifications_url()),
@@ -92,7 +93,7 @@ impl Stack {
             ("NOTIFICATIONS_RETRY_DELAYS_MS", crate::queues::RETRY_DELAYS_MS.to_owned()),
         ];
         self.notifications = Some(Service::start("notifications", &env).await?);
-        Ok(())
+        crate::queues::wait_consumer(&self.amqp, Duration::from_secs(30)).await
     }
 
     pub(crate) fn sample_rss(&mut self) {
