@@ -1,5 +1,7 @@
 //! Queries on the orders table; each takes the caller's connection or transaction.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -30,16 +32,9 @@ pub const STATUS_CREATED: &str = "CREATED";
 const COLUMNS: &str = "order_id, customer_id, amount::text AS amount, currency::text AS currency, status, \
                        request_id, event_id, correlation_id, created_at";
 
-/// Inserts the order and its outbox message in one statement (so one round
-/// trip and one implicit transaction), or returns None when the order's
-/// `request_id` is already taken: then neither is written (the earlier order
-/// wins; a concurrent twin waits for it to commit first).
-pub async fn insert_order_with_event(
-    conn: &mut PgConnection,
-    order: &OrderRow,
-    event: &OutboxMessage,
-) -> Result<Option<(OrderRow, Appended)>, sqlx::Error> {
-    let sql = format!(
+/// [`insert_order_with_event`]'s statement, built once.
+static INSERT_ONE: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "WITH new_order AS (
              INSERT INTO orders (order_id, customer_id, amount, currency, status, request_id, event_id,
                                  correlation_id, created_at)
@@ -50,8 +45,42 @@ pub async fn insert_order_with_event(
          SELECT new_order.*, event.id AS outbox_id, event.partition AS outbox_partition
          FROM new_order CROSS JOIN event",
         outbox::insert_from("new_order", 10)
-    );
-    let query = sqlx::query_as::<_, InsertedRow>(&sql)
+    )
+});
+
+/// [`insert_orders_with_events`]'s statement, built once.
+static INSERT_MANY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH input AS (
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[],
+                                  $7::uuid[], $8::text[], $9::timestamptz[]) WITH ORDINALITY
+                 AS t(order_id, customer_id, amount, currency, status, request_id, event_id, correlation_id,
+                      created_at, n)
+         ), new_order AS (
+             INSERT INTO orders (order_id, customer_id, amount, currency, status, request_id, event_id,
+                                 correlation_id, created_at)
+             SELECT order_id, customer_id, amount::numeric, currency, status, request_id, event_id,
+                    correlation_id, created_at
+             FROM input ORDER BY n
+             ON CONFLICT (request_id) DO NOTHING
+             RETURNING {COLUMNS}
+         ), event AS ({})
+         SELECT new_order.*, event.id AS outbox_id, event.partition AS outbox_partition
+         FROM new_order JOIN event USING (event_id)",
+        outbox::insert_many_from("new_order", 10)
+    )
+});
+
+/// Inserts the order and its outbox message in one statement (so one round
+/// trip and one implicit transaction), or returns None when the order's
+/// `request_id` is already taken: then neither is written (the earlier order
+/// wins; a concurrent twin waits for it to commit first).
+pub async fn insert_order_with_event(
+    conn: &mut PgConnection,
+    order: &OrderRow,
+    event: &OutboxMessage,
+) -> Result<Option<(OrderRow, Appended)>, sqlx::Error> {
+    let query = sqlx::query_as::<_, InsertedRow>(&INSERT_ONE)
         .bind(order.order_id)
         .bind(&order.customer_id)
         .bind(&order.amount)
@@ -74,35 +103,16 @@ pub async fn insert_orders_with_events(
     conn: &mut PgConnection,
     orders: &[(&OrderRow, &OutboxMessage)],
 ) -> Result<Vec<(OrderRow, Appended)>, sqlx::Error> {
-    let sql = format!(
-        "WITH input AS (
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[],
-                                  $7::uuid[], $8::text[], $9::timestamptz[]) WITH ORDINALITY
-                 AS t(order_id, customer_id, amount, currency, status, request_id, event_id, correlation_id,
-                      created_at, n)
-         ), new_order AS (
-             INSERT INTO orders (order_id, customer_id, amount, currency, status, request_id, event_id,
-                                 correlation_id, created_at)
-             SELECT order_id, customer_id, amount::numeric, currency, status, request_id, event_id,
-                    correlation_id, created_at
-             FROM input ORDER BY n
-             ON CONFLICT (request_id) DO NOTHING
-             RETURNING {COLUMNS}
-         ), event AS ({})
-         SELECT new_order.*, event.id AS outbox_id, event.partition AS outbox_partition
-         FROM new_order JOIN event USING (event_id)",
-        outbox::insert_many_from("new_order", 10)
-    );
-    let column = |f: fn(&OrderRow) -> String| orders.iter().map(|(o, _)| f(o)).collect::<Vec<_>>();
-    let query = sqlx::query_as::<_, InsertedRow>(&sql)
+    let text = |f: fn(&OrderRow) -> &str| orders.iter().map(|(o, _)| f(o)).collect::<Vec<_>>();
+    let query = sqlx::query_as::<_, InsertedRow>(&INSERT_MANY)
         .bind(orders.iter().map(|(o, _)| o.order_id).collect::<Vec<_>>())
-        .bind(column(|o| o.customer_id.clone()))
-        .bind(column(|o| o.amount.clone()))
-        .bind(column(|o| o.currency.clone()))
-        .bind(column(|o| o.status.clone()))
+        .bind(text(|o| &o.customer_id))
+        .bind(text(|o| &o.amount))
+        .bind(text(|o| &o.currency))
+        .bind(text(|o| &o.status))
         .bind(orders.iter().map(|(o, _)| o.request_id).collect::<Vec<_>>())
         .bind(orders.iter().map(|(o, _)| o.event_id).collect::<Vec<_>>())
-        .bind(column(|o| o.correlation_id.clone()))
+        .bind(text(|o| &o.correlation_id))
         .bind(orders.iter().map(|(o, _)| o.created_at).collect::<Vec<_>>());
     let events: Vec<&OutboxMessage> = orders.iter().map(|(_, e)| *e).collect();
     let rows = OutboxMessage::bind_many(&events, query).fetch_all(conn).await?;

@@ -13,7 +13,10 @@
 use std::sync::Arc;
 
 use outbox::{Appended, OutboxMessage};
-use platform::{lane::Lane, telemetry::DbTarget};
+use platform::{
+    lane::{Lane, LaneConnection},
+    telemetry::DbTarget,
+};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::{Instrument, Span};
 
@@ -89,21 +92,13 @@ async fn write_group(lane: &Lane, group: Vec<Call>, db: &DbTarget) {
         Ok(conn) => conn,
         Err(err) => return fail_all(group, &err),
     };
-    // One span per call while spans are exported, as for a call written alone.
-    let spans: Vec<Span> = if platform::telemetry::otel_active() {
-        group.iter().map(|call| db.span(&call.span, "INSERT", db::TABLE, group.len())).collect()
-    } else {
-        Vec::new()
-    };
     if let [call] = group.as_slice() {
-        let inserted = db::insert_order_with_event(&mut conn, &call.order, &call.event)
-            .instrument(spans.first().cloned().unwrap_or_else(Span::none))
-            .await;
-        conn.settle(&inserted);
+        let inserted = write_alone(conn, call, db).await;
         let call = group.into_iter().next().expect("one call");
         let _ = call.reply.send(inserted);
         return;
     }
+    let spans: Vec<Span> = group.iter().map(|call| statement_span(db, call, group.len())).collect();
     let pairs: Vec<(&OrderRow, &OutboxMessage)> = group.iter().map(|call| (&call.order, &call.event)).collect();
     let written = db::insert_orders_with_events(&mut conn, &pairs).await;
     conn.settle(&written);
@@ -123,17 +118,27 @@ async fn write_group(lane: &Lane, group: Vec<Call>, db: &DbTarget) {
             tracing::warn!(error = %err, orders = group.len(), "grouped insert failed; writing its orders one by one");
             for call in group {
                 let alone = match lane.acquire().await {
-                    Ok(mut conn) => {
-                        let inserted = db::insert_order_with_event(&mut conn, &call.order, &call.event).await;
-                        conn.settle(&inserted);
-                        inserted
-                    }
+                    Ok(conn) => write_alone(conn, &call, db).await,
                     Err(err) => Err(err),
                 };
                 let _ = call.reply.send(alone);
             }
         }
     }
+}
+
+/// Writes one call's order and event on `conn` with the single-order statement.
+async fn write_alone(mut conn: LaneConnection, call: &Call, db: &DbTarget) -> Result<Inserted, sqlx::Error> {
+    let inserted =
+        db::insert_order_with_event(&mut conn, &call.order, &call.event).instrument(statement_span(db, call, 1)).await;
+    conn.settle(&inserted);
+    inserted
+}
+
+/// The client span of the INSERT that writes `call` among `group_size`
+/// orders, in the call's span; only while spans are exported.
+fn statement_span(db: &DbTarget, call: &Call, group_size: usize) -> Span {
+    if platform::telemetry::otel_active() { db.span(&call.span, "INSERT", db::TABLE, group_size) } else { Span::none() }
 }
 
 /// Answers every call with `err`: the database could not be reached for any of them.

@@ -140,20 +140,20 @@ impl OutboxMessage {
     /// Binds the ten columns of every message, as arrays, in the order
     /// [`insert_many_from`] expects.
     pub fn bind_many<'q, O>(
-        messages: &[&OutboxMessage],
+        messages: &[&'q OutboxMessage],
         query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-        let column = |f: fn(&OutboxMessage) -> String| messages.iter().map(|m| f(m)).collect::<Vec<_>>();
+        let text = |f: fn(&'q OutboxMessage) -> &'q str| messages.iter().map(|m| f(m)).collect::<Vec<_>>();
         query
             .bind(messages.iter().map(|m| m.event_id).collect::<Vec<_>>())
-            .bind(column(|m| m.aggregate_type.clone()))
-            .bind(column(|m| m.aggregate_id.clone()))
+            .bind(text(|m| &m.aggregate_type))
+            .bind(text(|m| &m.aggregate_id))
             .bind(messages.iter().map(|m| partition_of(&m.aggregate_id)).collect::<Vec<_>>())
-            .bind(column(|m| m.exchange.clone()))
-            .bind(column(|m| m.routing_key.clone()))
-            .bind(column(|m| m.message_type.clone()))
-            .bind(column(|m| m.content_type.clone()))
-            .bind(messages.iter().map(|m| m.payload.clone()).collect::<Vec<_>>())
+            .bind(text(|m| &m.exchange))
+            .bind(text(|m| &m.routing_key))
+            .bind(text(|m| &m.message_type))
+            .bind(text(|m| &m.content_type))
+            .bind(messages.iter().map(|m| m.payload.as_slice()).collect::<Vec<_>>())
             .bind(
                 messages
                     .iter()
