@@ -1,17 +1,18 @@
 //! What the hardware allows, measured in the same run: raw sqlx transactions
 //! doing CreateOrder's two inserts, and raw lapin publishing with pipelined
-//! confirms, alone and with a raw consumer draining the queue.
+//! confirms, alone and with a raw consumer draining the queue, of bare
+//! messages and of messages shaped as Pulse's events.
 
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream::FuturesUnordered};
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties,
+    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-        QueueDeclareOptions, QueueDeleteOptions,
+        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
-    types::{AMQPValue, FieldTable, ShortString},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use uuid::Uuid;
@@ -75,16 +76,34 @@ async fn two_inserts(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Messages per second published persistent (250 bytes) to a quorum queue
-/// through the default exchange, with up to 1,000 confirms in flight.
-pub(crate) async fn amqp_publish_confirm(url: &str, messages: usize) -> anyhow::Result<f64> {
+/// What the ceiling publisher sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// 250 persistent bytes and nothing else, through the default exchange
+    /// straight to the queue: what `LIMITS.md` measured.
+    Raw,
+    /// The same 250 bytes as an `OrderCreated` goes out (README, "AMQP"):
+    /// through a durable topic exchange bound with `order.created`,
+    /// `mandatory`, with the message properties and the five headers the
+    /// contract pins. The broker routes, parses and stores more per message;
+    /// this is what it allows for Pulse's messages.
+    Event,
+}
+
+/// The topic exchange of [`Shape::Event`] ceilings, in the bench's own virtual host.
+const EVENT_EXCHANGE: &str = "pulse.bench.ceiling";
+const EVENT_ROUTING_KEY: &str = "order.created";
+
+/// Messages per second published persistent (250 bytes) to a quorum queue,
+/// shaped as `shape` says, with up to 1,000 confirms in flight.
+pub(crate) async fn amqp_publish_confirm(url: &str, messages: usize, shape: Shape) -> anyhow::Result<f64> {
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    let queue = declare_quorum_queue(&channel).await?;
+    let queue = declare_quorum_queue(&channel, shape).await?;
     let started = Instant::now();
-    publish_pipelined(&channel, &queue, messages).await?;
+    publish_pipelined(&channel, &queue, messages, shape).await?;
     let rate = messages as f64 / started.elapsed().as_secs_f64();
-    channel.queue_delete(ShortString::from(queue.as_str()), QueueDeleteOptions::default()).await?;
+    delete_queue(&channel, &queue, shape).await?;
     connection.close(200, ShortString::from("done")).await?;
     Ok(rate)
 }
@@ -95,10 +114,10 @@ pub(crate) async fn amqp_publish_confirm(url: &str, messages: usize) -> anyhow::
 /// (prefetch 1,000, one multiple-ack per 100 deliveries). Timed until the last
 /// message is both confirmed and consumed. `LIMITS.md` calls it "publish
 /// pipelined while consuming".
-pub(crate) async fn amqp_publish_while_consuming(url: &str, messages: usize) -> anyhow::Result<f64> {
+pub(crate) async fn amqp_publish_while_consuming(url: &str, messages: usize, shape: Shape) -> anyhow::Result<f64> {
     let publisher = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = publisher.create_channel().await?;
-    let queue = declare_quorum_queue(&channel).await?;
+    let queue = declare_quorum_queue(&channel, shape).await?;
     let consumer_connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let consumer_channel = consumer_connection.create_channel().await?;
     consumer_channel.basic_qos(1_000, BasicQosOptions::default()).await?;
@@ -120,18 +139,19 @@ pub(crate) async fn amqp_publish_while_consuming(url: &str, messages: usize) -> 
         anyhow::Ok(())
     };
     let started = Instant::now();
-    let (published, consumed) = tokio::join!(publish_pipelined(&channel, &queue, messages), consume);
+    let (published, consumed) = tokio::join!(publish_pipelined(&channel, &queue, messages, shape), consume);
     published?;
     consumed?;
     let rate = messages as f64 / started.elapsed().as_secs_f64();
     consumer_connection.close(200, ShortString::from("done")).await?;
-    channel.queue_delete(ShortString::from(queue.as_str()), QueueDeleteOptions::default()).await?;
+    delete_queue(&channel, &queue, shape).await?;
     publisher.close(200, ShortString::from("done")).await?;
     Ok(rate)
 }
 
-/// A durable quorum queue of the bench's own, named at random.
-async fn declare_quorum_queue(channel: &Channel) -> anyhow::Result<String> {
+/// A durable quorum queue of the bench's own, named at random; for
+/// [`Shape::Event`], bound to [`EVENT_EXCHANGE`] (declared here).
+async fn declare_quorum_queue(channel: &Channel, shape: Shape) -> anyhow::Result<String> {
     let queue = format!("pulse.bench.ceiling.{}", Uuid::new_v4().simple());
     let mut arguments = FieldTable::default();
     arguments.insert(ShortString::from("x-queue-type"), AMQPValue::LongString("quorum".into()));
@@ -142,28 +162,87 @@ async fn declare_quorum_queue(channel: &Channel) -> anyhow::Result<String> {
             arguments,
         )
         .await?;
+    if shape == Shape::Event {
+        channel
+            .exchange_declare(
+                ShortString::from(EVENT_EXCHANGE),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                ShortString::from(queue.as_str()),
+                ShortString::from(EVENT_EXCHANGE),
+                ShortString::from(EVENT_ROUTING_KEY),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
     Ok(queue)
 }
 
-/// Publishes `messages` persistent 250-byte messages to `queue`, up to 1,000
-/// confirms in flight; returns once every one is confirmed.
-async fn publish_pipelined(channel: &Channel, queue: &str, messages: usize) -> anyhow::Result<()> {
+/// Deletes what [`declare_quorum_queue`] declared.
+async fn delete_queue(channel: &Channel, queue: &str, shape: Shape) -> anyhow::Result<()> {
+    channel.queue_delete(ShortString::from(queue), QueueDeleteOptions::default()).await?;
+    if shape == Shape::Event {
+        channel.exchange_delete(ShortString::from(EVENT_EXCHANGE), ExchangeDeleteOptions::default()).await?;
+    }
+    Ok(())
+}
+
+/// The properties of a [`Shape::Event`] message: those of an `OrderCreated`
+/// (README, "AMQP"), with values of the same sizes.
+fn event_properties(seq: i64) -> BasicProperties {
+    let id = Uuid::now_v7().to_string();
+    let text = |value: &str| AMQPValue::LongString(LongString::from(value));
+    let mut headers = FieldTable::default();
+    headers.insert(ShortString::from(platform::correlation::HEADER), text(&id));
+    headers.insert(
+        ShortString::from(platform::tracecontext::HEADER),
+        text("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+    );
+    headers.insert(ShortString::from("x-aggregate-id"), text(&id));
+    headers.insert(ShortString::from("x-outbox-seq"), AMQPValue::LongLongInt(seq));
+    headers.insert(ShortString::from("x-occurred-at"), AMQPValue::LongLongInt(chrono::Utc::now().timestamp_millis()));
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/x-protobuf"))
+        .with_type(ShortString::from("pulse.events.v1.OrderCreated"))
+        .with_message_id(ShortString::from(id.as_str()))
+        .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64)
+        .with_app_id(ShortString::from("orders"))
+        .with_correlation_id(ShortString::from(id.as_str()))
+        .with_headers(headers)
+}
+
+/// Publishes `messages` persistent 250-byte messages to `queue`, shaped as
+/// `shape` says, up to 1,000 confirms in flight; returns once every one is confirmed.
+async fn publish_pipelined(channel: &Channel, queue: &str, messages: usize, shape: Shape) -> anyhow::Result<()> {
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let payload = vec![b'x'; 250];
-    let properties = BasicProperties::default().with_delivery_mode(2);
+    let raw = BasicProperties::default().with_delivery_mode(2);
+    let (exchange, routing_key, options) = match shape {
+        Shape::Raw => ("", queue, BasicPublishOptions::default()),
+        Shape::Event => (
+            EVENT_EXCHANGE,
+            EVENT_ROUTING_KEY,
+            BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+        ),
+    };
     let mut in_flight = FuturesUnordered::new();
-    for _ in 0..messages {
+    for seq in 0..messages {
         if in_flight.len() >= 1_000 {
             in_flight.next().await.expect("non-empty")?;
         }
+        let properties = match shape {
+            Shape::Raw => raw.clone(),
+            Shape::Event => event_properties(seq as i64),
+        };
         let confirm = channel
-            .basic_publish(
-                ShortString::from(""),
-                ShortString::from(queue),
-                BasicPublishOptions::default(),
-                &payload,
-                properties.clone(),
-            )
+            .basic_publish(ShortString::from(exchange), ShortString::from(routing_key), options, &payload, properties)
             .await?;
         in_flight.push(confirm);
     }

@@ -137,36 +137,86 @@ async fn ceilings(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow
     let ceiling_db = stack.url(stack::CEILING_DB);
     platform::db::create_database_if_missing(&ceiling_db.parse()?).await?;
     let (pg, pg_cpu) = ceilings::pg_two_inserts(&ceiling_db, 32, plan.pg_ceiling).await?;
-    bar.set_message("ceiling: raw lapin publish, 1,000 confirms in flight");
-    let amqp = ceilings::amqp_publish_confirm(&stack.amqp, plan.amqp_messages).await?;
-    bar.set_message("ceiling: raw lapin publish while a raw consumer drains the queue");
-    let amqp_consuming = ceilings::amqp_publish_while_consuming(&stack.amqp, plan.amqp_messages).await?;
+    // The broker's ceilings are short runs whose speed swings from one to the
+    // next (a fresh quorum queue, the broker's own housekeeping): each is the
+    // best of AMQP_ROUNDS, taken in turn, with the CPU of that best round.
+    use ceilings::Shape;
+    let kinds = [(Shape::Raw, false), (Shape::Raw, true), (Shape::Event, false), (Shape::Event, true)];
+    let mut best = [(); 4].map(|_| (0.0, serde_json::Value::Null));
+    for round in 1..=AMQP_ROUNDS {
+        for ((shape, consuming), best) in kinds.iter().zip(best.iter_mut()) {
+            let what = if *consuming { "publish while a raw consumer drains the queue" } else { "publish" };
+            let shaped = if *shape == Shape::Event { ", event-shaped" } else { "" };
+            bar.set_message(format!("ceiling: raw lapin {what}{shaped} ({round}/{AMQP_ROUNDS})"));
+            let before = cpu::CpuSnapshot::take();
+            let rate = if *consuming {
+                ceilings::amqp_publish_while_consuming(&stack.amqp, plan.amqp_messages, *shape).await?
+            } else {
+                ceilings::amqp_publish_confirm(&stack.amqp, plan.amqp_messages, *shape).await?
+            };
+            if rate > best.0 {
+                *best = (rate, before.per_unit(&cpu::CpuSnapshot::take(), plan.amqp_messages as u64));
+            }
+        }
+    }
+    let [
+        (amqp, amqp_cpu),
+        (amqp_consuming, amqp_consuming_cpu),
+        (event, event_cpu),
+        (event_consuming, event_consuming_cpu),
+    ] = best;
     bar.finish_and_clear();
     report.set("ceilings.pg_create_order_tps_c32", round(pg, 0));
     report.set("ceilings.amqp_publish_confirm_per_s", round(amqp, 0));
     report.set("ceilings.amqp_publish_while_consuming_per_s", round(amqp_consuming, 0));
+    report.set("ceilings.amqp_cpu_us_per_msg", amqp_cpu.clone());
+    report.set("ceilings.amqp_consuming_cpu_us_per_msg", amqp_consuming_cpu.clone());
+    report.set("ceilings.amqp_event_publish_per_s", round(event, 0));
+    report.set("ceilings.amqp_event_publish_while_consuming_per_s", round(event_consuming, 0));
+    report.set("ceilings.amqp_event_cpu_us_per_msg", event_cpu.clone());
+    report.set("ceilings.amqp_event_consuming_cpu_us_per_msg", event_consuming_cpu.clone());
     // What one ceiling transaction costs, to set beside what one order costs:
     // on a saturated machine the pipeline's ratio cannot pass the ratio of the two.
     report.set("ceilings.pg_cpu_us_per_tx", pg_cpu.clone());
     report.row("ceiling: Postgres two-insert tx, 32 clients", format!("{pg:.0} tx/s"), "raw sqlx");
     cpu_row(report, "CPU per ceiling transaction", &pg_cpu);
     report.row("ceiling: RabbitMQ publish, pipelined confirms", format!("{amqp:.0} msg/s"), "raw lapin, quorum queue");
+    cpu_row(report, "CPU per message published", &amqp_cpu);
     report.row(
         "ceiling: the same while a consumer drains it",
         format!("{amqp_consuming:.0} msg/s"),
         format!("raw lapin, {:.2}x the publish ceiling", amqp_consuming / amqp),
     );
+    cpu_row(report, "CPU per message published while consumed", &amqp_consuming_cpu);
+    report.row(
+        "ceiling: publish, shaped as Pulse's events",
+        format!("{event:.0} msg/s"),
+        format!("topic exchange, properties and headers; {:.2}x the publish ceiling", event / amqp),
+    );
+    cpu_row(report, "CPU per event-shaped message published", &event_cpu);
+    report.row(
+        "ceiling: the same while a consumer drains it",
+        format!("{event_consuming:.0} msg/s"),
+        format!("{:.2}x the publish ceiling", event_consuming / amqp),
+    );
+    cpu_row(report, "CPU per event-shaped message published while consumed", &event_consuming_cpu);
     let pg_cpu_us = pg_cpu.get("total").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
-    Ok(Ceilings { pg, pg_cpu_us, amqp, amqp_consuming })
+    Ok(Ceilings { pg, pg_cpu_us, amqp, amqp_consuming, event, event_consuming })
 }
 
+/// Rounds of each broker ceiling; the best counts.
+const AMQP_ROUNDS: usize = 3;
+
 /// This run's ceilings: two-insert tx/s and the CPU microseconds each took
-/// (every process), publish msg/s alone and with a consumer.
+/// (every process), publish msg/s alone and with a consumer, of bare
+/// messages and of event-shaped ones.
 struct Ceilings {
     pg: f64,
     pg_cpu_us: f64,
     amqp: f64,
     amqp_consuming: f64,
+    event: f64,
+    event_consuming: f64,
 }
 
 async fn create_order(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f64) -> anyhow::Result<()> {
@@ -311,6 +361,8 @@ async fn drain(plan: &Plan, stack: &mut Stack, report: &mut Report, ceilings: &C
     report.set("drain.ratio_to_publish_while_consuming", round(drained / ceilings.amqp_consuming, 3));
     report.set("drain.relay_alone_events_per_s", round(alone, 0));
     report.set("drain.relay_alone_ratio", round(alone / amqp, 3));
+    report.set("drain.ratio_to_event_publish_while_consuming", round(drained / ceilings.event_consuming, 3));
+    report.set("drain.relay_alone_ratio_to_event_publish", round(alone / ceilings.event, 3));
     report.set("drain.consumer_alone_events_per_s", round(consumer, 0));
     // Where each event's CPU went from the restore until every notification existed.
     report.set("drain.cpu_us_per_event", cpu.clone());
@@ -318,15 +370,20 @@ async fn drain(plan: &Plan, stack: &mut Stack, report: &mut Report, ceilings: &C
         format!("backlog drain of {}, consumer running", second.ok),
         format!("{drained:.0} ev/s"),
         format!(
-            "{:.2}x publish ceiling, {:.2}x publish-while-consuming; all handled at {handled_rate:.0}/s",
+            "{:.2}x publish ceiling, {:.2}x publish-while-consuming, {:.2}x event-shaped; all handled at {handled_rate:.0}/s",
             drained / amqp,
-            drained / ceilings.amqp_consuming
+            drained / ceilings.amqp_consuming,
+            drained / ceilings.event_consuming
         ),
     );
     report.row(
         format!("backlog drain of {}, relay alone", first.ok),
         format!("{alone:.0} ev/s"),
-        format!("{:.2}x publish ceiling; then the consumer alone: {consumer:.0} ev/s", alone / amqp),
+        format!(
+            "{:.2}x publish ceiling, {:.2}x event-shaped; then the consumer alone: {consumer:.0} ev/s",
+            alone / amqp,
+            alone / ceilings.event
+        ),
     );
     cpu_row(report, "CPU per drained event, consumer running", &cpu);
     Ok(())
