@@ -84,8 +84,8 @@ pub(crate) enum Shape {
     Raw,
     /// The same 250 bytes as an `OrderCreated` goes out (README, "AMQP"):
     /// through a durable topic exchange bound with `order.created`,
-    /// `mandatory`, with the message properties and the five headers the
-    /// contract pins. The broker routes, parses and stores more per message;
+    /// `mandatory`, with its properties and its five headers (two pinned by
+    /// the contract, three the design adds). The broker routes, parses and stores more per message;
     /// this is what it allows for Pulse's messages.
     Event,
 }

@@ -140,72 +140,94 @@ async fn ceilings(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow
     // The broker's ceilings are short runs whose speed swings from one to the
     // next (a fresh quorum queue, the broker's own housekeeping): each is the
     // best of AMQP_ROUNDS, taken in turn, with the CPU of that best round.
-    use ceilings::Shape;
-    let kinds = [(Shape::Raw, false), (Shape::Raw, true), (Shape::Event, false), (Shape::Event, true)];
-    let mut best = [(); 4].map(|_| (0.0, serde_json::Value::Null));
+    let mut best = BROKER_CEILINGS.map(|_| (0.0, serde_json::Value::Null));
     for round in 1..=AMQP_ROUNDS {
-        for ((shape, consuming), best) in kinds.iter().zip(best.iter_mut()) {
-            let what = if *consuming { "publish while a raw consumer drains the queue" } else { "publish" };
-            let shaped = if *shape == Shape::Event { ", event-shaped" } else { "" };
-            bar.set_message(format!("ceiling: raw lapin {what}{shaped} ({round}/{AMQP_ROUNDS})"));
+        for (ceiling, best) in BROKER_CEILINGS.iter().zip(best.iter_mut()) {
+            bar.set_message(format!("{} ({round}/{AMQP_ROUNDS})", ceiling.label));
             let before = cpu::CpuSnapshot::take();
-            let rate = if *consuming {
-                ceilings::amqp_publish_while_consuming(&stack.amqp, plan.amqp_messages, *shape).await?
+            let rate = if ceiling.consuming {
+                ceilings::amqp_publish_while_consuming(&stack.amqp, plan.amqp_messages, ceiling.shape).await?
             } else {
-                ceilings::amqp_publish_confirm(&stack.amqp, plan.amqp_messages, *shape).await?
+                ceilings::amqp_publish_confirm(&stack.amqp, plan.amqp_messages, ceiling.shape).await?
             };
             if rate > best.0 {
                 *best = (rate, before.per_unit(&cpu::CpuSnapshot::take(), plan.amqp_messages as u64));
             }
         }
     }
-    let [
-        (amqp, amqp_cpu),
-        (amqp_consuming, amqp_consuming_cpu),
-        (event, event_cpu),
-        (event_consuming, event_consuming_cpu),
-    ] = best;
     bar.finish_and_clear();
     report.set("ceilings.pg_create_order_tps_c32", round(pg, 0));
-    report.set("ceilings.amqp_publish_confirm_per_s", round(amqp, 0));
-    report.set("ceilings.amqp_publish_while_consuming_per_s", round(amqp_consuming, 0));
-    report.set("ceilings.amqp_cpu_us_per_msg", amqp_cpu.clone());
-    report.set("ceilings.amqp_consuming_cpu_us_per_msg", amqp_consuming_cpu.clone());
-    report.set("ceilings.amqp_event_publish_per_s", round(event, 0));
-    report.set("ceilings.amqp_event_publish_while_consuming_per_s", round(event_consuming, 0));
-    report.set("ceilings.amqp_event_cpu_us_per_msg", event_cpu.clone());
-    report.set("ceilings.amqp_event_consuming_cpu_us_per_msg", event_consuming_cpu.clone());
     // What one ceiling transaction costs, to set beside what one order costs:
     // on a saturated machine the pipeline's ratio cannot pass the ratio of the two.
     report.set("ceilings.pg_cpu_us_per_tx", pg_cpu.clone());
     report.row("ceiling: Postgres two-insert tx, 32 clients", format!("{pg:.0} tx/s"), "raw sqlx");
     cpu_row(report, "CPU per ceiling transaction", &pg_cpu);
-    report.row("ceiling: RabbitMQ publish, pipelined confirms", format!("{amqp:.0} msg/s"), "raw lapin, quorum queue");
-    cpu_row(report, "CPU per message published", &amqp_cpu);
-    report.row(
-        "ceiling: the same while a consumer drains it",
-        format!("{amqp_consuming:.0} msg/s"),
-        format!("raw lapin, {:.2}x the publish ceiling", amqp_consuming / amqp),
-    );
-    cpu_row(report, "CPU per message published while consumed", &amqp_consuming_cpu);
-    report.row(
-        "ceiling: publish, shaped as Pulse's events",
-        format!("{event:.0} msg/s"),
-        format!("topic exchange, properties and headers; {:.2}x the publish ceiling", event / amqp),
-    );
-    cpu_row(report, "CPU per event-shaped message published", &event_cpu);
-    report.row(
-        "ceiling: the same while a consumer drains it",
-        format!("{event_consuming:.0} msg/s"),
-        format!("{:.2}x the publish ceiling", event_consuming / amqp),
-    );
-    cpu_row(report, "CPU per event-shaped message published while consumed", &event_consuming_cpu);
+    let amqp = best[0].0;
+    for (ceiling, (rate, cpu)) in BROKER_CEILINGS.iter().zip(&best) {
+        report.set(&format!("ceilings.{}", ceiling.key), round(*rate, 0));
+        report.set(&format!("ceilings.{}", ceiling.cpu_key), cpu.clone());
+        let against = if ceiling.key == BROKER_CEILINGS[0].key {
+            "raw lapin, quorum queue".to_owned()
+        } else {
+            format!("raw lapin, {:.2}x the publish ceiling", rate / amqp)
+        };
+        report.row(ceiling.label, format!("{rate:.0} msg/s"), against);
+        cpu_row(report, ceiling.cpu_label, cpu);
+    }
+    let [_, (amqp_consuming, _), (event, _), (event_consuming, _)] = best;
     let pg_cpu_us = pg_cpu.get("total").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
     Ok(Ceilings { pg, pg_cpu_us, amqp, amqp_consuming, event, event_consuming })
 }
 
 /// Rounds of each broker ceiling; the best counts.
 const AMQP_ROUNDS: usize = 3;
+
+/// One broker ceiling: what it publishes, whether a raw consumer drains the
+/// queue meanwhile, its JSON keys (under `ceilings.`) and its report rows.
+struct BrokerCeiling {
+    shape: ceilings::Shape,
+    consuming: bool,
+    key: &'static str,
+    cpu_key: &'static str,
+    label: &'static str,
+    cpu_label: &'static str,
+}
+
+/// The broker ceilings, bare publishing first (the drain's target is against it).
+const BROKER_CEILINGS: [BrokerCeiling; 4] = [
+    BrokerCeiling {
+        shape: ceilings::Shape::Raw,
+        consuming: false,
+        key: "amqp_publish_confirm_per_s",
+        cpu_key: "amqp_cpu_us_per_msg",
+        label: "ceiling: RabbitMQ publish, pipelined confirms",
+        cpu_label: "CPU per message published",
+    },
+    BrokerCeiling {
+        shape: ceilings::Shape::Raw,
+        consuming: true,
+        key: "amqp_publish_while_consuming_per_s",
+        cpu_key: "amqp_consuming_cpu_us_per_msg",
+        label: "ceiling: the same while a consumer drains it",
+        cpu_label: "CPU per message published while consumed",
+    },
+    BrokerCeiling {
+        shape: ceilings::Shape::Event,
+        consuming: false,
+        key: "amqp_event_publish_per_s",
+        cpu_key: "amqp_event_cpu_us_per_msg",
+        label: "ceiling: publish shaped as Pulse's events (topic, headers)",
+        cpu_label: "CPU per event-shaped message published",
+    },
+    BrokerCeiling {
+        shape: ceilings::Shape::Event,
+        consuming: true,
+        key: "amqp_event_publish_while_consuming_per_s",
+        cpu_key: "amqp_event_consuming_cpu_us_per_msg",
+        label: "ceiling: the same while a consumer drains it",
+        cpu_label: "CPU per event-shaped message published while consumed",
+    },
+];
 
 /// This run's ceilings: two-insert tx/s and the CPU microseconds each took
 /// (every process), publish msg/s alone and with a consumer, of bare
