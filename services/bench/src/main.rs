@@ -163,10 +163,10 @@ async fn ceilings(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow
     report.row("ceiling: Postgres two-insert tx, 32 clients", format!("{pg:.0} tx/s"), "raw sqlx");
     cpu_row(report, "CPU per ceiling transaction", &pg_cpu);
     let amqp = best[0].0;
-    for (ceiling, (rate, cpu)) in BROKER_CEILINGS.iter().zip(&best) {
+    for (i, (ceiling, (rate, cpu))) in BROKER_CEILINGS.iter().zip(&best).enumerate() {
         report.set(&format!("ceilings.{}", ceiling.key), round(*rate, 0));
         report.set(&format!("ceilings.{}", ceiling.cpu_key), cpu.clone());
-        let against = if ceiling.key == BROKER_CEILINGS[0].key {
+        let against = if i == 0 {
             "raw lapin, quorum queue".to_owned()
         } else {
             format!("raw lapin, {:.2}x the publish ceiling", rate / amqp)
