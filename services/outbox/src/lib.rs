@@ -29,6 +29,7 @@
 mod message;
 mod metrics;
 mod ownership;
+mod partitions;
 mod publisher;
 mod relay;
 mod retention;

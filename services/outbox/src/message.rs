@@ -76,6 +76,24 @@ impl LocalRelay {
         self.owned.store(mask, Ordering::Release);
     }
 
+    /// Marks `partition` owned; call it once its lock is taken.
+    pub(crate) fn own(&self, partition: i16) {
+        self.owned.fetch_or(1 << partition, Ordering::AcqRel);
+    }
+
+    /// Marks `partition` given back; call it before its lock is released.
+    pub(crate) fn disown(&self, partition: i16) {
+        self.owned.fetch_and(!(1 << partition), Ordering::AcqRel);
+    }
+
+    /// The partitions the relay claims from. A partition joins this set only
+    /// after its lock is taken and leaves it before the lock is released, so
+    /// the sets of two relays over one database never overlap while both run.
+    pub fn partitions(&self) -> Vec<i16> {
+        let mask = self.owned.load(Ordering::Acquire);
+        (0..PARTITIONS).filter(|p| mask & (1 << p) != 0).collect()
+    }
+
     fn owns(&self, partition: i16) -> bool {
         self.owned.load(Ordering::Acquire) & (1 << partition) != 0
     }

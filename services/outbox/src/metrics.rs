@@ -1,6 +1,6 @@
 //! The relay's instruments and the sampler that measures the backlog.
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use chrono::Utc;
 use platform::{
@@ -10,11 +10,27 @@ use platform::{
 use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::ownership::PendingRow;
+use crate::{
+    message::PARTITIONS,
+    ownership::{PARTITION_CLASS, PRESENCE_CLASS, PendingRow},
+};
 
 /// How often the backlog is measured (one `count(*)` and `min(created_at)` on
 /// `outbox_messages`, which holds only pending rows, so it is as cheap as the backlog is small).
 pub(crate) const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The backlog, and the relays and partition locks of this database.
+static SAMPLE: LazyLock<String> = LazyLock::new(|| {
+    let locks = "FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+    format!(
+        "SELECT count(*), \
+         COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(created_at)), 0)::float8, \
+         (SELECT count(DISTINCT objid) {locks} AND classid = {PARTITION_CLASS} AND objid < {PARTITIONS}), \
+         (SELECT count(*) {locks} AND classid = {PRESENCE_CLASS}) \
+         FROM outbox_messages"
+    )
+});
 
 #[derive(Clone)]
 pub(crate) struct RelayMetrics {
@@ -25,6 +41,8 @@ pub(crate) struct RelayMetrics {
     retries: IntCounterVec,
     batch_size: Histogram,
     owned_partitions: IntGauge,
+    unowned_partitions: IntGauge,
+    relays: IntGauge,
 }
 
 impl RelayMetrics {
@@ -73,6 +91,20 @@ impl RelayMetrics {
                 Name { prometheus: "outbox_owned_partitions", otel: "outbox.partitions.owned", unit: "{partition}" },
                 "Outbox partitions this relay owns",
             ),
+            unowned_partitions: metrics::gauge(
+                registry,
+                Name {
+                    prometheus: "outbox_unowned_partitions",
+                    otel: "outbox.partitions.unowned",
+                    unit: "{partition}",
+                },
+                "Outbox partitions no relay of this database holds (their events wait until one takes them)",
+            ),
+            relays: metrics::gauge(
+                registry,
+                Name { prometheus: "outbox_relays", otel: "outbox.relays", unit: "{relay}" },
+                "Relays holding partitions of this database, this one included",
+            ),
         }
     }
 
@@ -110,18 +142,14 @@ impl RelayMetrics {
                     conn = Some(PgConnection::connect_with(&options).await?);
                 }
                 let c = conn.as_mut().expect("connected above");
-                sqlx::query_as::<_, (i64, f64)>(
-                    "SELECT count(*), \
-                     COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(created_at)), 0)::float8 \
-                     FROM outbox_messages",
-                )
-                .fetch_one(c)
-                .await
+                sqlx::query_as::<_, (i64, f64, i64, i64)>(&SAMPLE).fetch_one(c).await
             }
             .await;
             let delay = match sampled {
-                Ok((pending, age)) => {
+                Ok((pending, age, locked, relays)) => {
                     self.pending.set(pending);
+                    self.unowned_partitions.set(i64::from(PARTITIONS) - locked);
+                    self.relays.set(relays);
                     self.oldest_age.set(age.max(0.0));
                     backoff.reset();
                     SAMPLE_INTERVAL

@@ -4,10 +4,18 @@
 //! Every relay holds a presence lock (class [`PRESENCE_CLASS`], a random key)
 //! so relays can count each other in `pg_locks`, and one lock (class
 //! [`PARTITION_CLASS`], key = partition) per partition it owns. Each aims at
-//! `ceil(PARTITIONS / relays)` partitions: it releases extras between batches
-//! and takes free ones. Locks vanish with the connection, so a crashed relay's
-//! partitions pass to the others, which then republish whatever it had not
-//! marked (at-least-once; consumers deduplicate).
+//! `ceil(PARTITIONS / relays)` partitions: between batches it reads the lock
+//! table, repairs what its session holds but does not claim from, releases
+//! extras completely and takes free ones, never one it already holds (see
+//! [`crate::partitions`]). Locks vanish with the connection, so a crashed
+//! relay's partitions pass to the others, which then republish whatever it
+//! had not marked (at-least-once; consumers deduplicate).
+//!
+//! Claims run on the connection that holds the locks: a claim that returns
+//! rows proves the locks were still held, and the relay publishes those rows
+//! right away, with no other database call between. A relay whose lock
+//! connection died finds out at its next claim or mark and drops everything
+//! it claimed and had not yet published.
 
 use std::collections::BTreeSet;
 
@@ -15,7 +23,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, postgres::PgConnectOptions, types::Json};
 use uuid::Uuid;
 
-use crate::message::PARTITIONS;
+use crate::{
+    message::{LocalRelay, PARTITIONS},
+    partitions::{self, LockTable},
+};
 
 /// Advisory-lock class of partition locks ("PULS").
 pub(crate) const PARTITION_CLASS: i32 = 0x5055_4c53;
@@ -54,11 +65,13 @@ pub(crate) struct Ownership {
     /// claimed; with `synchronous_commit` off (see [`Ownership::connect`]).
     marker: PgConnection,
     owned: BTreeSet<i16>,
+    /// `owned`, as the writer and observers see it.
+    local: LocalRelay,
     instance: i32,
 }
 
 impl Ownership {
-    pub(crate) async fn connect(options: &PgConnectOptions) -> Result<Self, sqlx::Error> {
+    pub(crate) async fn connect(options: &PgConnectOptions, local: LocalRelay) -> Result<Self, sqlx::Error> {
         let mut conn = PgConnection::connect_with(options).await?;
         let instance = loop {
             let candidate: i32 = rand::random();
@@ -76,7 +89,8 @@ impl Ownership {
         // consumers deduplicate; a mark that is flushed implies every earlier one
         // is, so ordering holds. It spares the relay a flush wait per batch.
         let marker = PgConnection::connect_with(&options.clone().options([("synchronous_commit", "off")])).await?;
-        Ok(Self { conn, marker, owned: BTreeSet::new(), instance })
+        local.set_owned([]);
+        Ok(Self { conn, marker, owned: BTreeSet::new(), local, instance })
     }
 
     pub(crate) fn instance(&self) -> i32 {
@@ -87,55 +101,102 @@ impl Ownership {
         self.owned.len()
     }
 
-    pub(crate) fn partitions(&self) -> impl Iterator<Item = i16> + '_ {
-        self.owned.iter().copied()
-    }
-
-    /// Takes or gives back partitions so that each live relay owns its share.
-    /// Returns whether this relay still owns fewer than its share.
+    /// Repairs, gives back or takes partitions so that each live relay owns
+    /// its share and claims from exactly the partitions its session holds
+    /// (see [`crate::partitions`]). Runs with nothing in flight. Returns
+    /// whether this relay still owns fewer than its share.
     pub(crate) async fn rebalance(&mut self) -> Result<bool, sqlx::Error> {
-        let relays: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM pg_locks
-             WHERE locktype = 'advisory' AND granted AND classid = {PRESENCE_CLASS}
-               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        ))
-        .fetch_one(&mut self.conn)
-        .await?;
-        let relays = relays.max(1) as usize;
-        let share = (PARTITIONS as usize).div_ceil(relays);
-
-        while self.owned.len() > share {
-            let partition = *self.owned.iter().next_back().expect("non-empty");
-            sqlx::query("SELECT pg_advisory_unlock($1, $2)")
-                .bind(PARTITION_CLASS)
-                .bind(i32::from(partition))
-                .execute(&mut self.conn)
-                .await?;
-            self.owned.remove(&partition);
+        let table = self.lock_table().await?;
+        let start = self.instance.rem_euclid(i32::from(PARTITIONS)) as i16;
+        let plan = partitions::plan(&self.owned, &table, start);
+        for &partition in &plan.repair {
+            self.release(partition).await?;
+            tracing::error!(partition, "outbox partition was locked but not claimed from; released it");
+        }
+        for &partition in &plan.forget {
+            self.disown(partition);
+            tracing::error!(partition, "outbox partition is no longer locked by this relay; stopped claiming from it");
+        }
+        for &partition in &plan.release {
+            self.disown(partition);
+            self.release(partition).await?;
             tracing::info!(partition, "released outbox partition");
         }
-        if self.owned.len() < share {
-            let owned: Vec<i16> = self.owned.iter().copied().collect();
-            // Start at a point of our own so relays do not all probe partition 0 first.
-            // Without ORDER BY the filter runs only on the rows LIMIT pulls, so
-            // every lock taken is a row returned.
-            let offset = self.instance.rem_euclid(i32::from(PARTITIONS));
-            let taken: Vec<i16> = sqlx::query_scalar(&format!(
-                "SELECT part::int2 FROM (SELECT (g + $3) % {PARTITIONS} AS part FROM generate_series(0, {PARTITIONS} - 1) g) s
-                 WHERE NOT (part::int2 = ANY($1)) AND pg_try_advisory_lock({PARTITION_CLASS}, part)
-                 LIMIT $2"
-            ))
-            .bind(&owned)
-            .bind((share - self.owned.len()) as i64)
-            .bind(offset)
-            .fetch_all(&mut self.conn)
-            .await?;
-            if !taken.is_empty() {
-                tracing::info!(partitions = ?taken, "took outbox partitions");
+        let mut taken = Vec::new();
+        for partition in plan.candidates {
+            if taken.len() == plan.wanted {
+                break;
             }
-            self.owned.extend(taken);
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                .bind(PARTITION_CLASS)
+                .bind(i32::from(partition))
+                .fetch_one(&mut self.conn)
+                .await?;
+            if locked {
+                self.owned.insert(partition);
+                self.local.own(partition);
+                taken.push(partition);
+            }
         }
-        Ok(self.owned.len() < share)
+        if !taken.is_empty() {
+            tracing::info!(partitions = ?taken, "took outbox partitions");
+        }
+        Ok(self.owned.len() < partitions::share(table.relays))
+    }
+
+    /// Stops claiming from `partition` (before its lock goes).
+    fn disown(&mut self, partition: i16) {
+        self.owned.remove(&partition);
+        self.local.disown(partition);
+    }
+
+    /// This database's relays and partition locks, from `pg_locks`.
+    async fn lock_table(&mut self) -> Result<LockTable, sqlx::Error> {
+        let rows: Vec<(i64, i64, bool)> = sqlx::query_as(&format!(
+            "SELECT classid::int8, objid::int8, pid = pg_backend_pid()
+             FROM pg_locks
+             WHERE locktype = 'advisory' AND granted AND objsubid = 2
+               AND classid IN ({PARTITION_CLASS}, {PRESENCE_CLASS})
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ))
+        .fetch_all(&mut self.conn)
+        .await?;
+        let mut table = LockTable::default();
+        for (class, key, mine) in rows {
+            if class == i64::from(PRESENCE_CLASS) {
+                table.relays += 1;
+            } else if let Ok(partition @ 0..PARTITIONS) = i16::try_from(key) {
+                let side = if mine { &mut table.mine } else { &mut table.others };
+                side.insert(partition);
+            }
+        }
+        table.relays = table.relays.max(1);
+        Ok(table)
+    }
+
+    /// Unlocks `partition` as many times as this session holds it, so that no
+    /// other relay is left unable to take it.
+    async fn release(&mut self, partition: i16) -> Result<(), sqlx::Error> {
+        // CASE runs the unlock first, then asks whether a level is left; a
+        // plain loop until the unlock fails would make Postgres log a warning.
+        let still_held = format!(
+            "SELECT CASE WHEN pg_advisory_unlock({PARTITION_CLASS}, $1) THEN EXISTS (
+                 SELECT 1 FROM pg_locks
+                 WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND objsubid = 2
+                   AND classid = {PARTITION_CLASS} AND objid::int8 = $2)
+             ELSE false END"
+        );
+        for _ in 0..u16::MAX {
+            let held: bool = sqlx::query_scalar(&still_held)
+                .bind(i32::from(partition))
+                .bind(i64::from(partition))
+                .fetch_one(&mut self.conn)
+                .await?;
+            if !held {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// The oldest pending rows of the owned partitions with an id above
@@ -184,6 +245,7 @@ impl Ownership {
 
     /// Gives every lock back (closing the connection would too).
     pub(crate) async fn close(self) {
+        self.local.set_owned([]);
         let _ = self.marker.close().await;
         let _ = self.conn.close().await;
     }
@@ -229,4 +291,117 @@ async fn mark_on(conn: &mut PgConnection, ids: &[i64], archive: bool) -> Result<
         "DELETE FROM outbox_messages WHERE id = ANY($1)"
     };
     Ok(sqlx::query(sql).bind(ids).execute(conn).await?.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use sqlx::PgPool;
+
+    use super::*;
+
+    /// Partition locks in `pg_locks`, by the backend holding them.
+    async fn locks_by_backend(pool: &PgPool) -> BTreeMap<i32, BTreeSet<i16>> {
+        let rows: Vec<(i32, i64)> = sqlx::query_as(&format!(
+            "SELECT pid, objid::int8 FROM pg_locks
+             WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid = {PARTITION_CLASS}
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ))
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let mut locks: BTreeMap<i32, BTreeSet<i16>> = BTreeMap::new();
+        for (pid, partition) in rows {
+            locks.entry(pid).or_default().insert(partition as i16);
+        }
+        locks
+    }
+
+    async fn backend(ownership: &mut Ownership) -> i32 {
+        sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut ownership.conn).await.unwrap()
+    }
+
+    /// Rebalances each relay in turn until none is short (a few rounds at most).
+    async fn settle(relays: &mut [&mut Ownership]) {
+        for _ in 0..4 {
+            let mut short = false;
+            for relay in relays.iter_mut() {
+                short |= relay.rebalance().await.unwrap();
+            }
+            if !short {
+                return;
+            }
+        }
+        panic!("relays did not settle");
+    }
+
+    /// What Postgres holds is exactly what the relays claim from, every
+    /// partition once.
+    async fn assert_locks_match(pool: &PgPool, relays: &mut [&mut Ownership]) {
+        let locks = locks_by_backend(pool).await;
+        let mut all = BTreeSet::new();
+        for relay in relays.iter_mut() {
+            let pid = backend(relay).await;
+            assert_eq!(locks.get(&pid).cloned().unwrap_or_default(), relay.owned, "backend {pid}");
+            all.extend(relay.owned.iter().copied());
+        }
+        assert_eq!(locks.len(), relays.len(), "no other session holds a partition: {locks:?}");
+        assert_eq!(all.len(), PARTITIONS as usize, "every partition is owned");
+    }
+
+    /// The fail-over that stranded partitions: a relay that took partitions back
+    /// after its peer crashed must give them back whole when the peer returns.
+    #[sqlx::test(migrations = "../../migrations/orders")]
+    async fn a_restarted_relay_gets_its_share_and_no_lock_is_left_behind(pool: PgPool) {
+        let options = pool.connect_options().as_ref().clone();
+        let mut a = Ownership::connect(&options, LocalRelay::default()).await.unwrap();
+        let mut b = Ownership::connect(&options, LocalRelay::default()).await.unwrap();
+        settle(&mut [&mut a, &mut b]).await;
+        assert_eq!((a.owned(), b.owned()), (32, 32));
+
+        for _ in 0..3 {
+            b.close().await;
+            // The server ends the session (and drops its locks) just after the close.
+            let gone = async || locks_by_backend(&pool).await.len() == 1;
+            while !gone().await {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            settle(&mut [&mut a]).await;
+            assert_eq!(a.owned(), 64, "the survivor takes every partition");
+            b = Ownership::connect(&options, LocalRelay::default()).await.unwrap();
+            settle(&mut [&mut a, &mut b]).await;
+            assert_eq!((a.owned(), b.owned()), (32, 32));
+            assert_locks_match(&pool, &mut [&mut a, &mut b]).await;
+        }
+    }
+
+    /// A partition locked twice by a relay's session, or locked but no longer
+    /// claimed from, is released whole, and a peer takes it.
+    #[sqlx::test(migrations = "../../migrations/orders")]
+    async fn stacked_and_stray_locks_are_repaired(pool: PgPool) {
+        let options = pool.connect_options().as_ref().clone();
+        let mut a = Ownership::connect(&options, LocalRelay::default()).await.unwrap();
+        settle(&mut [&mut a]).await;
+        for partition in [3, 63] {
+            for _ in 0..2 {
+                sqlx::query("SELECT pg_advisory_lock($1, $2)")
+                    .bind(PARTITION_CLASS)
+                    .bind(partition)
+                    .execute(&mut a.conn)
+                    .await
+                    .unwrap();
+            }
+        }
+        // Stray: still locked (three times over), no longer claimed from.
+        a.owned.remove(&3);
+        assert!(!a.rebalance().await.unwrap());
+        assert!(a.owned.contains(&3), "taken again once its stray lock was released whole");
+
+        // 63 is held three times and is among the partitions a gives back.
+        let mut b = Ownership::connect(&options, LocalRelay::default()).await.unwrap();
+        settle(&mut [&mut a, &mut b]).await;
+        assert!(b.owned.contains(&63), "released whole, so the newcomer could take it");
+        assert_locks_match(&pool, &mut [&mut a, &mut b]).await;
+    }
 }

@@ -100,6 +100,8 @@ const LOOKBACK_IDS: i64 = 1_000;
 /// What the relay can currently reach; drives its health status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RelayStatus {
+    /// The relay holds its database connection (and with it its partitions),
+    /// which it opens only while the broker is reachable.
     pub database: bool,
     pub broker: bool,
     pub owned_partitions: usize,
@@ -164,6 +166,9 @@ impl Relay {
     /// Relays until `shutdown` fires; returns once the batches in flight are settled and marked.
     pub async fn run(self, shutdown: CancellationToken) {
         let tasks = CancellationToken::new();
+        // Dropped unfinished (a runtime shutting down, an aborted task), the
+        // relay takes its helpers with it.
+        let _helpers = tasks.clone().drop_guard();
         if let Some(channel) = self.config.notify_channel.clone() {
             tokio::spawn(listen(self.options.clone(), channel, Arc::clone(&self.local.waker), tasks.clone()));
         }
@@ -206,26 +211,6 @@ impl Relay {
             if shutdown.is_cancelled() && in_flight.is_empty() {
                 break;
             }
-            if db.is_none() {
-                // Rows published without a mark stay pending and go out again.
-                in_flight.clear();
-                self.local.set_owned([]);
-                match Ownership::connect(&self.options).await {
-                    Ok(ownership) => {
-                        tracing::info!(relay = ownership.instance(), "relay connected to the database");
-                        db = Some(ownership);
-                        next_rebalance = Instant::now();
-                        claimed_up_to = 0;
-                    }
-                    Err(err) => {
-                        self.report(false, broker.is_some(), 0);
-                        tracing::warn!(error = %err, "relay cannot reach the database");
-                        self.metrics.retry("database_unreachable");
-                        sleep_or_stop(backoff.next_delay(), shutdown).await;
-                        continue;
-                    }
-                }
-            }
             if broker.as_ref().is_some_and(|b| !b.is_connected()) {
                 broker = None;
             }
@@ -243,9 +228,34 @@ impl Relay {
                         broker = Some(publisher);
                     }
                     Err(err) => {
-                        self.report(true, false, db.as_ref().map_or(0, Ownership::owned));
+                        // Partitions are held only while they can be published: a
+                        // relay that cannot reach the broker lets its peers take them.
+                        if let Some(ownership) = db.take() {
+                            ownership.close().await;
+                        }
+                        self.report(false, false, 0);
                         tracing::warn!(error = %err, "relay cannot reach the broker; events stay pending");
                         self.metrics.retry("broker_unreachable");
+                        sleep_or_stop(backoff.next_delay(), shutdown).await;
+                        continue;
+                    }
+                }
+            }
+            if db.is_none() {
+                // Rows published without a mark stay pending and go out again.
+                in_flight.clear();
+                self.local.set_owned([]);
+                match Ownership::connect(&self.options, self.local.clone()).await {
+                    Ok(ownership) => {
+                        tracing::info!(relay = ownership.instance(), "relay connected to the database");
+                        db = Some(ownership);
+                        next_rebalance = Instant::now();
+                        claimed_up_to = 0;
+                    }
+                    Err(err) => {
+                        self.report(false, true, 0);
+                        tracing::warn!(error = %err, "relay cannot reach the database");
+                        self.metrics.retry("database_unreachable");
                         sleep_or_stop(backoff.next_delay(), shutdown).await;
                         continue;
                     }
@@ -259,7 +269,6 @@ impl Relay {
                 match ownership.rebalance().await {
                     // Short of our share: look again soon, a peer is giving partitions back.
                     Ok(short) => {
-                        self.local.set_owned(ownership.partitions());
                         // A partition taken over may hold rows far below: look from the start.
                         claimed_up_to = 0;
                         let wait =
