@@ -62,6 +62,7 @@ impl Config {
         relay.batch_size = parse_or("OUTBOX_BATCH_SIZE", relay.batch_size)?;
         relay.pipeline_depth = parse_or("OUTBOX_PIPELINE_DEPTH", relay.pipeline_depth)?.clamp(1, 16);
         relay.poll_interval = millis_or("OUTBOX_POLL_INTERVAL_MS", relay.poll_interval)?;
+        relay.rebalance_interval = millis_or("OUTBOX_REBALANCE_INTERVAL_MS", relay.rebalance_interval)?;
         relay.gather = millis_up_to_or("OUTBOX_GATHER_MS", relay.gather, Duration::from_secs(1))?;
         relay.gather_from_rate = rate_or("OUTBOX_GATHER_FROM_RATE", relay.gather_from_rate)?;
         relay.backoff_max = millis_or("OUTBOX_BACKOFF_MAX_MS", relay.backoff_max)?;

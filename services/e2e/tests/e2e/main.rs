@@ -10,4 +10,5 @@ mod consumer;
 mod crashes;
 mod dashboard;
 mod happy_path;
+mod relay_failover;
 mod support;
