@@ -2,7 +2,14 @@
 //! ends at once, and no call after it fails; an insert whose answer was lost
 //! with its connection is answered with the order it committed.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use contracts::orders::v1::{CreateOrderRequest, GetOrderRequest};
 use sqlx::PgPool;
@@ -132,5 +139,51 @@ async fn an_insert_whose_answer_was_lost_is_answered_with_its_order(pool: PgPool
     let order = answer.order.expect("order");
     assert_eq!((order.customer_id.as_str(), order.amount.as_str()), ("lost-answer", "12.50"));
     assert_eq!(app.count("orders").await, 2);
+    app.stop().await;
+}
+
+/// Restarts landing while CreateOrder calls are in flight, some of them
+/// mid-statement: no call fails, and every order is written exactly once.
+#[sqlx::test(migrations = false)]
+async fn no_call_fails_when_restarts_land_under_load(pool: PgPool) {
+    let app = spawn_app(&pool, Options { min_connections: Some(4), ..Options::default() }).await;
+    let running = Arc::new(AtomicBool::new(true));
+    let clients = (0..8).map(|client| {
+        let (mut grpc, running) = (app.client.clone(), Arc::clone(&running));
+        tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for n in 0.. {
+                if !running.load(Ordering::Relaxed) {
+                    break;
+                }
+                let customer = format!("load-{client}-{n}");
+                let outcome = grpc.create_order(order(&customer, "5.00", "EUR")).await.map(|r| r.into_inner().order_id);
+                outcomes.push((customer, outcome));
+            }
+            outcomes
+        })
+    });
+    let clients: Vec<_> = clients.collect();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        restart_sessions(&pool).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    running.store(false, Ordering::Relaxed);
+    let mut outcomes = Vec::new();
+    for client in futures::future::join_all(clients).await {
+        outcomes.extend(client.expect("client task"));
+    }
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter_map(|(customer, outcome)| outcome.as_ref().err().map(|status| format!("{customer}: {status:?}")))
+        .collect();
+    assert_eq!(failed, Vec::<String>::new(), "{} calls", outcomes.len());
+
+    let stored: Vec<(String, i64)> =
+        sqlx::query_as("SELECT customer_id, count(*) FROM orders GROUP BY customer_id").fetch_all(&pool).await.unwrap();
+    assert!(stored.iter().all(|(_, count)| *count == 1), "an order written twice: {stored:?}");
+    assert_eq!(stored.len(), outcomes.len(), "one order per call");
+    assert_eq!(app.count("outbox_messages").await, outcomes.len() as i64, "one event per order");
     app.stop().await;
 }
