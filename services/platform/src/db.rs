@@ -113,3 +113,19 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_exchange_means_the_session_is_gone_and_a_busy_pool_does_not() {
+        assert!(is_session_gone(&sqlx::Error::Io(std::io::ErrorKind::UnexpectedEof.into())));
+        assert!(is_session_gone(&sqlx::Error::Protocol("unexpected message".into())));
+        assert!(is_session_gone(&sqlx::Error::WorkerCrashed));
+        // The pool's own verdicts say nothing about a connection.
+        assert!(!is_session_gone(&sqlx::Error::PoolTimedOut));
+        assert!(!is_session_gone(&sqlx::Error::PoolClosed));
+        assert!(!is_session_gone(&sqlx::Error::RowNotFound));
+    }
+}
