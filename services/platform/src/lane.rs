@@ -12,11 +12,11 @@
 //! A restart of the server (or `pg_terminate_backend`) kills every session at
 //! once, and a connection learns of it only when its next statement fails. A
 //! connection whose session is gone is closed, never handed back (see
-//! [`crate::db::is_session_gone`]); and since
-//! its idle peers are most likely dead too, each connection that was idle
-//! before such a loss is checked with a ping the next time it is checked
-//! out, so the retry [`Lane::read`] makes (and every later request) gets a
-//! live connection. Between losses no checkout pays that round trip.
+//! [`crate::db::is_session_gone`]); and since its idle peers are most likely
+//! dead too, each connection that was idle before such a loss is checked
+//! with a ping the next time it is checked out, so the retry [`Lane::read`]
+//! makes (and every later request) gets a live connection. Between losses no
+//! checkout pays that round trip.
 //!
 //! When no connection is idle, a checkout opens one but takes whichever comes
 //! first, that one or a connection another request hands back: under a step
@@ -95,17 +95,36 @@ impl Inner {
     }
 
     /// `idle` if it is live: checked with a ping when a connection was found
-    /// dead since it was last known live. A dead one is closed.
-    async fn live(&self, mut idle: Idle) -> Option<Idle> {
+    /// dead since it was last known live. A dead one is closed, and so is
+    /// one whose ping is cut short (the checkout timed out or was cancelled).
+    async fn live(&self, idle: Idle) -> Option<Idle> {
         let losses = self.losses();
-        if idle.live_at < losses {
-            if idle.conn.ping().await.is_err() {
-                self.forget();
-                return None;
-            }
-            idle.live_at = losses;
+        if idle.live_at >= losses {
+            return Some(idle);
         }
+        let mut checking = Checking { idle: Some(idle), lane: self };
+        let conn = &mut checking.idle.as_mut().expect("present until the check ends").conn;
+        if conn.ping().await.is_err() {
+            return None;
+        }
+        let mut idle = checking.idle.take().expect("present until the check ends");
+        idle.live_at = losses;
         Some(idle)
+    }
+}
+
+/// A connection being pinged: closed, and its place freed, unless the ping
+/// answers.
+struct Checking<'a> {
+    idle: Option<Idle>,
+    lane: &'a Inner,
+}
+
+impl Drop for Checking<'_> {
+    fn drop(&mut self) {
+        if self.idle.take().is_some() {
+            self.lane.forget();
+        }
     }
 }
 
@@ -167,11 +186,8 @@ impl Lane {
                     Ok(Some(idle)) => break Ok(idle),
                     // Dead: closed, so there is room to open another.
                     Ok(None) => continue,
-                    Err(_) => {
-                        // The ping was cut short: the connection is mid-exchange.
-                        inner.forget();
-                        break Err(sqlx::Error::PoolTimedOut);
-                    }
+                    // The ping was cut short: the connection is closed.
+                    Err(_) => break Err(sqlx::Error::PoolTimedOut),
                 }
             }
             if opening.connecting.is_none() && reserve(&inner.total, inner.max) {

@@ -245,3 +245,44 @@ async fn after_every_session_ended_each_read_succeeds(pool: PgPool) {
     assert_eq!(backends(&pool).await.len(), lane.size(), "only live connections are left");
     lane.close().await;
 }
+
+/// Checkouts cancelled while they ping a connection idle since a loss (or
+/// open a new one) do not lose its place: afterwards the lane's count
+/// matches the server's and every place serves.
+#[sqlx::test(migrations = false)]
+async fn a_checkout_cancelled_while_checking_a_connection_does_not_lose_its_place(pool: PgPool) {
+    let lane = lane(&pool, 2, 2).await;
+    for _ in 0..15 {
+        // One of two sessions ended and found gone: the other, live, is pinged at its next checkout.
+        let (mut live, mut dead) = (lane.acquire().await.unwrap(), lane.acquire().await.unwrap());
+        let (_, ended) = (backend(&mut live).await, backend(&mut dead).await);
+        live.done();
+        dead.done();
+        sqlx::query("SELECT pg_terminate_backend($1)").bind(ended).execute(&pool).await.unwrap();
+        while backends(&pool).await.contains(&ended) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut conn = lane.acquire().await.unwrap();
+        let failed = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&mut *conn).await;
+        assert!(failed.is_err(), "the connection handed back last is the one whose session ended");
+        conn.settle(&failed);
+        // Cut short at different points of the ping (or of an opening).
+        for micros in [20, 60, 150, 400] {
+            if let Ok(conn) = tokio::time::timeout(Duration::from_micros(micros), lane.acquire()).await {
+                conn.unwrap().done();
+            }
+        }
+    }
+    let settled = async {
+        while lane.idle_count() != lane.size() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), settled).await.expect("every connection is idle or closed");
+    let (mut a, mut b) = (lane.acquire().await.unwrap(), lane.acquire().await.unwrap());
+    assert_ne!(backend(&mut a).await, backend(&mut b).await);
+    a.done();
+    b.done();
+    assert_eq!(backends(&pool).await.len(), lane.size(), "the lane's count matches the server's");
+    lane.close().await;
+}
