@@ -229,7 +229,8 @@ async fn read_back(lane: &Lane, group: Vec<Call>) -> Option<Vec<Call>> {
 /// `order_id`, made for this call, is taken only by an earlier attempt of
 /// the same write that committed.
 fn is_already_written(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") && db.constraint() == Some(db::ORDERS_PKEY))
+    let sqlx::Error::Database(refused) = err else { return false };
+    refused.code().as_deref() == Some("23505") && refused.constraint() == Some(db::ORDERS_PKEY)
 }
 
 /// The client span of the INSERT that writes `call` among `group_size`
