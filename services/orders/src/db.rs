@@ -26,6 +26,9 @@ pub struct OrderRow {
 /// The table these queries read and write (`db.collection.name` of their spans).
 pub const TABLE: &str = "orders";
 
+/// The orders table's primary key (on `order_id`), as constraint errors name it.
+pub const ORDERS_PKEY: &str = "orders_pkey";
+
 /// The status of a freshly created order.
 pub const STATUS_CREATED: &str = "CREATED";
 
@@ -141,5 +144,13 @@ pub async fn find(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<Orde
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1"))
         .bind(order_id)
         .fetch_optional(conn)
+        .await
+}
+
+/// The orders among `order_ids` that are stored.
+pub async fn find_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<Vec<OrderRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = ANY($1)"))
+        .bind(order_ids)
+        .fetch_all(conn)
         .await
 }

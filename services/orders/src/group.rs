@@ -10,7 +10,7 @@
 //! arrives and the call is written alone, at once; the groups grow only when
 //! calls arrive faster than the writers commit, which is when they pay.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use outbox::{Appended, OutboxMessage};
 use platform::{
@@ -19,6 +19,7 @@ use platform::{
 };
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::{Instrument, Span};
+use uuid::Uuid;
 
 use crate::db::{self, OrderRow};
 
@@ -27,7 +28,9 @@ pub const MAX_GROUP: usize = 64;
 
 /// What a write gives back: the stored order and its outbox row, or None when
 /// the order's `request_id` was already taken (nothing was written for it).
-pub(crate) type Inserted = Option<(OrderRow, Appended)>;
+/// The outbox row is None for an order read back after its connection died
+/// (see [`write_together`]): its event waits for the relay's next poll.
+pub(crate) type Inserted = Option<(OrderRow, Option<Appended>)>;
 
 /// Hands orders to the writers. Cheap to clone; the writers stop once every
 /// clone is gone and the calls queued are written.
@@ -87,52 +90,147 @@ async fn write(lane: Lane, calls: Arc<Mutex<mpsc::UnboundedReceiver<Call>>>, db:
     }
 }
 
+/// Writes `group` and answers every call. When the database rejects the
+/// grouped statement, each order is written alone, so the failure stays with
+/// the call that caused it.
 async fn write_group(lane: &Lane, group: Vec<Call>, db: &DbTarget) {
-    let mut conn = match lane.acquire().await {
-        Ok(conn) => conn,
-        Err(err) => return fail_all(group, &err),
-    };
-    if let [call] = group.as_slice() {
-        let inserted = write_alone(conn, call, db).await;
+    let Some((group, err)) = write_together(lane, group, db).await else { return };
+    if let [_] = group.as_slice() {
         let call = group.into_iter().next().expect("one call");
-        let _ = call.reply.send(inserted);
+        let _ = call.reply.send(Err(err));
         return;
     }
-    let spans: Vec<Span> = group.iter().map(|call| statement_span(db, call, group.len())).collect();
-    let pairs: Vec<(&OrderRow, &OutboxMessage)> = group.iter().map(|call| (&call.order, &call.event)).collect();
-    let written = db::insert_orders_with_events(&mut conn, &pairs).await;
-    conn.settle(&written);
-    drop(spans);
-    match written {
-        Ok(rows) => {
-            let mut rows: std::collections::HashMap<uuid::Uuid, (OrderRow, Appended)> =
-                rows.into_iter().map(|(row, appended)| (row.order_id, (row, appended))).collect();
-            for call in group {
-                let _ = call.reply.send(Ok(rows.remove(&call.order.order_id)));
-            }
+    tracing::warn!(error = %err, orders = group.len(), "grouped insert failed; writing its orders one by one");
+    for call in group {
+        // The statements before may have taken longer than this caller was
+        // willing to wait (its deadline passed): it gets no order.
+        if call.reply.is_closed() {
+            continue;
         }
-        Err(err) if platform::db::is_unavailable(&err) => fail_all(group, &err),
-        // Something in one order failed the statement and so all of them:
-        // each is written alone, so the failure stays with its own call.
-        Err(err) => {
-            tracing::warn!(error = %err, orders = group.len(), "grouped insert failed; writing its orders one by one");
-            for call in group {
-                let alone = match lane.acquire().await {
-                    Ok(conn) => write_alone(conn, &call, db).await,
-                    Err(err) => Err(err),
-                };
-                let _ = call.reply.send(alone);
-            }
+        if let Some((alone, err)) = write_together(lane, vec![call], db).await {
+            let call = alone.into_iter().next().expect("one call");
+            let _ = call.reply.send(Err(err));
         }
     }
 }
 
-/// Writes one call's order and event on `conn` with the single-order statement.
-async fn write_alone(mut conn: LaneConnection, call: &Call, db: &DbTarget) -> Result<Inserted, sqlx::Error> {
-    let inserted =
-        db::insert_order_with_event(&mut conn, &call.order, &call.event).instrument(statement_span(db, call, 1)).await;
-    conn.settle(&inserted);
-    inserted
+/// Writes `group` in one statement and answers its calls, or gives them back
+/// with the error when the database rejected the statement.
+///
+/// A connection that turns out dead under the statement (the server
+/// restarted, or ended the session) leaves its outcome unknown: the commit
+/// may have happened with only the answer lost. The orders are then read
+/// back; those found are answered as written, and the others (of callers
+/// still waiting) are written once more on a live connection. Only if that
+/// fails as well do they hear that the database is unavailable. An order is
+/// never written twice: its `order_id` is the primary key, and a retry that
+/// finds it taken reads it back too.
+async fn write_together(lane: &Lane, mut group: Vec<Call>, db: &DbTarget) -> Option<(Vec<Call>, sqlx::Error)> {
+    let mut retried = false;
+    loop {
+        let written = match lane.acquire().await {
+            Ok(conn) => insert(conn, &group, db).await,
+            Err(err) => {
+                fail_all(group, &err);
+                return None;
+            }
+        };
+        let err = match written {
+            Ok(rows) => {
+                answer(group, rows);
+                return None;
+            }
+            Err(err) => err,
+        };
+        if !platform::db::is_session_gone(&err) && !is_already_written(&err) {
+            if platform::db::is_unavailable(&err) {
+                fail_all(group, &err);
+                return None;
+            }
+            return Some((group, err));
+        }
+        tracing::warn!(error = %err, orders = group.len(), retried, "outcome of an insert unknown; reading it back");
+        group = read_back(lane, group).await?;
+        if group.is_empty() {
+            return None;
+        }
+        if retried {
+            fail_all(group, &err);
+            return None;
+        }
+        retried = true;
+    }
+}
+
+/// Inserts `group`'s orders and events on `conn`; gives back the orders
+/// written, by `order_id` (none for a `request_id` already taken).
+async fn insert(mut conn: LaneConnection, group: &[Call], db: &DbTarget) -> Result<Written, sqlx::Error> {
+    let written = if let [call] = group {
+        db::insert_order_with_event(&mut conn, &call.order, &call.event)
+            .instrument(statement_span(db, call, 1))
+            .await
+            .map(|row| row.into_iter().collect())
+    } else {
+        let spans: Vec<Span> = group.iter().map(|call| statement_span(db, call, group.len())).collect();
+        let pairs: Vec<(&OrderRow, &OutboxMessage)> = group.iter().map(|call| (&call.order, &call.event)).collect();
+        let written = db::insert_orders_with_events(&mut conn, &pairs).await;
+        drop(spans);
+        written
+    };
+    conn.settle(&written);
+    written.map(|rows| rows.into_iter().map(|(row, appended)| (row.order_id, (row, appended))).collect())
+}
+
+/// The rows an insert wrote, by `order_id`.
+type Written = HashMap<Uuid, (OrderRow, Appended)>;
+
+/// Answers each call with its order as written, or None when its `request_id` was taken.
+fn answer(group: Vec<Call>, mut rows: Written) {
+    for call in group {
+        let inserted = rows.remove(&call.order.order_id).map(|(row, appended)| (row, Some(appended)));
+        let _ = call.reply.send(Ok(inserted));
+    }
+}
+
+/// Answers the calls whose orders the database holds (a statement committed
+/// them but its answer was lost) and returns the calls still waiting for
+/// theirs; a caller that gave up is dropped, so nothing is written for it.
+/// None when the database cannot be read either: then every call has heard so.
+async fn read_back(lane: &Lane, group: Vec<Call>) -> Option<Vec<Call>> {
+    let ids: Vec<Uuid> = group.iter().map(|call| call.order.order_id).collect();
+    let found = lane
+        .read(|conn| {
+            let ids = ids.clone();
+            Box::pin(async move { db::find_many(conn, &ids).await })
+        })
+        .await;
+    let mut found: HashMap<Uuid, OrderRow> = match found {
+        Ok(rows) => rows.into_iter().map(|row| (row.order_id, row)).collect(),
+        Err(err) => {
+            fail_all(group, &err);
+            return None;
+        }
+    };
+    let mut waiting = Vec::new();
+    for call in group {
+        match found.remove(&call.order.order_id) {
+            Some(row) => {
+                tracing::info!(order_id = %row.order_id, "order found written after its connection died");
+                let _ = call.reply.send(Ok(Some((row, None))));
+            }
+            None if call.reply.is_closed() => {}
+            None => waiting.push(call),
+        }
+    }
+    Some(waiting)
+}
+
+/// Whether an insert failed because its order is already stored: its
+/// `order_id`, made for this call, is taken only by an earlier attempt of
+/// the same write that committed.
+fn is_already_written(err: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(refused) = err else { return false };
+    refused.code().as_deref() == Some("23505") && refused.constraint() == Some(db::ORDERS_PKEY)
 }
 
 /// The client span of the INSERT that writes `call` among `group_size`

@@ -67,7 +67,9 @@ impl Orders {
         let Some((row, appended)) = self.group.insert(draft, event).await? else {
             return self.replay(&order).await;
         };
-        self.outbox.committed(appended);
+        if let Some(appended) = appended {
+            self.outbox.committed(appended);
+        }
         tracing::info!(order_id = %row.order_id, event_id = %row.event_id, "order created");
         Ok(row)
     }
@@ -75,9 +77,10 @@ impl Orders {
     /// The answer to a retry: the stored order, if the retry asks for the same thing.
     async fn replay(&self, order: &NewOrder) -> Result<OrderRow, OrdersError> {
         let request_id = order.request_id.ok_or_else(|| anyhow!("insert conflicted without a request_id"))?;
-        let mut conn = self.lane.acquire().await?;
-        let found = db::find_by_request_id(&mut conn, request_id).instrument(self.statement("SELECT")).await;
-        conn.settle(&found);
+        let found = self
+            .lane
+            .read(|conn| Box::pin(db::find_by_request_id(conn, request_id).instrument(self.statement("SELECT"))))
+            .await;
         let existing = found?.ok_or_else(|| anyhow!("request_id {request_id} conflicted but no order has it"))?;
         let same = existing.customer_id == order.customer_id.as_str()
             && existing.amount == order.amount.to_string()
@@ -93,9 +96,8 @@ impl Orders {
     }
 
     pub async fn get(&self, order_id: Uuid) -> Result<OrderRow, OrdersError> {
-        let mut conn = self.lane.acquire().await?;
-        let found = db::find(&mut conn, order_id).instrument(self.statement("SELECT")).await;
-        conn.settle(&found);
+        let found =
+            self.lane.read(|conn| Box::pin(db::find(conn, order_id).instrument(self.statement("SELECT")))).await;
         found?.ok_or(OrdersError::NotFound)
     }
 

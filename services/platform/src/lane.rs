@@ -9,6 +9,15 @@
 //! panic) is closed instead, so a half-read response is never reused. That
 //! is the same guarantee the ping gave, without asking the server.
 //!
+//! A restart of the server (or `pg_terminate_backend`) kills every session at
+//! once, and a connection learns of it only when its next statement fails. A
+//! connection whose session is gone is closed, never handed back (see
+//! [`crate::db::is_session_gone`]); and since its idle peers are most likely
+//! dead too, each connection that was idle before such a loss is checked
+//! with a ping the next time it is checked out, so the retry [`Lane::read`]
+//! makes (and every later request) gets a live connection. Between losses no
+//! checkout pays that round trip.
+//!
 //! When no connection is idle, a checkout opens one but takes whichever comes
 //! first, that one or a connection another request hands back: under a step
 //! in load, setting up a connection (tens of milliseconds on a busy server)
@@ -18,7 +27,7 @@ use std::{
     ops::{Deref, DerefMut},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -48,6 +57,9 @@ struct Inner {
     slots: Arc<Semaphore>,
     /// Connections open or being opened: at most `max`.
     total: AtomicUsize,
+    /// Connections found dead so far; an idle connection last known live
+    /// before the latest of them is pinged before it is handed out.
+    losses: AtomicU64,
     max: usize,
     acquire_timeout: Duration,
 }
@@ -72,11 +84,55 @@ impl Inner {
         self.total.fetch_sub(1, Ordering::AcqRel);
         self.returned.notify_one();
     }
+
+    fn losses(&self) -> u64 {
+        self.losses.load(Ordering::Acquire)
+    }
+
+    /// A connection just opened, live as of now.
+    fn fresh(&self, conn: PgConnection) -> Idle {
+        Idle { conn, opened: Instant::now(), live_at: self.losses() }
+    }
+
+    /// `idle` if it is live: checked with a ping when a connection was found
+    /// dead since it was last known live. A dead one is closed, and so is
+    /// one whose ping is cut short (the checkout timed out or was cancelled).
+    async fn live(&self, idle: Idle) -> Option<Idle> {
+        let losses = self.losses();
+        if idle.live_at >= losses {
+            return Some(idle);
+        }
+        let mut checking = Checking { idle: Some(idle), lane: self };
+        let conn = &mut checking.idle.as_mut().expect("present until the check ends").conn;
+        if conn.ping().await.is_err() {
+            return None;
+        }
+        let mut idle = checking.idle.take().expect("present until the check ends");
+        idle.live_at = losses;
+        Some(idle)
+    }
+}
+
+/// A connection being pinged: closed, and its place freed, unless the ping
+/// answers.
+struct Checking<'a> {
+    idle: Option<Idle>,
+    lane: &'a Inner,
+}
+
+impl Drop for Checking<'_> {
+    fn drop(&mut self) {
+        if self.idle.take().is_some() {
+            self.lane.forget();
+        }
+    }
 }
 
 struct Idle {
     conn: PgConnection,
     opened: Instant,
+    /// [`Inner::losses`] when the connection was last known live.
+    live_at: u64,
 }
 
 impl Lane {
@@ -90,6 +146,7 @@ impl Lane {
                 returned: Notify::new(),
                 slots: Arc::new(Semaphore::new(max)),
                 total: AtomicUsize::new(0),
+                losses: AtomicU64::new(0),
                 max,
                 acquire_timeout: settings.acquire_timeout,
             }),
@@ -97,7 +154,7 @@ impl Lane {
         for _ in 0..(settings.min_connections as usize).min(max) {
             let conn = PgConnection::connect_with(&lane.inner.options).await?;
             lane.inner.total.fetch_add(1, Ordering::AcqRel);
-            lane.inner.park(Idle { conn, opened: Instant::now() });
+            lane.inner.park(lane.inner.fresh(conn));
         }
         Ok(lane)
     }
@@ -123,8 +180,15 @@ impl Lane {
             let returned = inner.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
-            if let Some(idle) = inner.idle().pop() {
-                break Ok(idle);
+            let popped = inner.idle().pop();
+            if let Some(idle) = popped {
+                match tokio::time::timeout_at(deadline, inner.live(idle)).await {
+                    Ok(Some(idle)) => break Ok(idle),
+                    // Dead: closed, so there is room to open another.
+                    Ok(None) => continue,
+                    // The ping was cut short: the connection is closed.
+                    Err(_) => break Err(sqlx::Error::PoolTimedOut),
+                }
             }
             if opening.connecting.is_none() && reserve(&inner.total, inner.max) {
                 let options = inner.options.clone();
@@ -139,7 +203,7 @@ impl Lane {
             tokio::select! {
                 opened = connect => {
                     opening.connecting = None;
-                    break opened.map(|conn| Idle { conn, opened: Instant::now() }).inspect_err(|_| inner.forget());
+                    break opened.map(|conn| inner.fresh(conn)).inspect_err(|_| inner.forget());
                 }
                 _ = &mut returned => {}
                 _ = tokio::time::sleep_until(deadline) => break Err(sqlx::Error::PoolTimedOut),
@@ -147,6 +211,33 @@ impl Lane {
         };
         drop(opening);
         Ok(LaneConnection { idle: Some(outcome?), lane: Arc::clone(inner), _slot: slot })
+    }
+
+    /// Runs `statement` on a connection and hands the connection back; if the
+    /// connection's session turns out to be gone (see
+    /// [`crate::db::is_session_gone`]), runs it once more on a live one, so a
+    /// restart of the server costs the caller a reconnection, not an error.
+    /// Only for statements that may run twice, such as reads.
+    pub async fn read<T, F>(&self, mut statement: F) -> Result<T, sqlx::Error>
+    where
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
+    {
+        let mut conn = self.acquire().await?;
+        let result = statement(&mut conn).await;
+        let gone = result.as_ref().is_err_and(crate::db::is_session_gone);
+        conn.settle(&result);
+        if !gone {
+            return result;
+        }
+        let mut conn = self.acquire().await?;
+        let result = statement(&mut conn).await;
+        conn.settle(&result);
+        result
+    }
+
+    /// Connections found dead so far (their session had ended).
+    pub fn losses(&self) -> u64 {
+        self.inner.losses()
     }
 
     /// Connections open and idle right now.
@@ -187,7 +278,7 @@ impl Drop for Opening {
             Ok(runtime) => {
                 runtime.spawn(async move {
                     match connecting.await {
-                        Ok(conn) => lane.park(Idle { conn, opened: Instant::now() }),
+                        Ok(conn) => lane.park(lane.fresh(conn)),
                         Err(_) => lane.forget(),
                     }
                 });
@@ -213,11 +304,20 @@ pub struct LaneConnection {
 
 impl LaneConnection {
     /// Hands the connection back after a statement that returned `result`:
-    /// kept when it succeeded or the server rejected it (the exchange then
-    /// ended cleanly), closed after any other error (I/O, protocol, decoding).
+    /// kept when it succeeded or the server rejected the statement (the
+    /// exchange then ended cleanly), closed after any other error (I/O,
+    /// protocol, decoding) and after the server ended the session (`57P01`
+    /// and the like arrive as database errors, but the backend is gone). A
+    /// session found gone makes the lane check its idle connections before
+    /// handing them out again.
     pub fn settle<T>(self, result: &Result<T, sqlx::Error>) {
-        if matches!(result, Ok(_) | Err(sqlx::Error::Database(_))) {
-            self.done();
+        match result {
+            Err(err) if crate::db::is_session_gone(err) => {
+                self.lane.losses.fetch_add(1, Ordering::AcqRel);
+            }
+            Ok(_) | Err(sqlx::Error::Database(_)) => self.done(),
+            // Dropped: closed.
+            Err(_) => {}
         }
     }
 

@@ -178,3 +178,111 @@ async fn a_checkout_cancelled_while_connecting_does_not_lose_the_place(pool: PgP
     assert_eq!(lane.size(), 1);
     lane.close().await;
 }
+
+/// Ends the lane's sessions on this test's database, as a restart of the
+/// server does (`57P01` admin_shutdown), and waits until they are gone.
+async fn end_sessions(pool: &PgPool) {
+    let ended: Vec<i32> = backends(pool).await;
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid")
+        .bind(&ended)
+        .execute(pool)
+        .await
+        .unwrap();
+    let gone = async {
+        while backends(pool).await.iter().any(|pid| ended.contains(pid)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), gone).await.expect("the ended backends exit");
+}
+
+/// A connection whose session the server ended fails its next statement with
+/// the server's `57P01`, a database error like a rejected statement; unlike
+/// one, it is closed, and the next checkout gets a new, working connection.
+#[sqlx::test(migrations = false)]
+async fn a_connection_whose_session_was_ended_is_not_reused(pool: PgPool) {
+    let lane = lane(&pool, 1, 1).await;
+    let mut conn = lane.acquire().await.unwrap();
+    let first = backend(&mut conn).await;
+    conn.done();
+    end_sessions(&pool).await;
+
+    let mut conn = lane.acquire().await.unwrap();
+    let failed = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&mut *conn).await;
+    let err = failed.as_ref().expect_err("the session is gone");
+    assert!(platform::db::is_session_gone(err), "{err:?}");
+    conn.settle(&failed);
+    assert_eq!((lane.size(), lane.idle_count(), lane.losses()), (0, 0, 1), "closed, not handed back");
+
+    let mut conn = lane.acquire().await.unwrap();
+    let second = backend(&mut conn).await;
+    assert_ne!(second, first, "a new connection");
+    conn.done();
+    assert_eq!(backends(&pool).await, vec![second]);
+    lane.close().await;
+}
+
+/// Every idle connection dead at once, as after a restart of the server:
+/// reads through [`Lane::read`] all succeed, the first on each dead
+/// connection retried on a live one, and no dead connection serves twice.
+#[sqlx::test(migrations = false)]
+async fn after_every_session_ended_each_read_succeeds(pool: PgPool) {
+    let lane = lane(&pool, 3, 3).await;
+    end_sessions(&pool).await;
+
+    let read = |lane: Lane, i: i32| async move {
+        lane.read(|conn| Box::pin(sqlx::query_scalar::<_, i32>("SELECT $1").bind(i).fetch_one(conn))).await
+    };
+    for i in 0..5 {
+        assert_eq!(read(lane.clone(), i).await.expect("read after the restart"), i);
+    }
+    assert_eq!(lane.losses(), 1, "only the first read met a dead connection; the others were checked and closed");
+    end_sessions(&pool).await;
+    let reads = futures::future::join_all((0..12).map(|i| read(lane.clone(), i))).await;
+    for (i, read) in reads.into_iter().enumerate() {
+        assert_eq!(read.expect("concurrent read after the restart"), i as i32);
+    }
+    assert_eq!(backends(&pool).await.len(), lane.size(), "only live connections are left");
+    lane.close().await;
+}
+
+/// Checkouts cancelled while they ping a connection idle since a loss (or
+/// open a new one) do not lose its place: afterwards the lane's count
+/// matches the server's and every place serves.
+#[sqlx::test(migrations = false)]
+async fn a_checkout_cancelled_while_checking_a_connection_does_not_lose_its_place(pool: PgPool) {
+    let lane = lane(&pool, 2, 2).await;
+    for _ in 0..15 {
+        // One of two sessions ended and found gone: the other, live, is pinged at its next checkout.
+        let (mut live, mut dead) = (lane.acquire().await.unwrap(), lane.acquire().await.unwrap());
+        let (_, ended) = (backend(&mut live).await, backend(&mut dead).await);
+        live.done();
+        dead.done();
+        sqlx::query("SELECT pg_terminate_backend($1)").bind(ended).execute(&pool).await.unwrap();
+        while backends(&pool).await.contains(&ended) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut conn = lane.acquire().await.unwrap();
+        let failed = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&mut *conn).await;
+        assert!(failed.is_err(), "the connection handed back last is the one whose session ended");
+        conn.settle(&failed);
+        // Cut short at different points of the ping (or of an opening).
+        for micros in [20, 60, 150, 400] {
+            if let Ok(conn) = tokio::time::timeout(Duration::from_micros(micros), lane.acquire()).await {
+                conn.unwrap().done();
+            }
+        }
+    }
+    let settled = async {
+        while lane.idle_count() != lane.size() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), settled).await.expect("every connection is idle or closed");
+    let (mut a, mut b) = (lane.acquire().await.unwrap(), lane.acquire().await.unwrap());
+    assert_ne!(backend(&mut a).await, backend(&mut b).await);
+    a.done();
+    b.done();
+    assert_eq!(backends(&pool).await.len(), lane.size(), "the lane's count matches the server's");
+    lane.close().await;
+}

@@ -1,6 +1,7 @@
 //! Test-only helpers: a TCP fault proxy on 127.0.0.1 that can cut every
-//! connection to Postgres or RabbitMQ and refuse new ones until restored, and
-//! the addresses of the local services the tests run against.
+//! connection to Postgres or RabbitMQ and refuse new ones until restored (or
+//! swallow the server's replies, so a request is carried out but its answer
+//! lost), and the addresses of the local services the tests run against.
 
 pub mod consumer;
 
@@ -13,6 +14,7 @@ use std::{
 };
 
 use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::watch,
 };
@@ -34,10 +36,12 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// A TCP proxy on 127.0.0.1 in front of `upstream`. While cut, it drops every
-/// open connection and closes new ones at once, like a dead server.
+/// open connection and closes new ones at once, like a dead server. While
+/// muted, it passes what clients send but drops what the server answers.
 pub struct FaultProxy {
     addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    muted: Arc<AtomicBool>,
     generation: watch::Sender<u64>,
     stop: CancellationToken,
 }
@@ -47,9 +51,11 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fault proxy");
         let addr = listener.local_addr().expect("proxy address");
         let cut = Arc::new(AtomicBool::new(false));
+        let muted = Arc::new(AtomicBool::new(false));
         let generation = watch::Sender::new(0u64);
         let stop = CancellationToken::new();
         let (cut_flag, generations, stopped) = (Arc::clone(&cut), generation.clone(), stop.clone());
+        let muted_flag = Arc::clone(&muted);
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -63,18 +69,25 @@ impl FaultProxy {
                 }
                 let mut cuts = generations.subscribe();
                 let stopped = stopped.clone();
+                let muted = Arc::clone(&muted_flag);
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else { return };
-                    let (mut client, mut server) = (client, server);
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    let never_muted = Arc::new(AtomicBool::new(false));
+                    let both = futures::future::join(
+                        forward(client_read, server_write, never_muted),
+                        forward(server_read, client_write, muted),
+                    );
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = both => {}
                         _ = cuts.changed() => {}
                         _ = stopped.cancelled() => {}
                     }
                 });
             }
         });
-        Self { addr, cut, generation, stop }
+        Self { addr, cut, muted, generation, stop }
     }
 
     /// The address clients should dial instead of the upstream.
@@ -92,6 +105,36 @@ impl FaultProxy {
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
     }
+
+    /// From now on, drops what the server sends on every connection (open or
+    /// new) instead of passing it on, until [`Self::reset`]: the server does
+    /// what it is asked and nobody hears its answer.
+    pub fn mute(&self) {
+        self.muted.store(true, Ordering::SeqCst);
+    }
+
+    /// Drops every open connection, as a server's end would, and lets later
+    /// ones through unmuted.
+    pub fn reset(&self) {
+        self.generation.send_modify(|g| *g += 1);
+        self.muted.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` (dropping the bytes while `muted`) until `from`
+/// ends, then ends `to`.
+async fn forward(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, muted: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if !muted.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Drop for FaultProxy {

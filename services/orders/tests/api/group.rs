@@ -1,7 +1,7 @@
 //! Group commit: concurrent CreateOrders share transactions, and each order
 //! still commits with its own event and nobody else's failure.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use contracts::{events::v1::OrderCreated, orders::v1::CreateOrderRequest};
 use prost::Message;
@@ -9,20 +9,11 @@ use sqlx::PgPool;
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::helpers::{Options, TestApp, order, spawn_app};
+use crate::helpers::{Options, TestApp, all_at_once, order, spawn_app};
 
 /// One writer, so that calls arriving together must wait for it and share its transactions.
 async fn one_writer(pool: &PgPool) -> TestApp {
     spawn_app(pool, Options { writers: Some(1), ..Options::default() }).await
-}
-
-/// Sends every request at once; the outcomes in request order.
-async fn all_at_once(app: &TestApp, requests: Vec<CreateOrderRequest>) -> Vec<Result<String, tonic::Status>> {
-    let calls = requests.into_iter().map(|request| {
-        let mut client = app.client.clone();
-        tokio::spawn(async move { client.create_order(request).await.map(|r| r.into_inner().order_id) })
-    });
-    futures::future::join_all(calls).await.into_iter().map(|joined| joined.expect("call task")).collect()
 }
 
 #[sqlx::test(migrations = false)]
@@ -101,5 +92,62 @@ async fn an_order_the_database_refuses_fails_alone(pool: PgPool) {
     assert_eq!(created, 31, "every other call succeeded: {outcomes:?}");
     assert_eq!(app.count("orders").await, 31);
     assert_eq!(app.count("outbox_messages").await, 31, "and only their events exist");
+    app.stop().await;
+}
+
+/// A caller whose deadline passes while its group fails and is written order
+/// by order gets no order: nothing is written for a caller who gave up.
+#[sqlx::test(migrations = false)]
+async fn a_caller_gone_before_its_group_is_retried_gets_no_order(pool: PgPool) {
+    let app = one_writer(&pool).await;
+    // 'slow' orders take 400 ms to insert; 'poison' ones fail their statement.
+    sqlx::raw_sql(
+        "CREATE FUNCTION slow_or_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.customer_id LIKE 'slow%' THEN PERFORM pg_sleep(0.4); END IF;
+             IF NEW.customer_id = 'poison' THEN RAISE EXCEPTION 'poison order'; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER slow_or_poison BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION slow_or_poison();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let send = |request: CreateOrderRequest, timeout: Option<Duration>| {
+        let mut client = app.client.clone();
+        tokio::spawn(async move {
+            let mut request = tonic::Request::new(request);
+            if let Some(timeout) = timeout {
+                request.set_timeout(timeout);
+            }
+            client.create_order(request).await.map(|r| r.into_inner().order_id)
+        })
+    };
+    // The writer is busy with this one while the next three queue up behind
+    // it, in this order, and form one group.
+    let busy = send(order("slow-busy", "1.00", "EUR"), None);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let slow = send(order("slow-grouped", "1.00", "EUR"), None);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let poison = send(order("poison", "1.00", "EUR"), None);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Alive when its group is taken (at about 400 ms), gone by the time the
+    // group has failed (its slow order alone takes 400 ms).
+    let gone = send(order("gave-up", "1.00", "EUR"), Some(Duration::from_millis(600)));
+
+    busy.await.unwrap().expect("the first order is created");
+    slow.await.unwrap().expect("the slow order in the failed group is created alone");
+    let refused = poison.await.unwrap().expect_err("the poison order fails");
+    assert_eq!(refused.code(), Code::Internal, "{refused:?}");
+    let gave_up = gone.await.unwrap().expect_err("the caller's deadline passed");
+    assert!(matches!(gave_up.code(), Code::DeadlineExceeded | Code::Cancelled), "{gave_up:?}");
+
+    // Time for a write the caller no longer waits for, were one made.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let written: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM orders WHERE customer_id = 'gave-up'").fetch_one(&pool).await.unwrap();
+    assert_eq!(written, 0, "no order for the caller who gave up");
+    assert_eq!(app.count("orders").await, 2);
+    assert_eq!(app.count("outbox_messages").await, 2, "and no event for it either");
     app.stop().await;
 }

@@ -101,6 +101,18 @@ pub(crate) fn order(customer: &str, amount: &str, currency: &str) -> CreateOrder
     }
 }
 
+/// Sends every request at once; the outcomes in request order.
+pub(crate) async fn all_at_once(
+    app: &TestApp,
+    requests: Vec<CreateOrderRequest>,
+) -> Vec<Result<String, tonic::Status>> {
+    let calls = requests.into_iter().map(|request| {
+        let mut client = app.client.clone();
+        tokio::spawn(async move { client.create_order(request).await.map(|r| r.into_inner().order_id) })
+    });
+    futures::future::join_all(calls).await.into_iter().map(|joined| joined.expect("call task")).collect()
+}
+
 /// A request carrying metadata.
 pub(crate) fn with_metadata<T>(body: T, pairs: &[(&'static str, &str)]) -> tonic::Request<T> {
     let mut request = tonic::Request::new(body);

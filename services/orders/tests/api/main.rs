@@ -8,4 +8,5 @@ mod health;
 mod helpers;
 mod metrics;
 mod relay;
+mod restart;
 mod secrets;
