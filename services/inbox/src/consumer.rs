@@ -229,8 +229,10 @@ impl<H: Handler> Inbox<H> {
 
     async fn process(&self, channel: &Channel, deliveries: Vec<Delivery>) -> anyhow::Result<Option<End>> {
         let started = std::time::Instant::now();
-        let mut items: Vec<_> =
-            deliveries.into_iter().map(|delivery| message::prepare::<H>(delivery, &self.topology.main)).collect();
+        let mut items: Vec<_> = deliveries
+            .into_iter()
+            .map(|delivery| message::prepare::<H>(delivery, &self.topology, self.config.max_message_bytes))
+            .collect();
         let applying = items.iter().any(|item| item.outcome == message::Outcome::Pending).then(std::time::Instant::now);
         let committed = batch::apply(&self.pool, &mut *self.db.lock().await, &self.handler, &mut items).await;
         let applied = started.elapsed();

@@ -53,6 +53,19 @@ impl Topology {
         }
     }
 
+    /// Every queue declared: main, retry tiers, dead letters.
+    pub fn queues(&self) -> Vec<&str> {
+        let mut names = vec![self.main.as_str()];
+        names.extend(self.retries.iter().map(|(_, name)| name.as_str()));
+        names.push(self.dead_letter.as_str());
+        names
+    }
+
+    /// The retry tier named `queue`, if it is one of ours.
+    pub(crate) fn is_retry_queue(&self, queue: &str) -> bool {
+        self.retries.iter().any(|(_, name)| name == queue)
+    }
+
     /// Declares the exchange, every queue and the bindings. Safe to repeat and
     /// to race with other replicas; fails if a queue exists with other arguments.
     pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
@@ -121,6 +134,9 @@ mod tests {
         let delays = [Duration::from_millis(200), Duration::from_secs(5), Duration::from_secs(120)];
         let topology = Topology::new("pulse.events", "pulse.notifications", &["order.created".into()], &delays);
         assert_eq!(topology.dead_letter, "pulse.notifications.dlq");
+        assert_eq!(topology.queues().len(), 5);
+        assert!(topology.is_retry_queue("pulse.notifications.retry.5s"));
+        assert!(!topology.is_retry_queue("pulse.notifications"));
         let names: Vec<&str> = topology.retries.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(
             names,
