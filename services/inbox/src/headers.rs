@@ -29,9 +29,11 @@ pub const OCCURRED_AT: &str = "x-occurred-at";
 /// The only `content_type` the inbox decodes: a protobuf payload.
 pub const CONTENT_TYPE: &str = "application/x-protobuf";
 
-/// Headers the broker adds when it dead-letters a message out of a retry
-/// queue; dropped on republish so they do not pile up on every round trip.
-const BROKER_DEATH_HEADERS: [&str; 7] = [
+/// Headers the broker adds when it dead-letters a message out of a queue, or
+/// (`x-delivery-count`) redelivers it from a quorum queue; dropped on
+/// republish so they do not pile up on every round trip.
+const BROKER_DEATH_HEADERS: [&str; 8] = [
+    "x-delivery-count",
     "x-death",
     "x-first-death-exchange",
     "x-first-death-queue",
@@ -66,6 +68,9 @@ pub enum DeadLetterReason {
     UnsupportedContentType,
     /// The body is larger than the consumer accepts.
     TooLarge,
+    /// The broker gave up on it: delivered more than the main queue's delivery
+    /// limit without an acknowledgement (each delivery crashed its consumer).
+    DeliveryLimit,
 }
 
 impl DeadLetterReason {
@@ -80,6 +85,7 @@ impl DeadLetterReason {
             Self::EventIdMismatch => "event_id_mismatch",
             Self::UnsupportedContentType => "unsupported_content_type",
             Self::TooLarge => "too_large",
+            Self::DeliveryLimit => "delivery_limit",
         }
     }
 }

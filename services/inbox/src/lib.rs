@@ -21,6 +21,9 @@
 //!   moves it to the dead-letter queue with the reason in its headers. Neither
 //!   ever requeues, so there is no hot redelivery loop. `x-attempt` is read
 //!   only on copies back from a retry tier: on anything else it is not ours.
+//! * A message the broker itself dead-lettered (over the main queue's
+//!   delivery limit) is moved on to the dead-letter queue with the same
+//!   headers, reason `delivery_limit`.
 //! * The broker connection is re-established with backoff; its state is
 //!   published through [`Inbox::connected`].
 //!
@@ -37,6 +40,7 @@ mod handler;
 pub mod headers;
 mod message;
 mod metrics;
+mod poison;
 mod prune;
 mod replay;
 mod stats;

@@ -14,7 +14,8 @@ pub(crate) enum Counted {
     /// Dead-lettered after failing (permanent failure or the last attempt).
     DeadLettered,
     /// Dead-lettered because it could never be read (missing id, unknown
-    /// type, wrong content type, too large, undecodable).
+    /// type, wrong content type, too large, undecodable) or because every
+    /// delivery of it ended its consumer (the broker's delivery limit).
     Poison,
 }
 

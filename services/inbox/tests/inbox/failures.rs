@@ -3,7 +3,10 @@
 use std::{sync::atomic::Ordering, time::Duration};
 
 use inbox::{InboxConfig, headers};
-use lapin::types::AMQPValue;
+use lapin::{
+    options::{BasicGetOptions, BasicRejectOptions},
+    types::{AMQPValue, ShortString},
+};
 use prost::Message;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -235,6 +238,49 @@ async fn a_forged_attempt_count_does_not_cut_the_retries_short(pool: PgPool) {
     assert_eq!(numbers, [1, 2, 3], "every attempt was made");
     let seen = running.stats.snapshot();
     assert_eq!((seen.retried, seen.dead_lettered), (2, 1));
+    running.stop().await;
+    broker.delete(&topology).await;
+}
+
+#[sqlx::test(migrations = "../../migrations/notifications")]
+async fn a_message_over_the_delivery_limit_reaches_the_dlq_with_its_reason(pool: PgPool) {
+    let (config, topology, broker, _sweep) = setup(&pool, config()).await;
+    broker.declare(&topology).await;
+    let id = Uuid::new_v4();
+    broker.publish(&topology.exchange, id, &Thing::named("crasher")).await;
+    // Every delivery comes back unacknowledged, as from a consumer that dies on it,
+    // until the broker gives up and dead-letters it.
+    let mut deliveries = 0u32;
+    for _ in 0..400 {
+        let main = ShortString::from(topology.main.as_str());
+        match broker.channel.basic_get(main, BasicGetOptions::default()).await.unwrap() {
+            Some(message) => {
+                deliveries += 1;
+                message.delivery.acker.reject(BasicRejectOptions { requeue: true }).await.unwrap();
+            }
+            None if broker.ready(&topology.poison).await == 1 => break,
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert_eq!(deliveries, inbox::POISON_DELIVERY_LIMIT as u32 + 1, "the broker's delivery limit");
+    assert_eq!(broker.ready(&topology.main).await, 0);
+
+    let running = start(&pool, Recorder::default(), config);
+    let dead = broker.take_n(&topology.dead_letter, 1).await.remove(0);
+    assert_eq!(header(&dead, headers::REASON).as_deref(), Some("delivery_limit"));
+    assert_eq!(attempt_header(&dead), deliveries, "each delivery was an attempt");
+    assert_eq!(header(&dead, headers::SOURCE_QUEUE).as_deref(), Some(topology.main.as_str()));
+    assert!(header(&dead, headers::ERROR).unwrap().contains("without an acknowledgement"));
+    assert!(chrono::DateTime::parse_from_rfc3339(&header(&dead, headers::DEAD_LETTERED_AT).unwrap()).is_ok());
+    assert_eq!(header(&dead, headers::CORRELATION_ID).as_deref(), Some("corr-test"));
+    let kept = dead.delivery.properties.headers().clone().unwrap_or_default();
+    assert!(!kept.contains_key("x-death"), "the broker's own headers are dropped: {kept:?}");
+    assert_eq!(dead.delivery.properties.message_id().as_ref().map(|m| m.to_string()), Some(id.to_string()));
+    assert_eq!(Thing::decode(dead.delivery.data.as_slice()).unwrap(), Thing::named("crasher").as_event(id));
+    let stats = &running.stats;
+    eventually(|| async move { stats.snapshot().dead_lettered == 1 }).await;
+    assert_eq!(broker.ready(&topology.poison).await, 0, "moved, not copied");
+    assert_eq!(count(&pool, "SELECT count(*) FROM things").await, 0, "never applied");
     running.stop().await;
     broker.delete(&topology).await;
 }
