@@ -15,11 +15,9 @@ pub(crate) async fn delete_consumer_queues(url: &str) -> anyhow::Result<()> {
         .map(|ms| std::time::Duration::from_millis(ms.parse().expect("constant delays parse")))
         .collect();
     let topology = inbox::Topology::new(contracts::EVENTS_EXCHANGE, MAIN_QUEUE, &[], &delays);
-    let mut names = vec![topology.main.clone(), topology.dead_letter.clone()];
-    names.extend(topology.retries.iter().map(|(_, name)| name.clone()));
     let channel = connection.create_channel().await?;
-    for name in names {
-        channel.queue_delete(ShortString::from(name.as_str()), QueueDeleteOptions::default()).await?;
+    for name in topology.queues() {
+        channel.queue_delete(ShortString::from(name), QueueDeleteOptions::default()).await?;
     }
     let _ = connection.close(200, ShortString::from("done")).await;
     Ok(())

@@ -44,6 +44,9 @@ pub struct InboxConfig {
     pub prune_interval: Duration,
     /// How long a retry or dead-letter publish may wait for its confirm.
     pub confirm_timeout: Duration,
+    /// Largest message body accepted, in bytes; a larger one goes to the
+    /// dead-letter queue (reason `too_large`) without being decoded.
+    pub max_message_bytes: usize,
     /// Reconnect backoff bounds.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -63,6 +66,14 @@ pub enum Fault {
     /// between commit and ack would.
     CrashAfterCommit,
 }
+
+/// Default [`InboxConfig::max_message_bytes`]: 256 KiB, far above any event
+/// Pulse publishes and far below what would strain a consumer's memory.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// The largest body RabbitMQ can carry (its `max_message_size` ceiling): a
+/// higher limit would be no limit.
+pub const MAX_MESSAGE_BYTES_CEILING: usize = 512 * 1024 * 1024;
 
 /// Default retry tiers: 1 s, 5 s, 30 s, 2 min, 10 min.
 pub const DEFAULT_RETRY_DELAYS: [Duration; 5] = [
@@ -97,6 +108,7 @@ impl InboxConfig {
             dedup_window: Duration::from_secs(7 * 24 * 3600),
             prune_interval: Duration::from_secs(60),
             confirm_timeout: Duration::from_secs(10),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             connection_name: "inbox".to_owned(),
@@ -145,6 +157,12 @@ impl InboxConfig {
         }
         if !self.linger_from_rate.is_finite() || self.linger_from_rate < 0.0 {
             return Err(format!("linger_from_rate must be a rate of 0 or more, got {}", self.linger_from_rate));
+        }
+        if self.max_message_bytes == 0 || self.max_message_bytes > MAX_MESSAGE_BYTES_CEILING {
+            return Err(format!(
+                "max_message_bytes must be 1 to {MAX_MESSAGE_BYTES_CEILING} (the broker's ceiling), got {}",
+                self.max_message_bytes
+            ));
         }
         let longest = self.total_retry_delay();
         if self.dedup_window <= longest {
@@ -202,6 +220,8 @@ mod tests {
             |c| c.linger_from_rate = f64::NAN,
             |c| c.linger_from_rate = -1.0,
             |c| c.queue.clear(),
+            |c| c.max_message_bytes = 0,
+            |c| c.max_message_bytes = MAX_MESSAGE_BYTES_CEILING + 1,
         ] {
             let mut config = config();
             tweak(&mut config);

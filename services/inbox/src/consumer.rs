@@ -24,6 +24,7 @@ use crate::{
     handler::Handler,
     message,
     metrics::InboxMetrics,
+    poison,
     stats::InboxStats,
     topology::Topology,
 };
@@ -170,6 +171,28 @@ impl<H: Handler> Inbox<H> {
                 FieldTable::default(),
             )
             .await?;
+        // Its own channel: the batches' `multiple` acks must not cover its deliveries.
+        let poison_channel = connection.create_channel().await?;
+        poison_channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        poison_channel.basic_qos(16, BasicQosOptions::default()).await?;
+        let poison_consumer = poison_channel
+            .basic_consume(
+                ShortString::from(self.topology.poison.as_str()),
+                ShortString::from(format!("{tag}-poison").as_str()),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mover = poison::Mover {
+            topology: self.topology.clone(),
+            confirm_timeout: self.config.confirm_timeout,
+            stats: Arc::clone(&self.stats),
+            metrics: self.metrics.clone(),
+        };
+        let poison_stop = CancellationToken::new();
+        // Whichever way this session ends, the mover ends with it.
+        let _stop_mover = poison_stop.clone().drop_guard();
+        let mut mover = tokio::spawn(mover.run(poison_channel.clone(), poison_consumer, poison_stop.clone()));
         self.connected.send_replace(true);
         tracing::info!(queue = %self.topology.main, prefetch = self.config.prefetch, "inbox consuming");
         let mut arrivals = ArrivalRate::default();
@@ -178,6 +201,10 @@ impl<H: Handler> Inbox<H> {
             let first = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                moved = &mut mover => {
+                    let err = moved.map_err(anyhow::Error::new).and_then(|ended| ended).err();
+                    return Err(err.unwrap_or_else(|| anyhow::anyhow!("poison queue mover stopped")));
+                }
                 next = consumer.next() => next,
             };
             let first = match first {
@@ -221,6 +248,9 @@ impl<H: Handler> Inbox<H> {
         }
 
         self.connected.send_replace(false);
+        poison_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), mover).await;
+        poison_channel.close(200, ShortString::from("inbox stopping")).await.ok();
         channel.basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default()).await.ok();
         // Prefetched deliveries not yet taken go back to the queue with the channel.
         channel.close(200, ShortString::from("inbox stopping")).await.ok();
@@ -229,8 +259,10 @@ impl<H: Handler> Inbox<H> {
 
     async fn process(&self, channel: &Channel, deliveries: Vec<Delivery>) -> anyhow::Result<Option<End>> {
         let started = std::time::Instant::now();
-        let mut items: Vec<_> =
-            deliveries.into_iter().map(|delivery| message::prepare::<H>(delivery, &self.topology.main)).collect();
+        let mut items: Vec<_> = deliveries
+            .into_iter()
+            .map(|delivery| message::prepare::<H>(delivery, &self.topology, self.config.max_message_bytes))
+            .collect();
         let applying = items.iter().any(|item| item.outcome == message::Outcome::Pending).then(std::time::Instant::now);
         let committed = batch::apply(&self.pool, &mut *self.db.lock().await, &self.handler, &mut items).await;
         let applied = started.elapsed();

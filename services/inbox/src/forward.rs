@@ -40,7 +40,11 @@ pub(crate) async fn settle<E>(
         let dead = queue == &topology.dead_letter;
         counted.push(match &item.outcome {
             Outcome::DeadLetter(
-                DeadLetterReason::DecodeError | DeadLetterReason::UnknownType | DeadLetterReason::InvalidMessageId,
+                DeadLetterReason::DecodeError
+                | DeadLetterReason::UnknownType
+                | DeadLetterReason::InvalidMessageId
+                | DeadLetterReason::UnsupportedContentType
+                | DeadLetterReason::TooLarge,
                 _,
             ) => Counted::Poison,
             _ if dead => Counted::DeadLettered,

@@ -16,6 +16,13 @@ pub trait Handler: Send + Sync + 'static {
     /// The AMQP `type` property the messages carry, e.g. `pulse.events.v1.OrderCreated`.
     const MESSAGE_TYPE: &'static str;
 
+    /// The event id the payload carries, as text. The inbox deduplicates on it,
+    /// so a copy republished under another AMQP `message_id` still has its
+    /// effect once: a `message_id` that differs from it dead-letters the
+    /// message (reason `event_id_mismatch`), one that is not a UUID with
+    /// reason `validation_failed`.
+    fn event_id(event: &Self::Event) -> &str;
+
     /// Checks a decoded event; an `Err` dead-letters it with reason `validation_failed`.
     fn validate(event: &Self::Event) -> Result<(), String>;
 
@@ -53,7 +60,8 @@ pub trait Handler: Send + Sync + 'static {
 /// What the inbox knows about the message being handled.
 #[derive(Debug, Clone)]
 pub struct MessageContext {
-    /// The AMQP `message_id`.
+    /// The event id the payload carries ([`Handler::event_id`]), which the
+    /// AMQP `message_id` repeats.
     pub event_id: Uuid,
     /// `x-correlation-id` header, or the AMQP `correlation_id` property.
     pub correlation_id: Option<String>,

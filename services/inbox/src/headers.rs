@@ -26,9 +26,14 @@ pub const CORRELATION_ID: &str = platform::correlation::HEADER;
 /// outbox relay); the AMQP `timestamp` property (whole seconds) is the fallback.
 pub const OCCURRED_AT: &str = "x-occurred-at";
 
-/// Headers the broker adds when it dead-letters a message out of a retry
-/// queue; dropped on republish so they do not pile up on every round trip.
-const BROKER_DEATH_HEADERS: [&str; 7] = [
+/// The only `content_type` the inbox decodes: a protobuf payload.
+pub const CONTENT_TYPE: &str = "application/x-protobuf";
+
+/// Headers the broker adds when it dead-letters a message out of a queue, or
+/// (`x-delivery-count`) redelivers it from a quorum queue; dropped on
+/// republish so they do not pile up on every round trip.
+const BROKER_DEATH_HEADERS: [&str; 8] = [
+    "x-delivery-count",
     "x-death",
     "x-first-death-exchange",
     "x-first-death-queue",
@@ -56,6 +61,16 @@ pub enum DeadLetterReason {
     HandlerRejected,
     /// Every allowed attempt failed with a transient error.
     MaxAttemptsExceeded,
+    /// The payload's event id is not the AMQP `message_id`: a copy under
+    /// another id would escape deduplication, so neither is trusted.
+    EventIdMismatch,
+    /// The AMQP `content_type` is missing or not [`CONTENT_TYPE`].
+    UnsupportedContentType,
+    /// The body is larger than the consumer accepts.
+    TooLarge,
+    /// The broker gave up on it: delivered more than the main queue's delivery
+    /// limit without an acknowledgement (each delivery crashed its consumer).
+    DeliveryLimit,
 }
 
 impl DeadLetterReason {
@@ -67,6 +82,10 @@ impl DeadLetterReason {
             Self::ValidationFailed => "validation_failed",
             Self::HandlerRejected => "handler_rejected",
             Self::MaxAttemptsExceeded => "max_attempts_exceeded",
+            Self::EventIdMismatch => "event_id_mismatch",
+            Self::UnsupportedContentType => "unsupported_content_type",
+            Self::TooLarge => "too_large",
+            Self::DeliveryLimit => "delivery_limit",
         }
     }
 }
@@ -100,8 +119,6 @@ pub(crate) fn next_step(attempts_made: u32, max_attempts: u32, delays: &[Duratio
     }
 }
 
-/// Reads `x-attempt` leniently (any integer or numeric string); a missing or
-/// nonsensical value counts as no attempt so far.
 /// The event's commit time in milliseconds since the epoch, from
 /// [`OCCURRED_AT`] or else the `timestamp` property.
 pub fn occurred_at_millis(properties: &BasicProperties) -> Option<i64> {
@@ -113,6 +130,8 @@ pub fn occurred_at_millis(properties: &BasicProperties) -> Option<i64> {
     header.or_else(|| properties.timestamp().and_then(|t| i64::try_from(t).ok()).map(|t| t.saturating_mul(1000)))
 }
 
+/// Reads `x-attempt` leniently (any integer or numeric string); a missing or
+/// nonsensical value counts as no attempt so far.
 pub fn attempts_made(headers: Option<&FieldTable>) -> u32 {
     let Some(value) = headers.and_then(|h| h.inner().get(ATTEMPT)) else { return 0 };
     let number: Option<i128> = match value {
@@ -128,6 +147,34 @@ pub fn attempts_made(headers: Option<&FieldTable>) -> u32 {
         _ => None,
     };
     number.map_or(0, |n| n.clamp(0, i128::from(u32::MAX)) as u32)
+}
+
+/// The `x-death` entries (queue, reason) the broker wrote, most recent first.
+pub(crate) fn deaths(headers: Option<&FieldTable>) -> Vec<(String, String)> {
+    let Some(AMQPValue::FieldArray(entries)) = headers.and_then(|h| h.inner().get("x-death")) else {
+        return Vec::new();
+    };
+    entries
+        .as_slice()
+        .iter()
+        .filter_map(|entry| match entry {
+            AMQPValue::FieldTable(entry) => {
+                let entry = Some(entry);
+                Some((text(entry, "queue")?, text(entry, "reason")?))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Failed attempts before this delivery, as Pulse counted them: `x-attempt`
+/// is believed only on a copy the broker dead-lettered out of one of our
+/// retry tiers (its `x-death` says so), since the inbox rewrote `x-attempt`
+/// before parking it there. On any other message, straight from a publisher,
+/// the header is not ours and a forged one must not shorten its attempts.
+pub(crate) fn trusted_attempts(headers: Option<&FieldTable>, from_retry_tier: impl Fn(&str) -> bool) -> u32 {
+    let returned = deaths(headers).iter().any(|(queue, reason)| reason == "expired" && from_retry_tier(queue));
+    if returned { attempts_made(headers) } else { 0 }
 }
 
 /// A text header (long or short string), if present and UTF-8.
@@ -236,6 +283,34 @@ mod tests {
         assert_eq!(attempts_made(Some(&table(&[(ATTEMPT, long("4"))]))), 4);
         assert_eq!(attempts_made(Some(&table(&[(ATTEMPT, AMQPValue::LongLongInt(-7))]))), 0);
         assert_eq!(attempts_made(Some(&table(&[(ATTEMPT, long("many"))]))), 0);
+    }
+
+    fn death(queue: &str, reason: &str) -> AMQPValue {
+        AMQPValue::FieldTable(table(&[
+            ("queue", long(queue)),
+            ("reason", long(reason)),
+            ("count", AMQPValue::LongLongInt(1)),
+        ]))
+    }
+
+    #[test]
+    fn attempts_are_believed_only_back_from_a_retry_tier() {
+        let tier = |queue: &str| queue == "q.retry.1s";
+        let forged = table(&[(ATTEMPT, AMQPValue::LongLongInt(99))]);
+        assert_eq!(trusted_attempts(Some(&forged), tier), 0);
+        let returned = table(&[
+            (ATTEMPT, AMQPValue::LongLongInt(2)),
+            ("x-death", AMQPValue::FieldArray(vec![death("q.retry.1s", "expired")].into())),
+        ]);
+        assert_eq!(trusted_attempts(Some(&returned), tier), 2);
+        for (queue, reason) in [("elsewhere", "expired"), ("q.retry.1s", "rejected")] {
+            let other = table(&[
+                (ATTEMPT, AMQPValue::LongLongInt(2)),
+                ("x-death", AMQPValue::FieldArray(vec![death(queue, reason)].into())),
+            ]);
+            assert_eq!(trusted_attempts(Some(&other), tier), 0, "{queue} {reason}");
+        }
+        assert_eq!(trusted_attempts(None, tier), 0);
     }
 
     #[test]

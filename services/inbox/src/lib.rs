@@ -1,9 +1,15 @@
 //! The idempotent consumer ("inbox"), generic over the event it consumes.
 //!
 //! * Exactly-once effect: for each delivery the inbox records the event id
-//!   (the AMQP `message_id`) in `processed_events` and runs the [`Handler`] in
-//!   the same transaction, and acknowledges only after the commit. A copy whose
-//!   id is already recorded commits nothing and is acknowledged as a duplicate.
+//!   the payload carries ([`Handler::event_id`], which the AMQP `message_id`
+//!   must repeat) in `processed_events` and runs the [`Handler`] in the same
+//!   transaction, and acknowledges only after the commit. A copy whose id is
+//!   already recorded commits nothing and is acknowledged as a duplicate.
+//! * Nothing unchecked is applied: a body over
+//!   [`InboxConfig::max_message_bytes`], a `content_type` other than
+//!   protobuf, a wrong `type`, an undecodable payload, an event id the
+//!   `message_id` contradicts or an event [`Handler::validate`] refuses goes
+//!   to the dead-letter queue with its reason.
 //! * Throughput: deliveries already pushed by the broker are taken together
 //!   (up to [`InboxConfig::batch_size`]), applied through
 //!   [`Handler::handle_batch`] and committed in one transaction, then
@@ -13,7 +19,11 @@
 //!   (a queue whose TTL dead-letters it back to the main queue) with its
 //!   `x-attempt` header incremented; a permanent one, or the last attempt,
 //!   moves it to the dead-letter queue with the reason in its headers. Neither
-//!   ever requeues, so there is no hot redelivery loop.
+//!   ever requeues, so there is no hot redelivery loop. `x-attempt` is read
+//!   only on copies back from a retry tier: on anything else it is not ours.
+//! * A message the broker itself dead-lettered (over the main queue's
+//!   delivery limit) is moved on to the dead-letter queue with the same
+//!   headers, reason `delivery_limit`.
 //! * The broker connection is re-established with backoff; its state is
 //!   published through [`Inbox::connected`].
 //!
@@ -30,12 +40,13 @@ mod handler;
 pub mod headers;
 mod message;
 mod metrics;
+mod poison;
 mod prune;
 mod replay;
 mod stats;
 mod topology;
 
-pub use config::{DEFAULT_RETRY_DELAYS, Fault, InboxConfig};
+pub use config::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_RETRY_DELAYS, Fault, InboxConfig, MAX_MESSAGE_BYTES_CEILING};
 pub use consumer::Inbox;
 pub use handler::{BatchError, Handler, HandlerError, MessageContext};
 pub use headers::DeadLetterReason;

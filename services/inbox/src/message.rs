@@ -9,12 +9,14 @@ use uuid::Uuid;
 use crate::{
     handler::{Handler, MessageContext},
     headers::{self, DeadLetterReason},
+    topology::Topology,
 };
 
 /// One delivery on its way through a batch.
 pub(crate) struct Item<E> {
     pub(crate) delivery: Delivery,
-    /// `x-attempt` as received: failed attempts before this one.
+    /// Failed attempts before this one: `x-attempt` on a copy back from a
+    /// retry tier, else 0.
     pub(crate) attempts_before: u32,
     /// Carries `event_id` and `correlation_id` to every log line about this message.
     pub(crate) span: Span,
@@ -43,10 +45,28 @@ impl<E> Item<E> {
     }
 }
 
+/// What a delivery must satisfy before its event reaches the handler.
+pub(crate) struct Checks<E> {
+    /// The AMQP `type` property expected.
+    pub(crate) message_type: &'static str,
+    pub(crate) max_bytes: usize,
+    /// The event id the payload carries.
+    pub(crate) event_id: fn(&E) -> &str,
+    pub(crate) validate: fn(&E) -> Result<(), String>,
+}
+
+impl<E> Checks<E> {
+    pub(crate) fn of<H: Handler<Event = E>>(max_bytes: usize) -> Self {
+        Self { message_type: H::MESSAGE_TYPE, max_bytes, event_id: H::event_id, validate: H::validate }
+    }
+}
+
 /// Decodes and checks a delivery for `H`, opening its log span.
-pub(crate) fn prepare<H: Handler>(delivery: Delivery, queue: &str) -> Item<H::Event> {
+pub(crate) fn prepare<H: Handler>(delivery: Delivery, topology: &Topology, max_bytes: usize) -> Item<H::Event> {
+    let queue = topology.main.as_str();
     let properties = &delivery.properties;
-    let attempts_before = headers::attempts_made(properties.headers().as_ref());
+    let attempts_before =
+        headers::trusted_attempts(properties.headers().as_ref(), |queue| topology.is_retry_queue(queue));
     let correlation_id = headers::text(properties.headers().as_ref(), headers::CORRELATION_ID)
         .or_else(|| properties.correlation_id().as_ref().map(|c| c.as_str().to_owned()));
     let event_id = properties.message_id().as_ref().map_or("", |id| id.as_str());
@@ -79,7 +99,7 @@ pub(crate) fn prepare<H: Handler>(delivery: Delivery, queue: &str) -> Item<H::Ev
             span.record("span_id", format!("{:016x}", own.span_id));
         }
     }
-    let (parsed, outcome) = match parse::<H::Event>(properties, &delivery.data, H::MESSAGE_TYPE, H::validate) {
+    let (parsed, outcome) = match parse(properties, &delivery.data, &Checks::of::<H>(max_bytes)) {
         Ok((event, event_id)) => {
             let ctx = MessageContext {
                 event_id,
@@ -95,20 +115,26 @@ pub(crate) fn prepare<H: Handler>(delivery: Delivery, queue: &str) -> Item<H::Ev
     Item { delivery, attempts_before, span, parsed, outcome }
 }
 
-/// The checks, in order: a UUID `message_id`, the expected `type`, a payload
-/// that decodes, an event that validates.
+/// The checks, in order: a body within the size limit (before anything is
+/// decoded), a UUID `message_id`, the expected `type`, the protobuf
+/// `content_type`, a payload that decodes, a payload event id that is a UUID
+/// and the `message_id`, an event that validates.
 pub(crate) fn parse<E: prost::Message + Default>(
     properties: &BasicProperties,
     data: &[u8],
-    expected_type: &str,
-    validate: fn(&E) -> Result<(), String>,
+    checks: &Checks<E>,
 ) -> Result<(E, Uuid), (DeadLetterReason, String)> {
-    let event_id = match properties.message_id() {
+    if data.len() > checks.max_bytes {
+        let error = format!("body of {} bytes is over the limit of {} bytes", data.len(), checks.max_bytes);
+        return Err((DeadLetterReason::TooLarge, error));
+    }
+    let message_id = match properties.message_id() {
         None => return Err((DeadLetterReason::InvalidMessageId, "message has no message_id".into())),
-        Some(raw) => Uuid::parse_str(raw.as_str()).map_err(|err| {
+        Some(raw) => Uuid::try_parse(raw.as_str()).map_err(|err| {
             (DeadLetterReason::InvalidMessageId, format!("message_id {:?} is not a UUID: {err}", raw.as_str()))
         })?,
     };
+    let expected_type = checks.message_type;
     match properties.kind() {
         Some(kind) if kind.as_str() == expected_type => {}
         Some(kind) => {
@@ -116,10 +142,32 @@ pub(crate) fn parse<E: prost::Message + Default>(
         }
         None => return Err((DeadLetterReason::UnknownType, "message has no type property".into())),
     }
+    check_content_type(properties).map_err(|error| (DeadLetterReason::UnsupportedContentType, error))?;
     let event =
         E::decode(data).map_err(|err| (DeadLetterReason::DecodeError, format!("payload does not decode: {err}")))?;
-    validate(&event).map_err(|err| (DeadLetterReason::ValidationFailed, err))?;
+    let carried = (checks.event_id)(&event);
+    let event_id = Uuid::try_parse(carried).map_err(|_| {
+        (DeadLetterReason::ValidationFailed, format!("event_id: {carried:?} in the payload is not a UUID"))
+    })?;
+    if event_id != message_id {
+        let error = format!("message_id {message_id} is not the payload's event_id {event_id}");
+        return Err((DeadLetterReason::EventIdMismatch, error));
+    }
+    (checks.validate)(&event).map_err(|err| (DeadLetterReason::ValidationFailed, err))?;
     Ok((event, event_id))
+}
+
+/// `application/x-protobuf`, in any case, parameters allowed.
+fn check_content_type(properties: &BasicProperties) -> Result<(), String> {
+    let Some(raw) = properties.content_type() else {
+        return Err(format!("message has no content_type (expected {})", headers::CONTENT_TYPE));
+    };
+    let media_type = raw.as_str().split(';').next().unwrap_or_default().trim();
+    if media_type.eq_ignore_ascii_case(headers::CONTENT_TYPE) {
+        Ok(())
+    } else {
+        Err(format!("content_type {:?} is not {}", raw.as_str(), headers::CONTENT_TYPE))
+    }
 }
 
 #[cfg(test)]
@@ -133,14 +181,19 @@ mod tests {
     struct Ping {
         #[prost(string, tag = "1")]
         name: String,
+        #[prost(string, tag = "2")]
+        event_id: String,
     }
 
-    fn named(ping: &Ping) -> Result<(), String> {
-        if ping.name.is_empty() { Err("name is required".into()) } else { Ok(()) }
-    }
+    const CHECKS: Checks<Ping> = Checks {
+        message_type: "test.Ping",
+        max_bytes: 100,
+        event_id: |ping| &ping.event_id,
+        validate: |ping| if ping.name.is_empty() { Err("name is required".into()) } else { Ok(()) },
+    };
 
     fn props(id: Option<&str>, kind: Option<&str>) -> BasicProperties {
-        let mut p = BasicProperties::default();
+        let mut p = BasicProperties::default().with_content_type(ShortString::from(headers::CONTENT_TYPE));
         if let Some(id) = id {
             p = p.with_message_id(ShortString::from(id));
         }
@@ -153,17 +206,37 @@ mod tests {
     #[test]
     fn sorts_bad_messages_by_reason() {
         let id = Uuid::new_v4().to_string();
-        let good = Ping { name: "a".into() }.encode_to_vec();
-        let empty = Ping { name: String::new() }.encode_to_vec();
-        let reason =
-            |p: BasicProperties, data: &[u8]| parse::<Ping>(&p, data, "test.Ping", named).map(|_| ()).unwrap_err().0;
+        let ping = |name: &str, event_id: &str| Ping { name: name.into(), event_id: event_id.into() }.encode_to_vec();
+        let good = ping("a", &id);
+        let empty = ping("", &id);
+        let reason = |p: BasicProperties, data: &[u8]| parse(&p, data, &CHECKS).map(|_| ()).unwrap_err().0;
         assert_eq!(reason(props(None, Some("test.Ping")), &good), DeadLetterReason::InvalidMessageId);
         assert_eq!(reason(props(Some("42"), Some("test.Ping")), &good), DeadLetterReason::InvalidMessageId);
         assert_eq!(reason(props(Some(&id), None), &good), DeadLetterReason::UnknownType);
         assert_eq!(reason(props(Some(&id), Some("test.Pong")), &good), DeadLetterReason::UnknownType);
         assert_eq!(reason(props(Some(&id), Some("test.Ping")), b"\xff\xff\xff"), DeadLetterReason::DecodeError);
         assert_eq!(reason(props(Some(&id), Some("test.Ping")), &empty), DeadLetterReason::ValidationFailed);
-        let (ping, parsed_id) = parse::<Ping>(&props(Some(&id), Some("test.Ping")), &good, "test.Ping", named).unwrap();
+        let other = Uuid::new_v4().to_string();
+        assert_eq!(reason(props(Some(&id), Some("test.Ping")), &ping("a", &other)), DeadLetterReason::EventIdMismatch);
+        assert_eq!(reason(props(Some(&id), Some("test.Ping")), &ping("a", "")), DeadLetterReason::ValidationFailed);
+        assert_eq!(
+            reason(props(Some(&id), Some("test.Ping")), &ping(&"a".repeat(100), &id)),
+            DeadLetterReason::TooLarge
+        );
+        for content_type in [None, Some("application/json"), Some("text/plain")] {
+            let mut p = props(Some(&id), Some("test.Ping"));
+            p = match content_type {
+                Some(c) => p.with_content_type(ShortString::from(c)),
+                None => BasicProperties::default()
+                    .with_message_id(ShortString::from(id.as_str()))
+                    .with_type(ShortString::from("test.Ping")),
+            };
+            assert_eq!(reason(p, &good), DeadLetterReason::UnsupportedContentType, "{content_type:?}");
+        }
+        let lenient = props(Some(&id), Some("test.Ping"))
+            .with_content_type(ShortString::from("Application/X-Protobuf; proto=test.Ping"));
+        assert!(parse(&lenient, &good, &CHECKS).is_ok());
+        let (ping, parsed_id) = parse(&props(Some(&id), Some("test.Ping")), &good, &CHECKS).unwrap();
         assert_eq!((ping.name.as_str(), parsed_id.to_string()), ("a", id));
     }
 }

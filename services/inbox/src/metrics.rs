@@ -13,7 +13,9 @@ pub(crate) enum Counted {
     Retried,
     /// Dead-lettered after failing (permanent failure or the last attempt).
     DeadLettered,
-    /// Dead-lettered because it could never be read (missing id, unknown type, undecodable).
+    /// Dead-lettered because it could never be read (missing id, unknown
+    /// type, wrong content type, too large, undecodable) or because every
+    /// delivery of it ended its consumer (the broker's delivery limit).
     Poison,
 }
 

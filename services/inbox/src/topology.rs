@@ -3,7 +3,12 @@
 //! For a main queue `Q` bound to exchange `E`:
 //! * `Q` — quorum queue bound to `E` with each routing key. Deliveries the
 //!   broker hands out more than [`POISON_DELIVERY_LIMIT`] times (a message that
-//!   crashes every consumer before its ack) are dead-lettered by the broker to `Q.dlq`.
+//!   crashes every consumer before its ack) are dead-lettered by the broker, at
+//!   least once, to `Q.poison`.
+//! * `Q.poison` — quorum queue the inbox consumes: it moves each message to
+//!   `Q.dlq` with the same headers as its own dead letters (reason
+//!   `delivery_limit`), since the broker's copy carries only `x-death`, which
+//!   the console cannot group by.
 //! * `Q.retry.<delay>` per tier, e.g. `Q.retry.1s`, `Q.retry.2m` — quorum queues
 //!   with that message TTL whose expired messages the broker dead-letters (at
 //!   least once) back to `Q` through the default exchange. Nothing consumes them.
@@ -29,6 +34,9 @@ pub struct Topology {
     /// One queue per retry tier, in tier order, with its delay.
     pub retries: Vec<(Duration, String)>,
     pub dead_letter: String,
+    /// Where the broker dead-letters a message over the delivery limit; the
+    /// inbox moves it on to [`Self::dead_letter`] with its reason.
+    pub poison: String,
 }
 
 /// `1500ms`, `1s`, `30s`, `2m`, `1h`: the shortest exact spelling of a delay.
@@ -50,7 +58,21 @@ impl Topology {
             main: main.to_owned(),
             retries: delays.iter().map(|d| (*d, format!("{main}.retry.{}", delay_label(*d)))).collect(),
             dead_letter: format!("{main}.dlq"),
+            poison: format!("{main}.poison"),
         }
+    }
+
+    /// Every queue declared: main, retry tiers, poison, dead letters.
+    pub fn queues(&self) -> Vec<&str> {
+        let mut names = vec![self.main.as_str()];
+        names.extend(self.retries.iter().map(|(_, name)| name.as_str()));
+        names.extend([self.poison.as_str(), self.dead_letter.as_str()]);
+        names
+    }
+
+    /// The retry tier named `queue`, if it is one of ours.
+    pub(crate) fn is_retry_queue(&self, queue: &str) -> bool {
+        self.retries.iter().any(|(_, name)| name == queue)
     }
 
     /// Declares the exchange, every queue and the bindings. Safe to repeat and
@@ -65,6 +87,7 @@ impl Topology {
             )
             .await?;
         declare_quorum(channel, &self.dead_letter, quorum_args()).await?;
+        declare_quorum(channel, &self.poison, quorum_args()).await?;
         for (delay, name) in &self.retries {
             let mut args = quorum_args();
             args.insert(ShortString::from("x-message-ttl"), AMQPValue::LongLongInt(delay.as_millis() as i64));
@@ -79,7 +102,12 @@ impl Topology {
         let mut args = quorum_args();
         args.insert(ShortString::from("x-delivery-limit"), AMQPValue::LongLongInt(POISON_DELIVERY_LIMIT));
         args.insert(ShortString::from("x-dead-letter-exchange"), text(""));
-        args.insert(ShortString::from("x-dead-letter-routing-key"), text(&self.dead_letter));
+        args.insert(ShortString::from("x-dead-letter-routing-key"), text(&self.poison));
+        // At least once, as for the tiers: the broker keeps the message until
+        // the poison queue has confirmed it. No length limit, so the overflow
+        // setting this requires never refuses a publish.
+        args.insert(ShortString::from("x-dead-letter-strategy"), text("at-least-once"));
+        args.insert(ShortString::from("x-overflow"), text("reject-publish"));
         declare_quorum(channel, &self.main, args).await?;
         for key in &self.routing_keys {
             channel
@@ -121,6 +149,10 @@ mod tests {
         let delays = [Duration::from_millis(200), Duration::from_secs(5), Duration::from_secs(120)];
         let topology = Topology::new("pulse.events", "pulse.notifications", &["order.created".into()], &delays);
         assert_eq!(topology.dead_letter, "pulse.notifications.dlq");
+        assert_eq!(topology.poison, "pulse.notifications.poison");
+        assert_eq!(topology.queues().len(), 6);
+        assert!(topology.is_retry_queue("pulse.notifications.retry.5s"));
+        assert!(!topology.is_retry_queue("pulse.notifications"));
         let names: Vec<&str> = topology.retries.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(
             names,

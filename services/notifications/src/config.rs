@@ -19,6 +19,7 @@
 //! | `NOTIFICATIONS_RETRY_DELAYS_MS` | `1000,5000,30000,120000,600000` |
 //! | `NOTIFICATIONS_MAX_ATTEMPTS` | `6` |
 //! | `NOTIFICATIONS_DEDUP_WINDOW_SECS` | `604800` (7 days) |
+//! | `NOTIFICATIONS_MAX_MESSAGE_BYTES` | `262144` (256 KiB; a larger body is dead-lettered, reason `too_large`) |
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -72,6 +73,11 @@ impl Config {
         inbox.max_attempts = parse_or("NOTIFICATIONS_MAX_ATTEMPTS", inbox.max_attempts)?;
         inbox.dedup_window =
             Duration::from_secs(parse_or("NOTIFICATIONS_DEDUP_WINDOW_SECS", inbox.dedup_window.as_secs())?);
+        inbox.max_message_bytes = parse_or("NOTIFICATIONS_MAX_MESSAGE_BYTES", inbox.max_message_bytes)?;
+        if inbox.max_message_bytes == 0 || inbox.max_message_bytes > inbox::MAX_MESSAGE_BYTES_CEILING {
+            let reason = format!("must be 1 to {} bytes", inbox::MAX_MESSAGE_BYTES_CEILING);
+            return Err(invalid("NOTIFICATIONS_MAX_MESSAGE_BYTES", reason));
+        }
         inbox.validate().map_err(|reason| invalid("NOTIFICATIONS_* consumer settings", reason))?;
 
         let defaults = PoolSettings::default();

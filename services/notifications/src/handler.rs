@@ -2,7 +2,11 @@
 
 use contracts::events::v1::{ORDER_CREATED_TYPE, OrderCreated};
 use inbox::{BatchError, Handler, HandlerError, MessageContext};
-use platform::{correlation::CorrelationId, telemetry::DbTarget};
+use platform::{
+    correlation::CorrelationId,
+    telemetry::DbTarget,
+    values::{Amount, Currency, CustomerId},
+};
 use sqlx::PgConnection;
 use tracing::{Instrument, Span};
 use uuid::Uuid;
@@ -17,17 +21,28 @@ impl Handler for OrderCreatedHandler {
     type Event = OrderCreated;
     const MESSAGE_TYPE: &'static str = ORDER_CREATED_TYPE;
 
+    fn event_id(event: &OrderCreated) -> &str {
+        &event.event_id
+    }
+
+    /// The rules `CreateOrder` applies to its request (the same parsers), so
+    /// an event no API call could have produced is never notified; each
+    /// problem names its field.
     fn validate(event: &OrderCreated) -> Result<(), String> {
         let mut problems = Vec::new();
-        if Uuid::parse_str(&event.order_id).is_err() {
-            problems.push(format!("order_id {:?} is not a UUID", event.order_id));
-        }
-        if event.amount.trim().is_empty() {
-            problems.push("amount is required".to_owned());
-        }
-        if event.currency.len() != 3 || !event.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-            problems.push(format!("currency {:?} is not an ISO 4217 code", event.currency));
-        }
+        let mut check = |field: &str, raw: &str, parsed: Result<(), String>| {
+            if let Err(problem) = parsed {
+                problems.push(format!("{field}: {raw:?} {problem}"));
+            }
+        };
+        check(
+            "order_id",
+            &event.order_id,
+            Uuid::try_parse(&event.order_id).map(drop).map_err(|_| "is not a UUID".into()),
+        );
+        check("customer_id", &event.customer_id, CustomerId::parse(&event.customer_id).map(drop));
+        check("amount", &event.amount, Amount::parse(&event.amount).map(drop));
+        check("currency", &event.currency, Currency::parse(&event.currency).map(drop));
         if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
     }
 
@@ -141,6 +156,25 @@ mod tests {
         bad.currency = "euro".into();
         let error = OrderCreatedHandler::validate(&bad).unwrap_err();
         assert!(error.contains("order_id") && error.contains("currency"), "{error}");
+    }
+
+    #[test]
+    fn validation_refuses_what_create_order_refuses() {
+        let refused = |tweak: fn(&mut OrderCreated), field: &str| {
+            let mut bad = event();
+            tweak(&mut bad);
+            let error = OrderCreatedHandler::validate(&bad).unwrap_err();
+            assert!(error.starts_with(&format!("{field}: ")), "{error}");
+        };
+        refused(|e| e.amount = "NaN".into(), "amount");
+        refused(|e| e.amount = "-1".into(), "amount");
+        refused(|e| e.amount = "1.234".into(), "amount");
+        refused(|e| e.amount = "0".into(), "amount");
+        refused(|e| e.customer_id.clear(), "customer_id");
+        refused(|e| e.customer_id = " c-1".into(), "customer_id");
+        refused(|e| e.currency = "XYZ".into(), "currency");
+        refused(|e| e.currency = "eur".into(), "currency");
+        refused(|e| e.order_id = "42".into(), "order_id");
     }
 
     #[test]

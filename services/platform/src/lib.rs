@@ -1,7 +1,8 @@
 //! The plumbing every Pulse service shares: environment configuration,
 //! telemetry and the JSON log format, the shutdown signal, database creation
 //! and migration, the gRPC bootstrap (health, reflection, call metrics),
-//! Prometheus metrics, correlation ids, retry backoff and arrival rates.
+//! Prometheus metrics, correlation ids, retry backoff and arrival rates, and
+//! the values Pulse's messages carry (amount, currency, customer id).
 
 pub mod backoff;
 pub mod config;
@@ -16,3 +17,4 @@ pub mod rate;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tracecontext;
+pub mod values;

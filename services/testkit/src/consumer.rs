@@ -139,8 +139,7 @@ impl Broker {
     /// Removes every queue of `topology`, leaving its exchange (for a shared
     /// one such as `pulse.events`).
     pub async fn delete_queues(&self, topology: &Topology) {
-        let retries = topology.retries.iter().map(|(_, q)| q.as_str());
-        for queue in retries.chain([topology.main.as_str(), topology.dead_letter.as_str()]) {
+        for queue in topology.queues() {
             let _ = self.channel.queue_delete(ShortString::from(queue), QueueDeleteOptions::default()).await;
         }
     }

@@ -27,9 +27,16 @@ impl Broker {
         self.0.publish_to(exchange, ROUTING_KEY, properties, body).await;
     }
 
-    /// Publishes `thing` as event `id` the way the outbox does.
+    /// Publishes `thing` as event `id` the way the outbox does: the id in the
+    /// payload and in `message_id`.
     pub(crate) async fn publish(&self, exchange: &str, id: Uuid, thing: &Thing) {
-        self.publish_raw(exchange, properties(Some(&id.to_string()), Some(TYPE)), &thing.encode_to_vec()).await;
+        self.publish_as(exchange, id, id, thing).await;
+    }
+
+    /// Publishes `thing` as event `event_id` under AMQP `message_id`, which may differ.
+    pub(crate) async fn publish_as(&self, exchange: &str, message_id: Uuid, event_id: Uuid, thing: &Thing) {
+        let body = thing.as_event(event_id).encode_to_vec();
+        self.publish_raw(exchange, properties(Some(&message_id.to_string()), Some(TYPE)), &body).await;
     }
 }
 

@@ -86,7 +86,13 @@ async fn shutdown_finishes_the_batch_in_hand_and_takes_no_more(pool: PgPool) {
     let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     broker.declare(&topology).await;
     for name in ["slow-1", "slow-2", "slow-3"] {
-        broker.publish(&topology.exchange, Uuid::new_v4(), &Thing { name: name.into(), fail: "slow".into() }).await;
+        broker
+            .publish(
+                &topology.exchange,
+                Uuid::new_v4(),
+                &Thing { name: name.into(), fail: "slow".into(), ..Thing::default() },
+            )
+            .await;
     }
     let recorder = Recorder::default();
     let running = start(&pool, recorder.clone(), config);
@@ -128,8 +134,9 @@ async fn throughput() {
     broker.declare(&topology).await;
     let started = Instant::now();
     let events = (0..EVENTS).map(|i| {
-        let body = prost::Message::encode_to_vec(&Thing::named(&format!("e{i}")));
-        (properties(Some(&Uuid::new_v4().to_string()), Some(TYPE)), body)
+        let id = Uuid::new_v4();
+        let body = prost::Message::encode_to_vec(&Thing::named(&format!("e{i}")).as_event(id));
+        (properties(Some(&id.to_string()), Some(TYPE)), body)
     });
     broker.publish_backlog(&topology.exchange, ROUTING_KEY, events).await;
     println!("published {EVENTS} in {:?}", started.elapsed());

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
+use inbox::headers;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::support::*;
+use crate::{amqp::header, support::*};
 
 const THINGS: &str = "SELECT count(*) FROM things";
 const PROCESSED: &str = "SELECT count(*) FROM processed_events";
@@ -110,4 +111,31 @@ async fn pruning_forgets_only_ids_past_the_window(pool: PgPool) {
     let deleted = inbox::prune_processed_events(&pool, Duration::from_secs(7 * 24 * 3600)).await.unwrap();
     assert_eq!(deleted, 2500);
     assert_eq!(count(&pool, PROCESSED).await, 10);
+}
+
+#[sqlx::test(migrations = "../../migrations/notifications")]
+async fn the_same_event_under_another_message_id_has_one_effect_and_the_copy_is_refused(pool: PgPool) {
+    let (config, topology, broker, _sweep) = setup(&pool, config()).await;
+    broker.declare(&topology).await;
+    let event = Uuid::new_v4();
+    broker.publish(&topology.exchange, event, &Thing::named("original")).await;
+    // Republished under a new message id (a manual replay, a shovel, another relay version).
+    let other = Uuid::new_v4();
+    broker.publish_as(&topology.exchange, other, event, &Thing::named("original")).await;
+
+    let running = start(&pool, Recorder::default(), config);
+    let dead = broker.take_n(&topology.dead_letter, 1).await.remove(0);
+    assert_eq!(header(&dead, headers::REASON).as_deref(), Some("event_id_mismatch"));
+    let error = header(&dead, headers::ERROR).unwrap();
+    assert!(error.contains(&other.to_string()) && error.contains(&event.to_string()), "{error}");
+    let stats = &running.stats;
+    eventually(|| async move { stats.snapshot().processed == 1 }).await;
+    let recorded: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM things").fetch_all(&pool).await.unwrap();
+    assert_eq!(recorded, [event], "one effect, under the payload's event id");
+    let processed: Vec<Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM processed_events").fetch_all(&pool).await.unwrap();
+    assert_eq!(processed, [event]);
+    running.stop().await;
+    assert_eq!(broker.ready(&topology.main).await, 0);
+    broker.delete(&topology).await;
 }

@@ -27,11 +27,19 @@ pub(crate) struct Thing {
     /// `"retryable"` or `"permanent"` make the handler fail that way; `"slow"` takes 300 ms.
     #[prost(string, tag = "2")]
     pub(crate) fail: String,
+    /// The event id the payload carries; [`crate::amqp::Broker::publish`] sets it.
+    #[prost(string, tag = "3")]
+    pub(crate) event_id: String,
 }
 
 impl Thing {
     pub(crate) fn named(name: &str) -> Self {
-        Self { name: name.to_owned(), fail: String::new() }
+        Self { name: name.to_owned(), ..Self::default() }
+    }
+
+    /// This thing as event `id`: the payload's event id set.
+    pub(crate) fn as_event(&self, id: Uuid) -> Self {
+        Self { event_id: id.to_string(), ..self.clone() }
     }
 }
 
@@ -49,6 +57,10 @@ pub(crate) struct Recorder {
 impl Handler for Recorder {
     type Event = Thing;
     const MESSAGE_TYPE: &'static str = TYPE;
+
+    fn event_id(event: &Thing) -> &str {
+        &event.event_id
+    }
 
     fn validate(event: &Thing) -> Result<(), String> {
         if event.name.is_empty() { Err("name is required".into()) } else { Ok(()) }

@@ -1,6 +1,6 @@
 //! From an OrderCreated on the exchange to a notification in ListNotifications.
 
-use contracts::events::v1::ORDER_CREATED_TYPE;
+use contracts::events::v1::{ORDER_CREATED_TYPE, OrderCreated};
 use inbox::{Fault, headers};
 use prost::Message;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -113,7 +113,7 @@ async fn malformed_messages_are_dead_lettered_and_valid_ones_around_them_process
     let ex = topology.exchange.as_str();
     let (before_id, before) = order_created("corr-before");
     let (after_id, after) = order_created("corr-after");
-    let (_, mut incomplete) = order_created("corr-incomplete");
+    let (incomplete_id, mut incomplete) = order_created("corr-incomplete");
     incomplete.order_id.clear();
     let fresh = || Uuid::new_v4().to_string();
 
@@ -124,7 +124,13 @@ async fn malformed_messages_are_dead_lettered_and_valid_ones_around_them_process
         .publish_raw(ex, properties(Some(&fresh()), Some("pulse.events.v1.OrderShipped"), "corr-unknown"), &payload)
         .await;
     let payload = incomplete.encode_to_vec();
-    broker.publish_raw(ex, properties(Some(&fresh()), Some(ORDER_CREATED_TYPE), "corr-incomplete"), &payload).await;
+    broker
+        .publish_raw(
+            ex,
+            properties(Some(&incomplete_id.to_string()), Some(ORDER_CREATED_TYPE), "corr-incomplete"),
+            &payload,
+        )
+        .await;
     broker.publish(ex, after_id, &after).await;
 
     let dead = broker.take_n(&topology.dead_letter, 3).await;
@@ -150,6 +156,99 @@ async fn malformed_messages_are_dead_lettered_and_valid_ones_around_them_process
     let (before_order, after_order) = (before.order_id.as_str(), after.order_id.as_str());
     eventually(|| async move { app_ref.list(after_order).await.unwrap().len() == 1 }).await;
     assert_eq!(app.list(before_order).await.unwrap().len(), 1);
+    app.stop().await;
+    broker.delete(&topology).await;
+}
+
+#[sqlx::test(migrations = "../../migrations/notifications")]
+async fn an_event_republished_under_another_message_id_makes_one_notification(_: PgPoolOptions, db: PgConnectOptions) {
+    let config = test_config(&database_url(&db), &testkit::amqp_url());
+    let topology = config.inbox.topology();
+    let _sweep = Sweep(topology.clone());
+    let mut app = spawn_app(config).await;
+    app.wait_connected(true).await;
+    let broker = Broker::connect().await;
+    let (event_id, event) = order_created("corr-republished");
+    broker.publish(&topology.exchange, event_id, &event).await;
+    // The same OrderCreated under another message id: a manual replay, a shovel.
+    let other = Uuid::new_v4();
+    broker.publish(&topology.exchange, other, &event).await;
+
+    let dead = broker.take_n(&topology.dead_letter, 1).await.remove(0);
+    assert_eq!(header(&dead, headers::REASON).as_deref(), Some("event_id_mismatch"));
+    assert_eq!(dead.delivery.properties.message_id().as_ref().map(|m| m.to_string()), Some(other.to_string()));
+    let app_ref = &app;
+    let order_id = event.order_id.as_str();
+    eventually(|| async move { app_ref.list(order_id).await.unwrap().len() == 1 }).await;
+    let pool = pool(&db).await;
+    assert_eq!(count(&pool, "SELECT count(*) FROM notifications").await, 1);
+    let recorded: Vec<Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM processed_events").fetch_all(&pool).await.unwrap();
+    assert_eq!(recorded, [event_id]);
+    app.stop().await;
+    broker.delete(&topology).await;
+}
+
+/// A case of an event the consumer must refuse: its correlation id, the change
+/// to a valid event, the reason expected and what `x-error` must name.
+type Refused = (&'static str, fn(&mut OrderCreated), &'static str, &'static str);
+
+#[sqlx::test(migrations = "../../migrations/notifications")]
+async fn events_create_order_would_refuse_are_dead_lettered_naming_the_field(_: PgPoolOptions, db: PgConnectOptions) {
+    let mut config = test_config(&database_url(&db), &testkit::amqp_url());
+    config.inbox.max_message_bytes = 2048;
+    let topology = config.inbox.topology();
+    let _sweep = Sweep(topology.clone());
+    let mut app = spawn_app(config).await;
+    app.wait_connected(true).await;
+    let broker = Broker::connect().await;
+    let ex = topology.exchange.as_str();
+
+    let cases: [Refused; 7] = [
+        ("corr-nan", |e| e.amount = "NaN".into(), "validation_failed", "amount"),
+        ("corr-negative", |e| e.amount = "-1".into(), "validation_failed", "amount"),
+        ("corr-decimals", |e| e.amount = "1.234".into(), "validation_failed", "amount"),
+        ("corr-customer", |e| e.customer_id.clear(), "validation_failed", "customer_id"),
+        ("corr-currency", |e| e.currency = "XYZ".into(), "validation_failed", "currency"),
+        ("corr-event-id", |e| e.event_id = "not-a-uuid".into(), "validation_failed", "event_id"),
+        ("corr-large", |e| e.customer_id = "c".repeat(4096), "too_large", "2048"),
+    ];
+    let mut refused = Vec::new();
+    for (correlation, tweak, _, _) in &cases {
+        let (event_id, mut event) = order_created(correlation);
+        tweak(&mut event);
+        broker.publish(ex, event_id, &event).await;
+        refused.push(event.order_id);
+    }
+    let (event_id, event) = order_created("corr-json");
+    let json = properties(Some(&event_id.to_string()), Some(ORDER_CREATED_TYPE), "corr-json")
+        .with_content_type("application/json".into());
+    broker.publish_raw(ex, json, &event.encode_to_vec()).await;
+    refused.push(event.order_id);
+    let (valid_id, valid) = order_created("corr-valid");
+    broker.publish(ex, valid_id, &valid).await;
+
+    let dead = broker.take_n(&topology.dead_letter, cases.len() as u32 + 1).await;
+    let by_correlation = |correlation: &str| {
+        let message = dead.iter().find(|m| header(m, headers::CORRELATION_ID).as_deref() == Some(correlation));
+        let message = message.unwrap_or_else(|| panic!("{correlation} was not dead-lettered"));
+        (header(message, headers::REASON).unwrap(), header(message, headers::ERROR).unwrap())
+    };
+    for (correlation, _, reason, named) in &cases {
+        let (got, error) = by_correlation(correlation);
+        assert_eq!(&got, reason, "{correlation}: {error}");
+        assert!(error.contains(named), "{correlation}: the error names {named}: {error}");
+    }
+    let (reason, error) = by_correlation("corr-json");
+    assert_eq!(reason, "unsupported_content_type", "{error}");
+    let app_ref = &app;
+    let valid_order = valid.order_id.as_str();
+    eventually(|| async move { app_ref.list(valid_order).await.unwrap().len() == 1 }).await;
+    for order_id in &refused {
+        assert!(app.list(order_id).await.unwrap().is_empty(), "no notification for {order_id}");
+    }
+    let pool = pool(&db).await;
+    assert_eq!(count(&pool, "SELECT count(*) FROM notifications").await, 1);
     app.stop().await;
     broker.delete(&topology).await;
 }

@@ -41,10 +41,16 @@ async fn inbox_outcome_counters_match_what_was_sent(_: PgPoolOptions, db: PgConn
     let payload = events[1].1.encode_to_vec();
     broker.publish_raw(ex, properties(Some(&fresh()), Some("pulse.events.v1.OrderShipped"), "c"), &payload).await;
     // Valid protobuf that fails validation: dead-lettered, not poison.
-    let (_, mut incomplete) = order_created("corr-incomplete");
+    let (incomplete_id, mut incomplete) = order_created("corr-incomplete");
     incomplete.order_id.clear();
     let payload = incomplete.encode_to_vec();
-    broker.publish_raw(ex, properties(Some(&fresh()), Some(ORDER_CREATED_TYPE), "corr-incomplete"), &payload).await;
+    broker
+        .publish_raw(
+            ex,
+            properties(Some(&incomplete_id.to_string()), Some(ORDER_CREATED_TYPE), "corr-incomplete"),
+            &payload,
+        )
+        .await;
 
     let metrics = app.metrics_addr;
     let outcome = |text: &str, outcome: &str| {

@@ -1,42 +1,10 @@
 //! Orders as the service understands them: validated values with `parse`
 //! constructors, so nothing unchecked reaches the database.
 
-mod amount;
-mod currency;
-
-pub use amount::Amount;
-pub use currency::Currency;
+pub use platform::values::{Amount, Currency, CustomerId};
 use uuid::Uuid;
 
 pub use platform::errors::FieldViolation;
-
-/// A customer id: 1 to 128 characters, no control characters, no surrounding blanks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CustomerId(String);
-
-impl CustomerId {
-    pub const MAX_CHARS: usize = 128;
-
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        if raw.trim().is_empty() {
-            return Err("must not be empty".into());
-        }
-        if raw.chars().count() > Self::MAX_CHARS {
-            return Err(format!("must be at most {} characters", Self::MAX_CHARS));
-        }
-        if raw.trim() != raw {
-            return Err("must not start or end with white space".into());
-        }
-        if raw.chars().any(char::is_control) {
-            return Err("must not contain control characters".into());
-        }
-        Ok(Self(raw.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
 
 /// An order that passed validation and is ready to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,16 +54,6 @@ fn parse_optional_uuid(raw: &str) -> Result<Option<Uuid>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn customer_id_rules() {
-        assert!(CustomerId::parse("c-1").is_ok());
-        assert!(CustomerId::parse(&"é".repeat(128)).is_ok());
-        for bad in ["", "   ", " c", "c\n", "a\u{0}b"] {
-            assert!(CustomerId::parse(bad).is_err(), "{bad:?}");
-        }
-        assert!(CustomerId::parse(&"x".repeat(129)).is_err());
-    }
 
     #[test]
     fn new_order_reports_every_bad_field() {
