@@ -73,7 +73,8 @@ impl App {
         if config.role != Role::Relay {
             let opened = Lane::open(pool.connect_options().as_ref().clone(), &config.pool).await?;
             let api = OrdersApi::new(Orders::new(opened.clone(), writer.clone(), config.writers));
-            router = router.add_service(OrderServiceServer::new(api));
+            router =
+                router.add_service(OrderServiceServer::new(api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES));
             lane = Some(opened);
         }
         let (listener, addr) = grpc::bind(config.grpc_addr).await?;

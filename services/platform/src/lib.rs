@@ -1,7 +1,8 @@
 //! The plumbing every Pulse service shares: environment configuration,
 //! telemetry and the JSON log format, the shutdown signal, database creation
 //! and migration, the gRPC bootstrap (health, reflection, call metrics),
-//! Prometheus metrics, correlation ids, retry backoff and arrival rates.
+//! Prometheus metrics, correlation ids, retry backoff, arrival rates and the
+//! rule for free-text identifiers.
 
 pub mod backoff;
 pub mod config;
@@ -15,4 +16,5 @@ pub mod metrics;
 pub mod rate;
 pub mod shutdown;
 pub mod telemetry;
+pub mod text;
 pub mod tracecontext;
