@@ -73,7 +73,7 @@ pub fn router_with_health_and_reflection(
 pub const MAX_CONCURRENT_STREAMS: u32 = 128;
 
 /// The largest request message a call may send (protobuf bytes, before any
-/// compression is undone). Pulse's requests are a few hundred bytes; tonic
+/// compression is undone). Pulse's requests carry a few short fields; tonic
 /// would allow 4 MiB and answer OUT_OF_RANGE, where gRPC says RESOURCE_EXHAUSTED.
 /// Larger messages are refused RESOURCE_EXHAUSTED as soon as their length
 /// prefix arrives, without reading them. Services set it on their tonic
