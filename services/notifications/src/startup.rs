@@ -62,7 +62,10 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     };
     let (router, reporter) =
         platform::grpc::router_with_health_and_reflection(&[contracts::notifications::v1::SERVICE_NAME], &registry)?;
-    let router = router.add_service(NotificationServiceServer::new(NotificationApi::new(pool.clone())));
+    let router = router.add_service(
+        NotificationServiceServer::new(NotificationApi::new(pool.clone()))
+            .max_decoding_message_size(platform::grpc::MAX_MESSAGE_BYTES),
+    );
     let (listener, grpc_addr) = platform::grpc::bind(config.grpc_addr).await?;
     let (metrics_listener, metrics_addr) = platform::metrics::bind(config.metrics_addr).await?;
     // NOT_SERVING until the watchers have seen the database and the broker.

@@ -11,6 +11,7 @@ use platform::{
     lane::Lane,
     metrics::{OtlpExport, Registry},
 };
+use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +55,12 @@ impl App {
     /// [`OtlpExport::from_env`]; [`Self::with_metrics_export`] overrides them).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics_export = OtlpExport::from_env("orders", env!("CARGO_PKG_VERSION"))?;
+        tracing::info!(
+            database = %platform::config::redact_url(config.database_url.expose_secret()),
+            broker = %platform::config::redact_url(config.relay.amqp_url.expose_secret()),
+            role = ?config.role,
+            "starting orders"
+        );
         // The pool serves migrations, the doorbell and tests; requests go
         // through the lane, which gets the configured connections.
         let background = PoolSettings { max_connections: BACKGROUND_CONNECTIONS, min_connections: 1, ..config.pool };
@@ -66,7 +73,8 @@ impl App {
         if config.role != Role::Relay {
             let opened = Lane::open(pool.connect_options().as_ref().clone(), &config.pool).await?;
             let api = OrdersApi::new(Orders::new(opened.clone(), writer.clone(), config.writers));
-            router = router.add_service(OrderServiceServer::new(api));
+            router =
+                router.add_service(OrderServiceServer::new(api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES));
             lane = Some(opened);
         }
         let (listener, addr) = grpc::bind(config.grpc_addr).await?;

@@ -32,11 +32,56 @@ impl Default for PoolSettings {
 /// Connection options from a URL, with statement logging turned down (every
 /// query at INFO would drown the service's own lines).
 pub fn connect_options(url: &SecretString) -> anyhow::Result<PgConnectOptions> {
+    let url = SecretString::from(without_unknown_parameters(url.expose_secret()));
     let options = PgConnectOptions::from_str(url.expose_secret())
         .map_err(|err| anyhow::anyhow!("database url is invalid: {}", crate::config::redact_url(&err.to_string())))?;
     Ok(options
         .log_statements(tracing::log::LevelFilter::Debug)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1)))
+}
+
+/// The query parameters sqlx's Postgres URL parser reads (`options[...]` too).
+const KNOWN_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// `url` without the query parameters sqlx does not read: sqlx logs the value
+/// of each one it ignores, and a libpq-only `sslpassword` would reach the log
+/// in clear. They are named (never their values) in a warning instead.
+fn without_unknown_parameters(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else { return url.to_owned() };
+    let (known, unknown): (Vec<_>, Vec<_>) = parsed
+        .query_pairs()
+        .into_owned()
+        .partition(|(key, _)| KNOWN_PARAMETERS.contains(&key.as_str()) || key.starts_with("options["));
+    if unknown.is_empty() {
+        return url.to_owned();
+    }
+    let ignored: Vec<&str> = unknown.iter().map(|(key, _)| key.as_str()).collect();
+    tracing::warn!(parameters = ?ignored, "ignoring database url parameters the driver does not support");
+    if known.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(known);
+    }
+    parsed.to_string()
 }
 
 /// Creates the database named in `options` unless it exists. Safe to race
@@ -127,5 +172,21 @@ mod tests {
         assert!(!is_session_gone(&sqlx::Error::PoolTimedOut));
         assert!(!is_session_gone(&sqlx::Error::PoolClosed));
         assert!(!is_session_gone(&sqlx::Error::RowNotFound));
+    }
+
+    #[test]
+    fn parameters_the_driver_ignores_are_dropped_before_it_can_log_them() {
+        assert_eq!(
+            without_unknown_parameters("postgres://h/db?user=u&sslpassword=s3cret&password=pw&options[x]=1"),
+            "postgres://h/db?user=u&password=pw&options%5Bx%5D=1"
+        );
+        assert_eq!(without_unknown_parameters("postgres://h/db?sslpassword=s3cret"), "postgres://h/db");
+        assert_eq!(
+            without_unknown_parameters("postgres://u:p@h/db?sslmode=disable"),
+            "postgres://u:p@h/db?sslmode=disable"
+        );
+        let options = connect_options(&SecretString::from("postgres://u@h/db?sslpassword=s3cret&password=pw")).unwrap();
+        assert_eq!(options.get_username(), "u");
+        assert_eq!(options.get_database(), Some("db"));
     }
 }

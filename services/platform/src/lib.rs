@@ -1,8 +1,9 @@
 //! The plumbing every Pulse service shares: environment configuration,
 //! telemetry and the JSON log format, the shutdown signal, database creation
 //! and migration, the gRPC bootstrap (health, reflection, call metrics),
-//! Prometheus metrics, correlation ids, retry backoff and arrival rates, and
-//! the values Pulse's messages carry (amount, currency, customer id).
+//! Prometheus metrics, correlation ids, retry backoff and arrival rates, the
+//! rule for free-text identifiers, and the values Pulse's messages carry
+//! (amount, currency, customer id).
 
 pub mod backoff;
 pub mod config;
@@ -16,5 +17,6 @@ pub mod metrics;
 pub mod rate;
 pub mod shutdown;
 pub mod telemetry;
+pub mod text;
 pub mod tracecontext;
 pub mod values;

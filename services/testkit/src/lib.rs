@@ -323,6 +323,70 @@ pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<
     found
 }
 
+/// Runs `command` (a service binary) until every line in `ready` has appeared
+/// in its output (or `within` has passed, or it exited), then sends it
+/// SIGTERM and waits for its exit. Its exit status, everything it wrote to
+/// stdout and stderr, and whether it got ready.
+pub async fn run_until_ready_then_terminate(
+    mut command: tokio::process::Command,
+    ready: &[&str],
+    within: std::time::Duration,
+) -> (std::process::ExitStatus, String, bool) {
+    use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let printed = Arc::new(std::sync::Mutex::new(String::new()));
+    fn collect(
+        stream: impl AsyncRead + Unpin + Send + 'static,
+        into: Arc<std::sync::Mutex<String>>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut printed = into.lock().unwrap();
+                printed.push_str(&line);
+                printed.push('\n');
+            }
+        })
+    }
+    let readers = [
+        collect(child.stdout.take().expect("piped"), printed.clone()),
+        collect(child.stderr.take().expect("piped"), printed.clone()),
+    ];
+    let deadline = tokio::time::Instant::now() + within;
+    let mut got_ready = false;
+    while tokio::time::Instant::now() < deadline {
+        if ready.iter().all(|line| printed.lock().unwrap().contains(line)) {
+            got_ready = true;
+            break;
+        }
+        if child.try_wait().expect("the child can be polled").is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    }
+    let status = match tokio::time::timeout(within, child.wait()).await {
+        Ok(status) => status.expect("the child can be waited for"),
+        Err(_) => {
+            child.start_kill().expect("SIGKILL");
+            child.wait().await.expect("the child can be waited for")
+        }
+    };
+    for reader in readers {
+        let _ = reader.await;
+    }
+    let printed = printed.lock().unwrap().clone();
+    (status, printed, got_ready)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,3 +66,21 @@ async fn a_lost_database_means_unavailable_and_not_serving(_: PgPoolOptions, db:
     assert!(app.list(&Uuid::new_v4().to_string()).await.unwrap().is_empty());
     app.stop().await;
 }
+
+#[sqlx::test(migrations = "../../migrations/notifications")]
+async fn a_request_over_the_size_limit_is_refused_and_the_client_keeps_working(_: PgPoolOptions, db: PgConnectOptions) {
+    let mut config = test_config(&database_url(&db), &testkit::amqp_url());
+    config.consumer_enabled = false;
+    let app = spawn_app(config).await;
+    let mut client = app.client().await;
+    let huge = "0".repeat(5 * 1024 * 1024);
+    let request = contracts::notifications::v1::ListNotificationsRequest { order_id: huge };
+    let status = client.list_notifications(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("the limit is"), "{}", status.message());
+    let request = contracts::notifications::v1::ListNotificationsRequest { order_id: Uuid::new_v4().to_string() };
+    let listed = client.list_notifications(request).await.expect("the next call on the same client succeeds");
+    assert!(listed.into_inner().notifications.is_empty());
+    drop(client);
+    app.stop().await;
+}

@@ -6,6 +6,7 @@ mod group;
 mod grpcurl;
 mod health;
 mod helpers;
+mod limits;
 mod metrics;
 mod relay;
 mod restart;

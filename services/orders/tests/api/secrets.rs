@@ -69,3 +69,82 @@ async fn unusable_relay_settings_are_refused_by_name() {
         assert!(!printed.contains("cannot connect"), "{name}={value}: refused before connecting: {printed}");
     }
 }
+
+/// A password no other text contains, one for each place a URL can carry it.
+const USERINFO_PASSWORD: &str = "Pw1userinfoQx7";
+const QUERY_PASSWORD: &str = "Pw2queryQx7";
+const SSL_PASSWORD: &str = "Pw3sslpasswordQx7";
+const AMQP_QUERY_PASSWORD: &str = "Pw4amqpqueryQx7";
+
+/// A database URL on the local server (trust auth: the passwords are never
+/// asked for) for a scratch database, with the credentials written `form`'s way.
+fn local_database_url(name: &str, form: usize) -> String {
+    let server = testkit::socket_addr_of(&testkit::database_url());
+    match form {
+        0 => format!("postgres://postgres:{USERINFO_PASSWORD}@{server}/{name}"),
+        1 => format!("postgres://{server}/{name}?user=postgres&password={QUERY_PASSWORD}"),
+        _ => format!(
+            "postgres://postgres@{server}/{name}?sslmode=disable&sslpassword={SSL_PASSWORD}&sslkey={SSL_PASSWORD}"
+        ),
+    }
+}
+
+async fn drop_database(name: &str) {
+    let admin = sqlx::PgPool::connect(&testkit::database_url()).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&admin).await.unwrap();
+    admin.close().await;
+}
+
+/// The real binary started against the local Postgres and RabbitMQ with
+/// passwords in every form the URL parsers accept (userinfo, `password`,
+/// `sslpassword` and `sslkey` query parameters; the broker's own `guest`
+/// password in userinfo and one more in its query), at debug level, serving
+/// and relaying until SIGTERM: not one line it writes shows any of them.
+#[tokio::test]
+async fn a_running_service_logs_no_password_in_any_url_form() {
+    let server = testkit::socket_addr_of(&testkit::amqp_url());
+    let amqp_url = format!("amqp://guest:guest@{server}/%2f?heartbeat=30&password={AMQP_QUERY_PASSWORD}");
+    for form in 0..3 {
+        let name = format!("pulse_secrets_{}", uuid::Uuid::new_v4().simple());
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_orders"));
+        command
+            .env("ORDERS_DATABASE_URL", local_database_url(&name, form))
+            .env("AMQP_URL", &amqp_url)
+            .env("ORDERS_GRPC_ADDR", "127.0.0.1:0")
+            .env("ORDERS_METRICS_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "debug")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+        let ready = ["orders listening", "relay connected to the database", "relay connected to the broker"];
+        let (status, printed, got_ready) =
+            testkit::run_until_ready_then_terminate(command, &ready, Duration::from_secs(30)).await;
+        drop_database(&name).await;
+        assert!(got_ready, "form {form}: orders started and relayed: {printed}");
+        assert_eq!(status.code(), Some(0), "form {form}: stopped cleanly on SIGTERM: {printed}");
+        assert!(printed.contains("orders stopped"), "form {form}: {printed}");
+        let masked = ["postgres:***@", "password=***", "sslpassword=***"][form];
+        assert!(printed.contains(masked), "form {form}: the URL is logged masked: {printed}");
+        assert!(printed.contains("guest:***@") && printed.contains("heartbeat=30&password=***"), "{printed}");
+        for secret in [USERINFO_PASSWORD, QUERY_PASSWORD, SSL_PASSWORD, AMQP_QUERY_PASSWORD, "guest:guest"] {
+            let shown: Vec<&str> = printed.lines().filter(|line| line.contains(secret)).collect();
+            assert!(shown.is_empty(), "form {form}: {secret} shown in {shown:#?}");
+        }
+    }
+}
+
+/// The same passwords in every form, with servers that do not answer: the
+/// failure is logged, the passwords are not.
+#[tokio::test]
+async fn an_unreachable_server_is_reported_without_any_password_form() {
+    for url in [
+        format!("postgres://postgres:{USERINFO_PASSWORD}@127.0.0.1:1/x"),
+        format!("postgres://127.0.0.1:1/x?user=postgres&password={QUERY_PASSWORD}"),
+        format!("postgres://postgres@127.0.0.1:1/x?sslpassword={SSL_PASSWORD}"),
+    ] {
+        let (status, printed) = run_orders(&url).await;
+        assert!(!status.success(), "{url}");
+        assert!(printed.contains("cannot connect"), "the failure is logged with its cause: {printed}");
+        for secret in [USERINFO_PASSWORD, QUERY_PASSWORD, SSL_PASSWORD, AMQP_PASSWORD] {
+            assert!(!printed.contains(secret), "{secret} shown: {printed}");
+        }
+    }
+}

@@ -8,7 +8,9 @@ mod currency;
 pub use amount::Amount;
 pub use currency::Currency;
 
-/// A customer id: 1 to 128 characters, no control characters, no surrounding blanks.
+/// A customer id: 1 to 128 characters, at least one of them visible, no
+/// control characters, no white space or invisible characters at either end
+/// (see [`crate::text::check_identifier`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CustomerId(String);
 
@@ -22,12 +24,7 @@ impl CustomerId {
         if raw.chars().count() > Self::MAX_CHARS {
             return Err(format!("must be at most {} characters", Self::MAX_CHARS));
         }
-        if raw.trim() != raw {
-            return Err("must not start or end with white space".into());
-        }
-        if raw.chars().any(char::is_control) {
-            return Err("must not contain control characters".into());
-        }
+        crate::text::check_identifier(raw)?;
         Ok(Self(raw.to_owned()))
     }
 
@@ -44,9 +41,10 @@ mod tests {
     fn customer_id_rules() {
         assert!(CustomerId::parse("c-1").is_ok());
         assert!(CustomerId::parse(&"é".repeat(128)).is_ok());
-        for bad in ["", "   ", " c", "c\n", "a\u{0}b"] {
+        for bad in ["", "   ", " c", "c\n", "a\u{0}b", "\u{200B}", "\u{200B}c", "\u{FEFF}\u{2060}", "\u{3164}"] {
             assert!(CustomerId::parse(bad).is_err(), "{bad:?}");
         }
+        assert!(CustomerId::parse("\u{200B}").unwrap_err().contains("visible"));
         assert!(CustomerId::parse(&"x".repeat(129)).is_err());
     }
 }
