@@ -10,5 +10,6 @@ mod consumer;
 mod crashes;
 mod dashboard;
 mod happy_path;
+mod postgres_restart;
 mod relay_failover;
 mod support;

@@ -4,6 +4,7 @@
 pub(crate) mod api;
 pub(crate) mod broker;
 pub(crate) mod db;
+pub(crate) mod postgres;
 pub(crate) mod process;
 pub(crate) mod scratch;
 

@@ -271,7 +271,7 @@ fn collect(stream: impl AsyncRead + Unpin + Send + 'static, prefix: String, log:
 }
 
 /// A port that was free a moment ago (the process retries on another if it is not).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local address").port()
 }

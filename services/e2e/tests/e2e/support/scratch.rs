@@ -92,7 +92,7 @@ impl Drop for Scratch {
     }
 }
 
-async fn pool(url: &str) -> PgPool {
+pub(crate) async fn pool(url: &str) -> PgPool {
     PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(10))

@@ -1,0 +1,115 @@
+//! A PostgreSQL server of the test's own, from the installed binaries, for
+//! faults the shared server must not suffer (a real restart): its own data
+//! directory, port and socket directory, trust authentication, no fsync.
+//! Dropping it stops the server and removes the directory.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use super::process::free_port;
+
+pub(crate) struct OwnPostgres {
+    dir: PathBuf,
+    port: u16,
+    bin: PathBuf,
+}
+
+impl OwnPostgres {
+    /// Initialises and starts a server; panics with its log if it does not come up.
+    pub(crate) fn start() -> Self {
+        let bin = newest_bin_dir();
+        let dir = std::env::temp_dir().join(format!("pulse-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("create the data directory");
+        if is_root() {
+            // initdb and postgres refuse to run as root.
+            run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir));
+        }
+        let server = Self { dir, port: free_port(), bin };
+        server.as_owner("initdb", &["-D", &server.data(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+        server.pg_ctl(&["start"]);
+        server
+    }
+
+    /// A URL for `database` on this server.
+    pub(crate) fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Stops the server (`fast`: every session is ended, as in a real
+    /// restart) and starts it again; returns once it accepts connections.
+    pub(crate) fn restart(&self) {
+        self.pg_ctl(&["restart", "-m", "fast"]);
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn pg_ctl(&self, action: &[&str]) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c max_connections=60",
+            self.port,
+            self.dir.display()
+        );
+        let (data, log) = (self.data(), self.dir.join("server.log").display().to_string());
+        let mut args = vec!["-D", data.as_str(), "-l", log.as_str(), "-o", options.as_str(), "-w", "-t", "60"];
+        args.extend_from_slice(action);
+        self.as_owner("pg_ctl", &args);
+    }
+
+    fn as_owner(&self, tool: &str, args: &[&str]) {
+        let output = owner_command(&self.bin.join(tool)).args(args).current_dir(&self.dir).output();
+        let output = output.expect("run a Postgres tool");
+        if !output.status.success() {
+            let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+            panic!(
+                "{tool} {args:?} failed: {}\n{}\nserver log:\n{log}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = owner_command(&self.bin.join("pg_ctl")).args(["-D", &data, "-m", "immediate", "-w", "stop"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `program` as the data directory's owner: `postgres` when we are root
+/// (initdb and postgres refuse to run as root), else ourselves.
+fn owner_command(program: &Path) -> Command {
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+fn run(command: &mut Command) {
+    let status = command.status().expect("run a command");
+    assert!(status.success(), "{command:?} failed: {status}");
+}
+
+/// The `bin` directory of the newest installed PostgreSQL (Debian's layout).
+fn newest_bin_dir() -> PathBuf {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed under /usr/lib/postgresql")
+        .filter_map(Result::ok)
+        .filter_map(|entry| Some((entry.file_name().to_str()?.parse().ok()?, entry.path().join("bin"))))
+        .filter(|(_, bin): &(u32, PathBuf)| bin.join("pg_ctl").exists())
+        .collect();
+    versions.sort();
+    versions.pop().expect("a PostgreSQL server binary").1
+}
