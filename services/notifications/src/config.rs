@@ -27,6 +27,7 @@ use inbox::InboxConfig;
 use platform::{
     config::{ConfigError, addr_or, bool_or, millis_or, millis_up_to_or, parse_or, rate_or, secret_url_or, var_or},
     db::PoolSettings,
+    tls::ServerTls,
 };
 use secrecy::SecretString;
 
@@ -45,6 +46,8 @@ pub struct Config {
     pub inbox: InboxConfig,
     /// How often the health check probes the database.
     pub health_interval: Duration,
+    /// TLS on the gRPC port (`NOTIFICATIONS_TLS_*`); None serves plaintext.
+    pub tls: Option<ServerTls>,
 }
 
 /// The consumer's main queue for a prefix; the retry and dead-letter queues are named after it.
@@ -96,6 +99,7 @@ impl Config {
             consumer_enabled: bool_or("NOTIFICATIONS_CONSUMER_ENABLED", true)?,
             inbox,
             health_interval: Duration::from_secs(1),
+            tls: ServerTls::from_env("NOTIFICATIONS")?,
         })
     }
 }

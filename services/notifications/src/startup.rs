@@ -60,8 +60,11 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     } else {
         (None, watch::channel(false).1, Arc::default())
     };
-    let (router, reporter) =
-        platform::grpc::router_with_health_and_reflection(&[contracts::notifications::v1::SERVICE_NAME], &registry)?;
+    let (router, reporter) = platform::grpc::router_with_health_and_reflection(
+        &[contracts::notifications::v1::SERVICE_NAME],
+        &registry,
+        config.tls.as_ref(),
+    )?;
     let router = router.add_service(
         NotificationServiceServer::new(NotificationApi::new(pool.clone()))
             .max_decoding_message_size(platform::grpc::MAX_MESSAGE_BYTES),

@@ -6,6 +6,7 @@ use outbox::RelayConfig;
 use platform::{
     config::{ConfigError, addr_or, millis_or, millis_up_to_or, parse_or, rate_or, secret_url_or},
     db::PoolSettings,
+    tls::ServerTls,
 };
 use secrecy::SecretString;
 
@@ -51,6 +52,8 @@ pub struct Config {
     /// Between NOT_SERVING and closing the listener, so load balancers stop routing first.
     pub shutdown_grace: Duration,
     pub health_interval: Duration,
+    /// TLS on the gRPC port (`ORDERS_TLS_*`); None serves plaintext.
+    pub tls: Option<ServerTls>,
     /// At most one cross-process NOTIFY per this interval (see `outbox::OutboxWriter`).
     pub doorbell_interval: Duration,
 }
@@ -100,6 +103,7 @@ impl Config {
             relay,
             shutdown_grace: millis_or("ORDERS_SHUTDOWN_GRACE_MS", Duration::ZERO)?,
             health_interval: Duration::from_secs(1),
+            tls: ServerTls::from_env("ORDERS")?,
             doorbell_interval: millis_or("OUTBOX_DOORBELL_INTERVAL_MS", Duration::from_millis(2))?,
         })
     }

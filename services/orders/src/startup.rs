@@ -68,7 +68,7 @@ impl App {
         let writer = OutboxWriter::new();
         let offered: &[&str] = if config.role == Role::Relay { &[] } else { &[SERVICE_NAME] };
         let registry = Registry::new();
-        let (mut router, health) = grpc::router_with_health_and_reflection(offered, &registry)?;
+        let (mut router, health) = grpc::router_with_health_and_reflection(offered, &registry, config.tls.as_ref())?;
         let mut lane = None;
         if config.role != Role::Relay {
             let opened = Lane::open(pool.connect_options().as_ref().clone(), &config.pool).await?;

@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, str::FromStr, time::Duration};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -83,9 +83,33 @@ pub fn bool_or(name: &str, default: bool) -> Result<bool, ConfigError> {
     }
 }
 
-/// A URL carrying credentials: kept secret so it never reaches a log line.
+/// A secret given in a file named by `<name>_FILE` (the container
+/// convention: a mounted Secret), its trailing line end dropped; None when
+/// that variable is unset. Setting both `<name>` and `<name>_FILE` is refused.
+pub fn secret_from_file(name: &str) -> Result<Option<SecretString>, ConfigError> {
+    let file_var = format!("{name}_FILE");
+    let Some(path) = std::env::var_os(&file_var).filter(|path| !path.is_empty()) else { return Ok(None) };
+    if std::env::var_os(name).is_some_and(|value| !value.is_empty()) {
+        return Err(ConfigError::Invalid { name: file_var, reason: format!("set {name} or {name}_FILE, not both") });
+    }
+    let text = std::fs::read_to_string(&path).map_err(|err| ConfigError::Invalid {
+        name: file_var.clone(),
+        reason: format!("cannot read {}: {err}", std::path::Path::new(&path).display()),
+    })?;
+    let value = text.strip_suffix('\n').map_or(text.as_str(), |line| line.strip_suffix('\r').unwrap_or(line));
+    if value.trim().is_empty() {
+        return Err(ConfigError::Invalid { name: file_var, reason: "the file is empty".into() });
+    }
+    Ok(Some(SecretString::from(value.to_owned())))
+}
+
+/// A URL carrying credentials, from `<name>` or the file `<name>_FILE` names:
+/// kept secret so it never reaches a log line.
 pub fn secret_url_or(name: &str, default: &str) -> Result<SecretString, ConfigError> {
-    let value = var_or(name, default);
+    let value = match secret_from_file(name)? {
+        Some(secret) => secret.expose_secret().to_owned(),
+        None => var_or(name, default),
+    };
     url::Url::parse(&value)
         .map_err(|err| ConfigError::Invalid { name: name.to_owned(), reason: format!("not a URL ({err})") })?;
     Ok(SecretString::from(value))

@@ -25,7 +25,10 @@ use tower::{
     layer::util::{Identity, Stack},
 };
 
-use crate::metrics::{self, HistogramVec, Name, Registry};
+use crate::{
+    metrics::{self, HistogramVec, Name, Registry},
+    tls::ServerTls,
+};
 
 /// The services' router: every call passes through [`RpcMetricsLayer`], then
 /// [`RequestLimitsLayer`] (so refused calls are measured too).
@@ -34,9 +37,11 @@ pub type GrpcRouter = Router<Stack<RequestLimitsLayer, Stack<RpcMetricsLayer, Id
 /// A tonic router already carrying health and reflection, its calls measured
 /// into `registry`. Reflection lists `services` (the ones this server really
 /// offers), health and reflection.
+/// With `tls`, the port speaks TLS only (see [`crate::tls`]).
 pub fn router_with_health_and_reflection(
     services: &[&str],
     registry: &Registry,
+    tls: Option<&ServerTls>,
 ) -> anyhow::Result<(GrpcRouter, HealthReporter)> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let configure = || {
@@ -52,7 +57,11 @@ pub fn router_with_health_and_reflection(
     let reflection_v1 = configure().with_service_name("grpc.reflection.v1.ServerReflection").build_v1()?;
     let reflection_v1alpha =
         configure().with_service_name("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?;
-    let router = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls.server_config())?;
+    }
+    let router = server
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES)
         .max_frame_size(HTTP2_MAX_FRAME_BYTES)

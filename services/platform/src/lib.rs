@@ -18,5 +18,6 @@ pub mod rate;
 pub mod shutdown;
 pub mod telemetry;
 pub mod text;
+pub mod tls;
 pub mod tracecontext;
 pub mod values;

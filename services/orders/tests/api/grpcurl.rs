@@ -7,8 +7,18 @@ use crate::helpers::{Options, spawn_app};
 /// Runs the real grpcurl binary with reflection only (no proto files given):
 /// `grpcurl -plaintext <flags> <addr> <method>`.
 async fn grpcurl(flags: &[&str], addr: std::net::SocketAddr, method: &str) -> (bool, String, String) {
+    grpcurl_over(&["-plaintext"], flags, addr, method).await
+}
+
+/// [`grpcurl`] with `transport` flags instead of `-plaintext` (TLS: `-cacert`, ...).
+pub(crate) async fn grpcurl_over(
+    transport: &[&str],
+    flags: &[&str],
+    addr: std::net::SocketAddr,
+    method: &str,
+) -> (bool, String, String) {
     let mut command = Command::new(testkit::grpcurl());
-    command.args(["-plaintext", "-max-time", "10"]).args(flags).arg(addr.to_string()).arg(method);
+    command.args(transport).args(["-max-time", "10"]).args(flags).arg(addr.to_string()).arg(method);
     let output = tokio::task::spawn_blocking(move || command.output().expect("grpcurl runs")).await.unwrap();
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     (output.status.success(), text(&output.stdout), text(&output.stderr))

@@ -7,10 +7,11 @@ use orders::{
 };
 use outbox::RelayConfig;
 use platform::db::PoolSettings;
+use platform::tls::ServerTls;
 use secrecy::SecretString;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 pub(crate) struct TestApp {
     pub(crate) addr: SocketAddr,
@@ -34,6 +35,8 @@ pub(crate) struct Options {
     pub(crate) min_connections: Option<u32>,
     /// CreateOrder writers (the default unless given).
     pub(crate) writers: Option<usize>,
+    /// Serve TLS, and reach the app with this client configuration.
+    pub(crate) tls: Option<(ServerTls, ClientTlsConfig)>,
 }
 
 /// The URL of the database `#[sqlx::test]` made for this test.
@@ -71,13 +74,17 @@ pub(crate) async fn spawn_app(pool: &PgPool, options: Options) -> TestApp {
         relay,
         shutdown_grace: Duration::ZERO,
         health_interval: Duration::from_secs(1),
+        tls: options.tls.as_ref().map(|(server, _)| server.clone()),
         doorbell_interval: Duration::from_millis(2),
     };
     let app = App::build(config).await.expect("app builds");
     let (addr, metrics_addr) = (app.grpc_addr(), app.metrics_addr());
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    let client = OrderServiceClient::connect(format!("http://{addr}")).await.expect("client connects");
+    let client = match options.tls {
+        Some((_, client_tls)) => OrderServiceClient::new(tls_channel(addr, client_tls).await.expect("client connects")),
+        None => OrderServiceClient::connect(format!("http://{addr}")).await.expect("client connects"),
+    };
     TestApp { addr, metrics_addr, client, pool: pool.clone(), shutdown, handle }
 }
 
@@ -129,6 +136,16 @@ pub(crate) fn bad_fields(status: &tonic::Status) -> Vec<String> {
         .get_details_bad_request()
         .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
         .unwrap_or_default()
+}
+
+/// A TLS channel to `addr` (named `localhost` for the certificate check).
+pub(crate) async fn tls_channel(addr: SocketAddr, tls: ClientTlsConfig) -> Result<Channel, tonic::transport::Error> {
+    Channel::from_shared(format!("https://localhost:{}", addr.port()))
+        .unwrap()
+        .tls_config(tls.domain_name("localhost"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
 }
 
 /// A gRPC channel to `addr`, for the health and reflection clients.

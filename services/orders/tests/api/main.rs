@@ -11,3 +11,4 @@ mod metrics;
 mod relay;
 mod restart;
 mod secrets;
+mod tls;

@@ -42,6 +42,7 @@ pub(crate) fn notifications_config(database_url: &str, queue_prefix: &str) -> (n
         consumer_enabled: true,
         inbox,
         health_interval: Duration::from_millis(200),
+        tls: None,
     };
     (config, topology)
 }
@@ -70,6 +71,7 @@ pub(crate) fn orders_config(database_url: &str, role: Role) -> Config {
         relay,
         shutdown_grace: Duration::ZERO,
         health_interval: Duration::from_secs(1),
+        tls: None,
         doorbell_interval: Duration::from_millis(2),
     }
 }
