@@ -148,3 +148,78 @@ async fn an_unreachable_server_is_reported_without_any_password_form() {
         }
     }
 }
+
+/// The database and broker URLs given as files (`<NAME>_FILE`, as mounted
+/// Secrets are): the service starts from them and logs neither password.
+#[tokio::test]
+async fn urls_with_credentials_can_come_from_files_and_are_not_logged() {
+    let name = format!("pulse_secrets_{}", uuid::Uuid::new_v4().simple());
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = testkit::socket_addr_of(&testkit::amqp_url());
+    let (database_file, amqp_file) = (dir.join("database-url"), dir.join("amqp-url"));
+    std::fs::write(&database_file, format!("{}\n", local_database_url(&name, 0))).unwrap();
+    std::fs::write(&amqp_file, format!("amqp://guest:guest@{server}/%2f?password={AMQP_QUERY_PASSWORD}\n")).unwrap();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_orders"));
+    command
+        .env_remove("ORDERS_DATABASE_URL")
+        .env_remove("AMQP_URL")
+        .env("ORDERS_DATABASE_URL_FILE", &database_file)
+        .env("AMQP_URL_FILE", &amqp_file)
+        .env("ORDERS_GRPC_ADDR", "127.0.0.1:0")
+        .env("ORDERS_METRICS_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "debug")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    let ready = ["orders listening", "relay connected to the database", "relay connected to the broker"];
+    let (status, printed, got_ready) =
+        testkit::run_until_ready_then_terminate(command, &ready, Duration::from_secs(30)).await;
+    drop_database(&name).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(got_ready, "orders started from the files: {printed}");
+    assert_eq!(status.code(), Some(0), "{printed}");
+    assert!(printed.contains(&name), "the database named in the file was used: {printed}");
+    for secret in [USERINFO_PASSWORD, AMQP_QUERY_PASSWORD, "guest:guest"] {
+        assert!(!printed.contains(secret), "{secret} shown: {printed}");
+    }
+}
+
+/// A secret set both ways is refused naming the variables, and so are TLS
+/// files that are missing, unreadable or do not make a server identity.
+#[tokio::test]
+async fn secret_files_and_tls_files_are_checked_at_start() {
+    let pki = testkit::pki::Pki::new("pulse test CA");
+    let server = pki.server("orders");
+    let junk = pki.dir().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let (cert, key, ca) =
+        (server.cert_file.display().to_string(), server.key_file.display().to_string(), pki.ca_file());
+    let url = format!("postgres://postgres:{DB_PASSWORD}@127.0.0.1:1/x");
+    let missing = pki.dir().join("missing").display().to_string();
+    // The variables set, and the words the refusal must show.
+    type Case<'a> = (Vec<(&'a str, String)>, &'a [&'a str]);
+    let cases: Vec<Case<'_>> = vec![
+        (vec![("ORDERS_DATABASE_URL_FILE", cert.clone())], &["ORDERS_DATABASE_URL_FILE", "not both"]),
+        (vec![("AMQP_URL_FILE", missing.clone())], &["AMQP_URL_FILE", "not both"]),
+        (vec![("ORDERS_TLS_CERT_FILE", cert.clone())], &["ORDERS_TLS_KEY_FILE"]),
+        (vec![("ORDERS_TLS_KEY_FILE", key.clone())], &["ORDERS_TLS_CERT_FILE"]),
+        (vec![("ORDERS_TLS_CLIENT_CA_FILE", ca.display().to_string())], &["ORDERS_TLS_CLIENT_CA_FILE"]),
+        (
+            vec![("ORDERS_TLS_CERT_FILE", junk.display().to_string()), ("ORDERS_TLS_KEY_FILE", key)],
+            &["ORDERS_TLS_CERT_FILE"],
+        ),
+        (
+            vec![("ORDERS_TLS_CERT_FILE", cert), ("ORDERS_TLS_KEY_FILE", missing)],
+            &["ORDERS_TLS_KEY_FILE", "cannot read"],
+        ),
+    ];
+    for (vars, named) in cases {
+        let extra: Vec<(&str, &str)> = vars.iter().map(|(name, value)| (*name, value.as_str())).collect();
+        let (status, printed) = run_orders_with(&url, &extra).await;
+        assert!(!status.success(), "{vars:?} was accepted");
+        for word in named {
+            assert!(printed.contains(word), "{vars:?}: {word} is named: {printed}");
+        }
+        assert!(!printed.contains("cannot connect"), "{vars:?}: refused before connecting: {printed}");
+        assert!(!printed.contains("BEGIN PRIVATE KEY"), "{vars:?}: no key material printed");
+    }
+}
