@@ -11,5 +11,6 @@ mod crashes;
 mod dashboard;
 mod happy_path;
 mod postgres_restart;
+mod postgres_tls;
 mod relay_failover;
 mod support;

@@ -14,19 +14,40 @@ pub(crate) struct OwnPostgres {
     dir: PathBuf,
     port: u16,
     bin: PathBuf,
+    /// Server settings beyond the port and socket (`-c name=value ...`).
+    settings: String,
 }
 
 impl OwnPostgres {
     /// Initialises and starts a server; panics with its log if it does not come up.
     pub(crate) fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// The same, accepting TLS (`ssl=on`) with this certificate and key (PEM).
+    pub(crate) fn start_with_tls(cert_pem: &str, key_pem: &str) -> Self {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Self {
         let bin = newest_bin_dir();
         let dir = std::env::temp_dir().join(format!("pulse-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("create the data directory");
+        let mut settings = String::from("-c fsync=off -c max_connections=60");
+        if let Some((cert, key)) = tls {
+            let (cert_file, key_file) = (dir.join("server.crt"), dir.join("server.key"));
+            std::fs::write(&cert_file, cert).expect("write the server certificate");
+            std::fs::write(&key_file, key).expect("write the server key");
+            // Postgres refuses a key others can read.
+            run(Command::new("chmod").arg("600").arg(&key_file));
+            settings +=
+                &format!(" -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", cert_file.display(), key_file.display());
+        }
         if is_root() {
             // initdb and postgres refuse to run as root.
             run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir));
         }
-        let server = Self { dir, port: free_port(), bin };
+        let server = Self { dir, port: free_port(), bin, settings };
         server.as_owner("initdb", &["-D", &server.data(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
         server.pg_ctl(&["start"]);
         server
@@ -49,9 +70,10 @@ impl OwnPostgres {
 
     fn pg_ctl(&self, action: &[&str]) {
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c max_connections=60",
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} {}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.settings
         );
         let (data, log) = (self.data(), self.dir.join("server.log").display().to_string());
         let mut args = vec!["-D", data.as_str(), "-l", log.as_str(), "-o", options.as_str(), "-w", "-t", "60"];
