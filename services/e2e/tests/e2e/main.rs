@@ -4,6 +4,7 @@
 //! (see `.config/nextest.toml`). The binaries must be built first:
 //! `cargo build --workspace --bins` (build-support/scripts/test.sh does it).
 
+mod amqps;
 mod broker_outage;
 mod clients;
 mod consumer;

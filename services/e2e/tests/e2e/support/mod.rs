@@ -6,6 +6,7 @@ pub(crate) mod broker;
 pub(crate) mod db;
 pub(crate) mod postgres;
 pub(crate) mod process;
+pub(crate) mod rabbitmq;
 pub(crate) mod scratch;
 
 use process::{Service, Spec};
