@@ -70,6 +70,32 @@ async fn missing_or_malformed_correlation_ids_are_replaced(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn amounts_keep_their_currency_minor_unit_in_the_order_and_its_event(pool: PgPool) {
+    let mut app = spawn_app(&pool, Options::default()).await;
+    for (amount, currency, stored) in
+        [("1000", "JPY", "1000"), ("1.234", "KWD", "1.234"), ("0.0001", "CLF", "0.0001"), ("77.5", "EUR", "77.50")]
+    {
+        let created = app.client.create_order(order("c-minor", amount, currency)).await.unwrap().into_inner();
+        let shown = created.order.expect("order in the response");
+        assert_eq!((shown.amount.as_str(), shown.currency.as_str()), (stored, currency));
+        let got = app.client.get_order(GetOrderRequest { order_id: created.order_id.clone() }).await.unwrap();
+        assert_eq!(got.into_inner().order.unwrap().amount, stored, "{amount} {currency} read back");
+        let payload: Vec<u8> = sqlx::query_scalar("SELECT payload FROM outbox_messages WHERE event_id = $1::uuid")
+            .bind(&created.event_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(OrderCreated::decode(payload.as_slice()).unwrap().amount, stored, "{amount} {currency} event");
+    }
+    for (amount, currency) in [("1.00", "JPY"), ("1.234", "EUR"), ("1.2345", "KWD")] {
+        let status = app.client.create_order(order("c-minor", amount, currency)).await.unwrap_err();
+        assert_eq!((status.code(), bad_fields(&status)), (Code::InvalidArgument, vec!["amount".to_owned()]));
+    }
+    assert_eq!(app.count("orders").await, 4);
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
 async fn invalid_orders_are_rejected_naming_the_field_and_write_nothing(pool: PgPool) {
     let mut app = spawn_app(&pool, Options::default()).await;
     let long = "x".repeat(129);
@@ -87,6 +113,8 @@ async fn invalid_orders_are_rejected_naming_the_field_and_write_nothing(pool: Pg
         (order("c-1", "10", "EURO"), "currency"),
         (order("c-1", "10", "XYZ"), "currency"),
         (order("c-1", "10", ""), "currency"),
+        (order("c-1", "1.00", "JPY"), "amount"),
+        (order("c-1", "1.2345", "KWD"), "amount"),
         (CreateOrderRequest { request_id: "not-a-uuid".into(), ..order("c-1", "10", "EUR") }, "request_id"),
     ];
     for (request, field) in cases {
