@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::helpers::{Options, bad_fields, order, spawn_app, with_metadata};
+use crate::helpers::{Options, bad_fields, error_reason, order, spawn_app, with_metadata};
 
 #[sqlx::test(migrations = false)]
 async fn create_order_commits_the_order_and_its_event_together(pool: PgPool) {
@@ -126,6 +126,9 @@ async fn invalid_orders_are_rejected_naming_the_field_and_write_nothing(pool: Pg
     }
     let status = app.client.create_order(order("", "0", "")).await.unwrap_err();
     assert_eq!(bad_fields(&status), ["customer_id", "amount", "currency"], "every bad field is named");
+    assert_eq!(error_reason(&status), "INVALID_FIELD");
+    let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
+    assert_eq!(info.metadata["fields"], "customer_id,amount,currency");
     assert_eq!(app.count("orders").await, 0);
     assert_eq!(app.count("outbox_messages").await, 0);
     app.stop().await;
@@ -191,9 +194,11 @@ async fn get_order_answers_not_found_and_invalid_argument(pool: PgPool) {
     let mut app = spawn_app(&pool, Options::default()).await;
     let status = app.client.get_order(GetOrderRequest { order_id: Uuid::new_v4().to_string() }).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(error_reason(&status), "NOT_FOUND");
     let status = app.client.get_order(GetOrderRequest { order_id: "42".into() }).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(bad_fields(&status), ["order_id"]);
+    assert_eq!(error_reason(&status), "INVALID_FIELD");
     app.stop().await;
 }
 
