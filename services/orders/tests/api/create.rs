@@ -95,6 +95,32 @@ async fn amounts_keep_their_currency_minor_unit_in_the_order_and_its_event(pool:
     app.stop().await;
 }
 
+/// An order stored with two decimals before amounts followed the minor unit
+/// answers a retry that sends the same sum with the currency's decimals.
+#[sqlx::test(migrations = false)]
+async fn a_retry_matches_an_order_stored_with_more_decimals(pool: PgPool) {
+    let mut app = spawn_app(&pool, Options::default()).await;
+    let (order_id, request_id) = (Uuid::now_v7(), Uuid::new_v4());
+    sqlx::query(
+        "INSERT INTO orders (order_id, customer_id, amount, currency, request_id, event_id, correlation_id)
+         VALUES ($1, 'c-old', 1000.00, 'JPY', $2, $3, 'corr-old')",
+    )
+    .bind(order_id)
+    .bind(request_id)
+    .bind(Uuid::now_v7())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let retry = CreateOrderRequest { request_id: request_id.to_string(), ..order("c-old", "1000", "JPY") };
+    let answered = app.client.create_order(retry.clone()).await.unwrap().into_inner();
+    assert_eq!(answered.order_id, order_id.to_string());
+    let other = CreateOrderRequest { amount: "1001".into(), ..retry };
+    let status = app.client.create_order(other).await.unwrap_err();
+    assert_eq!(bad_fields(&status), ["request_id"]);
+    assert_eq!(app.count("orders").await, 1);
+    app.stop().await;
+}
+
 #[sqlx::test(migrations = false)]
 async fn invalid_orders_are_rejected_naming_the_field_and_write_nothing(pool: PgPool) {
     let mut app = spawn_app(&pool, Options::default()).await;

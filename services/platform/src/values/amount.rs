@@ -77,6 +77,14 @@ impl Amount {
     pub fn minor_units(self) -> u128 {
         self.minor
     }
+
+    /// Whether `self` and `other` are the same sum, whatever their decimals:
+    /// `1000` JPY as sent now and `1000.00` as stored before amounts followed
+    /// the minor unit are the same order.
+    pub fn same_value(self, other: Self) -> bool {
+        let scaled = |a: Self| a.minor * 10u128.pow(u32::from(Currency::MAX_MINOR_UNIT - a.decimals));
+        scaled(self) == scaled(other)
+    }
 }
 
 impl fmt::Display for Amount {
@@ -125,6 +133,14 @@ mod tests {
             assert!(err.contains("minor unit"), "{raw} {code}: {err}");
         }
         assert_eq!(Amount::parse("1234", currency("KWD")).unwrap().minor_units(), 1_234_000);
+    }
+
+    #[test]
+    fn same_value_ignores_trailing_decimals() {
+        let jpy = Amount::parse("1000", currency("JPY")).unwrap();
+        assert!(jpy.same_value(Amount::parse_with_decimals("1000.00", 2).unwrap()));
+        assert!(!jpy.same_value(Amount::parse_with_decimals("1000.01", 2).unwrap()));
+        assert!(!jpy.same_value(Amount::parse_with_decimals("100", 0).unwrap()));
     }
 
     #[test]
