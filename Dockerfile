@@ -6,6 +6,13 @@
 
 ARG RUST_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+# OCI annotations of both images (org.opencontainers.image.*): a release build
+# passes the commit and the build time, e.g.
+#   --build-arg REVISION="$(git rev-parse HEAD)" --build-arg CREATED="$(date -u +%FT%TZ)"
+# VERSION follows the workspace version in Cargo.toml.
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
 
 # --- build both binaries once; the cargo registry and target dir live in
 # BuildKit cache mounts, so a rebuild only recompiles what changed ---
@@ -23,6 +30,18 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 
 # --- runtime images: glibc + libgcc, no shell; 65532 is distroless's `nonroot` user ---
 FROM ${RUNTIME_IMAGE} AS orders
+ARG RUNTIME_IMAGE
+ARG VERSION
+ARG REVISION
+ARG CREATED
+LABEL org.opencontainers.image.title="pulse-orders" \
+      org.opencontainers.image.description="Pulse orders: gRPC OrderService with a transactional outbox relayed to RabbitMQ" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.vendor="Pulse" \
+      org.opencontainers.image.base.name="${RUNTIME_IMAGE}"
 COPY --from=builder /out/orders /usr/local/bin/orders
 USER 65532:65532
 ENV ORDERS_GRPC_ADDR=0.0.0.0:50051 \
@@ -34,6 +53,18 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
 ENTRYPOINT ["/usr/local/bin/orders"]
 
 FROM ${RUNTIME_IMAGE} AS notifications
+ARG RUNTIME_IMAGE
+ARG VERSION
+ARG REVISION
+ARG CREATED
+LABEL org.opencontainers.image.title="pulse-notifications" \
+      org.opencontainers.image.description="Pulse notifications: idempotent RabbitMQ consumer of OrderCreated with gRPC NotificationService" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.vendor="Pulse" \
+      org.opencontainers.image.base.name="${RUNTIME_IMAGE}"
 COPY --from=builder /out/notifications /usr/local/bin/notifications
 USER 65532:65532
 ENV NOTIFICATIONS_GRPC_ADDR=0.0.0.0:50052 \

@@ -4,7 +4,8 @@
 #                               schema, interpolation, anchors), plus: every build target is
 #                               a stage of the Dockerfile and every bind-mounted file exists
 #   Dockerfile                  hadolint, failing on warnings and errors
-#   deploy/otel-collector.yaml  parses, and every pipeline names only defined components
+#   deploy/otel-collector.yaml, deploy/jaeger.yaml (Jaeger v2 is a collector distribution)
+#                               parse, and every pipeline names only defined components
 #   deploy/prometheus.yml, deploy/prometheus-rules.yml
 #                               promtool check config and check rules (promtool from
 #                               ensure-tools.sh; outside CI skipped with a note when missing),
@@ -38,11 +39,11 @@ docker-compose -f docker-compose.yml config -q
 pulse_log "Dockerfile: hadolint"
 hadolint --no-color --failure-threshold warning Dockerfile
 
-pulse_log "docker-compose.yml against Dockerfile, deploy/otel-collector.yaml"
+pulse_log "docker-compose.yml against Dockerfile, deploy/otel-collector.yaml, deploy/jaeger.yaml"
 compose_json="$(mktemp)"
 trap 'rm -f "$compose_json"' EXIT
 docker-compose -f docker-compose.yml config --format json >"$compose_json"
-"$PULSE_TOOLS/venv/bin/python" - "$compose_json" Dockerfile deploy/otel-collector.yaml <<'PY'
+"$PULSE_TOOLS/venv/bin/python" - "$compose_json" Dockerfile deploy/otel-collector.yaml deploy/jaeger.yaml <<'PY'
 import json
 import os
 import re
@@ -51,7 +52,7 @@ import sys
 import yaml
 
 errors = []
-compose_path, dockerfile, otel_path = sys.argv[1:4]
+compose_path, dockerfile, *otel_paths = sys.argv[1:]
 with open(compose_path) as f:
     compose = json.load(f)
 
@@ -66,27 +67,40 @@ for name, service in compose["services"].items():
         if volume.get("type") == "bind" and not os.path.exists(volume["source"]):
             errors.append(f"service {name}: bind mount source {volume['source']} does not exist")
 
+# Every image a service builds carries the OCI annotations README "Docker" lists.
+with open(dockerfile) as f:
+    stage_texts = dict(
+        (m.group(1), m.group(2)) for m in re.finditer(r"(?ims)^FROM\s+\S+\s+AS\s+(\S+)\s*$(.*?)(?=^FROM\s|\Z)", f.read())
+    )
+oci = ("title", "description", "version", "revision", "created", "licenses")
+for name, service in compose["services"].items():
+    target = (service.get("build") or {}).get("target")
+    for key in oci if target in stage_texts else ():
+        if f"org.opencontainers.image.{key}=" not in stage_texts[target]:
+            errors.append(f"{dockerfile}: stage {target} has no org.opencontainers.image.{key} label")
+
 # Collector pipelines may only use components defined in their sections.
-otel = None
-if os.path.exists(otel_path):
-    with open(otel_path) as f:
-        otel = yaml.safe_load(f)
-if not isinstance(otel, dict) or "service" not in otel:
-    errors.append(f"{otel_path}: missing, or has no service section")
-else:
-    for name in otel["service"].get("extensions", []):
-        if name not in (otel.get("extensions") or {}):
-            errors.append(f"{otel_path}: extension {name!r} is not defined")
-    pipelines = otel["service"].get("pipelines") or {}
-    if not pipelines:
-        errors.append(f"{otel_path}: no pipelines")
-    for pipeline, spec in pipelines.items():
-        for kind in ("receivers", "processors", "exporters"):
-            for name in spec.get(kind, []):
-                if name not in (otel.get(kind) or {}):
-                    errors.append(f"{otel_path}: pipeline {pipeline} uses undefined {kind[:-1]} {name!r}")
-        if not spec.get("receivers") or not spec.get("exporters"):
-            errors.append(f"{otel_path}: pipeline {pipeline} needs receivers and exporters")
+for otel_path in otel_paths:
+    otel = None
+    if os.path.exists(otel_path):
+        with open(otel_path) as f:
+            otel = yaml.safe_load(f)
+    if not isinstance(otel, dict) or "service" not in otel:
+        errors.append(f"{otel_path}: missing, or has no service section")
+    else:
+        for name in otel["service"].get("extensions", []):
+            if name not in (otel.get("extensions") or {}):
+                errors.append(f"{otel_path}: extension {name!r} is not defined")
+        pipelines = otel["service"].get("pipelines") or {}
+        if not pipelines:
+            errors.append(f"{otel_path}: no pipelines")
+        for pipeline, spec in pipelines.items():
+            for kind in ("receivers", "processors", "exporters"):
+                for name in spec.get(kind, []):
+                    if name not in (otel.get(kind) or {}):
+                        errors.append(f"{otel_path}: pipeline {pipeline} uses undefined {kind[:-1]} {name!r}")
+            if not spec.get("receivers") or not spec.get("exporters"):
+                errors.append(f"{otel_path}: pipeline {pipeline} needs receivers and exporters")
 
 for error in errors:
     print(f"[validate-deploy] error: {error}", file=sys.stderr)

@@ -4,10 +4,18 @@
 //   1. grpc.health.v1.Health/Check is SERVING on both services, for "" and for
 //      each service's full name (health.proto from the grpc-health-check package);
 //   2. CreateOrder with an x-correlation-id, which must come back in the body
-//      and in the response metadata;
+//      and in the response metadata, and a request_id, so a retry cannot make
+//      a second order;
 //   3. ListNotifications is polled until the order's notification appears
 //      (bounded), which must carry the order's event id and correlation id.
 // Exits 0 when all of that holds, 1 otherwise.
+//
+// Retry policy (callWithRetry): a call answered UNAVAILABLE is retried, up to
+// --attempts calls in all and within the timeout, after the delay the server's
+// google.rpc.RetryInfo detail asks for (read from grpc-status-details-bin), or,
+// when there is none (the transport failed before any server answered), after
+// an exponential backoff from 0.2 s to 5 s. Every other code fails at once.
+// --no-health-check skips step 1.
 //
 //   npm ci && node pulse_client.js [--orders host:port] [--notifications host:port]
 // Addresses default to ORDERS_ADDR [localhost:50051] and NOTIFICATIONS_ADDR
@@ -92,6 +100,85 @@ async function checkHealth(client, addr, names) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+// [field number, wire type, value] of each field of a protobuf message: enough
+// of the wire format to read google.rpc.Status without generated classes.
+function* wireFields(buf) {
+  let i = 0;
+  const varint = () => {
+    let value = 0n;
+    let shift = 0n;
+    for (;;) {
+      const byte = buf[i++];
+      value |= BigInt(byte & 0x7f) << shift;
+      if (byte < 0x80) return value;
+      shift += 7n;
+    }
+  };
+  while (i < buf.length) {
+    const key = Number(varint());
+    const [number, wire] = [key >> 3, key & 7];
+    if (wire === 0) {
+      yield [number, wire, varint()];
+    } else if (wire === 2) {
+      const length = Number(varint());
+      yield [number, wire, buf.subarray(i, i + length)];
+      i += length;
+    } else if (wire === 1 || wire === 5) {
+      i += wire === 1 ? 8 : 4;
+    } else {
+      throw new Error(`unsupported wire type ${wire}`);
+    }
+  }
+}
+
+const fieldsOf = (buf) => new Map([...wireFields(buf)].map(([number, , value]) => [number, value]));
+
+// { reason, delayMs } of a gRPC error: the google.rpc.ErrorInfo reason and the
+// google.rpc.RetryInfo delay in its grpc-status-details-bin trailer, if any.
+function errorDetails(err) {
+  const found = { reason: undefined, delayMs: undefined };
+  const raw = err.metadata?.get('grpc-status-details-bin')?.[0];
+  if (!raw) return found;
+  for (const [number, wire, detail] of wireFields(raw)) {
+    if (number !== 3 || wire !== 2) continue; // google.rpc.Status.details: repeated Any
+    const any = fieldsOf(detail); // 1 type_url, 2 value
+    const typeUrl = Buffer.from(any.get(1) ?? []).toString();
+    const value = any.get(2) ?? Buffer.alloc(0);
+    if (typeUrl.endsWith('/google.rpc.ErrorInfo')) {
+      found.reason = Buffer.from(fieldsOf(value).get(1) ?? []).toString();
+    } else if (typeUrl.endsWith('/google.rpc.RetryInfo')) {
+      const duration = fieldsOf(fieldsOf(value).get(1) ?? Buffer.alloc(0)); // retry_delay
+      found.delayMs = Number(duration.get(1) ?? 0n) * 1000 + Number(duration.get(2) ?? 0n) / 1e6;
+    }
+  }
+  return found;
+}
+
+// call(), retried on UNAVAILABLE as the header says.
+async function callWithRetry(what, call, attempts, deadline) {
+  let backoffMs = 200;
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await call();
+    } catch (err) {
+      if (err.code !== grpc.status.UNAVAILABLE || attempt >= attempts) throw err;
+      const { reason, delayMs } = errorDetails(err);
+      const source = delayMs !== undefined ? 'as RetryInfo asks' : 'backoff, no RetryInfo';
+      let wait = delayMs;
+      if (wait === undefined) {
+        wait = backoffMs;
+        backoffMs = Math.min(backoffMs * 2, 5000);
+      }
+      if (Date.now() + wait > deadline) throw err;
+      log(
+        `${what}: UNAVAILABLE (${reason || 'no ErrorInfo'}), attempt ${attempt}; ` +
+          `retrying in ${(wait / 1000).toFixed(2)}s (${source})`,
+      );
+      await sleep(wait);
+    }
+  }
+}
+
 async function run(args) {
   const timeoutSecs = Number(args.timeout);
   const { pulse, health } = loadPackages(path.resolve(args['proto-dir']));
@@ -107,18 +194,28 @@ async function run(args) {
     const notificationsHealth = make(health.grpc.health.v1.Health, args.notifications);
     await waitForReady(ordersHealth, args.orders, timeoutSecs);
     await waitForReady(notificationsHealth, args.notifications, timeoutSecs);
-    await checkHealth(ordersHealth, args.orders, ['', ORDER_SERVICE]);
-    await checkHealth(notificationsHealth, args.notifications, ['', NOTIFICATION_SERVICE]);
+    if (!args['no-health-check']) {
+      await checkHealth(ordersHealth, args.orders, ['', ORDER_SERVICE]);
+      await checkHealth(notificationsHealth, args.notifications, ['', NOTIFICATION_SERVICE]);
+    }
+    const deadline = Date.now() + timeoutSecs * 1000;
+    const attempts = Number(args.attempts);
 
     const orders = make(pulse.pulse.orders.v1.OrderService, args.orders);
     const correlationId = `node-client-${crypto.randomUUID()}`;
     const metadata = new grpc.Metadata();
     metadata.set('x-correlation-id', correlationId);
-    const created = await unary(
-      orders,
+    const request = {
+      customer_id: args.customer,
+      amount: args.amount,
+      currency: args.currency,
+      request_id: crypto.randomUUID(),
+    };
+    const created = await callWithRetry(
       'CreateOrder',
-      { customer_id: args.customer, amount: args.amount, currency: args.currency },
-      { metadata, timeoutSecs: 10 },
+      () => unary(orders, 'CreateOrder', request, { metadata, timeoutSecs: 10 }),
+      attempts,
+      deadline,
     );
     const order = created.response;
     log(
@@ -139,7 +236,13 @@ async function run(args) {
     let polls = 0;
     for (;;) {
       polls += 1;
-      found = (await unary(notifications, 'ListNotifications', { order_id: order.order_id })).response.notifications;
+      const listed = await callWithRetry(
+        'ListNotifications',
+        () => unary(notifications, 'ListNotifications', { order_id: order.order_id }),
+        attempts,
+        deadline,
+      );
+      found = listed.response.notifications;
       if (found.length > 0) break;
       if (Date.now() - started > timeoutSecs * 1000) {
         throw new Failure(`no notification for order ${order.order_id} after ${timeoutSecs}s (${polls} polls)`);
@@ -174,6 +277,8 @@ async function main() {
         default: process.env.PULSE_PROTO_DIR || path.join(__dirname, '..', '..', 'proto'),
       },
       timeout: { type: 'string', default: process.env.PULSE_CLIENT_TIMEOUT_SECS || '30' },
+      attempts: { type: 'string', default: '10' },
+      'no-health-check': { type: 'boolean', default: false },
       customer: { type: 'string', default: 'c-node' },
       amount: { type: 'string', default: '23.45' },
       currency: { type: 'string', default: 'USD' },

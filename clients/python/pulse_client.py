@@ -6,10 +6,18 @@ What it does, printing each step:
      temporary directory (nothing generated is kept or committed);
   2. checks grpc.health.v1.Health/Check is SERVING on both services, for ""
      and for each service's full name (stubs from grpcio-health-checking);
-  3. creates an order with an x-correlation-id and checks the id comes back;
+  3. creates an order with an x-correlation-id and a request_id (so that a
+     retry cannot make a second order) and checks the id comes back;
   4. polls ListNotifications until the order's notification appears (bounded
      by --timeout) and checks it carries the order's event and correlation id.
 Exits 0 when all of that holds, 1 when something does not, 2 on bad usage.
+
+Retry policy (call_with_retry): a call answered UNAVAILABLE is retried, up to
+--attempts calls in all and within --timeout, after the delay the server's
+google.rpc.RetryInfo detail asks for (read from grpc-status-details-bin), or,
+when there is none (the transport failed before any server answered), after an
+exponential backoff from 0.2 s to 5 s. Every other code fails at once: retrying
+INVALID_ARGUMENT or NOT_FOUND cannot succeed. --no-health-check skips step 2.
 
 Needs: pip install grpcio-tools grpcio-health-checking (ensure-tools.sh puts
 them in $PULSE_TOOLS/venv). Addresses: --orders / --notifications, else
@@ -70,6 +78,79 @@ def generate_stubs(proto_root, out_dir):
     }
 
 
+def _wire_fields(buf):
+    """(field number, wire type, value) of each field of a protobuf message: enough
+    of the wire format to read google.rpc.Status without generated classes."""
+    i = 0
+
+    def varint():
+        nonlocal i
+        value, shift = 0, 0
+        while True:
+            byte = buf[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+            shift += 7
+
+    while i < len(buf):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            yield number, wire, varint()
+        elif wire == 2:
+            length = varint()
+            yield number, wire, bytes(buf[i : i + length])
+            i += length
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+
+
+def error_details(err):
+    """(ErrorInfo reason or None, RetryInfo delay in seconds or None) of an RpcError,
+    from the google.rpc.Status in its grpc-status-details-bin trailer."""
+    reason, delay = None, None
+    trailers = dict(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else {}
+    raw = trailers.get("grpc-status-details-bin")
+    if not raw:
+        return reason, delay
+    for number, wire, detail in _wire_fields(raw):
+        if number != 3 or wire != 2:  # google.rpc.Status.details: repeated Any
+            continue
+        parts = {n: v for n, _, v in _wire_fields(detail)}  # Any: 1 type_url, 2 value
+        type_url, value = parts.get(1, b"").decode(), parts.get(2, b"")
+        if type_url.endswith("/google.rpc.ErrorInfo"):
+            reason = {n: v for n, _, v in _wire_fields(value)}.get(1, b"").decode()
+        elif type_url.endswith("/google.rpc.RetryInfo"):
+            duration = {n: v for n, _, v in _wire_fields(value)}.get(1, b"")  # retry_delay
+            fields = {n: v for n, _, v in _wire_fields(duration)}
+            delay = fields.get(1, 0) + fields.get(2, 0) / 1e9
+    return reason, delay
+
+
+def call_with_retry(what, call, attempts, deadline):
+    """call(), retried on UNAVAILABLE as the module docstring says."""
+    backoff = 0.2
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == attempts:
+                raise
+            reason, delay = error_details(err)
+            source = "as RetryInfo asks" if delay is not None else "backoff, no RetryInfo"
+            if delay is None:
+                delay, backoff = backoff, min(backoff * 2, 5.0)
+            if time.monotonic() + delay > deadline:
+                raise
+            log(f"{what}: UNAVAILABLE ({reason or 'no ErrorInfo'}), attempt {attempt}; retrying in {delay:.2f}s ({source})")
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 def check_health(channel, addr, names, timeout):
     stub = health_pb2_grpc.HealthStub(channel)
     for name in names:
@@ -92,16 +173,21 @@ def run(args):
                     grpc.channel_ready_future(channel).result(timeout=deadline_secs)
                 except grpc.FutureTimeoutError:
                     raise Failure(f"cannot connect to {addr} within {deadline_secs}s") from None
-            check_health(orders_channel, args.orders, ["", ORDER_SERVICE], 5)
-            check_health(notifications_channel, args.notifications, ["", NOTIFICATION_SERVICE], 5)
+            if args.health_check:
+                check_health(orders_channel, args.orders, ["", ORDER_SERVICE], 5)
+                check_health(notifications_channel, args.notifications, ["", NOTIFICATION_SERVICE], 5)
+            deadline = time.monotonic() + deadline_secs
 
             correlation_id = f"py-client-{uuid.uuid4()}"
             orders = stubs["orders_grpc"].OrderServiceStub(orders_channel)
             request = stubs["orders"].CreateOrderRequest(
-                customer_id=args.customer, amount=args.amount, currency=args.currency
+                customer_id=args.customer, amount=args.amount, currency=args.currency, request_id=str(uuid.uuid4())
             )
-            response, call = orders.CreateOrder.with_call(
-                request, metadata=[("x-correlation-id", correlation_id)], timeout=10
+            response, call = call_with_retry(
+                "CreateOrder",
+                lambda: orders.CreateOrder.with_call(request, metadata=[("x-correlation-id", correlation_id)], timeout=10),
+                args.attempts,
+                deadline,
             )
             log(
                 f"CreateOrder: order {response.order_id}, event {response.event_id}, "
@@ -119,7 +205,12 @@ def run(args):
             polls = 0
             while True:
                 polls += 1
-                found = notifications.ListNotifications(list_request, timeout=5).notifications
+                found = call_with_retry(
+                    "ListNotifications",
+                    lambda: notifications.ListNotifications(list_request, timeout=5),
+                    args.attempts,
+                    deadline,
+                ).notifications
                 if found:
                     break
                 if time.monotonic() - started > deadline_secs:
@@ -150,6 +241,9 @@ def main():
     parser.add_argument("--proto-dir", default=os.environ.get("PULSE_PROTO_DIR", str(REPO_PROTO)), help="the proto/ directory")
     parser.add_argument("--timeout", type=float, default=float(os.environ.get("PULSE_CLIENT_TIMEOUT_SECS", "30")),
                         help="seconds to wait for the servers and for the notification")
+    parser.add_argument("--attempts", type=int, default=10, help="calls in all for one request answered UNAVAILABLE")
+    parser.add_argument("--no-health-check", dest="health_check", action="store_false",
+                        help="skip the health checks (e.g. to see a retry while a database is away)")
     parser.add_argument("--customer", default="c-python")
     parser.add_argument("--amount", default="12.34")
     parser.add_argument("--currency", default="EUR")

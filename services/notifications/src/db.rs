@@ -56,14 +56,33 @@ pub(crate) async fn insert(tx: &mut PgConnection, new: &[NewNotification]) -> Re
     Ok(inserted.into_iter().collect())
 }
 
-/// The notifications of one order, oldest first.
-pub(crate) async fn for_order(pool: &PgPool, order_id: Uuid) -> Result<Vec<Notification>, sqlx::Error> {
+/// Where a page of one order's notifications starts: after this notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct After {
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) notification_id: Uuid,
+}
+
+/// Up to `limit` notifications of one order, oldest first (ties by id, so the
+/// order is total and a page boundary never skips or repeats a row), after
+/// `after` when given. Served by the `(order_id, created_at)` index.
+pub(crate) async fn page_for_order(
+    pool: &PgPool,
+    order_id: Uuid,
+    after: Option<After>,
+    limit: i64,
+) -> Result<Vec<Notification>, sqlx::Error> {
     sqlx::query_as(
         "SELECT notification_id, order_id, event_id, message, correlation_id, created_at
-         FROM notifications WHERE order_id = $1
-         ORDER BY created_at, notification_id",
+         FROM notifications
+         WHERE order_id = $1 AND ($2::timestamptz IS NULL OR (created_at, notification_id) > ($2, $3))
+         ORDER BY created_at, notification_id
+         LIMIT $4",
     )
     .bind(order_id)
+    .bind(after.map(|a| a.created_at))
+    .bind(after.map(|a| a.notification_id))
+    .bind(limit)
     .fetch_all(pool)
     .await
 }

@@ -35,11 +35,22 @@ impl NotificationService for NotificationApi {
         let correlation_id = CorrelationId::from_header(header);
         let span = tracing::info_span!("list_notifications", correlation_id = %correlation_id);
         let result = async {
-            let order_id = parse_order_id(&request.get_ref().order_id)?;
-            let rows = db::for_order(&self.pool, order_id).await?;
-            tracing::debug!(%order_id, count = rows.len(), "listed notifications");
+            let body = request.get_ref();
+            let order_id = parse_order_id(&body.order_id)?;
+            let (size, after) = parse_page(body.page_size, &body.page_token, order_id)?;
+            let limit = i64::from(size) + 1;
+            let mut rows = db::page_for_order(&self.pool, order_id, after, limit).await?;
+            // One row more than the page says whether another page follows.
+            let next_page_token = if rows.len() > size as usize {
+                rows.truncate(size as usize);
+                rows.last().map(|last| page_token(order_id, last)).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            tracing::debug!(%order_id, count = rows.len(), more = !next_page_token.is_empty(), "listed notifications");
             Ok::<_, NotificationsError>(ListNotificationsResponse {
                 notifications: rows.into_iter().map(to_proto).collect(),
+                next_page_token,
             })
         }
         .instrument(span)
@@ -62,11 +73,77 @@ impl NotificationService for NotificationApi {
 
 fn parse_order_id(raw: &str) -> Result<Uuid, NotificationsError> {
     Uuid::parse_str(raw.trim()).map_err(|_| {
-        NotificationsError::InvalidArgument(vec![FieldViolation {
-            field: "order_id",
-            description: format!("must be a UUID, got {raw:?}"),
-        }])
+        NotificationsError::InvalidArgument(vec![FieldViolation::new(
+            "order_id",
+            format!("must be a UUID, got {raw:?}"),
+        )])
     })
+}
+
+/// The page size when the request gives none.
+pub(crate) const DEFAULT_PAGE_SIZE: u32 = 100;
+/// The largest page; a larger `page_size` is served as this.
+pub(crate) const MAX_PAGE_SIZE: u32 = 1000;
+
+/// The token's layout version, so a later layout can refuse an older token by name.
+const TOKEN_VERSION: u8 = 1;
+/// Version, order id, `created_at` in microseconds, notification id.
+const TOKEN_BYTES: usize = 1 + 16 + 8 + 16;
+
+/// The page size and the position a request asks for.
+fn parse_page(
+    page_size: i32,
+    page_token: &str,
+    order_id: Uuid,
+) -> Result<(u32, Option<db::After>), NotificationsError> {
+    let mut violations = Vec::new();
+    let size = match u32::try_from(page_size) {
+        Ok(0) => DEFAULT_PAGE_SIZE,
+        Ok(size) => size.min(MAX_PAGE_SIZE),
+        Err(_) => {
+            violations.push(FieldViolation::new("page_size", "must not be negative"));
+            DEFAULT_PAGE_SIZE
+        }
+    };
+    let after = if page_token.is_empty() {
+        None
+    } else {
+        parse_page_token(page_token, order_id).map_err(|e| violations.push(FieldViolation::new("page_token", e))).ok()
+    };
+    if violations.is_empty() { Ok((size, after)) } else { Err(NotificationsError::InvalidArgument(violations)) }
+}
+
+/// The token of the page after `last`: opaque to clients (hex of a versioned
+/// binary position), bound to the order it was issued for.
+fn page_token(order_id: Uuid, last: &Notification) -> String {
+    let mut bytes = Vec::with_capacity(TOKEN_BYTES);
+    bytes.push(TOKEN_VERSION);
+    bytes.extend_from_slice(order_id.as_bytes());
+    bytes.extend_from_slice(&last.created_at.timestamp_micros().to_be_bytes());
+    bytes.extend_from_slice(last.notification_id.as_bytes());
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_page_token(raw: &str, order_id: Uuid) -> Result<db::After, String> {
+    let invalid = || "is not a page token returned by ListNotifications".to_owned();
+    if raw.len() != TOKEN_BYTES * 2 || !raw.is_ascii() {
+        return Err(invalid());
+    }
+    let bytes = (0..TOKEN_BYTES)
+        .map(|i| u8::from_str_radix(&raw[i * 2..i * 2 + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| invalid())?;
+    if bytes[0] != TOKEN_VERSION {
+        return Err(invalid());
+    }
+    let issued_for = Uuid::from_slice(&bytes[1..17]).map_err(|_| invalid())?;
+    if issued_for != order_id {
+        return Err("was returned for another order_id".into());
+    }
+    let micros = i64::from_be_bytes(bytes[17..25].try_into().expect("eight bytes"));
+    let created_at = chrono::DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?;
+    let notification_id = Uuid::from_slice(&bytes[25..41]).map_err(|_| invalid())?;
+    Ok(db::After { created_at, notification_id })
 }
 
 fn to_proto(row: Notification) -> NotificationProto {
@@ -98,6 +175,45 @@ mod tests {
                 Err(NotificationsError::InvalidArgument(v)) => assert_eq!(v[0].field, "order_id"),
                 other => panic!("{bad:?} gave {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_are_bound_to_their_order() {
+        let order_id = Uuid::new_v4();
+        let created_at = chrono::DateTime::from_timestamp_micros(1_765_000_000_123_456).unwrap();
+        let row = Notification {
+            notification_id: Uuid::now_v7(),
+            order_id,
+            event_id: Uuid::new_v4(),
+            message: String::new(),
+            correlation_id: String::new(),
+            created_at,
+        };
+        let token = page_token(order_id, &row);
+        assert_eq!(
+            parse_page_token(&token, order_id).unwrap(),
+            db::After { created_at, notification_id: row.notification_id }
+        );
+        assert!(parse_page_token(&token, Uuid::new_v4()).unwrap_err().contains("another order_id"));
+        for bad in
+            ["x", "zz", &token[2..], &format!("02{}", &token[2..]), &format!("g{}", &token[1..]), &format!("{token}00")]
+        {
+            assert!(parse_page_token(bad, order_id).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn page_sizes_default_and_cap() {
+        let id = Uuid::new_v4();
+        assert_eq!(parse_page(0, "", id).unwrap().0, DEFAULT_PAGE_SIZE);
+        assert_eq!(parse_page(7, "", id).unwrap().0, 7);
+        assert_eq!(parse_page(i32::MAX, "", id).unwrap().0, MAX_PAGE_SIZE);
+        match parse_page(-1, "nope", id) {
+            Err(NotificationsError::InvalidArgument(v)) => {
+                assert_eq!(v.iter().map(|v| v.field).collect::<Vec<_>>(), ["page_size", "page_token"])
+            }
+            other => panic!("{other:?}"),
         }
     }
 

@@ -41,8 +41,9 @@ impl Handler for OrderCreatedHandler {
             Uuid::try_parse(&event.order_id).map(drop).map_err(|_| "is not a UUID".into()),
         );
         check("customer_id", &event.customer_id, CustomerId::parse(&event.customer_id).map(drop));
-        check("amount", &event.amount, Amount::parse(&event.amount).map(drop));
-        check("currency", &event.currency, Currency::parse(&event.currency).map(drop));
+        let currency = Currency::parse(&event.currency);
+        check("amount", &event.amount, Amount::parse_in(&event.amount, currency.as_ref().ok().copied()).map(drop));
+        check("currency", &event.currency, currency.map(drop));
         if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
     }
 

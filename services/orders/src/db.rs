@@ -13,7 +13,7 @@ use outbox::{Appended, OutboxMessage};
 pub struct OrderRow {
     pub order_id: Uuid,
     pub customer_id: String,
-    /// `numeric(20,2)` as text: always two decimals.
+    /// `numeric` as text, with the decimals it was stored with: the currency's minor unit.
     pub amount: String,
     pub currency: String,
     pub status: String,

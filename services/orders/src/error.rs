@@ -26,7 +26,7 @@ impl From<OrdersError> for Status {
     fn from(err: OrdersError) -> Self {
         match err {
             OrdersError::InvalidArgument(violations) => platform::errors::invalid_argument(violations),
-            OrdersError::NotFound => Status::not_found("order not found"),
+            OrdersError::NotFound => platform::errors::not_found("order"),
             OrdersError::Unavailable(source) => platform::errors::database_unavailable(&source),
             OrdersError::Internal(source) => platform::errors::internal(&source),
         }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::{
     db::{self, OrderRow},
-    domain::{FieldViolation, NewOrder},
+    domain::{Amount, Currency, FieldViolation, NewOrder},
     error::OrdersError,
     group::GroupWriter,
     messaging,
@@ -83,7 +83,8 @@ impl Orders {
             .await;
         let existing = found?.ok_or_else(|| anyhow!("request_id {request_id} conflicted but no order has it"))?;
         let same = existing.customer_id == order.customer_id.as_str()
-            && existing.amount == order.amount.to_string()
+            && Amount::parse_with_decimals(&existing.amount, Currency::MAX_MINOR_UNIT)
+                .is_ok_and(|stored| stored.same_value(order.amount))
             && existing.currency == order.currency.code();
         if !same {
             return Err(OrdersError::InvalidArgument(vec![FieldViolation::new(

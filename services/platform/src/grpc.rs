@@ -316,9 +316,11 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let metadata = metadata_size(request.headers());
         if metadata > MAX_METADATA_BYTES {
-            let status = tonic::Status::resource_exhausted(format!(
-                "request metadata is {metadata} bytes, the limit is {MAX_METADATA_BYTES} bytes"
-            ));
+            let status = crate::errors::too_large(
+                crate::errors::reason::METADATA_TOO_LARGE,
+                format!("request metadata is {metadata} bytes, the limit is {MAX_METADATA_BYTES} bytes"),
+                MAX_METADATA_BYTES,
+            );
             return Box::pin(futures::future::ready(Ok(status.into_http())));
         }
         let request = request.map(|body| tonic::body::Body::new(LimitedBody::new(body, MAX_MESSAGE_BYTES)));
@@ -394,9 +396,11 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(len) = frame.data_ref().and_then(|data| self.scan(data)) {
                     let limit = self.limit;
-                    let status = tonic::Status::resource_exhausted(format!(
-                        "request message is {len} bytes, the limit is {limit} bytes"
-                    ));
+                    let status = crate::errors::too_large(
+                        crate::errors::reason::MESSAGE_TOO_LARGE,
+                        format!("request message is {len} bytes, the limit is {limit} bytes"),
+                        limit,
+                    );
                     return Poll::Ready(Some(Err(Box::new(status))));
                 }
                 Poll::Ready(Some(Ok(frame)))

@@ -2,11 +2,12 @@
 //! `proto/` at run time) against the real processes. Their dependencies come
 //! from `build-support/scripts/ensure-tools.sh`, under `$PULSE_TOOLS`.
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{path::PathBuf, process::Stdio, sync::Arc, time::Duration};
 
+use testkit::FaultProxy;
 use tokio::process::Command;
 
-use crate::support::{System, db};
+use crate::support::{System, db, process::Spec, scratch::Scratch};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the repository root")
@@ -76,4 +77,61 @@ async fn the_node_client_creates_an_order_and_sees_its_notification() {
     let printed = run_client(&system, command).await;
     assert!(printed.contains("all checks passed"), "{printed}");
     assert_order_notified(&system, "c-node-e2e").await;
+}
+
+/// Both services, orders reaching its database through a proxy that is cut
+/// now and restored `outage` later: CreateOrder answers UNAVAILABLE with a
+/// RetryInfo meanwhile.
+async fn system_with_orders_database_away(outage: Duration) -> System {
+    let scratch = Scratch::new().await;
+    let notifications = Spec::notifications(&scratch).start().await;
+    let direct = scratch.orders_db_url();
+    let proxy = Arc::new(FaultProxy::start(testkit::socket_addr_of(&direct)).await);
+    let orders = Spec::orders(&scratch)
+        .env("ORDERS_DATABASE_URL", &testkit::via(&direct, proxy.addr()))
+        .env("ORDERS_DB_ACQUIRE_TIMEOUT_MS", "500")
+        .start()
+        .await;
+    proxy.cut();
+    tokio::spawn(async move {
+        tokio::time::sleep(outage).await;
+        proxy.restore();
+        // The proxy lives until the test's runtime ends.
+        std::future::pending::<()>().await;
+    });
+    System { notifications, orders, scratch }
+}
+
+/// The client retried CreateOrder on UNAVAILABLE after the delay the
+/// server's RetryInfo gave, and then made exactly one order.
+async fn assert_retried_as_told(system: &System, printed: &str, customer: &str) {
+    assert!(
+        printed.contains(
+            "CreateOrder: UNAVAILABLE (DATABASE_UNAVAILABLE), attempt 1; retrying in 1.00s (as RetryInfo asks)"
+        ),
+        "{printed}"
+    );
+    assert!(printed.contains("all checks passed"), "{printed}");
+    assert_order_notified(system, customer).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_client_retries_unavailable_after_the_retry_info_delay() {
+    let system = system_with_orders_database_away(Duration::from_secs(3)).await;
+    let mut command = Command::new(installed(tools_dir().join("venv/bin/python")));
+    command.arg("clients/python/pulse_client.py").args(["--customer", "c-python-retry", "--no-health-check"]);
+    let printed = run_client(&system, command).await;
+    assert_retried_as_told(&system, &printed, "c-python-retry").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_node_client_retries_unavailable_after_the_retry_info_delay() {
+    let system = system_with_orders_database_away(Duration::from_secs(3)).await;
+    let mut command = Command::new("node");
+    if !repo_root().join("clients/node/node_modules").is_dir() {
+        command.env("NODE_PATH", installed(tools_dir().join("node-client/node_modules")));
+    }
+    command.arg("clients/node/pulse_client.js").args(["--customer", "c-node-retry", "--no-health-check"]);
+    let printed = run_client(&system, command).await;
+    assert_retried_as_told(&system, &printed, "c-node-retry").await;
 }

@@ -79,7 +79,7 @@ impl TestApp {
     }
 
     pub(crate) async fn list(&self, order_id: &str) -> Result<Vec<Notification>, tonic::Status> {
-        let request = ListNotificationsRequest { order_id: order_id.to_owned() };
+        let request = ListNotificationsRequest { order_id: order_id.to_owned(), ..Default::default() };
         Ok(self.client().await.list_notifications(request).await?.into_inner().notifications)
     }
 

@@ -26,8 +26,10 @@ impl NewOrder {
         let mut violations = Vec::new();
         let customer_id =
             CustomerId::parse(customer_id).map_err(|e| violations.push(FieldViolation::new("customer_id", e)));
-        let amount = Amount::parse(amount).map_err(|e| violations.push(FieldViolation::new("amount", e)));
-        let currency = Currency::parse(currency).map_err(|e| violations.push(FieldViolation::new("currency", e)));
+        let currency = Currency::parse(currency);
+        let amount = Amount::parse_in(amount, currency.as_ref().ok().copied())
+            .map_err(|e| violations.push(FieldViolation::new("amount", e)));
+        let currency = currency.map_err(|e| violations.push(FieldViolation::new("currency", e)));
         let request_id =
             parse_optional_uuid(request_id).map_err(|e| violations.push(FieldViolation::new("request_id", e)));
         match (customer_id, amount, currency, request_id) {
@@ -63,5 +65,27 @@ mod tests {
         let ok = NewOrder::parse("c-1", "77.5", "EUR", "").unwrap();
         assert_eq!(ok.amount.to_string(), "77.50");
         assert_eq!(ok.request_id, None);
+    }
+
+    #[test]
+    fn amounts_follow_the_currency_minor_unit() {
+        let fields = |amount, currency| {
+            NewOrder::parse("c-1", amount, currency, "")
+                .err()
+                .unwrap_or_default()
+                .iter()
+                .map(|v| v.field)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(fields("1.00", "JPY"), ["amount"]);
+        assert_eq!(fields("1.234", "EUR"), ["amount"]);
+        assert!(fields("1.234", "KWD").is_empty());
+        assert!(fields("1000", "JPY").is_empty());
+        assert_eq!(
+            fields("1.234", "EURO"),
+            ["currency"],
+            "a well-formed amount of a bad currency names only the currency"
+        );
+        assert_eq!(fields("abc", "EURO"), ["amount", "currency"]);
     }
 }

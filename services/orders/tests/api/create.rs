@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::helpers::{Options, bad_fields, order, spawn_app, with_metadata};
+use crate::helpers::{Options, bad_fields, error_reason, order, spawn_app, with_metadata};
 
 #[sqlx::test(migrations = false)]
 async fn create_order_commits_the_order_and_its_event_together(pool: PgPool) {
@@ -70,6 +70,58 @@ async fn missing_or_malformed_correlation_ids_are_replaced(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn amounts_keep_their_currency_minor_unit_in_the_order_and_its_event(pool: PgPool) {
+    let mut app = spawn_app(&pool, Options::default()).await;
+    for (amount, currency, stored) in
+        [("1000", "JPY", "1000"), ("1.234", "KWD", "1.234"), ("0.0001", "CLF", "0.0001"), ("77.5", "EUR", "77.50")]
+    {
+        let created = app.client.create_order(order("c-minor", amount, currency)).await.unwrap().into_inner();
+        let shown = created.order.expect("order in the response");
+        assert_eq!((shown.amount.as_str(), shown.currency.as_str()), (stored, currency));
+        let got = app.client.get_order(GetOrderRequest { order_id: created.order_id.clone() }).await.unwrap();
+        assert_eq!(got.into_inner().order.unwrap().amount, stored, "{amount} {currency} read back");
+        let payload: Vec<u8> = sqlx::query_scalar("SELECT payload FROM outbox_messages WHERE event_id = $1::uuid")
+            .bind(&created.event_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(OrderCreated::decode(payload.as_slice()).unwrap().amount, stored, "{amount} {currency} event");
+    }
+    for (amount, currency) in [("1.00", "JPY"), ("1.234", "EUR"), ("1.2345", "KWD")] {
+        let status = app.client.create_order(order("c-minor", amount, currency)).await.unwrap_err();
+        assert_eq!((status.code(), bad_fields(&status)), (Code::InvalidArgument, vec!["amount".to_owned()]));
+    }
+    assert_eq!(app.count("orders").await, 4);
+    app.stop().await;
+}
+
+/// An order stored with two decimals before amounts followed the minor unit
+/// answers a retry that sends the same sum with the currency's decimals.
+#[sqlx::test(migrations = false)]
+async fn a_retry_matches_an_order_stored_with_more_decimals(pool: PgPool) {
+    let mut app = spawn_app(&pool, Options::default()).await;
+    let (order_id, request_id) = (Uuid::now_v7(), Uuid::new_v4());
+    sqlx::query(
+        "INSERT INTO orders (order_id, customer_id, amount, currency, request_id, event_id, correlation_id)
+         VALUES ($1, 'c-old', 1000.00, 'JPY', $2, $3, 'corr-old')",
+    )
+    .bind(order_id)
+    .bind(request_id)
+    .bind(Uuid::now_v7())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let retry = CreateOrderRequest { request_id: request_id.to_string(), ..order("c-old", "1000", "JPY") };
+    let answered = app.client.create_order(retry.clone()).await.unwrap().into_inner();
+    assert_eq!(answered.order_id, order_id.to_string());
+    let other = CreateOrderRequest { amount: "1001".into(), ..retry };
+    let status = app.client.create_order(other).await.unwrap_err();
+    assert_eq!(bad_fields(&status), ["request_id"]);
+    assert_eq!(app.count("orders").await, 1);
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
 async fn invalid_orders_are_rejected_naming_the_field_and_write_nothing(pool: PgPool) {
     let mut app = spawn_app(&pool, Options::default()).await;
     let long = "x".repeat(129);
@@ -87,6 +139,8 @@ async fn invalid_orders_are_rejected_naming_the_field_and_write_nothing(pool: Pg
         (order("c-1", "10", "EURO"), "currency"),
         (order("c-1", "10", "XYZ"), "currency"),
         (order("c-1", "10", ""), "currency"),
+        (order("c-1", "1.00", "JPY"), "amount"),
+        (order("c-1", "1.2345", "KWD"), "amount"),
         (CreateOrderRequest { request_id: "not-a-uuid".into(), ..order("c-1", "10", "EUR") }, "request_id"),
     ];
     for (request, field) in cases {
@@ -98,6 +152,9 @@ async fn invalid_orders_are_rejected_naming_the_field_and_write_nothing(pool: Pg
     }
     let status = app.client.create_order(order("", "0", "")).await.unwrap_err();
     assert_eq!(bad_fields(&status), ["customer_id", "amount", "currency"], "every bad field is named");
+    assert_eq!(error_reason(&status), "INVALID_FIELD");
+    let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
+    assert_eq!(info.metadata["fields"], "customer_id,amount,currency");
     assert_eq!(app.count("orders").await, 0);
     assert_eq!(app.count("outbox_messages").await, 0);
     app.stop().await;
@@ -163,9 +220,11 @@ async fn get_order_answers_not_found_and_invalid_argument(pool: PgPool) {
     let mut app = spawn_app(&pool, Options::default()).await;
     let status = app.client.get_order(GetOrderRequest { order_id: Uuid::new_v4().to_string() }).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(error_reason(&status), "NOT_FOUND");
     let status = app.client.get_order(GetOrderRequest { order_id: "42".into() }).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(bad_fields(&status), ["order_id"]);
+    assert_eq!(error_reason(&status), "INVALID_FIELD");
     app.stop().await;
 }
 

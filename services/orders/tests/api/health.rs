@@ -5,7 +5,7 @@ use testkit::FaultProxy;
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::helpers::{Options, order, spawn_app};
+use crate::helpers::{Options, error_reason, order, spawn_app};
 
 const SERVING: i32 = 1;
 const NOT_SERVING: i32 = 2;
@@ -36,6 +36,9 @@ async fn health_follows_the_database_and_calls_answer_unavailable_without_it(poo
     tracing::info!(after = ?cut_at.elapsed(), "health went NOT_SERVING");
     let status = app.client.create_order(order("c-1", "1", "EUR")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(error_reason(&status), "DATABASE_UNAVAILABLE");
+    let retry = tonic_types::StatusExt::get_details_retry_info(&status).expect("UNAVAILABLE says when to retry");
+    assert_eq!(retry.retry_delay, Some(platform::errors::RETRY_DELAY));
 
     proxy.restore();
     assert!(testkit::eventually(Duration::from_secs(5), all_are(SERVING)).await, "SERVING again");

@@ -148,6 +148,14 @@ pub(crate) async fn tls_channel(addr: SocketAddr, tls: ClientTlsConfig) -> Resul
         .await
 }
 
+/// The `google.rpc.ErrorInfo` reason of a status, checked to be in Pulse's domain.
+pub(crate) fn error_reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    let info = status.get_details_error_info().unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, platform::errors::ERROR_DOMAIN, "{status:?}");
+    info.reason
+}
+
 /// A gRPC channel to `addr`, for the health and reflection clients.
 pub(crate) async fn channel(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("channel connects")

@@ -75,6 +75,7 @@ async fn a_request_over_the_size_limit_is_refused_and_the_connection_keeps_worki
     let huge = "c".repeat(5 * 1024 * 1024);
     let status = client.create_order(order(&huge, "10", "EUR")).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(crate::helpers::error_reason(&status), "MESSAGE_TOO_LARGE");
     assert!(
         status.message().contains(&format!("the limit is {} bytes", platform::grpc::MAX_MESSAGE_BYTES)),
         "{}",
@@ -120,6 +121,7 @@ async fn oversized_metadata_fails_its_own_call_and_no_other(pool: PgPool) {
         if size < platform::grpc::HTTP2_MAX_HEADER_LIST_BYTES as usize {
             assert_eq!(status.code(), Code::ResourceExhausted, "{size} bytes: {status:?}");
             assert!(status.message().contains("request metadata is"), "{size} bytes: {}", status.message());
+            assert_eq!(crate::helpers::error_reason(&status), "METADATA_TOO_LARGE");
         } else {
             // h2 answers HTTP 431 before the call reaches the service; tonic maps it to UNKNOWN.
             assert_eq!(status.code(), Code::Unknown, "{size} bytes: {status:?}");

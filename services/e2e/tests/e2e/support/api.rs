@@ -77,7 +77,7 @@ pub(crate) async fn create_order(addr: SocketAddr, customer: &str) -> CreateOrde
 
 /// How many notifications ListNotifications returns for `order_id`.
 pub(crate) async fn notification_count(addr: SocketAddr, order_id: &str) -> usize {
-    let request = ListNotificationsRequest { order_id: order_id.to_owned() };
+    let request = ListNotificationsRequest { order_id: order_id.to_owned(), ..Default::default() };
     let response = notifications(addr).list_notifications(request).await.expect("ListNotifications");
     response.into_inner().notifications.len()
 }
