@@ -1,28 +1,34 @@
-//! `orders` — serve (default), `healthcheck`, `--help`, `--version`.
+//! `orders` — serve (default), `outbox ...`, `healthcheck`, `--help`, `--version`.
 
 use std::process::ExitCode;
 
 use orders::{
     config::{self, Config},
+    operator,
     startup::App,
 };
 
 const HELP: &str = "\
 orders: the Pulse Orders service (gRPC CreateOrder/GetOrder) and its outbox relay
 
-usage: orders [serve | healthcheck | --help | --version]
+usage: orders [serve | outbox status [--json] | outbox maintain-archive | healthcheck | --help | --version]
 
-  serve        serve the gRPC API and relay the outbox as ORDERS_ROLE says (the default)
-  healthcheck  ask the local gRPC health service; exit 0 when SERVING (for container health checks)
-  --help       print this text
-  --version    print the version
+  serve                    serve the gRPC API and relay the outbox as ORDERS_ROLE says (the default)
+  outbox status [--json]   the outbox's backlog, partition owners and last errors, read from the
+                           database (`orders outbox --help` for more)
+  outbox maintain-archive  one pass of outbox archive upkeep
+  healthcheck              ask the local gRPC health service; exit 0 when SERVING (for container
+                           health checks)
+  --help                   print this text
+  --version                print the version
 
 Configuration comes from the environment (ORDERS_*, OUTBOX_*, AMQP_URL, RUST_LOG,
 LOG_FORMAT, OTEL_*); README.md, \"Configuration\", lists every variable and its default.
 A variable starting with ORDERS_ or OUTBOX_ that orders does not read is warned about.
 
-exit status: 0 stopped cleanly; 1 could not start or stopped with an error;
-2 invalid configuration (every problem is printed on stderr) or usage.
+exit status: 0 stopped cleanly (or the command succeeded); 1 could not start, stopped with
+an error, or (outbox) could not reach the database; 2 invalid configuration (every problem
+is printed on stderr) or usage.
 ";
 
 #[tokio::main]
@@ -39,6 +45,11 @@ async fn main() -> ExitCode {
         }
         // For container health checks in images without a shell.
         ["healthcheck"] => healthcheck().await,
+        ["outbox", "--help" | "-h"] => {
+            println!("{}", operator::OUTBOX_USAGE);
+            ExitCode::SUCCESS
+        }
+        ["outbox", rest @ ..] => operator::outbox(rest).await,
         [] | ["serve"] => serve().await,
         _ => {
             eprintln!("orders: unknown arguments {args:?}\n\n{HELP}");

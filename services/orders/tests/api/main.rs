@@ -9,6 +9,7 @@ mod health;
 mod helpers;
 mod limits;
 mod metrics;
+mod outbox_status;
 mod relay;
 mod restart;
 mod secrets;
