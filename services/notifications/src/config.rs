@@ -151,6 +151,8 @@ impl Config {
             inbox,
             health_interval: Duration::from_secs(1),
         };
+        // Read again at build; checked here so that their problems are reported with the rest.
+        p.check(platform::metrics::OtlpExport::from_env("notifications", env!("CARGO_PKG_VERSION")).map(|_| ()), ());
         problems.or_value(config)
     }
 }
