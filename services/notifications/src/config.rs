@@ -75,6 +75,8 @@ pub const VARIABLES: &[&str] = &[
     "NOTIFICATIONS_MAX_ATTEMPTS",
     "NOTIFICATIONS_DEDUP_WINDOW_SECS",
     "INBOX_MAX_MESSAGE_BYTES",
+    // Read by the example clients (clients/), often set in the same shell: not a typo.
+    "NOTIFICATIONS_ADDR",
 ];
 
 /// The prefixes of [`VARIABLES`].

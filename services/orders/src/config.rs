@@ -78,6 +78,8 @@ pub const VARIABLES: &[&str] = &[
     "OUTBOX_VACUUM_EVERY_ROWS",
     "OUTBOX_NOTIFY_CHANNEL",
     "OUTBOX_DOORBELL_INTERVAL_MS",
+    // Read by the example clients (clients/), often set in the same shell: not a typo.
+    "ORDERS_ADDR",
 ];
 
 /// The prefixes of [`VARIABLES`].
