@@ -9,6 +9,7 @@ mod clients;
 mod consumer;
 mod crashes;
 mod dashboard;
+mod database_outage;
 mod happy_path;
 mod relay_failover;
 mod support;
