@@ -19,13 +19,16 @@
 //! | `NOTIFICATIONS_RETRY_DELAYS_MS` | `1000,5000,30000,120000,600000` |
 //! | `NOTIFICATIONS_MAX_ATTEMPTS` | `6` |
 //! | `NOTIFICATIONS_DEDUP_WINDOW_SECS` | `604800` (7 days) |
-//! | `NOTIFICATIONS_MAX_MESSAGE_BYTES` | `262144` (256 KiB; a larger body is dead-lettered, reason `too_large`) |
+//! | `INBOX_MAX_MESSAGE_BYTES` | `262144` (256 KiB; a larger body is dead-lettered, reason `too_large`) |
 
 use std::{net::SocketAddr, time::Duration};
 
 use inbox::InboxConfig;
 use platform::{
-    config::{ConfigError, addr_or, bool_or, millis_or, millis_up_to_or, parse_or, rate_or, secret_url_or, var_or},
+    config::{
+        ConfigError, ConfigErrors, addr_or, bool_or, millis_or, millis_up_to_or, parse_or, rate_or, secret_url_or,
+        var_or,
+    },
     db::PoolSettings,
     tls::ServerTls,
 };
@@ -55,9 +58,43 @@ pub fn queue_name(prefix: &str) -> String {
     format!("{prefix}.notifications.order-created")
 }
 
+/// Every variable notifications reads with its own prefixes
+/// (`NOTIFICATIONS_`, `INBOX_`): any other name with them is warned about at start.
+pub const VARIABLES: &[&str] = &[
+    "NOTIFICATIONS_GRPC_ADDR",
+    "NOTIFICATIONS_METRICS_ADDR",
+    "NOTIFICATIONS_DATABASE_URL",
+    "NOTIFICATIONS_DB_MAX_CONNECTIONS",
+    "NOTIFICATIONS_DB_MIN_CONNECTIONS",
+    "NOTIFICATIONS_DB_ACQUIRE_TIMEOUT_MS",
+    "NOTIFICATIONS_CONSUMER_ENABLED",
+    "NOTIFICATIONS_EXCHANGE",
+    "NOTIFICATIONS_QUEUE_PREFIX",
+    "NOTIFICATIONS_PREFETCH",
+    "NOTIFICATIONS_BATCH_SIZE",
+    "NOTIFICATIONS_LINGER_MS",
+    "NOTIFICATIONS_LINGER_FROM_RATE",
+    "NOTIFICATIONS_RETRY_DELAYS_MS",
+    "NOTIFICATIONS_MAX_ATTEMPTS",
+    "NOTIFICATIONS_DEDUP_WINDOW_SECS",
+    "INBOX_MAX_MESSAGE_BYTES",
+    // Read by the example clients (clients/), often set in the same shell: not a typo.
+    "NOTIFICATIONS_ADDR",
+];
+
+/// The prefixes of [`VARIABLES`].
+pub const PREFIXES: &[&str] = &["NOTIFICATIONS_", "INBOX_"];
+
+/// Variables that were renamed (old, new): setting the old one is warned about with the new name.
+pub const RENAMED: &[(&str, &str)] = &[("NOTIFICATIONS_MAX_MESSAGE_BYTES", "INBOX_MAX_MESSAGE_BYTES")];
+
 impl Config {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let amqp_url = secret_url_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f")?;
+    /// The configuration, or every problem it has (not just the first).
+    pub fn from_env() -> Result<Self, ConfigErrors> {
+        let mut problems = ConfigErrors::default();
+        let p = &mut problems;
+        let amqp_url =
+            p.check(secret_url_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
         let mut inbox = InboxConfig::new(
             amqp_url,
             var_or("NOTIFICATIONS_EXCHANGE", contracts::EVENTS_EXCHANGE),
@@ -65,42 +102,64 @@ impl Config {
             vec![contracts::events::v1::ORDER_CREATED_ROUTING_KEY.to_owned()],
         );
         inbox.connection_name = "notifications".to_owned();
-        inbox.prefetch = parse_or("NOTIFICATIONS_PREFETCH", inbox.prefetch)?;
-        inbox.batch_size = parse_or("NOTIFICATIONS_BATCH_SIZE", inbox.batch_size)?;
-        inbox.linger = millis_up_to_or("NOTIFICATIONS_LINGER_MS", inbox.linger, Duration::from_secs(1))?;
-        inbox.linger_from_rate = rate_or("NOTIFICATIONS_LINGER_FROM_RATE", inbox.linger_from_rate)?;
-        if let Some(delays) = delays_from("NOTIFICATIONS_RETRY_DELAYS_MS")? {
+        inbox.prefetch = p.check(parse_or("NOTIFICATIONS_PREFETCH", inbox.prefetch), inbox.prefetch);
+        inbox.batch_size = p.check(parse_or("NOTIFICATIONS_BATCH_SIZE", inbox.batch_size), inbox.batch_size);
+        inbox.linger =
+            p.check(millis_up_to_or("NOTIFICATIONS_LINGER_MS", inbox.linger, Duration::from_secs(1)), inbox.linger);
+        inbox.linger_from_rate =
+            p.check(rate_or("NOTIFICATIONS_LINGER_FROM_RATE", inbox.linger_from_rate), inbox.linger_from_rate);
+        if let Some(delays) = p.check(delays_from("NOTIFICATIONS_RETRY_DELAYS_MS"), None) {
             inbox.max_attempts = delays.len() as u32 + 1;
             inbox.retry_delays = delays;
         }
-        inbox.max_attempts = parse_or("NOTIFICATIONS_MAX_ATTEMPTS", inbox.max_attempts)?;
-        inbox.dedup_window =
-            Duration::from_secs(parse_or("NOTIFICATIONS_DEDUP_WINDOW_SECS", inbox.dedup_window.as_secs())?);
-        inbox.max_message_bytes = parse_or("NOTIFICATIONS_MAX_MESSAGE_BYTES", inbox.max_message_bytes)?;
+        inbox.max_attempts = p.check(parse_or("NOTIFICATIONS_MAX_ATTEMPTS", inbox.max_attempts), inbox.max_attempts);
+        let window = inbox.dedup_window.as_secs();
+        inbox.dedup_window = Duration::from_secs(p.check(parse_or("NOTIFICATIONS_DEDUP_WINDOW_SECS", window), window));
+        let bytes = inbox.max_message_bytes;
+        inbox.max_message_bytes = p.check(parse_or("INBOX_MAX_MESSAGE_BYTES", bytes), bytes);
         if inbox.max_message_bytes == 0 || inbox.max_message_bytes > inbox::MAX_MESSAGE_BYTES_CEILING {
             let reason = format!("must be 1 to {} bytes", inbox::MAX_MESSAGE_BYTES_CEILING);
-            return Err(invalid("NOTIFICATIONS_MAX_MESSAGE_BYTES", reason));
+            p.invalid("INBOX_MAX_MESSAGE_BYTES", reason);
         }
-        inbox.validate().map_err(|reason| invalid("NOTIFICATIONS_* consumer settings", reason))?;
+        // Checked on what the variables gave only: a bad variable is named above already.
+        if let (true, Err(reason)) = (p.0.is_empty(), inbox.validate()) {
+            p.invalid("NOTIFICATIONS_* consumer settings", reason);
+        }
 
         let defaults = PoolSettings::default();
-        Ok(Self {
-            grpc_addr: addr_or("NOTIFICATIONS_GRPC_ADDR", "0.0.0.0:50052")?,
-            metrics_addr: addr_or("NOTIFICATIONS_METRICS_ADDR", "0.0.0.0:9465")?,
-            database_url: secret_url_or(
-                "NOTIFICATIONS_DATABASE_URL",
-                "postgres://postgres:postgres@localhost:5432/pulse_notifications",
-            )?,
+        let any_port = SocketAddr::from(([0, 0, 0, 0], 0));
+        let config = Self {
+            grpc_addr: p.check(addr_or("NOTIFICATIONS_GRPC_ADDR", "0.0.0.0:50052"), any_port),
+            metrics_addr: p.check(addr_or("NOTIFICATIONS_METRICS_ADDR", "0.0.0.0:9465"), any_port),
+            database_url: p.check(
+                secret_url_or(
+                    "NOTIFICATIONS_DATABASE_URL",
+                    "postgres://postgres:postgres@localhost:5432/pulse_notifications",
+                ),
+                SecretString::default(),
+            ),
             pool: PoolSettings {
-                max_connections: parse_or("NOTIFICATIONS_DB_MAX_CONNECTIONS", defaults.max_connections)?,
-                min_connections: parse_or("NOTIFICATIONS_DB_MIN_CONNECTIONS", defaults.min_connections)?,
-                acquire_timeout: millis_or("NOTIFICATIONS_DB_ACQUIRE_TIMEOUT_MS", defaults.acquire_timeout)?,
+                max_connections: p.check(
+                    parse_or("NOTIFICATIONS_DB_MAX_CONNECTIONS", defaults.max_connections),
+                    defaults.max_connections,
+                ),
+                min_connections: p.check(
+                    parse_or("NOTIFICATIONS_DB_MIN_CONNECTIONS", defaults.min_connections),
+                    defaults.min_connections,
+                ),
+                acquire_timeout: p.check(
+                    millis_or("NOTIFICATIONS_DB_ACQUIRE_TIMEOUT_MS", defaults.acquire_timeout),
+                    defaults.acquire_timeout,
+                ),
             },
-            consumer_enabled: bool_or("NOTIFICATIONS_CONSUMER_ENABLED", true)?,
+            consumer_enabled: p.check(bool_or("NOTIFICATIONS_CONSUMER_ENABLED", true), true),
             inbox,
             health_interval: Duration::from_secs(1),
-            tls: ServerTls::from_env("NOTIFICATIONS")?,
-        })
+            tls: p.check(ServerTls::from_env("NOTIFICATIONS"), None),
+        };
+        // Read again at build; checked here so that their problems are reported with the rest.
+        p.check(platform::metrics::OtlpExport::from_env("notifications", env!("CARGO_PKG_VERSION")).map(|_| ()), ());
+        problems.or_value(config)
     }
 }
 

@@ -6,9 +6,10 @@
 //! [`build`] prepares everything and binds the port; [`App::run_until_stopped`]
 //! runs until the shutdown token fires. Health names: `""` and
 //! `pulse.notifications.v1.NotificationService` follow the database,
-//! [`CONSUMER_HEALTH_NAME`] follows the consumer's broker connection.
+//! [`CONSUMER_HEALTH_NAME`] follows the consumer's broker connection,
+//! `liveness` only the process.
 
-mod config;
+pub mod config;
 mod db;
 mod error;
 mod grpc;

@@ -2,25 +2,65 @@
 
 use std::{net::SocketAddr, process::ExitCode};
 
-use notifications::{Config, build};
+use notifications::{Config, build, config};
+use platform::config::{ConfigErrors, warn_unknown_variables};
 
-const USAGE: &str = "usage: notifications [serve | replay-dlq [--limit N] | healthcheck]";
+const USAGE: &str = "usage: notifications [serve | replay-dlq [--limit N] | healthcheck | --help | --version]";
+
+const HELP: &str = "\
+notifications: the Pulse Notifications service (gRPC ListNotifications) and its event consumer
+
+usage: notifications [serve | replay-dlq [--limit N] | healthcheck | --help | --version]
+
+  serve                   serve the gRPC API and consume events (the default)
+  replay-dlq [--limit N]  move dead letters (the first N) back to the main queue
+  healthcheck             ask the local gRPC health service; exit 0 when SERVING
+  --help                  print this text
+  --version               print the version
+
+Configuration comes from the environment (NOTIFICATIONS_*, INBOX_*, AMQP_URL, RUST_LOG,
+LOG_FORMAT, OTEL_*); README.md, \"Configuration\", lists every variable and its default.
+A variable starting with NOTIFICATIONS_ or INBOX_ that notifications does not read is warned about.
+
+exit status: 0 done or stopped cleanly; 1 failed; 2 invalid configuration (every
+problem is printed on stderr).
+";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let _telemetry = platform::telemetry::init("notifications");
-    match run(std::env::args().skip(1).collect()).await {
-        Ok(code) => code,
-        Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "notifications failed");
-            eprintln!("notifications: {err:#}");
-            ExitCode::FAILURE
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("--help" | "-h" | "help") => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
         }
+        Some("--version" | "-V") => {
+            println!("notifications {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let _telemetry = platform::telemetry::init("notifications");
+    match run(args).await {
+        Ok(code) => code,
+        // Plain text, every problem at once: there may be no log pipeline to read yet.
+        Err(err) => match err.downcast_ref::<ConfigErrors>() {
+            Some(problems) => {
+                eprintln!("notifications: {problems}");
+                ExitCode::from(2)
+            }
+            None => {
+                tracing::error!(error = format!("{err:#}"), "notifications failed");
+                eprintln!("notifications: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
 async fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
     let config = Config::from_env()?;
+    warn_unknown_variables(config::PREFIXES, config::VARIABLES, config::RENAMED);
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] | ["serve"] => {
             let app = build(config).await?;

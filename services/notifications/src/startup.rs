@@ -73,6 +73,8 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let (metrics_listener, metrics_addr) = platform::metrics::bind(config.metrics_addr).await?;
     // NOT_SERVING until the watchers have seen the database and the broker.
     set_status(&reporter, &["", SERVICE_NAME, CONSUMER_HEALTH_NAME], ServingStatus::NotServing).await;
+    // SERVING until the process exits, through database and broker outages and shutdown alike.
+    reporter.set_service_status(platform::grpc::LIVENESS, ServingStatus::Serving).await;
     Ok(App {
         grpc_addr,
         listener,

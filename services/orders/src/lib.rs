@@ -9,5 +9,6 @@ pub mod error;
 pub mod group;
 pub mod grpc;
 pub mod messaging;
+pub mod operator;
 pub mod service;
 pub mod startup;

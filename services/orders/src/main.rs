@@ -1,21 +1,74 @@
+//! `orders` — serve (default), `outbox ...`, `healthcheck`, `--help`, `--version`.
+
 use std::process::ExitCode;
 
-use orders::{config::Config, startup::App};
+use orders::{
+    config::{self, Config},
+    operator,
+    startup::App,
+};
+
+const HELP: &str = "\
+orders: the Pulse Orders service (gRPC CreateOrder/GetOrder) and its outbox relay
+
+usage: orders [serve | outbox status [--json] | outbox maintain-archive | healthcheck | --help | --version]
+
+  serve                    serve the gRPC API and relay the outbox as ORDERS_ROLE says (the default)
+  outbox status [--json]   the outbox's backlog, partition owners and last errors, read from the
+                           database (`orders outbox --help` for more)
+  outbox maintain-archive  one pass of outbox archive upkeep
+  healthcheck              ask the local gRPC health service; exit 0 when SERVING (for container
+                           health checks)
+  --help                   print this text
+  --version                print the version
+
+Configuration comes from the environment (ORDERS_*, OUTBOX_*, AMQP_URL, RUST_LOG,
+LOG_FORMAT, OTEL_*); README.md, \"Configuration\", lists every variable and its default.
+A variable starting with ORDERS_ or OUTBOX_ that orders does not read is warned about.
+
+exit status: 0 stopped cleanly (or the command succeeded); 1 could not start, stopped with
+an error, or (outbox) could not reach the database; 2 invalid configuration (every problem
+is printed on stderr) or usage.
+";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // `orders healthcheck`: for container health checks in images without a shell.
-    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-        return healthcheck().await;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["--help" | "-h" | "help"] => {
+            print!("{HELP}");
+            ExitCode::SUCCESS
+        }
+        ["--version" | "-V"] => {
+            println!("orders {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        // For container health checks in images without a shell.
+        ["healthcheck"] => healthcheck().await,
+        ["outbox", "--help" | "-h"] => {
+            println!("{}", operator::OUTBOX_USAGE);
+            ExitCode::SUCCESS
+        }
+        ["outbox", rest @ ..] => operator::outbox(rest).await,
+        [] | ["serve"] => serve().await,
+        _ => {
+            eprintln!("orders: unknown arguments {args:?}\n\n{HELP}");
+            ExitCode::from(2)
+        }
     }
-    let _telemetry = platform::telemetry::init("orders");
+}
+
+async fn serve() -> ExitCode {
     let config = match Config::from_env() {
         Ok(config) => config,
-        Err(err) => {
-            tracing::error!(error = %err, "invalid configuration");
+        Err(problems) => {
+            // Plain text, every problem at once: there may be no log pipeline to read yet.
+            eprintln!("orders: {problems}");
             return ExitCode::from(2);
         }
     };
+    let _telemetry = platform::telemetry::init("orders");
+    platform::config::warn_unknown_variables(config::PREFIXES, config::VARIABLES, &[]);
     let shutdown = platform::shutdown::on_signal();
     let app = match App::build(config).await {
         Ok(app) => app,

@@ -69,6 +69,8 @@ impl App {
         let offered: &[&str] = if config.role == Role::Relay { &[] } else { &[SERVICE_NAME] };
         let registry = Registry::new();
         let (mut router, health) = grpc::router_with_health_and_reflection(offered, &registry, config.tls.as_ref())?;
+        // SERVING until the process exits, through database outages and shutdown alike.
+        health.set_service_status(grpc::LIVENESS, ServingStatus::Serving).await;
         let mut lane = None;
         if config.role != Role::Relay {
             let opened = Lane::open(pool.connect_options().as_ref().clone(), &config.pool).await?;

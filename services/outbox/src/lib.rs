@@ -23,6 +23,9 @@
 //!   oldest row), commit-to-confirm latency, batch sizes, failures, retries and
 //!   owned partitions into a `platform::metrics` registry.
 //!
+//! * Status: [`read_status`] reads the backlog, the partitions' owners and
+//!   the last publish errors from the database alone (`orders outbox status`).
+//!
 //! The schema is in `migrations/orders/0001_outbox.sql`; a service that uses
 //! the outbox copies that migration into its own set.
 
@@ -33,6 +36,7 @@ mod partitions;
 mod publisher;
 mod relay;
 mod retention;
+mod status;
 mod vacuum;
 
 pub use message::{
@@ -42,3 +46,4 @@ pub use message::{
 pub use relay::{Relay, RelayConfig, RelayStatus};
 /// One pass of archive upkeep (what the relay runs every minute); for operators and tests.
 pub use retention::run_once as maintain_archive_once;
+pub use status::{OutboxStatus, PartitionStatus, PublishError, RelaySession, Session, read_status};

@@ -11,6 +11,102 @@ pub enum ConfigError {
     Invalid { name: String, reason: String },
 }
 
+/// Every problem a configuration has, so that one start-up shows them all
+/// (fixing one variable at a time against a crash loop is a slow way to learn
+/// of the next). Each reads as a line of plain text.
+#[derive(Debug, Default)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = self.0.len();
+        write!(f, "invalid configuration ({count} problem{}):", if count == 1 { "" } else { "s" })?;
+        for problem in &self.0 {
+            write!(f, "\n  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    /// The value, or `fallback` (never used: the configuration is then refused) with the problem noted.
+    pub fn check<T>(&mut self, result: Result<T, ConfigError>, fallback: T) -> T {
+        result.unwrap_or_else(|err| {
+            self.0.push(err);
+            fallback
+        })
+    }
+
+    /// Notes a problem with the variable `name`.
+    pub fn invalid(&mut self, name: &str, reason: impl Into<String>) {
+        self.0.push(ConfigError::Invalid { name: name.to_owned(), reason: reason.into() });
+    }
+
+    /// `value` when no problem was noted, every problem otherwise.
+    pub fn or_value<T>(self, value: T) -> Result<T, Self> {
+        if self.0.is_empty() { Ok(value) } else { Err(self) }
+    }
+}
+
+/// The names among `names` that start with one of `prefixes` but are not in
+/// `known`, sorted, each with the known name it most likely misspells.
+fn unknown_among<'k>(
+    names: impl Iterator<Item = String>,
+    prefixes: &[&str],
+    known: &[&'k str],
+) -> Vec<(String, Option<&'k str>)> {
+    let mut unknown: Vec<(String, Option<&'k str>)> = names
+        .filter(|name| prefixes.iter().any(|prefix| name.starts_with(prefix)) && !known.contains(&name.as_str()))
+        .map(|name| {
+            let near = known
+                .iter()
+                .map(|candidate| (edit_distance(&name, candidate), *candidate))
+                .filter(|(distance, candidate)| *distance <= 2.max(candidate.len() / 8))
+                .min()
+                .map(|(_, candidate)| candidate);
+            (name, near)
+        })
+        .collect();
+    unknown.sort();
+    unknown
+}
+
+/// Logs a warning naming each variable of this process's environment that
+/// starts with one of `prefixes` but is not in `known` (with the known name it
+/// most likely misspells). Nothing reads such a variable: a typo in a name
+/// would otherwise leave the default in force without a word.
+/// A name in `renamed` (old, new) is pointed to its new name.
+pub fn warn_unknown_variables(prefixes: &[&str], known: &[&str], renamed: &[(&str, &str)]) {
+    let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+    for (name, near) in unknown_among(names, prefixes, known) {
+        let near = renamed.iter().find(|(old, _)| *old == name).map(|(_, new)| *new).or(near);
+        match near {
+            Some(near) => {
+                tracing::warn!(variable = %name, did_you_mean = %near, "unknown variable {name} ignored; did you mean {near}?")
+            }
+            None => tracing::warn!(variable = %name, "unknown variable {name} ignored"),
+        }
+    }
+}
+
+/// Levenshtein distance, in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 /// The variable's value, or `default` when it is unset or empty.
 pub fn var_or(name: &str, default: &str) -> String {
     match std::env::var(name) {
@@ -161,6 +257,34 @@ mod tests {
     use super::*;
 
     use proptest::prelude::*;
+
+    #[test]
+    fn unknown_names_are_found_with_the_known_name_they_misspell() {
+        let known = ["ORDERS_DB_WRITERS", "OUTBOX_BATCH_SIZE", "ORDERS_ROLE"];
+        let names = ["ORDERS_DB_WRITER", "OUTBOX_BATCHSIZE", "ORDERS_ROLE", "ORDERS_NOTHING_LIKE_IT", "PATH", "OUTBOX"];
+        let found = unknown_among(names.iter().map(|n| n.to_string()), &["ORDERS_", "OUTBOX_"], &known);
+        assert_eq!(
+            found,
+            [
+                ("ORDERS_DB_WRITER".to_owned(), Some("ORDERS_DB_WRITERS")),
+                ("ORDERS_NOTHING_LIKE_IT".to_owned(), None),
+                ("OUTBOX_BATCHSIZE".to_owned(), Some("OUTBOX_BATCH_SIZE")),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let mut problems = ConfigErrors::default();
+        assert_eq!(problems.check(Ok(1), 0), 1);
+        assert_eq!(problems.check(Err(ConfigError::Invalid { name: "A".into(), reason: "bad".into() }), 0), 0);
+        problems.invalid("B", "worse");
+        let text = problems.or_value(()).unwrap_err().to_string();
+        assert_eq!(
+            text,
+            "invalid configuration (2 problems):\n  environment variable A is invalid: bad\n  environment variable B is invalid: worse"
+        );
+    }
 
     #[test]
     fn redact_url_hides_the_password_only() {

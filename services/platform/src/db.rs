@@ -85,12 +85,23 @@ fn without_unknown_parameters(url: &str) -> String {
 }
 
 /// Creates the database named in `options` unless it exists. Safe to race
-/// with other replicas doing the same.
+/// with other replicas doing the same. The database itself is tried first:
+/// on managed Postgres the service's role often may not connect to the
+/// `postgres` maintenance database, which is only needed to create it.
 pub async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {
+    match PgConnection::connect_with(options).await {
+        Ok(conn) => {
+            conn.close().await.ok();
+            return Ok(());
+        }
+        // invalid_catalog_name: the database does not exist yet.
+        Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("3D000") => {}
+        Err(err) => return Err(err).context("cannot connect to the database"),
+    }
     let name = options.get_database().unwrap_or("postgres").to_owned();
     let mut admin = PgConnection::connect_with(&options.clone().database("postgres"))
         .await
-        .context("cannot connect to the postgres maintenance database")?;
+        .with_context(|| format!("cannot connect to the postgres maintenance database to create database {name}"))?;
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
         .bind(&name)
         .fetch_one(&mut admin)

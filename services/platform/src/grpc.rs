@@ -131,6 +131,12 @@ pub async fn serve(router: GrpcRouter, listener: TcpListener, shutdown: Cancella
     Ok(())
 }
 
+/// Health name that follows only the process: SERVING from the moment the
+/// server is built until it exits, whatever the database or the broker do.
+/// Liveness probes ask it, so an outage of either restarts no pod (readiness,
+/// on `""` and the service names, takes the pod out of its Service instead).
+pub const LIVENESS: &str = "liveness";
+
 /// Sets every name in `names` to `status`.
 pub async fn set_status(reporter: &HealthReporter, names: &[&str], status: ServingStatus) {
     for name in names {

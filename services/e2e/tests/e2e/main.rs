@@ -10,6 +10,7 @@ mod clients;
 mod consumer;
 mod crashes;
 mod dashboard;
+mod database_outage;
 mod happy_path;
 mod postgres_restart;
 mod postgres_tls;

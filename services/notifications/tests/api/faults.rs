@@ -74,6 +74,7 @@ async fn a_lost_broker_connection_recovers_without_a_restart(_: PgPoolOptions, d
     proxy.cut();
     app.wait_health(consumer, ServingStatus::NotServing).await;
     app.wait_health("", ServingStatus::Serving).await;
+    assert_eq!(app.health(platform::grpc::LIVENESS).await, ServingStatus::Serving);
     let (id, during) = order_created("corr-during-cut");
     broker.publish(&topology.exchange, id, &during).await;
 

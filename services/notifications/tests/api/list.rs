@@ -1,5 +1,7 @@
 //! ListNotifications and health, without events.
 
+use std::time::Duration;
+
 use contracts::notifications::v1::ListNotificationsRequest;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tonic::Code;
@@ -51,7 +53,7 @@ async fn health_follows_the_database_and_the_consumer(_: PgPoolOptions, db: PgCo
 }
 
 #[sqlx::test(migrations = "../../migrations/notifications")]
-async fn a_lost_database_means_unavailable_and_not_serving(_: PgPoolOptions, db: PgConnectOptions) {
+async fn a_lost_database_flips_readiness_and_calls_but_not_liveness(_: PgPoolOptions, db: PgConnectOptions) {
     let direct = database_url(&db);
     let proxy = testkit::FaultProxy::start(testkit::socket_addr_of(&direct)).await;
     let mut config = test_config(&testkit::via(&direct, proxy.addr()), &testkit::amqp_url());
@@ -67,6 +69,12 @@ async fn a_lost_database_means_unavailable_and_not_serving(_: PgPoolOptions, db:
     assert_eq!(retry.retry_delay, Some(platform::errors::RETRY_DELAY));
     app.wait_health("", ServingStatus::NotServing).await;
     app.wait_health("pulse.notifications.v1.NotificationService", ServingStatus::NotServing).await;
+    // Readiness went down a probe interval ago: liveness, asked now and again
+    // a few intervals later, still says the process is alive.
+    assert_eq!(app.health(platform::grpc::LIVENESS).await, ServingStatus::Serving);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(app.health("").await, ServingStatus::NotServing);
+    assert_eq!(app.health(platform::grpc::LIVENESS).await, ServingStatus::Serving);
 
     proxy.restore();
     app.wait_health("", ServingStatus::Serving).await;

@@ -46,9 +46,9 @@ async fn unusable_batch_settings_are_refused_by_name() {
         ("NOTIFICATIONS_LINGER_MS", "1500"),
         ("NOTIFICATIONS_LINGER_FROM_RATE", "-1"),
         ("NOTIFICATIONS_LINGER_FROM_RATE", "inf"),
-        ("NOTIFICATIONS_MAX_MESSAGE_BYTES", "0"),
-        ("NOTIFICATIONS_MAX_MESSAGE_BYTES", "1000000000"),
-        ("NOTIFICATIONS_MAX_MESSAGE_BYTES", "256KiB"),
+        ("INBOX_MAX_MESSAGE_BYTES", "0"),
+        ("INBOX_MAX_MESSAGE_BYTES", "1000000000"),
+        ("INBOX_MAX_MESSAGE_BYTES", "256KiB"),
     ] {
         let (status, printed) = run_notifications(&[(name, value)]).await;
         assert!(!status.success(), "{name}={value} was accepted");

@@ -11,7 +11,7 @@ const SERVING: i32 = 1;
 const NOT_SERVING: i32 = 2;
 
 #[sqlx::test(migrations = false)]
-async fn health_follows_the_database_and_calls_answer_unavailable_without_it(pool: PgPool) {
+async fn readiness_follows_the_database_liveness_does_not_and_calls_answer_unavailable(pool: PgPool) {
     let proxy = FaultProxy::start(testkit::socket_addr_of(&testkit::database_url())).await;
     let mut app = spawn_app(&pool, Options { database_addr: Some(proxy.addr()), ..Options::default() }).await;
     let health = HealthClient::new(crate::helpers::channel(app.addr).await);
@@ -27,6 +27,7 @@ async fn health_follows_the_database_and_calls_answer_unavailable_without_it(poo
         }
     };
     assert!(testkit::eventually(Duration::from_secs(3), all_are(SERVING)).await);
+    assert_eq!(status_of(platform::grpc::LIVENESS).await.unwrap(), SERVING);
     let unknown = status_of("pulse.nothing.v1.Nothing").await.unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
 
@@ -34,6 +35,11 @@ async fn health_follows_the_database_and_calls_answer_unavailable_without_it(poo
     let cut_at = tokio::time::Instant::now();
     assert!(testkit::eventually(Duration::from_secs(5), all_are(NOT_SERVING)).await, "NOT_SERVING within 5 s");
     tracing::info!(after = ?cut_at.elapsed(), "health went NOT_SERVING");
+    // Liveness follows the process only: a database outage must restart no pod.
+    assert_eq!(status_of(platform::grpc::LIVENESS).await.unwrap(), SERVING);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(status_of("").await.unwrap(), NOT_SERVING);
+    assert_eq!(status_of(platform::grpc::LIVENESS).await.unwrap(), SERVING);
     let status = app.client.create_order(order("c-1", "1", "EUR")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(error_reason(&status), "DATABASE_UNAVAILABLE");

@@ -1,6 +1,7 @@
 //! Orders API tests: the real service in-process against the real Postgres
 //! and RabbitMQ, driven through a generated gRPC client (and grpcurl).
 
+mod config;
 mod create;
 mod group;
 mod grpcurl;
@@ -8,6 +9,7 @@ mod health;
 mod helpers;
 mod limits;
 mod metrics;
+mod outbox_status;
 mod relay;
 mod restart;
 mod secrets;
