@@ -40,44 +40,77 @@ const CONNECTIONS: u32 = 8;
 /// decoding a protobuf body, which is not part of the unavoidable work.
 const AGGREGATE_HEADER: &str = "x-aggregate-id";
 
-/// One floor window: `rate` orders a second for `duration`, every one
-/// delivered; returns the end-to-end latency of each, in microseconds.
-pub(crate) async fn run(
-    server: &str,
-    amqp: &str,
-    rate: f64,
-    duration: Duration,
-    settle: Duration,
-    progress: &ProgressBar,
-) -> anyhow::Result<Histogram<u64>> {
-    let orders_url = format!("{server}/{ORDERS_DB}");
-    let notifications_url = format!("{server}/{NOTIFICATIONS_DB}");
-    let orders = pool(&orders_url).await?;
-    sqlx::migrate!("../../migrations/orders").run(&orders).await?;
-    let notifications = pool(&notifications_url).await?;
-    sqlx::migrate!("../../migrations/notifications").run(&notifications).await?;
+/// The floor's client and consumer, set up once and measured over one or
+/// more windows ([`Floor::window`]), which can alternate with Pulse's.
+pub(crate) struct Floor {
+    orders_url: String,
+    notifications_url: String,
+    orders: PgPool,
+    notifications: PgPool,
+    publisher: Connection,
+    subscriber: Connection,
+    channel: Channel,
+    queue: String,
+    consumer: tokio::task::JoinHandle<anyhow::Result<()>>,
+    seq: i64,
+    ids: Vec<Uuid>,
+}
 
-    let publisher = Connection::connect(amqp, ConnectionProperties::default()).await?;
-    let channel = publisher.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    let queue = ceilings::declare_quorum_queue(&channel, Shape::Event).await?;
-    let subscriber = Connection::connect(amqp, ConnectionProperties::default()).await?;
-    let consumer = tokio::spawn(consume(subscriber.create_channel().await?, queue.clone(), notifications.clone()));
+impl Floor {
+    /// Creates the floor's databases and queue and starts its consumer.
+    pub(crate) async fn start(server: &str, amqp: &str) -> anyhow::Result<Self> {
+        let orders_url = format!("{server}/{ORDERS_DB}");
+        let notifications_url = format!("{server}/{NOTIFICATIONS_DB}");
+        let orders = pool(&orders_url).await?;
+        sqlx::migrate!("../../migrations/orders").run(&orders).await?;
+        let notifications = pool(&notifications_url).await?;
+        sqlx::migrate!("../../migrations/notifications").run(&notifications).await?;
+        let publisher = Connection::connect(amqp, ConnectionProperties::default()).await?;
+        let channel = publisher.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        let queue = ceilings::declare_quorum_queue(&channel, Shape::Event).await?;
+        let subscriber = Connection::connect(amqp, ConnectionProperties::default()).await?;
+        let consumer = tokio::spawn(consume(subscriber.create_channel().await?, queue.clone(), notifications.clone()));
+        Ok(Self {
+            orders_url,
+            notifications_url,
+            orders,
+            notifications,
+            publisher,
+            subscriber,
+            channel,
+            queue,
+            consumer,
+            seq: 0,
+            ids: Vec::new(),
+        })
+    }
 
-    let sent = publish(&orders, &channel, rate, duration, progress).await;
-    let delivered = match &sent {
-        Ok(ids) => wait_delivered(&notifications, ids.len() as i64, settle).await,
-        Err(_) => Ok(()),
-    };
-    consumer.abort();
-    let _ = subscriber.close(200, ShortString::from("done")).await;
-    ceilings::delete_queue(&channel, &queue, Shape::Event).await?;
-    let _ = publisher.close(200, ShortString::from("done")).await;
-    orders.close().await;
-    notifications.close().await;
-    let ids = sent?;
-    delivered?;
-    crate::latency::order_to_notification(&orders_url, &notifications_url, &ids).await
+    /// `rate` orders a second for `duration`; returns once each of them has
+    /// its notification, `settle` at most.
+    pub(crate) async fn window(
+        &mut self,
+        rate: f64,
+        duration: Duration,
+        settle: Duration,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<()> {
+        let ids = publish(&self.orders, &self.channel, rate, duration, &mut self.seq, progress).await?;
+        self.ids.extend(ids);
+        wait_delivered(&self.notifications, self.ids.len() as i64, settle).await
+    }
+
+    /// Stops the consumer, deletes the queue and returns the latency of every
+    /// order of every window, in microseconds.
+    pub(crate) async fn finish(self) -> anyhow::Result<Histogram<u64>> {
+        self.consumer.abort();
+        let _ = self.subscriber.close(200, ShortString::from("done")).await;
+        ceilings::delete_queue(&self.channel, &self.queue, Shape::Event).await?;
+        let _ = self.publisher.close(200, ShortString::from("done")).await;
+        self.orders.close().await;
+        self.notifications.close().await;
+        crate::latency::order_to_notification(&self.orders_url, &self.notifications_url, &self.ids).await
+    }
 }
 
 async fn pool(url: &str) -> anyhow::Result<PgPool> {
@@ -94,6 +127,7 @@ async fn publish(
     channel: &Channel,
     rate: f64,
     duration: Duration,
+    seq: &mut i64,
     progress: &ProgressBar,
 ) -> anyhow::Result<Vec<Uuid>> {
     let ids = Arc::new(Mutex::new(Vec::new()));
@@ -101,17 +135,16 @@ async fn publish(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let started = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    let mut seq = 0i64;
     while started.elapsed() < duration {
         ticker.tick().await;
         let (pool, channel, ids, progress) = (pool.clone(), channel.clone(), Arc::clone(&ids), progress.clone());
+        let seq = std::mem::replace(seq, *seq + 1);
         tasks.spawn(async move {
             let order_id = one_order(&pool, &channel, seq).await?;
             ids.lock().await.push(order_id);
             progress.inc(1);
             anyhow::Ok(())
         });
-        seq += 1;
         while let Some(done) = tasks.try_join_next() {
             done??;
         }

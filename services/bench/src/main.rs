@@ -305,19 +305,32 @@ async fn relay_on(plan: &Plan, stack: &mut Stack, report: &mut Report, pg: f64) 
 }
 
 async fn end_to_end(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow::Result<()> {
-    // 4. End-to-end latency at fixed rates, each beside the latency floor
-    // measured at the same rate just before it.
+    // 4. End-to-end latency at fixed rates, each beside the latency floor at
+    // the same rate, in slices taken in turn: a slow spell of the machine
+    // falls on both alike.
     stack.start_notifications().await?;
     stack.start_orders("all").await?;
     for &rate in &plan.rates {
-        let bar = spinner(format!("latency floor at {rate:.0} orders/s (raw sqlx and lapin)"));
-        let floor = floor::run(stack.server(), &stack.amqp, rate, plan.rate_window, plan.settle, &bar).await?;
-        bar.finish_and_clear();
-        let bar = spinner(format!("end to end at {rate:.0} orders/s"));
-        let before = stack.notification_count().await?;
-        let result = load::open_loop(stack.orders_addr(), rate, plan.rate_window, &bar).await?;
-        bar.finish_and_clear();
-        stack.wait_delivered(before + result.ok as i64, Instant::now(), plan.settle).await?;
+        let slices = (plan.rate_window.as_secs_f64() / SLICE.as_secs_f64()).round().max(1.0) as u32;
+        let slice = plan.rate_window / slices;
+        let mut floor = floor::Floor::start(stack.server(), &stack.amqp).await?;
+        let mut result = None::<load::LoadResult>;
+        for n in 1..=slices {
+            let bar = spinner(format!("latency floor at {rate:.0} orders/s, raw sqlx and lapin ({n}/{slices})"));
+            floor.window(rate, slice, plan.settle, &bar).await?;
+            bar.finish_and_clear();
+            let bar = spinner(format!("end to end at {rate:.0} orders/s ({n}/{slices})"));
+            let before = stack.notification_count().await?;
+            let part = load::open_loop(stack.orders_addr(), rate, slice, &bar).await?;
+            bar.finish_and_clear();
+            stack.wait_delivered(before + part.ok as i64, Instant::now(), plan.settle).await?;
+            result = Some(match result {
+                Some(so_far) => so_far.and(part)?,
+                None => part,
+            });
+        }
+        let floor = floor.finish().await?;
+        let result = result.expect("at least one slice");
         let latency =
             latency::order_to_notification(&stack.orders_url(), &stack.notifications_url(), &result.order_ids).await?;
         let key = format!("end_to_end.rate{rate:.0}");
@@ -352,6 +365,9 @@ async fn end_to_end(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyh
     stack.verify().await?;
     Ok(())
 }
+
+/// How long the floor and Pulse each run in turn within an end-to-end window.
+const SLICE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The latency targets, as ratios to the floor measured in the same run:
 /// orders/s, quantile, JSON key under `end_to_end.`, most allowed.
