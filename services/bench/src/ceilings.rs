@@ -56,7 +56,11 @@ pub(crate) async fn pg_two_inserts(
 /// The transaction `LIMITS.md` measured with pgbench (`create_order.sql`):
 /// BEGIN; one statement inserting the order and its outbox row; COMMIT.
 async fn two_inserts(pool: &PgPool) -> anyhow::Result<()> {
-    let (order_id, event_id) = (Uuid::now_v7(), Uuid::now_v7());
+    two_inserts_of(pool, Uuid::now_v7(), Uuid::now_v7()).await
+}
+
+/// [`two_inserts`] of a given order and event (the latency floor's order transaction).
+pub(crate) async fn two_inserts_of(pool: &PgPool, order_id: Uuid, event_id: Uuid) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query(
         "WITH o AS (
@@ -91,8 +95,8 @@ pub(crate) enum Shape {
 }
 
 /// The topic exchange of [`Shape::Event`] ceilings, in the bench's own virtual host.
-const EVENT_EXCHANGE: &str = "pulse.bench.ceiling";
-const EVENT_ROUTING_KEY: &str = "order.created";
+pub(crate) const EVENT_EXCHANGE: &str = "pulse.bench.ceiling";
+pub(crate) const EVENT_ROUTING_KEY: &str = "order.created";
 
 /// Messages per second published persistent (250 bytes) to a quorum queue,
 /// shaped as `shape` says, with up to 1,000 confirms in flight.
@@ -151,7 +155,7 @@ pub(crate) async fn amqp_publish_while_consuming(url: &str, messages: usize, sha
 
 /// A durable quorum queue of the bench's own, named at random; for
 /// [`Shape::Event`], bound to [`EVENT_EXCHANGE`] (declared here).
-async fn declare_quorum_queue(channel: &Channel, shape: Shape) -> anyhow::Result<String> {
+pub(crate) async fn declare_quorum_queue(channel: &Channel, shape: Shape) -> anyhow::Result<String> {
     let queue = format!("pulse.bench.ceiling.{}", Uuid::new_v4().simple());
     let mut arguments = FieldTable::default();
     arguments.insert(ShortString::from("x-queue-type"), AMQPValue::LongString("quorum".into()));
@@ -185,7 +189,7 @@ async fn declare_quorum_queue(channel: &Channel, shape: Shape) -> anyhow::Result
 }
 
 /// Deletes what [`declare_quorum_queue`] declared.
-async fn delete_queue(channel: &Channel, queue: &str, shape: Shape) -> anyhow::Result<()> {
+pub(crate) async fn delete_queue(channel: &Channel, queue: &str, shape: Shape) -> anyhow::Result<()> {
     channel.queue_delete(ShortString::from(queue), QueueDeleteOptions::default()).await?;
     if shape == Shape::Event {
         channel.exchange_delete(ShortString::from(EVENT_EXCHANGE), ExchangeDeleteOptions::default()).await?;
@@ -194,9 +198,11 @@ async fn delete_queue(channel: &Channel, queue: &str, shape: Shape) -> anyhow::R
 }
 
 /// The properties of a [`Shape::Event`] message: those of an `OrderCreated`
-/// (README, "AMQP"), with values of the same sizes.
-fn event_properties(seq: i64) -> BasicProperties {
-    let id = Uuid::now_v7().to_string();
+/// (README, "AMQP"), with values of the same sizes: `message_id` is the
+/// event's id, `x-aggregate-id` the order's.
+pub(crate) fn event_properties(seq: i64, event_id: Uuid, aggregate_id: Uuid) -> BasicProperties {
+    let id = event_id.to_string();
+    let aggregate = aggregate_id.to_string();
     let text = |value: &str| AMQPValue::LongString(LongString::from(value));
     let mut headers = FieldTable::default();
     headers.insert(ShortString::from(platform::correlation::HEADER), text(&id));
@@ -204,7 +210,7 @@ fn event_properties(seq: i64) -> BasicProperties {
         ShortString::from(platform::tracecontext::HEADER),
         text("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
     );
-    headers.insert(ShortString::from("x-aggregate-id"), text(&id));
+    headers.insert(ShortString::from("x-aggregate-id"), text(&aggregate));
     headers.insert(ShortString::from("x-outbox-seq"), AMQPValue::LongLongInt(seq));
     headers.insert(ShortString::from("x-occurred-at"), AMQPValue::LongLongInt(chrono::Utc::now().timestamp_millis()));
     BasicProperties::default()
@@ -239,7 +245,7 @@ async fn publish_pipelined(channel: &Channel, queue: &str, messages: usize, shap
         }
         let properties = match shape {
             Shape::Raw => raw.clone(),
-            Shape::Event => event_properties(seq as i64),
+            Shape::Event => event_properties(seq as i64, Uuid::now_v7(), Uuid::now_v7()),
         };
         let confirm = channel
             .basic_publish(ShortString::from(exchange), ShortString::from(routing_key), options, &payload, properties)

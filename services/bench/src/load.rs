@@ -30,6 +30,16 @@ impl LoadResult {
     pub(crate) fn rate(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
+
+    /// This window and `next` as one: their orders, errors, latencies and durations added.
+    pub(crate) fn and(mut self, next: Self) -> anyhow::Result<Self> {
+        self.ok += next.ok;
+        self.errors += next.errors;
+        self.elapsed += next.elapsed;
+        self.latency_us.add(next.latency_us)?;
+        self.order_ids.extend(next.order_ids);
+        Ok(self)
+    }
 }
 
 /// One HTTP/2 connection per eight callers, as a pool of client stubs would.

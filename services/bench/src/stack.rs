@@ -45,6 +45,11 @@ impl Stack {
         }
     }
 
+    /// The Postgres server's URL, without a database.
+    pub(crate) fn server(&self) -> &str {
+        &self.server
+    }
+
     pub(crate) fn url(&self, database: &str) -> String {
         format!("{}/{database}", self.server)
     }
@@ -66,7 +71,7 @@ impl Stack {
             probe.notifications.close().await.ok();
         }
         let mut admin = PgConnection::connect(&self.url("postgres")).await?;
-        for db in [ORDERS_DB, NOTIFICATIONS_DB, CEILING_DB] {
+        for db in [ORDERS_DB, NOTIFICATIONS_DB, CEILING_DB, crate::floor::ORDERS_DB, crate::floor::NOTIFICATIONS_DB] {
             sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&mut admin).await?;
         }
         admin.close().await?;

@@ -20,8 +20,8 @@ pub struct Orders {
     /// Every call is one statement: connections come back without a ping.
     lane: Lane,
     /// CreateOrder's inserts, grouped into shared transactions under load.
+    /// Its writers wake the relay after each commit.
     group: GroupWriter,
-    outbox: OutboxWriter,
     /// Where the lane connects, for the statements' spans.
     db: DbTarget,
 }
@@ -31,8 +31,8 @@ impl Orders {
     /// call it inside the runtime.
     pub fn new(lane: Lane, outbox: OutboxWriter, writers: usize) -> Self {
         let db = DbTarget::new(lane.options());
-        let group = GroupWriter::spawn(lane.clone(), writers, db.clone());
-        Self { lane, group, outbox, db }
+        let group = GroupWriter::spawn(lane.clone(), writers, db.clone(), outbox);
+        Self { lane, group, db }
     }
 
     /// Stores the order and its `OrderCreated` event in one transaction
@@ -64,12 +64,10 @@ impl Orders {
             created_at: Utc::now().duration_trunc(TimeDelta::microseconds(1)).map_err(anyhow::Error::from)?,
         };
         let event = messaging::outbox_message(&draft, trace);
-        let Some((row, appended)) = self.group.insert(draft, event).await? else {
+        // The writer has already woken the relay.
+        let Some((row, _)) = self.group.insert(draft, event).await? else {
             return self.replay(&order).await;
         };
-        if let Some(appended) = appended {
-            self.outbox.committed(appended);
-        }
         tracing::info!(order_id = %row.order_id, event_id = %row.event_id, "order created");
         Ok(row)
     }

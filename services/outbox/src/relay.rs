@@ -205,6 +205,10 @@ impl Relay {
         let mut backlog = false;
         // While rows gather after a claim: no claim before this.
         let mut gather_until: Option<Instant> = None;
+        // A commit woke the relay while a batch was in flight: its rows are
+        // claimed and published at once instead of after that batch's confirms,
+        // which at light load would add a whole confirm to their latency.
+        let mut woken = false;
         let mut arrivals = ArrivalRate::default();
 
         loop {
@@ -288,14 +292,15 @@ impl Relay {
             self.report(true, true, ownership.owned());
 
             let may_claim = !shutdown.is_cancelled() && !rebalance_due;
-            if may_claim && in_flight.len() < self.config.pipeline_depth && (in_flight.is_empty() || backlog) {
+            if may_claim && in_flight.len() < self.config.pipeline_depth && (in_flight.is_empty() || backlog || woken) {
+                woken = false;
                 if let Some(until) = gather_until.take().filter(|until| *until > Instant::now()) {
                     tokio::select! {
                         _ = shutdown.cancelled() => continue,
                         _ = tokio::time::sleep_until(until) => {}
                     }
                 }
-                let claim = self.next_claim(&in_flight, &[], &mut next_sweep, claimed_up_to);
+                let claim = self.next_claim(&in_flight, &[], &mut next_sweep, claimed_up_to, backlog);
                 let claiming = Instant::now();
                 let claimed = ownership.claim(&claim).await;
                 backlog = claimed.as_ref().is_ok_and(|rows| rows.len() as i64 >= claim.limit);
@@ -318,7 +323,12 @@ impl Relay {
                 }
             }
 
-            let Some(batch) = in_flight.pop_front() else {
+            // Room for another batch and no rows gathering: a wake-up claims
+            // alongside the oldest batch's confirms instead of after them.
+            let early = may_claim
+                && in_flight.len() < self.config.pipeline_depth
+                && gather_until.is_none_or(|until| until <= Instant::now());
+            let Some(front) = in_flight.front_mut() else {
                 backoff.reset();
                 let until_rebalance = next_rebalance.saturating_duration_since(Instant::now());
                 tokio::select! {
@@ -329,7 +339,18 @@ impl Relay {
                 continue;
             };
             let settling = Instant::now();
-            let (outcomes, broken) = batch.settle.await;
+            let (outcomes, broken) = if early {
+                tokio::select! {
+                    settled = &mut front.settle => settled,
+                    _ = self.local.waker.notified() => {
+                        woken = true;
+                        continue;
+                    }
+                }
+            } else {
+                (&mut front.settle).await
+            };
+            let batch = in_flight.pop_front().expect("the batch just settled");
             let marking = Instant::now();
             let rows = batch.rows;
             let confirmed: Vec<i64> =
@@ -338,7 +359,7 @@ impl Relay {
             // Rows gathering after a busy claim are claimed at the top of the loop, in time.
             let gathering = gather_until.is_some_and(|until| until > Instant::now());
             let next = (may_claim && broken.is_none() && (in_flight.is_empty() || backlog) && !gathering)
-                .then(|| self.next_claim(&in_flight, &rows, &mut next_sweep, claimed_up_to));
+                .then(|| self.next_claim(&in_flight, &rows, &mut next_sweep, claimed_up_to, backlog));
             let archive = !self.config.retention.is_zero();
             // They close when both statements are done: with a claim beside, a little late.
             let spans = self.mark_spans(&batch.contexts, &outcomes, confirmed.len());
@@ -440,20 +461,24 @@ impl Relay {
     /// and `settling` (a settled batch being marked). With batches in flight,
     /// the rows after the newest of them; with none, the rows from
     /// [`LOOKBACK_IDS`] below `claimed_up_to` on; once every [`SWEEP_INTERVAL`],
-    /// every pending row. Outstanding rows are left out of the last two.
+    /// every pending row. Outstanding rows are left out of the last two. Short
+    /// of a `backlog`, batches in flight are small and the claim looks back as
+    /// with none: rows of a transaction that committed after a later one's
+    /// (ids are taken before commit) are not left for the sweep.
     fn next_claim(
         &self,
         in_flight: &VecDeque<Batch>,
         settling: &[PendingRow],
         next_sweep: &mut Instant,
         claimed_up_to: i64,
+        backlog: bool,
     ) -> Claim {
         let outstanding = || in_flight.iter().map(|b| b.rows.as_slice()).chain([settling]);
         let sweep = Instant::now() >= *next_sweep;
         if sweep {
             *next_sweep = Instant::now() + SWEEP_INTERVAL;
         }
-        if sweep || in_flight.is_empty() {
+        if sweep || in_flight.is_empty() || !backlog {
             let after = if sweep { 0 } else { claimed_up_to.saturating_sub(LOOKBACK_IDS).max(0) };
             let exclude = outstanding().flat_map(|rows| rows.iter().map(|r| r.id)).filter(|id| *id > after).collect();
             Claim { limit: self.config.batch_size, after, exclude }
