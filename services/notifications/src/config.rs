@@ -25,7 +25,10 @@ use std::{net::SocketAddr, time::Duration};
 
 use inbox::InboxConfig;
 use platform::{
-    config::{ConfigError, addr_or, bool_or, millis_or, millis_up_to_or, parse_or, rate_or, secret_url_or, var_or},
+    config::{
+        ConfigError, addr_or, bool_or, millis_or, millis_up_to_or, parse_or, rate_or, secret_url_or, secret_urls_or,
+        var_or,
+    },
     db::PoolSettings,
 };
 use secrecy::SecretString;
@@ -54,7 +57,7 @@ pub fn queue_name(prefix: &str) -> String {
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let amqp_url = secret_url_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f")?;
+        let amqp_url = secret_urls_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f")?;
         let mut inbox = InboxConfig::new(
             amqp_url,
             var_or("NOTIFICATIONS_EXCHANGE", contracts::EVENTS_EXCHANGE),

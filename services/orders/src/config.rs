@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use outbox::RelayConfig;
 use platform::{
-    config::{ConfigError, addr_or, millis_or, millis_up_to_or, parse_or, rate_or, secret_url_or},
+    config::{ConfigError, addr_or, millis_or, millis_up_to_or, parse_or, rate_or, secret_url_or, secret_urls_or},
     db::PoolSettings,
 };
 use secrecy::SecretString;
@@ -57,7 +57,7 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let amqp_url = secret_url_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f")?;
+        let amqp_url = secret_urls_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f")?;
         let mut relay = RelayConfig::new(amqp_url, "pulse-orders", vec![contracts::EVENTS_EXCHANGE.to_owned()]);
         relay.batch_size = parse_or("OUTBOX_BATCH_SIZE", relay.batch_size)?;
         relay.pipeline_depth = parse_or("OUTBOX_PIPELINE_DEPTH", relay.pipeline_depth)?.clamp(1, 16);
