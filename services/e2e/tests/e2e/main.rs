@@ -6,6 +6,7 @@
 
 mod broker_outage;
 mod clients;
+mod cluster;
 mod consumer;
 mod crashes;
 mod dashboard;
