@@ -384,6 +384,21 @@ for name, deployment in by_kind.get("Deployment", []):
             if ref and ref["name"] not in config_maps:
                 errors.append(f"{cwhere}: envFrom refers to a missing ConfigMap {ref['name']}")
 
+deployment_specs = {d["metadata"]["name"]: d["spec"] for _, d in by_kind.get("Deployment", [])}
+for name, hpa in by_kind.get("HorizontalPodAutoscaler", []):
+    target = hpa["spec"]["scaleTargetRef"]
+    where = f"{name}: HorizontalPodAutoscaler {hpa['metadata']['name']}"
+    if target.get("kind") != "Deployment" or target.get("name") not in deployment_specs:
+        errors.append(f"{where} scales {target.get('kind')} {target.get('name')}, which is not listed")
+    elif "replicas" in deployment_specs[target["name"]]:
+        errors.append(f"{where}: Deployment {target['name']} sets replicas, which every apply would reset")
+for name, deployment in by_kind.get("Deployment", []):
+    template = deployment["spec"]["template"]
+    annotations = template["metadata"].get("annotations") or {}
+    ports = {str(p["containerPort"]) for c in template["spec"]["containers"] for p in c.get("ports", [])}
+    if annotations.get("prometheus.io/scrape") == "true" and annotations.get("prometheus.io/port") not in ports:
+        errors.append(f"{name}: Deployment {deployment['metadata']['name']} is scraped on a port it does not expose")
+
 for kind in ("Service", "PodDisruptionBudget"):
     for name, doc in by_kind.get(kind, []):
         selector = doc["spec"]["selector"] if kind == "Service" else doc["spec"]["selector"]["matchLabels"]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream::FuturesUnordered};
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
+    BasicProperties, Channel, ConnectionProperties, ExchangeKind,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
         ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -101,7 +101,7 @@ pub(crate) const EVENT_ROUTING_KEY: &str = "order.created";
 /// Messages per second published persistent (250 bytes) to a quorum queue,
 /// shaped as `shape` says, with up to 1,000 confirms in flight.
 pub(crate) async fn amqp_publish_confirm(url: &str, messages: usize, shape: Shape) -> anyhow::Result<f64> {
-    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let connection = platform::amqp::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     let queue = declare_quorum_queue(&channel, shape).await?;
     let started = Instant::now();
@@ -119,10 +119,10 @@ pub(crate) async fn amqp_publish_confirm(url: &str, messages: usize, shape: Shap
 /// message is both confirmed and consumed. `LIMITS.md` calls it "publish
 /// pipelined while consuming".
 pub(crate) async fn amqp_publish_while_consuming(url: &str, messages: usize, shape: Shape) -> anyhow::Result<f64> {
-    let publisher = Connection::connect(url, ConnectionProperties::default()).await?;
+    let publisher = platform::amqp::connect(url, ConnectionProperties::default()).await?;
     let channel = publisher.create_channel().await?;
     let queue = declare_quorum_queue(&channel, shape).await?;
-    let consumer_connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let consumer_connection = platform::amqp::connect(url, ConnectionProperties::default()).await?;
     let consumer_channel = consumer_connection.create_channel().await?;
     consumer_channel.basic_qos(1_000, BasicQosOptions::default()).await?;
     let mut deliveries = consumer_channel

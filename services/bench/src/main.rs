@@ -2,11 +2,14 @@
 //! beside a ceiling measured in the same run. Starts and stops the `orders`
 //! and `notifications` binaries it measures (built alongside it).
 //!
-//! Usage: `bench [--quick | --smoke] [--json PATH] [--only PHASE,...] [--pipeline-rate N]` where
+//! Usage: `bench [--quick | --smoke] [--json PATH] [--only PHASE,...] [--pipeline-rate N] [--cluster]` where
 //! the phases are create_order, relay_on, end_to_end, drain and pipeline (the ceilings always run);
-//! `--pipeline-rate` skips the pipeline's search and sustains N orders/s.
+//! `--pipeline-rate` skips the pipeline's search and sustains N orders/s; `--cluster` then runs the
+//! ceilings, end_to_end and pipeline again against a local three-node RabbitMQ cluster
+//! (build-support/scripts/rabbitmq-cluster.sh) and reports each figure's ratio to the single node's.
 
 mod ceilings;
+mod cluster;
 mod cpu;
 mod floor;
 mod latency;
@@ -33,10 +36,12 @@ async fn main() -> ExitCode {
     let mut json: Option<PathBuf> = None;
     let mut only: Vec<String> = Vec::new();
     let mut pipeline_rate: Option<f64> = None;
+    let mut on_cluster = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => mode = "quick",
+            "--cluster" => on_cluster = true,
             "--smoke" => mode = "smoke",
             "--json" => json = args.next().map(PathBuf::from),
             "--only" => only = args.next().map(|list| list.split(',').map(str::to_owned).collect()).unwrap_or_default(),
@@ -59,14 +64,17 @@ async fn main() -> ExitCode {
         std::env::var("BENCH_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432".into());
     let amqp = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
     let (amqp, vhost) = queues::isolated(&amqp);
-    let mut stack = Stack::new(server, amqp);
+    let mut stack = Stack::new(server.clone(), amqp);
     let mut report = Report::default();
     report.set("mode", mode);
     let started = Instant::now();
-    let outcome = run(&plan, &only, &mut stack, &mut report).await;
-    let cleanup = stack.reset().await;
+    let mut outcome = run(&plan, &only, &mut stack, &mut report).await;
+    let mut cleanup = stack.reset().await;
     if let Some(vhost) = vhost {
         queues::remove(&vhost);
+    }
+    if on_cluster && outcome.is_ok() && cleanup.is_ok() {
+        (outcome, cleanup) = on_the_cluster(&plan, &only, server, &mut report).await;
     }
     report.set("elapsed_s", round(started.elapsed().as_secs_f64(), 1));
     report.print();
@@ -93,7 +101,54 @@ async fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "bench [--quick | --smoke] [--json PATH] [--only PHASE,...] [--pipeline-rate N]";
+const USAGE: &str = "bench [--quick | --smoke] [--json PATH] [--only PHASE,...] [--pipeline-rate N] [--cluster]";
+
+/// The phases that run again on the cluster.
+const CLUSTER_PHASES: [&str; 2] = ["end_to_end", "pipeline"];
+
+/// The ceilings, end_to_end and pipeline against a three-node cluster (its
+/// own, so no vhost is needed), recorded under `cluster.` with each figure's
+/// ratio to the same figure on the single node under `cluster_ratio.`.
+async fn on_the_cluster(
+    plan: &Plan,
+    only: &[String],
+    server: String,
+    report: &mut Report,
+) -> (anyhow::Result<()>, anyhow::Result<()>) {
+    let cluster = match cluster::Cluster::up() {
+        Ok(cluster) => cluster,
+        Err(err) => return (Err(err), Ok(())),
+    };
+    let phases: Vec<String> = CLUSTER_PHASES
+        .iter()
+        .filter(|phase| only.is_empty() || only.iter().any(|o| o == *phase))
+        .map(|phase| (*phase).to_owned())
+        .collect();
+    let mut stack = Stack::new(server, cluster.urls.clone());
+    let mut figures = Report::default();
+    let outcome = run(plan, &phases, &mut stack, &mut figures).await;
+    let cleanup = stack.reset().await;
+    drop(cluster);
+    let single: std::collections::BTreeMap<String, f64> =
+        report.numbers().map(|(key, value)| (key.to_owned(), value)).collect();
+    for (key, value) in figures.numbers() {
+        report.set(&format!("cluster.{key}"), value);
+        if let Some(base) = single.get(key).filter(|base| **base != 0.0) {
+            report.set(&format!("cluster_ratio.{key}"), round(value / base, 3));
+        }
+    }
+    for (what, value, against) in figures.rows() {
+        report.row(format!("cluster: {what}"), value.clone(), against.clone());
+    }
+    for (key, what) in [("pipeline.orders_per_s", "pipeline orders/s"), ("pipeline.p99_ms", "pipeline p99")] {
+        if let (Some(on_cluster), Some(base)) =
+            (figures.numbers().find(|(k, _)| *k == key).map(|(_, v)| v), single.get(key))
+        {
+            report.row(format!("cluster / single node: {what}"), format!("{:.3}x", on_cluster / base), "same run");
+        }
+    }
+    (outcome, cleanup)
+}
 
 fn spinner(message: String) -> ProgressBar {
     let bar = ProgressBar::new_spinner();

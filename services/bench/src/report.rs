@@ -17,6 +17,16 @@ impl Report {
         self.figures.insert(key.to_owned(), value.into());
     }
 
+    /// Every number recorded, by key.
+    pub(crate) fn numbers(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.figures.iter().filter_map(|(key, value)| value.as_f64().map(|number| (key.as_str(), number)))
+    }
+
+    /// The rows recorded so far.
+    pub(crate) fn rows(&self) -> &[(String, String, String)] {
+        &self.rows
+    }
+
     /// A table row: what, the figure, and its comparison.
     pub(crate) fn row(&mut self, what: impl Into<String>, figure: impl Into<String>, against: impl Into<String>) {
         self.rows.push((what.into(), figure.into(), against.into()));

@@ -141,7 +141,7 @@ impl<H: Handler> Inbox<H> {
         // Raced against shutdown: a connect to an unresponsive host can take minutes.
         let connection = tokio::select! {
             _ = shutdown.cancelled() => return Ok(End::Shutdown),
-            connected = Connection::connect(self.config.amqp_url.expose_secret(), properties) => {
+            connected = platform::amqp::connect(self.config.amqp_url.expose_secret(), properties) => {
                 connected.context("cannot connect")?
             }
         };

@@ -27,7 +27,7 @@ use inbox::InboxConfig;
 use platform::{
     config::{
         ConfigError, ConfigErrors, addr_or, bool_or, millis_or, millis_up_to_or, parse_or, rate_or, secret_url_or,
-        var_or,
+        secret_urls_or, var_or,
     },
     db::PoolSettings,
     tls::ServerTls,
@@ -64,6 +64,10 @@ pub const VARIABLES: &[&str] = &[
     "NOTIFICATIONS_GRPC_ADDR",
     "NOTIFICATIONS_METRICS_ADDR",
     "NOTIFICATIONS_DATABASE_URL",
+    "NOTIFICATIONS_DATABASE_URL_FILE",
+    "NOTIFICATIONS_TLS_CERT_FILE",
+    "NOTIFICATIONS_TLS_KEY_FILE",
+    "NOTIFICATIONS_TLS_CLIENT_CA_FILE",
     "NOTIFICATIONS_DB_MAX_CONNECTIONS",
     "NOTIFICATIONS_DB_MIN_CONNECTIONS",
     "NOTIFICATIONS_DB_ACQUIRE_TIMEOUT_MS",
@@ -94,7 +98,7 @@ impl Config {
         let mut problems = ConfigErrors::default();
         let p = &mut problems;
         let amqp_url =
-            p.check(secret_url_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
+            p.check(secret_urls_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
         let mut inbox = InboxConfig::new(
             amqp_url,
             var_or("NOTIFICATIONS_EXCHANGE", contracts::EVENTS_EXCHANGE),

@@ -44,7 +44,7 @@ pub struct App {
 pub async fn build(config: Config) -> anyhow::Result<App> {
     let metrics_export = OtlpExport::from_env("notifications", env!("CARGO_PKG_VERSION"))?;
     tracing::info!(
-        database = %platform::config::redact_url(secrecy::ExposeSecret::expose_secret(&config.database_url)),
+        database = %platform::config::redact_urls(secrecy::ExposeSecret::expose_secret(&config.database_url)),
         broker = %platform::config::redact_url(secrecy::ExposeSecret::expose_secret(&config.inbox.amqp_url)),
         queue = %config.inbox.queue,
         consumer = config.consumer_enabled,

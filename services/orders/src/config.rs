@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use outbox::RelayConfig;
 use platform::{
-    config::{ConfigErrors, addr_or, millis_or, millis_up_to_or, parse_or, rate_or, secret_url_or},
+    config::{ConfigErrors, addr_or, millis_or, millis_up_to_or, parse_or, rate_or, secret_url_or, secret_urls_or},
     db::PoolSettings,
     tls::ServerTls,
 };
@@ -64,6 +64,10 @@ pub const VARIABLES: &[&str] = &[
     "ORDERS_GRPC_ADDR",
     "ORDERS_METRICS_ADDR",
     "ORDERS_DATABASE_URL",
+    "ORDERS_DATABASE_URL_FILE",
+    "ORDERS_TLS_CERT_FILE",
+    "ORDERS_TLS_KEY_FILE",
+    "ORDERS_TLS_CLIENT_CA_FILE",
     "ORDERS_DB_MAX_CONNECTIONS",
     "ORDERS_DB_MIN_CONNECTIONS",
     "ORDERS_DB_ACQUIRE_TIMEOUT_MS",
@@ -94,7 +98,7 @@ impl Config {
         let mut problems = ConfigErrors::default();
         let p = &mut problems;
         let amqp_url =
-            p.check(secret_url_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
+            p.check(secret_urls_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
         let mut relay = RelayConfig::new(amqp_url, "pulse-orders", vec![contracts::EVENTS_EXCHANGE.to_owned()]);
         relay.batch_size = p.check(parse_or("OUTBOX_BATCH_SIZE", relay.batch_size), relay.batch_size);
         relay.pipeline_depth =

@@ -57,7 +57,7 @@ impl App {
         let metrics_export = OtlpExport::from_env("orders", env!("CARGO_PKG_VERSION"))?;
         tracing::info!(
             database = %platform::config::redact_url(config.database_url.expose_secret()),
-            broker = %platform::config::redact_url(config.relay.amqp_url.expose_secret()),
+            broker = %platform::config::redact_urls(config.relay.amqp_url.expose_secret()),
             role = ?config.role,
             "starting orders"
         );

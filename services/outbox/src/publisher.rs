@@ -79,10 +79,11 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    /// Connects, opens a confirm-mode channel and declares `exchanges` (durable topic).
-    pub(crate) async fn connect(url: &str, name: &str, exchanges: &[String]) -> Result<Self, lapin::Error> {
+    /// Connects to a node of `urls` (see [`platform::amqp::connect`]), opens a
+    /// confirm-mode channel and declares `exchanges` (durable topic).
+    pub(crate) async fn connect(urls: &str, name: &str, exchanges: &[String]) -> anyhow::Result<Self> {
         let properties = ConnectionProperties::default().with_connection_name(LongString::from(name.to_owned()));
-        let connection = Connection::connect(url, properties).await?;
+        let connection = platform::amqp::connect(urls, properties).await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         for exchange in exchanges {

@@ -238,7 +238,10 @@ impl Relay {
                             ownership.close().await;
                         }
                         self.report(false, false, 0);
-                        tracing::warn!(error = %err, "relay cannot reach the broker; events stay pending");
+                        tracing::warn!(
+                            error = format!("{err:#}"),
+                            "relay cannot reach the broker; events stay pending"
+                        );
                         self.metrics.retry("broker_unreachable");
                         sleep_or_stop(backoff.next_delay(), shutdown).await;
                         continue;

@@ -211,6 +211,32 @@ pub fn secret_url_or(name: &str, default: &str) -> Result<SecretString, ConfigEr
     Ok(SecretString::from(value))
 }
 
+/// Like [`secret_url_or`] for a list of URLs separated by commas (the nodes
+/// of one RabbitMQ cluster, see [`crate::amqp`]): each must parse, and one at least be given.
+pub fn secret_urls_or(name: &str, default: &str) -> Result<SecretString, ConfigError> {
+    let value = match secret_from_file(name)? {
+        Some(secret) => secret.expose_secret().to_owned(),
+        None => var_or(name, default),
+    };
+    let urls = crate::amqp::addresses(&value);
+    if urls.is_empty() {
+        return Err(ConfigError::Invalid { name: name.to_owned(), reason: "no URL given".into() });
+    }
+    for (i, url) in urls.iter().enumerate() {
+        url::Url::parse(url).map_err(|err| ConfigError::Invalid {
+            name: name.to_owned(),
+            reason: format!("URL {} of {} is not a URL ({err})", i + 1, urls.len()),
+        })?;
+    }
+    Ok(SecretString::from(value))
+}
+
+/// [`redact_url`] of each URL of a comma-separated list, joined by commas: a
+/// list read as one URL would leave the later passwords in its path.
+pub fn redact_urls(list: &str) -> String {
+    crate::amqp::addresses(list).into_iter().map(redact_url).collect::<Vec<_>>().join(",")
+}
+
 /// What a masked credential reads as in a log line.
 pub const MASK: &str = "***";
 
@@ -298,6 +324,14 @@ mod tests {
             "amqp://guest:***@localhost:5672/%2f?heartbeat=30&auth_mechanism=plain"
         );
         assert!(!redact_url("not a url s3cret").contains("s3cret"));
+    }
+
+    #[test]
+    fn redact_urls_masks_every_password_of_a_list() {
+        assert_eq!(
+            redact_urls("amqp://guest:s3cret@127.0.0.1:5701/%2f, amqp://guest:s3cret@127.0.0.1:5702/%2f"),
+            "amqp://guest:***@127.0.0.1:5701/%2f,amqp://guest:***@127.0.0.1:5702/%2f"
+        );
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The plumbing every Pulse service shares: environment configuration,
 //! telemetry and the JSON log format, the shutdown signal, database creation
 //! and migration, the gRPC bootstrap (health, reflection, call metrics),
-//! Prometheus metrics, correlation ids, retry backoff and arrival rates, the
+//! Prometheus metrics, broker addresses (a cluster's nodes), correlation ids, retry backoff and arrival rates, the
 //! rule for free-text identifiers, and the values Pulse's messages carry
 //! (amount, currency, customer id).
 
+pub mod amqp;
 pub mod backoff;
 pub mod config;
 pub mod correlation;

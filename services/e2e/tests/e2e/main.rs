@@ -7,6 +7,7 @@
 mod amqps;
 mod broker_outage;
 mod clients;
+mod cluster;
 mod consumer;
 mod crashes;
 mod dashboard;

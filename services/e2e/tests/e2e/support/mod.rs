@@ -3,6 +3,7 @@
 
 pub(crate) mod api;
 pub(crate) mod broker;
+pub(crate) mod cluster;
 pub(crate) mod db;
 pub(crate) mod postgres;
 pub(crate) mod process;

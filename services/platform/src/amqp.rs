@@ -1,0 +1,101 @@
+//! Broker addresses. `AMQP_URL` may name several nodes of one RabbitMQ
+//! cluster, separated by commas; a client connects to one of them and, when
+//! that connection dies, its next connect begins with the following node, so
+//! a replica moves to a live node without a restart and replicas spread over
+//! the nodes.
+
+use std::{
+    sync::{
+        OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use lapin::{Connection, ConnectionProperties};
+
+/// How long one node may take to accept a connection before the next is tried:
+/// a node that is stopped refuses at once, one that hangs must not hold the
+/// client for the minutes a TCP connect can take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The URLs in `list`, in order: split on commas, blanks trimmed, empty ones dropped.
+pub fn addresses(list: &str) -> Vec<&str> {
+    list.split(',').map(str::trim).filter(|url| !url.is_empty()).collect()
+}
+
+/// Why no node of the list could be reached; names the last node tried, its password masked.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no broker address given")]
+    NoAddress,
+    #[error("{address}: {source}")]
+    Failed { address: String, source: lapin::Error },
+    #[error("{address}: no connection within {after:?}")]
+    TimedOut { address: String, after: Duration },
+}
+
+/// Where the next connect of this process begins: rotates on every call and
+/// starts at a random node, so that replicas do not all pile on the first.
+fn next_start() -> usize {
+    static NEXT: OnceLock<AtomicUsize> = OnceLock::new();
+    NEXT.get_or_init(|| AtomicUsize::new(rand::random::<u16>() as usize)).fetch_add(1, Ordering::Relaxed)
+}
+
+/// Connects to the first node of `list` that accepts, trying each at most
+/// once, beginning with the node after the one the previous call began with.
+pub async fn connect(list: &str, properties: ConnectionProperties) -> Result<Connection, ConnectError> {
+    let urls = addresses(list);
+    if urls.is_empty() {
+        return Err(ConnectError::NoAddress);
+    }
+    let start = next_start();
+    let mut last = ConnectError::NoAddress;
+    for i in 0..urls.len() {
+        let url = urls[(start + i) % urls.len()];
+        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties.clone())).await {
+            Ok(Ok(connection)) => return Ok(connection),
+            Ok(Err(source)) => {
+                last = ConnectError::Failed { address: crate::config::redact_url(url), source };
+            }
+            Err(_) => {
+                last = ConnectError::TimedOut { address: crate::config::redact_url(url), after: CONNECT_TIMEOUT };
+            }
+        }
+        if urls.len() > 1 {
+            tracing::warn!(error = %last, "broker node unreachable; trying the next");
+        }
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_splits_on_commas_and_drops_blanks() {
+        assert_eq!(addresses("amqp://a:5672/%2f"), ["amqp://a:5672/%2f"]);
+        assert_eq!(
+            addresses("amqp://a:5701/%2f, amqp://b:5702/%2f,,amqp://c:5703/%2f "),
+            ["amqp://a:5701/%2f", "amqp://b:5702/%2f", "amqp://c:5703/%2f"]
+        );
+        assert!(addresses(" , ").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_dead_node_is_passed_over() {
+        // Port 1 refuses; the real broker (or, without one, its refusal) answers after it.
+        let live = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+        let list = format!("amqp://guest:guest@127.0.0.1:1/%2f,{live}");
+        for _ in 0..2 {
+            let connection = connect(&list, ConnectionProperties::default()).await.expect("the live node accepts");
+            assert!(connection.status().connected());
+            let _ = connection.close(200, "bye".into()).await;
+        }
+        let err = connect("amqp://guest:s3cret@127.0.0.1:1/%2f", ConnectionProperties::default())
+            .await
+            .expect_err("nothing listens on port 1");
+        assert!(err.to_string().starts_with("amqp://guest:***@127.0.0.1:1/"), "{err}");
+    }
+}
