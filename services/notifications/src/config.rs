@@ -20,8 +20,9 @@
 //! | `NOTIFICATIONS_MAX_ATTEMPTS` | `6` |
 //! | `NOTIFICATIONS_DEDUP_WINDOW_SECS` | `604800` (7 days) |
 //! | `NOTIFICATIONS_MAX_MESSAGE_BYTES` | `262144` (256 KiB; a larger body is dead-lettered, reason `too_large`) |
+//! | `NOTIFICATIONS_ADMIN_TOKEN_FILE` | unset (the dead-letter console refuses every call) |
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use inbox::InboxConfig;
 use platform::{
@@ -45,6 +46,9 @@ pub struct Config {
     pub inbox: InboxConfig,
     /// How often the health check probes the database.
     pub health_interval: Duration,
+    /// The file holding the dead-letter console's bearer token; None refuses
+    /// every console call PERMISSION_DENIED.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// The consumer's main queue for a prefix; the retry and dead-letter queues are named after it.
@@ -96,8 +100,22 @@ impl Config {
             consumer_enabled: bool_or("NOTIFICATIONS_CONSUMER_ENABLED", true)?,
             inbox,
             health_interval: Duration::from_secs(1),
+            admin_token_file: Some(var_or(ADMIN_TOKEN_FILE, "")).filter(|p| !p.trim().is_empty()).map(PathBuf::from),
         })
     }
+}
+
+/// The variable naming the console's token file.
+pub const ADMIN_TOKEN_FILE: &str = "NOTIFICATIONS_ADMIN_TOKEN_FILE";
+
+/// The admin token in `path`, surrounding whitespace removed. The error names
+/// the file, never its content.
+pub fn read_admin_token(path: &std::path::Path) -> anyhow::Result<SecretString> {
+    let raw = std::fs::read_to_string(path)
+        .map_err(|err| anyhow::anyhow!("cannot read {ADMIN_TOKEN_FILE} {}: {err}", path.display()))?;
+    let token = raw.trim();
+    anyhow::ensure!(!token.is_empty(), "{ADMIN_TOKEN_FILE} {} is empty", path.display());
+    Ok(SecretString::from(token.to_owned()))
 }
 
 fn invalid(name: &str, reason: impl Into<String>) -> ConfigError {

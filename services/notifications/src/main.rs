@@ -1,10 +1,10 @@
-//! `notifications` — serve (default), `replay-dlq [--limit N]`, or `healthcheck`.
+//! `notifications` — serve (default), `replay-dlq [--limit N]`, `dlq <command>`, or `healthcheck`.
 
 use std::{net::SocketAddr, process::ExitCode};
 
 use notifications::{Config, build};
 
-const USAGE: &str = "usage: notifications [serve | replay-dlq [--limit N] | healthcheck]";
+const USAGE: &str = "usage: notifications [serve | replay-dlq [--limit N] | dlq <command> | healthcheck]";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -35,6 +35,7 @@ async fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
             let moved = notifications::replay_dead_letters(&config, limit).await?;
             println!("replayed {moved} message(s) from {}.dlq to {}", config.inbox.queue, config.inbox.queue);
         }
+        ["dlq", rest @ ..] => notifications::dlq::run(rest, &config).await?,
         ["healthcheck"] => {
             // The server listens on the configured port of every interface; ask it locally.
             let addr = SocketAddr::from(([127, 0, 0, 1], config.grpc_addr.port()));

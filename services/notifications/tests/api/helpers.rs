@@ -48,6 +48,7 @@ pub(crate) fn test_config(database_url: &str, amqp_url: &str) -> Config {
         consumer_enabled: true,
         inbox,
         health_interval: Duration::from_millis(200),
+        admin_token_file: None,
     }
 }
 

@@ -3,6 +3,7 @@
 //! per test, and is driven through its generated gRPC client.
 
 mod consumer;
+mod dlq;
 mod faults;
 mod helpers;
 mod list;
