@@ -42,6 +42,7 @@ pub(crate) fn notifications_config(database_url: &str, queue_prefix: &str) -> (n
         consumer_enabled: true,
         inbox,
         health_interval: Duration::from_millis(200),
+        admin_token_file: None,
     };
     (config, topology)
 }
