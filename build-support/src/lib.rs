@@ -14,7 +14,20 @@ use prost::Message;
 /// Compiles every `.proto` file under `proto_root` into `OUT_DIR`, with the
 /// encoded `FileDescriptorSet` in `OUT_DIR/<descriptor_name>`.
 pub fn compile_protos(proto_root: &Path, descriptor_name: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let files = proto_files(proto_root)?;
+    compile_protos_where(proto_root, descriptor_name, |_| true)
+}
+
+/// [`compile_protos`] for the files whose path relative to `proto_root` (e.g.
+/// `pulse/admin/v1/dead_letters.proto`) `keep` accepts, so that a crate
+/// generates only the packages it serves and two descriptor sets never
+/// define the same file.
+pub fn compile_protos_where(
+    proto_root: &Path,
+    descriptor_name: &str,
+    keep: impl Fn(&Path) -> bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut files = proto_files(proto_root)?;
+    files.retain(|file| file.strip_prefix(proto_root).is_ok_and(&keep));
     // tonic-prost-build 0.14 prints no rerun-if-changed when given a descriptor set.
     println!("cargo:rerun-if-changed={}", proto_root.display());
     for file in &files {

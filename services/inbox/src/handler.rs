@@ -12,7 +12,7 @@ use uuid::Uuid;
 /// record that each event was processed.
 pub trait Handler: Send + Sync + 'static {
     /// The protobuf payload.
-    type Event: prost::Message + Default + Send + Sync + 'static;
+    type Event: prost::Message + Default + std::fmt::Debug + Send + Sync + 'static;
     /// The AMQP `type` property the messages carry, e.g. `pulse.events.v1.OrderCreated`.
     const MESSAGE_TYPE: &'static str;
 
@@ -25,6 +25,12 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Checks a decoded event; an `Err` dead-letters it with reason `validation_failed`.
     fn validate(event: &Self::Event) -> Result<(), String>;
+
+    /// The event as JSON, for the dead-letter console's `show`. The default
+    /// gives the payload's debug text; override it to show its fields.
+    fn describe(event: &Self::Event) -> serde_json::Value {
+        serde_json::json!({ "debug": format!("{event:?}") })
+    }
 
     /// Applies one event inside the open transaction `tx`. Has effect at most
     /// once per event id; may run again after a rolled-back attempt.

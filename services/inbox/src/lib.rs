@@ -27,11 +27,16 @@
 //! * The broker connection is re-established with backoff; its state is
 //!   published through [`Inbox::connected`].
 //!
-//! The schema (`processed_events`) is in
-//! `migrations/notifications/0001_processed_events.sql`; a service that uses
-//! the inbox copies that migration into its own set. See [`Topology`] for the
+//! * The dead-letter console ([`admin`]): list, group, show, replay and purge
+//!   dead letters over gRPC (`pulse.admin.v1.DeadLetterService`).
+//!
+//! The schema (`processed_events`, `dead_letters`) is in
+//! `migrations/notifications/0001_processed_events.sql` and
+//! `0003_dead_letters.sql`; a service that uses the inbox copies those
+//! migrations into its own set. See [`Topology`] for the
 //! queues and [`headers`] for the headers.
 
+pub mod admin;
 mod batch;
 mod config;
 mod consumer;

@@ -20,8 +20,9 @@
 //! | `NOTIFICATIONS_MAX_ATTEMPTS` | `6` |
 //! | `NOTIFICATIONS_DEDUP_WINDOW_SECS` | `604800` (7 days) |
 //! | `INBOX_MAX_MESSAGE_BYTES` | `262144` (256 KiB; a larger body is dead-lettered, reason `too_large`) |
+//! | `NOTIFICATIONS_ADMIN_TOKEN_FILE` | unset (the dead-letter console refuses every call) |
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use inbox::InboxConfig;
 use platform::{
@@ -51,6 +52,9 @@ pub struct Config {
     pub health_interval: Duration,
     /// TLS on the gRPC port (`NOTIFICATIONS_TLS_*`); None serves plaintext.
     pub tls: Option<ServerTls>,
+    /// The file holding the dead-letter console's bearer token; None refuses
+    /// every console call PERMISSION_DENIED.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// The consumer's main queue for a prefix; the retry and dead-letter queues are named after it.
@@ -68,6 +72,7 @@ pub const VARIABLES: &[&str] = &[
     "NOTIFICATIONS_TLS_CERT_FILE",
     "NOTIFICATIONS_TLS_KEY_FILE",
     "NOTIFICATIONS_TLS_CLIENT_CA_FILE",
+    "NOTIFICATIONS_ADMIN_TOKEN_FILE",
     "NOTIFICATIONS_DB_MAX_CONNECTIONS",
     "NOTIFICATIONS_DB_MIN_CONNECTIONS",
     "NOTIFICATIONS_DB_ACQUIRE_TIMEOUT_MS",
@@ -160,11 +165,25 @@ impl Config {
             inbox,
             health_interval: Duration::from_secs(1),
             tls: p.check(ServerTls::from_env("NOTIFICATIONS"), None),
+            admin_token_file: Some(var_or(ADMIN_TOKEN_FILE, "")).filter(|p| !p.trim().is_empty()).map(PathBuf::from),
         };
         // Read again at build; checked here so that their problems are reported with the rest.
         p.check(platform::metrics::OtlpExport::from_env("notifications", env!("CARGO_PKG_VERSION")).map(|_| ()), ());
         problems.or_value(config)
     }
+}
+
+/// The variable naming the console's token file.
+pub const ADMIN_TOKEN_FILE: &str = "NOTIFICATIONS_ADMIN_TOKEN_FILE";
+
+/// The admin token in `path`, surrounding whitespace removed. The error names
+/// the file, never its content.
+pub fn read_admin_token(path: &std::path::Path) -> anyhow::Result<SecretString> {
+    let raw = std::fs::read_to_string(path)
+        .map_err(|err| anyhow::anyhow!("cannot read {ADMIN_TOKEN_FILE} {}: {err}", path.display()))?;
+    let token = raw.trim();
+    anyhow::ensure!(!token.is_empty(), "{ADMIN_TOKEN_FILE} {} is empty", path.display());
+    Ok(SecretString::from(token.to_owned()))
 }
 
 fn invalid(name: &str, reason: impl Into<String>) -> ConfigError {

@@ -47,6 +47,24 @@ impl Handler for OrderCreatedHandler {
         if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
     }
 
+    /// The fields as the proto names them, `occurred_at` in RFC 3339.
+    fn describe(event: &OrderCreated) -> serde_json::Value {
+        let occurred_at = event
+            .occurred_at
+            .as_ref()
+            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        serde_json::json!({
+            "event_id": event.event_id,
+            "order_id": event.order_id,
+            "customer_id": event.customer_id,
+            "amount": event.amount,
+            "currency": event.currency,
+            "occurred_at": occurred_at,
+            "correlation_id": event.correlation_id,
+        })
+    }
+
     async fn handle(
         &self,
         tx: &mut PgConnection,

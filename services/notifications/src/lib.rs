@@ -11,12 +11,13 @@
 
 pub mod config;
 mod db;
+pub mod dlq;
 mod error;
 mod grpc;
 mod handler;
 mod startup;
 
-pub use config::{Config, queue_name};
+pub use config::{ADMIN_TOKEN_FILE, Config, queue_name, read_admin_token};
 pub use handler::OrderCreatedHandler;
 pub use startup::{App, CONSUMER_HEALTH_NAME, build};
 

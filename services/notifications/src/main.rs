@@ -1,19 +1,22 @@
-//! `notifications` — serve (default), `replay-dlq [--limit N]`, or `healthcheck`.
+//! `notifications` — serve (default), `replay-dlq [--limit N]`, `dlq <command>`, or `healthcheck`.
 
 use std::{net::SocketAddr, process::ExitCode};
 
 use notifications::{Config, build, config};
 use platform::config::{ConfigErrors, warn_unknown_variables};
 
-const USAGE: &str = "usage: notifications [serve | replay-dlq [--limit N] | healthcheck | --help | --version]";
+const USAGE: &str =
+    "usage: notifications [serve | replay-dlq [--limit N] | dlq <command> | healthcheck | --help | --version]";
 
 const HELP: &str = "\
 notifications: the Pulse Notifications service (gRPC ListNotifications) and its event consumer
 
-usage: notifications [serve | replay-dlq [--limit N] | healthcheck | --help | --version]
+usage: notifications [serve | replay-dlq [--limit N] | dlq <command> | healthcheck | --help | --version]
 
   serve                   serve the gRPC API and consume events (the default)
   replay-dlq [--limit N]  move dead letters (the first N) back to the main queue
+  dlq <command>           the dead-letter console: list, groups, show, replay, purge
+                          (`notifications dlq --help`; README.md \"Dead-letter console\")
   healthcheck             ask the local gRPC health service; exit 0 when SERVING
   --help                  print this text
   --version               print the version
@@ -75,6 +78,7 @@ async fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
             let moved = notifications::replay_dead_letters(&config, limit).await?;
             println!("replayed {moved} message(s) from {}.dlq to {}", config.inbox.queue, config.inbox.queue);
         }
+        ["dlq", rest @ ..] => notifications::dlq::run(rest, &config).await?,
         ["healthcheck"] => {
             // The server listens on the configured port of every interface; ask it locally.
             let addr = SocketAddr::from(([127, 0, 0, 1], config.grpc_addr.port()));

@@ -4,7 +4,10 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use contracts::notifications::v1::{SERVICE_NAME, notification_service_server::NotificationServiceServer};
-use inbox::{Inbox, InboxStats};
+use inbox::{
+    Inbox, InboxStats,
+    admin::{self, DeadLetterConsole},
+};
 use platform::{
     grpc::{GrpcRouter, set_status},
     metrics::{OtlpExport, Registry},
@@ -14,7 +17,12 @@ use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::{config::Config, db::MIGRATOR, grpc::NotificationApi, handler::OrderCreatedHandler};
+use crate::{
+    config::{Config, read_admin_token},
+    db::MIGRATOR,
+    grpc::NotificationApi,
+    handler::OrderCreatedHandler,
+};
 
 /// Health name that follows the consumer's broker connection.
 pub const CONSUMER_HEALTH_NAME: &str = "pulse.notifications.v1.Consumer";
@@ -60,15 +68,24 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     } else {
         (None, watch::channel(false).1, Arc::default())
     };
-    let (router, reporter) = platform::grpc::router_with_health_and_reflection(
-        &[contracts::notifications::v1::SERVICE_NAME],
+    let admin_token = config.admin_token_file.as_deref().map(read_admin_token).transpose()?;
+    if admin_token.is_none() {
+        tracing::warn!("no NOTIFICATIONS_ADMIN_TOKEN_FILE: the dead-letter console refuses every call");
+    }
+    let (router, reporter) = platform::grpc::router_with_health_and_reflection_of(
+        &[SERVICE_NAME, admin::v1::SERVICE_NAME],
+        &[admin::FILE_DESCRIPTOR_SET],
         &registry,
         config.tls.as_ref(),
     )?;
-    let router = router.add_service(
-        NotificationServiceServer::new(NotificationApi::new(pool.clone()))
-            .max_decoding_message_size(platform::grpc::MAX_MESSAGE_BYTES),
-    );
+    let router = router
+        .add_service(
+            NotificationServiceServer::new(NotificationApi::new(pool.clone()))
+                .max_decoding_message_size(platform::grpc::MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            DeadLetterConsole::<OrderCreatedHandler>::new(pool.clone(), &config.inbox).into_service(admin_token),
+        );
     let (listener, grpc_addr) = platform::grpc::bind(config.grpc_addr).await?;
     let (metrics_listener, metrics_addr) = platform::metrics::bind(config.metrics_addr).await?;
     // NOT_SERVING until the watchers have seen the database and the broker.

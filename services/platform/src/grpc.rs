@@ -43,12 +43,27 @@ pub fn router_with_health_and_reflection(
     registry: &Registry,
     tls: Option<&ServerTls>,
 ) -> anyhow::Result<(GrpcRouter, HealthReporter)> {
+    router_with_health_and_reflection_of(services, &[], registry, tls)
+}
+
+/// [`router_with_health_and_reflection`] for services whose protos are not in
+/// `contracts`: reflection also describes the files of `descriptor_sets`
+/// (encoded `FileDescriptorSet`s, e.g. the inbox's dead-letter console).
+pub fn router_with_health_and_reflection_of(
+    services: &[&str],
+    descriptor_sets: &[&'static [u8]],
+    registry: &Registry,
+    tls: Option<&ServerTls>,
+) -> anyhow::Result<(GrpcRouter, HealthReporter)> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let configure = || {
         let mut builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(contracts::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("grpc.health.v1.Health");
+        for set in descriptor_sets {
+            builder = builder.register_encoded_file_descriptor_set(set);
+        }
         for service in services {
             builder = builder.with_service_name(*service);
         }

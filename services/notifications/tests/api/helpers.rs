@@ -49,6 +49,7 @@ pub(crate) fn test_config(database_url: &str, amqp_url: &str) -> Config {
         inbox,
         health_interval: Duration::from_millis(200),
         tls: None,
+        admin_token_file: None,
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod config;
 mod consumer;
+mod dlq;
 mod faults;
 mod helpers;
 mod list;

@@ -43,6 +43,7 @@ pub(crate) fn notifications_config(database_url: &str, queue_prefix: &str) -> (n
         inbox,
         health_interval: Duration::from_millis(200),
         tls: None,
+        admin_token_file: None,
     };
     (config, topology)
 }
