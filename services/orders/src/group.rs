@@ -26,11 +26,10 @@ use crate::db::{self, OrderRow};
 /// The most calls one statement writes.
 pub const MAX_GROUP: usize = 64;
 
-/// What a write gives back: the stored order and its outbox row, or None when
-/// the order's `request_id` was already taken (nothing was written for it).
-/// The outbox row is None for an order read back after its connection died
-/// (see [`write_together`]): its event waits for the relay's next poll.
-pub(crate) type Inserted = Option<(OrderRow, Option<Appended>)>;
+/// What a write gives back: the stored order, or None when the order's
+/// `request_id` was already taken (nothing was written for it). The writer
+/// itself wakes the relay for the order's event.
+pub(crate) type Inserted = Option<OrderRow>;
 
 /// Hands orders to the writers. Cheap to clone; the writers stop once every
 /// clone is gone and the calls queued are written.
@@ -204,7 +203,7 @@ fn wake_relay(outbox: &OutboxWriter, rows: &Written) {
 /// Answers each call with its order as written, or None when its `request_id` was taken.
 fn answer(group: Vec<Call>, mut rows: Written) {
     for call in group {
-        let inserted = rows.remove(&call.order.order_id).map(|(row, appended)| (row, Some(appended)));
+        let inserted = rows.remove(&call.order.order_id).map(|(row, _)| row);
         let _ = call.reply.send(Ok(inserted));
     }
 }
@@ -233,7 +232,7 @@ async fn read_back(lane: &Lane, group: Vec<Call>) -> Option<Vec<Call>> {
         match found.remove(&call.order.order_id) {
             Some(row) => {
                 tracing::info!(order_id = %row.order_id, "order found written after its connection died");
-                let _ = call.reply.send(Ok(Some((row, None))));
+                let _ = call.reply.send(Ok(Some(row)));
             }
             None if call.reply.is_closed() => {}
             None => waiting.push(call),

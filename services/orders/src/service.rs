@@ -65,7 +65,7 @@ impl Orders {
         };
         let event = messaging::outbox_message(&draft, trace);
         // The writer has already woken the relay.
-        let Some((row, _)) = self.group.insert(draft, event).await? else {
+        let Some(row) = self.group.insert(draft, event).await? else {
             return self.replay(&order).await;
         };
         tracing::info!(order_id = %row.order_id, event_id = %row.event_id, "order created");
