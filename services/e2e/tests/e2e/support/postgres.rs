@@ -115,11 +115,13 @@ fn owner_command(program: &Path) -> Command {
     }
 }
 
-fn is_root() -> bool {
+/// Whether the tests run as root (the servers then run as their own users).
+pub(crate) fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
-fn run(command: &mut Command) {
+/// Runs `command`, failing the test unless it succeeds.
+pub(crate) fn run(command: &mut Command) {
     let status = command.status().expect("run a command");
     assert!(status.success(), "{command:?} failed: {status}");
 }

@@ -8,7 +8,10 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use testkit::pki::Pki;
 
-use super::process::free_port;
+use super::{
+    postgres::{is_root, run},
+    process::free_port,
+};
 
 pub(crate) struct OwnRabbit {
     /// `rabbitmq-server` (through runuser), reaped when the node stops.
@@ -102,10 +105,8 @@ impl Drop for OwnRabbit {
 
 /// The broker's user when we are root (its HOME holds the Erlang cookie).
 fn broker_user() -> Option<String> {
-    let root =
-        Command::new("id").arg("-u").output().is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
     let exists = Command::new("id").arg("rabbitmq").output().is_ok_and(|out| out.status.success());
-    (root && exists).then(|| "rabbitmq".to_owned())
+    (is_root() && exists).then(|| "rabbitmq".to_owned())
 }
 
 /// `tool` (from the broker's sbin) as the broker's user with its HOME, or as we are.
@@ -144,9 +145,4 @@ fn node_host() -> String {
         }
         _ => "localhost".to_owned(),
     }
-}
-
-fn run(command: &mut Command) {
-    let status = command.status().expect("run a command");
-    assert!(status.success(), "{command:?} failed: {status}");
 }
