@@ -101,7 +101,7 @@ pub(crate) const EVENT_ROUTING_KEY: &str = "order.created";
 /// Messages per second published persistent (250 bytes) to a quorum queue,
 /// shaped as `shape` says, with up to 1,000 confirms in flight.
 pub(crate) async fn amqp_publish_confirm(url: &str, messages: usize, shape: Shape) -> anyhow::Result<f64> {
-    let connection = platform::amqp::connect(url, ConnectionProperties::default()).await?;
+    let connection = infra::amqp::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     let queue = declare_quorum_queue(&channel, shape).await?;
     let started = Instant::now();
@@ -119,10 +119,10 @@ pub(crate) async fn amqp_publish_confirm(url: &str, messages: usize, shape: Shap
 /// message is both confirmed and consumed. `LIMITS.md` calls it "publish
 /// pipelined while consuming".
 pub(crate) async fn amqp_publish_while_consuming(url: &str, messages: usize, shape: Shape) -> anyhow::Result<f64> {
-    let publisher = platform::amqp::connect(url, ConnectionProperties::default()).await?;
+    let publisher = infra::amqp::connect(url, ConnectionProperties::default()).await?;
     let channel = publisher.create_channel().await?;
     let queue = declare_quorum_queue(&channel, shape).await?;
-    let consumer_connection = platform::amqp::connect(url, ConnectionProperties::default()).await?;
+    let consumer_connection = infra::amqp::connect(url, ConnectionProperties::default()).await?;
     let consumer_channel = consumer_connection.create_channel().await?;
     consumer_channel.basic_qos(1_000, BasicQosOptions::default()).await?;
     let mut deliveries = consumer_channel
@@ -205,9 +205,9 @@ pub(crate) fn event_properties(seq: i64, event_id: Uuid, aggregate_id: Uuid) -> 
     let aggregate = aggregate_id.to_string();
     let text = |value: &str| AMQPValue::LongString(LongString::from(value));
     let mut headers = FieldTable::default();
-    headers.insert(ShortString::from(platform::correlation::HEADER), text(&id));
+    headers.insert(ShortString::from(telemetry::correlation::HEADER), text(&id));
     headers.insert(
-        ShortString::from(platform::tracecontext::HEADER),
+        ShortString::from(telemetry::tracecontext::HEADER),
         text("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
     );
     headers.insert(ShortString::from("x-aggregate-id"), text(&aggregate));

@@ -9,7 +9,7 @@ pub(crate) const MAIN_QUEUE: &str = "bench.notifications.order-created";
 pub(crate) const RETRY_DELAYS_MS: &str = "1000,5000,30000";
 
 pub(crate) async fn delete_consumer_queues(url: &str) -> anyhow::Result<()> {
-    let connection = platform::amqp::connect(url, ConnectionProperties::default()).await?;
+    let connection = infra::amqp::connect(url, ConnectionProperties::default()).await?;
     let delays: Vec<std::time::Duration> = RETRY_DELAYS_MS
         .split(',')
         .map(|ms| std::time::Duration::from_millis(ms.parse().expect("constant delays parse")))
@@ -27,7 +27,7 @@ pub(crate) async fn delete_consumer_queues(url: &str) -> anyhow::Result<()> {
 /// its health says SERVING once its database answers, which can be before it
 /// has declared its queues, and a relay publishing then finds no route.
 pub(crate) async fn wait_consumer(url: &str, limit: std::time::Duration) -> anyhow::Result<()> {
-    let connection = platform::amqp::connect(url, ConnectionProperties::default()).await?;
+    let connection = infra::amqp::connect(url, ConnectionProperties::default()).await?;
     let deadline = tokio::time::Instant::now() + limit;
     let subscribed = loop {
         // A passive declare of a missing queue closes its channel: a new one each time.

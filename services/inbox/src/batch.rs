@@ -10,13 +10,13 @@
 //!
 //! With OpenTelemetry on, every message's span gets a client span for each
 //! statement that wrote it, shared statements included (see
-//! `platform::telemetry`), and handlers run inside [`DbTarget::scope`] so
+//! `telemetry`), and handlers run inside [`DbTarget::scope`] so
 //! theirs can say where the connection leads. With it off, none of this runs.
 
 use std::{collections::HashSet, future::Future};
 
-use platform::telemetry::DbTarget;
 use sqlx::{Connection, PgConnection, PgPool};
+use telemetry::DbTarget;
 use tracing::{Instrument, Span};
 use uuid::Uuid;
 
@@ -64,7 +64,7 @@ pub(crate) async fn apply<H: Handler>(
             }
         },
     };
-    let db = platform::telemetry::otel_active().then(|| DbTarget::of(pool));
+    let db = telemetry::otel_active().then(|| DbTarget::of(pool));
     let mut result = run(conn, handler, items, &pending, false, db.as_ref()).await;
     if let Err(Stop::HandlerFailed(failed, error)) = result {
         match failed {
@@ -224,5 +224,5 @@ fn lost(err: sqlx::Error) -> Stop {
 /// A handler error that means the connection, and so the transaction, is gone.
 fn connection_lost(err: &HandlerError) -> bool {
     let HandlerError::Retryable(source) = err else { return false };
-    source.downcast_ref::<sqlx::Error>().is_some_and(platform::db::is_unavailable)
+    source.downcast_ref::<sqlx::Error>().is_some_and(infra::pg::is_unavailable)
 }

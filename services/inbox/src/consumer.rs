@@ -5,13 +5,13 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use futures::{FutureExt, StreamExt};
+use infra::{backoff::Backoff, rate::ArrivalRate};
 use lapin::{
     Channel, Connection, ConnectionProperties,
     message::Delivery,
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions},
     types::{FieldTable, LongString, ShortString},
 };
-use platform::{backoff::Backoff, rate::ArrivalRate};
 use secrecy::ExposeSecret;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
@@ -63,13 +63,13 @@ impl<H: Handler> Inbox<H> {
             topology,
             connected: watch::Sender::new(false),
             stats: Arc::default(),
-            metrics: InboxMetrics::new(&platform::metrics::Registry::new()),
+            metrics: InboxMetrics::new(&telemetry::metrics::Registry::new()),
         })
     }
 
     /// Records `inbox_messages_total` (by queue and outcome), `inbox_lag_seconds`
     /// and `inbox_batch_duration_seconds` into `registry`.
-    pub fn with_metrics(mut self, registry: &platform::metrics::Registry) -> Self {
+    pub fn with_metrics(mut self, registry: &telemetry::metrics::Registry) -> Self {
         self.metrics = InboxMetrics::new(registry);
         self
     }
@@ -141,7 +141,7 @@ impl<H: Handler> Inbox<H> {
         // Raced against shutdown: a connect to an unresponsive host can take minutes.
         let connection = tokio::select! {
             _ = shutdown.cancelled() => return Ok(End::Shutdown),
-            connected = platform::amqp::connect(self.config.amqp_url.expose_secret(), properties) => {
+            connected = infra::amqp::connect(self.config.amqp_url.expose_secret(), properties) => {
                 connected.context("cannot connect")?
             }
         };

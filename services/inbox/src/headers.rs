@@ -21,7 +21,7 @@ pub const SOURCE_QUEUE: &str = "x-source-queue";
 /// When it was dead-lettered, RFC 3339 in UTC.
 pub const DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
 /// Correlation id, kept on every copy.
-pub const CORRELATION_ID: &str = platform::correlation::HEADER;
+pub const CORRELATION_ID: &str = telemetry::correlation::HEADER;
 /// When the event was committed, in milliseconds since the epoch (set by the
 /// outbox relay); the AMQP `timestamp` property (whole seconds) is the fallback.
 pub const OCCURRED_AT: &str = "x-occurred-at";

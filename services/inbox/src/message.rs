@@ -2,7 +2,7 @@
 //! never will.
 
 use lapin::{BasicProperties, message::Delivery};
-use platform::tracecontext::TraceParent;
+use telemetry::tracecontext::TraceParent;
 use tracing::Span;
 use uuid::Uuid;
 
@@ -70,8 +70,8 @@ pub(crate) fn prepare<H: Handler>(delivery: Delivery, topology: &Topology, max_b
     let correlation_id = headers::text(properties.headers().as_ref(), headers::CORRELATION_ID)
         .or_else(|| properties.correlation_id().as_ref().map(|c| c.as_str().to_owned()));
     let event_id = properties.message_id().as_ref().map_or("", |id| id.as_str());
-    let traceparent = headers::text(properties.headers().as_ref(), platform::tracecontext::HEADER);
-    let otel = platform::telemetry::otel_active();
+    let traceparent = headers::text(properties.headers().as_ref(), telemetry::tracecontext::HEADER);
+    let otel = telemetry::otel_active();
     // Without OpenTelemetry the log lines still name the order's trace: the
     // message's generated `traceparent` with a span id for this processing.
     let generated = traceparent.as_deref().filter(|_| !otel).and_then(TraceParent::parse).map(TraceParent::child);
@@ -93,8 +93,8 @@ pub(crate) fn prepare<H: Handler>(delivery: Delivery, topology: &Topology, max_b
     if otel {
         // The processing span is a child of the relay's publish span (the
         // message's `traceparent`): one trace from CreateOrder on.
-        platform::telemetry::set_parent(&span, traceparent.as_deref());
-        if let Some(own) = platform::telemetry::traceparent_of(&span).and_then(|t| TraceParent::parse(&t)) {
+        telemetry::set_parent(&span, traceparent.as_deref());
+        if let Some(own) = telemetry::traceparent_of(&span).and_then(|t| TraceParent::parse(&t)) {
             span.record("trace_id", own.trace_id_hex());
             span.record("span_id", format!("{:016x}", own.span_id));
         }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use platform::metrics::{self, Histogram, IntCounterVec, Name, Registry};
+use telemetry::metrics::{self, Histogram, IntCounterVec, Name, Registry};
 
 /// What became of one delivery; the `outcome` label of `inbox_messages_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,7 +28,7 @@ pub async fn replay_dead_letters(
     limit: Option<u64>,
 ) -> anyhow::Result<u64> {
     let properties = ConnectionProperties::default().with_connection_name(LongString::from("inbox-replay"));
-    let connection = platform::amqp::connect(amqp_url.expose_secret(), properties).await.context("cannot connect")?;
+    let connection = infra::amqp::connect(amqp_url.expose_secret(), properties).await.context("cannot connect")?;
     let channel = connection.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     topology.declare(&channel).await.context("cannot declare the topology")?;

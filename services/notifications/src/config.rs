@@ -25,14 +25,14 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use inbox::InboxConfig;
-use platform::{
+use infra::{
     config::{
         ConfigError, ConfigErrors, addr_or, bool_or, millis_or, millis_up_to_or, parse_or, rate_or, secret_url_or,
         secret_urls_or, var_or,
     },
-    db::PoolSettings,
-    tls::ServerTls,
+    pg::PoolSettings,
 };
+use platform::tls::ServerTls;
 use secrecy::SecretString;
 
 /// Everything the service needs; tests build one directly.
@@ -168,7 +168,7 @@ impl Config {
             admin_token_file: Some(var_or(ADMIN_TOKEN_FILE, "")).filter(|p| !p.trim().is_empty()).map(PathBuf::from),
         };
         // Read again at build; checked here so that their problems are reported with the rest.
-        p.check(platform::metrics::OtlpExport::from_env("notifications", env!("CARGO_PKG_VERSION")).map(|_| ()), ());
+        p.check(telemetry::metrics::OtlpExport::from_env("notifications", env!("CARGO_PKG_VERSION")).map(|_| ()), ());
         problems.or_value(config)
     }
 }

@@ -16,7 +16,7 @@ pub(crate) enum NotificationsError {
 
 impl From<sqlx::Error> for NotificationsError {
     fn from(err: sqlx::Error) -> Self {
-        if platform::db::is_unavailable(&err) { Self::Unavailable(err) } else { Self::Internal(err.into()) }
+        if infra::pg::is_unavailable(&err) { Self::Unavailable(err) } else { Self::Internal(err.into()) }
     }
 }
 

@@ -4,8 +4,8 @@ use contracts::notifications::v1::{
     ListNotificationsRequest, ListNotificationsResponse, Notification as NotificationProto,
     notification_service_server::NotificationService,
 };
-use platform::correlation::{self, CorrelationId};
 use sqlx::PgPool;
+use telemetry::correlation::{self, CorrelationId};
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 use tracing::Instrument;
 use uuid::Uuid;

@@ -2,12 +2,9 @@
 
 use contracts::events::v1::{ORDER_CREATED_TYPE, OrderCreated};
 use inbox::{BatchError, Handler, HandlerError, MessageContext};
-use platform::{
-    correlation::CorrelationId,
-    telemetry::DbTarget,
-    values::{Amount, Currency, CustomerId},
-};
+use platform::values::{Amount, Currency, CustomerId};
 use sqlx::PgConnection;
+use telemetry::{DbTarget, correlation::CorrelationId};
 use tracing::{Instrument, Span};
 use uuid::Uuid;
 

@@ -2,8 +2,8 @@
 
 use std::{net::SocketAddr, process::ExitCode};
 
+use infra::config::{ConfigErrors, warn_unknown_variables};
 use notifications::{Config, build, config};
-use platform::config::{ConfigErrors, warn_unknown_variables};
 
 const USAGE: &str =
     "usage: notifications [serve | replay-dlq [--limit N] | dlq <command> | healthcheck | --help | --version]";
@@ -43,7 +43,7 @@ async fn main() -> ExitCode {
         }
         _ => {}
     }
-    let _telemetry = platform::telemetry::init("notifications");
+    let _telemetry = telemetry::init("notifications");
     match run(args).await {
         Ok(code) => code,
         // Plain text, every problem at once: there may be no log pipeline to read yet.

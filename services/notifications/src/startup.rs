@@ -8,11 +8,9 @@ use inbox::{
     Inbox, InboxStats,
     admin::{self, DeadLetterConsole},
 };
-use platform::{
-    grpc::{GrpcRouter, set_status},
-    metrics::{OtlpExport, Registry},
-};
+use platform::grpc::{GrpcRouter, set_status};
 use sqlx::{PgPool, postgres::PgConnectOptions};
+use telemetry::metrics::{OtlpExport, Registry};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -52,8 +50,8 @@ pub struct App {
 pub async fn build(config: Config) -> anyhow::Result<App> {
     let metrics_export = OtlpExport::from_env("notifications", env!("CARGO_PKG_VERSION"))?;
     tracing::info!(
-        database = %platform::config::redact_urls(secrecy::ExposeSecret::expose_secret(&config.database_url)),
-        broker = %platform::config::redact_url(secrecy::ExposeSecret::expose_secret(&config.inbox.amqp_url)),
+        database = %infra::redact::redact_urls(secrecy::ExposeSecret::expose_secret(&config.database_url)),
+        broker = %infra::redact::redact_url(secrecy::ExposeSecret::expose_secret(&config.inbox.amqp_url)),
         queue = %config.inbox.queue,
         consumer = config.consumer_enabled,
         "starting notifications"
@@ -72,9 +70,9 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     if admin_token.is_none() {
         tracing::warn!("no NOTIFICATIONS_ADMIN_TOKEN_FILE: the dead-letter console refuses every call");
     }
-    let (router, reporter) = platform::grpc::router_with_health_and_reflection_of(
+    let (router, reporter) = platform::grpc::router_with_health_and_reflection(
         &[SERVICE_NAME, admin::v1::SERVICE_NAME],
-        &[admin::FILE_DESCRIPTOR_SET],
+        &[contracts::FILE_DESCRIPTOR_SET, admin::FILE_DESCRIPTOR_SET],
         &registry,
         config.tls.as_ref(),
     )?;
@@ -87,7 +85,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             DeadLetterConsole::<OrderCreatedHandler>::new(pool.clone(), &config.inbox).into_service(admin_token),
         );
     let (listener, grpc_addr) = platform::grpc::bind(config.grpc_addr).await?;
-    let (metrics_listener, metrics_addr) = platform::metrics::bind(config.metrics_addr).await?;
+    let (metrics_listener, metrics_addr) = telemetry::metrics::bind(config.metrics_addr).await?;
     // NOT_SERVING until the watchers have seen the database and the broker.
     set_status(&reporter, &["", SERVICE_NAME, CONSUMER_HEALTH_NAME], ServingStatus::NotServing).await;
     // SERVING until the process exits, through database and broker outages and shutdown alike.
@@ -156,11 +154,12 @@ impl App {
         // Pushed once more after the consumer and the server have stopped, so the last values are sent.
         let export_stop = CancellationToken::new();
         let exporting = self.metrics_export.map(|export| {
-            tokio::spawn(platform::metrics::otlp::push(self.registry.clone(), export, export_stop.clone()))
+            tokio::spawn(telemetry::metrics::otlp::push(self.registry.clone(), export, export_stop.clone()))
         });
         let server_stop = CancellationToken::new();
         let mut server = tokio::spawn(platform::grpc::serve(self.router, self.listener, server_stop.clone()));
-        let metrics = tokio::spawn(platform::metrics::serve(self.metrics_listener, self.registry, server_stop.clone()));
+        let metrics =
+            tokio::spawn(telemetry::metrics::serve(self.metrics_listener, self.registry, server_stop.clone()));
         tracing::info!(addr = %self.grpc_addr, metrics = %self.metrics_addr, "notifications serving");
 
         let early = tokio::select! {

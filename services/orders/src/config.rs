@@ -2,12 +2,12 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use outbox::RelayConfig;
-use platform::{
+use infra::{
     config::{ConfigErrors, addr_or, millis_or, millis_up_to_or, parse_or, rate_or, secret_url_or, secret_urls_or},
-    db::PoolSettings,
-    tls::ServerTls,
+    pg::PoolSettings,
 };
+use outbox::RelayConfig;
+use platform::tls::ServerTls;
 use secrecy::SecretString;
 
 /// What this replica runs.
@@ -149,7 +149,7 @@ impl Config {
                 .check(millis_or("OUTBOX_DOORBELL_INTERVAL_MS", Duration::from_millis(2)), Duration::from_millis(2)),
         };
         // Read again at build; checked here so that their problems are reported with the rest.
-        p.check(platform::metrics::OtlpExport::from_env("orders", env!("CARGO_PKG_VERSION")).map(|_| ()), ());
+        p.check(telemetry::metrics::OtlpExport::from_env("orders", env!("CARGO_PKG_VERSION")).map(|_| ()), ());
         problems.or_value(config)
     }
 }

@@ -18,7 +18,7 @@ pub enum OrdersError {
 
 impl From<sqlx::Error> for OrdersError {
     fn from(err: sqlx::Error) -> Self {
-        if platform::db::is_unavailable(&err) { Self::Unavailable(err) } else { Self::Internal(err.into()) }
+        if infra::pg::is_unavailable(&err) { Self::Unavailable(err) } else { Self::Internal(err.into()) }
     }
 }
 

@@ -12,11 +12,9 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use infra::lane::{Lane, LaneConnection};
 use outbox::{Appended, OutboxMessage, OutboxWriter};
-use platform::{
-    lane::{Lane, LaneConnection},
-    telemetry::DbTarget,
-};
+use telemetry::DbTarget;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::{Instrument, Span};
 use uuid::Uuid;
@@ -148,8 +146,8 @@ async fn write_together(
             }
             Err(err) => err,
         };
-        if !platform::db::is_session_gone(&err) && !is_already_written(&err) {
-            if platform::db::is_unavailable(&err) {
+        if !infra::pg::is_session_gone(&err) && !is_already_written(&err) {
+            if infra::pg::is_unavailable(&err) {
                 fail_all(group, &err);
                 return None;
             }
@@ -252,7 +250,7 @@ fn is_already_written(err: &sqlx::Error) -> bool {
 /// The client span of the INSERT that writes `call` among `group_size`
 /// orders, in the call's span; only while spans are exported.
 fn statement_span(db: &DbTarget, call: &Call, group_size: usize) -> Span {
-    if platform::telemetry::otel_active() { db.span(&call.span, "INSERT", db::TABLE, group_size) } else { Span::none() }
+    if telemetry::otel_active() { db.span(&call.span, "INSERT", db::TABLE, group_size) } else { Span::none() }
 }
 
 /// Answers every call with `err`: the database could not be reached for any of them.

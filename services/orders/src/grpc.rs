@@ -6,7 +6,7 @@ use contracts::orders::v1::{
     CreateOrderRequest, CreateOrderResponse, GetOrderRequest, GetOrderResponse, Order, OrderStatus,
     order_service_server::OrderService,
 };
-use platform::{correlation::CorrelationId, tracecontext::TraceParent};
+use telemetry::{correlation::CorrelationId, tracecontext::TraceParent};
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 use tracing::{Instrument, Span};
 
@@ -52,8 +52,8 @@ impl OrderService for OrdersApi {
         &self,
         request: Request<CreateOrderRequest>,
     ) -> Result<Response<CreateOrderResponse>, Status> {
-        let correlation = CorrelationId::from_header(header(&request, platform::correlation::HEADER));
-        let incoming = header(&request, platform::tracecontext::HEADER);
+        let correlation = CorrelationId::from_header(header(&request, telemetry::correlation::HEADER));
+        let incoming = header(&request, telemetry::tracecontext::HEADER);
         let span = server_span!("CreateOrder", correlation);
         // The outbox row carries this call's trace context.
         let trace = continue_trace(&span, incoming);
@@ -73,9 +73,9 @@ impl OrderService for OrdersApi {
     }
 
     async fn get_order(&self, request: Request<GetOrderRequest>) -> Result<Response<GetOrderResponse>, Status> {
-        let correlation = CorrelationId::from_header(header(&request, platform::correlation::HEADER));
+        let correlation = CorrelationId::from_header(header(&request, telemetry::correlation::HEADER));
         let span = server_span!("GetOrder", correlation);
-        continue_trace(&span, header(&request, platform::tracecontext::HEADER));
+        continue_trace(&span, header(&request, telemetry::tracecontext::HEADER));
         let order_id = request.into_inner().order_id;
         let result = async {
             let order_id = parse_uuid(&order_id)
@@ -93,8 +93,8 @@ impl OrderService for OrdersApi {
 /// lines carry. With OpenTelemetry that is the span's own context; without
 /// it, the caller's trace (or a new one) with a generated span id.
 fn continue_trace(span: &Span, incoming: Option<&str>) -> TraceParent {
-    platform::telemetry::set_parent(span, incoming);
-    let trace = platform::telemetry::traceparent_of(span)
+    telemetry::set_parent(span, incoming);
+    let trace = telemetry::traceparent_of(span)
         .and_then(|own| TraceParent::parse(&own))
         .unwrap_or_else(|| TraceParent::continue_or_start(incoming));
     span.record("trace_id", trace.trace_id_hex());
@@ -113,12 +113,12 @@ fn respond<T>(result: Result<T, OrdersError>, correlation: &CorrelationId, span:
     let answer = match result {
         Ok(body) => {
             let mut response = Response::new(body);
-            response.metadata_mut().insert(platform::correlation::HEADER, value);
+            response.metadata_mut().insert(telemetry::correlation::HEADER, value);
             Ok(response)
         }
         Err(err) => {
             let mut status = span.in_scope(|| Status::from(err));
-            status.metadata_mut().insert(platform::correlation::HEADER, value);
+            status.metadata_mut().insert(telemetry::correlation::HEADER, value);
             Err(status)
         }
     };

@@ -67,8 +67,8 @@ async fn serve() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _telemetry = platform::telemetry::init("orders");
-    platform::config::warn_unknown_variables(config::PREFIXES, config::VARIABLES, &[]);
+    let _telemetry = telemetry::init("orders");
+    infra::config::warn_unknown_variables(config::PREFIXES, config::VARIABLES, &[]);
     let shutdown = platform::shutdown::on_signal();
     let app = match App::build(config).await {
         Ok(app) => app,

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use contracts::events::v1::{ORDER_CREATED_ROUTING_KEY, ORDER_CREATED_TYPE, OrderCreated};
 use outbox::OutboxMessage;
-use platform::{correlation, tracecontext::TraceParent};
 use prost::Message;
+use telemetry::{correlation, tracecontext::TraceParent};
 
 use crate::db::OrderRow;
 
@@ -28,7 +28,7 @@ pub fn order_created(order: &OrderRow) -> OrderCreated {
 pub fn outbox_message(order: &OrderRow, trace: TraceParent) -> OutboxMessage {
     let headers = BTreeMap::from([
         (correlation::HEADER.to_owned(), order.correlation_id.clone()),
-        (platform::tracecontext::HEADER.to_owned(), trace.to_string()),
+        (telemetry::tracecontext::HEADER.to_owned(), trace.to_string()),
     ]);
     OutboxMessage {
         event_id: order.event_id,

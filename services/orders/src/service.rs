@@ -2,8 +2,9 @@
 
 use anyhow::anyhow;
 use chrono::{DurationRound, TimeDelta, Utc};
+use infra::lane::Lane;
 use outbox::OutboxWriter;
-use platform::{correlation::CorrelationId, lane::Lane, telemetry::DbTarget, tracecontext::TraceParent};
+use telemetry::{DbTarget, correlation::CorrelationId, tracecontext::TraceParent};
 use tracing::{Instrument, Span};
 use uuid::Uuid;
 
@@ -104,10 +105,6 @@ impl Orders {
     /// span; only while spans are exported, as in the inbox and the relay
     /// (otherwise it would cost every call a span nobody reads).
     fn statement(&self, operation: &'static str) -> Span {
-        if platform::telemetry::otel_active() {
-            self.db.span(&Span::current(), operation, db::TABLE, 1)
-        } else {
-            Span::none()
-        }
+        if telemetry::otel_active() { self.db.span(&Span::current(), operation, db::TABLE, 1) } else { Span::none() }
     }
 }

@@ -4,15 +4,12 @@
 use std::net::SocketAddr;
 
 use contracts::orders::v1::{SERVICE_NAME, order_service_server::OrderServiceServer};
+use infra::{lane::Lane, pg::PoolSettings};
 use outbox::{OutboxWriter, Relay};
-use platform::{
-    db::PoolSettings,
-    grpc::{self, GrpcRouter, set_status},
-    lane::Lane,
-    metrics::{OtlpExport, Registry},
-};
+use platform::grpc::{self, GrpcRouter, set_status};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
+use telemetry::metrics::{OtlpExport, Registry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -56,8 +53,8 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics_export = OtlpExport::from_env("orders", env!("CARGO_PKG_VERSION"))?;
         tracing::info!(
-            database = %platform::config::redact_url(config.database_url.expose_secret()),
-            broker = %platform::config::redact_urls(config.relay.amqp_url.expose_secret()),
+            database = %infra::redact::redact_url(config.database_url.expose_secret()),
+            broker = %infra::redact::redact_urls(config.relay.amqp_url.expose_secret()),
             role = ?config.role,
             "starting orders"
         );
@@ -68,7 +65,12 @@ impl App {
         let writer = OutboxWriter::new();
         let offered: &[&str] = if config.role == Role::Relay { &[] } else { &[SERVICE_NAME] };
         let registry = Registry::new();
-        let (mut router, health) = grpc::router_with_health_and_reflection(offered, &registry, config.tls.as_ref())?;
+        let (mut router, health) = grpc::router_with_health_and_reflection(
+            offered,
+            &[contracts::FILE_DESCRIPTOR_SET],
+            &registry,
+            config.tls.as_ref(),
+        )?;
         // SERVING until the process exits, through database outages and shutdown alike.
         health.set_service_status(grpc::LIVENESS, ServingStatus::Serving).await;
         let mut lane = None;
@@ -80,7 +82,7 @@ impl App {
             lane = Some(opened);
         }
         let (listener, addr) = grpc::bind(config.grpc_addr).await?;
-        let (metrics_listener, metrics_addr) = platform::metrics::bind(config.metrics_addr).await?;
+        let (metrics_listener, metrics_addr) = telemetry::metrics::bind(config.metrics_addr).await?;
         tracing::info!(%addr, %metrics_addr, role = ?config.role, "orders listening");
         Ok(Self {
             config,
@@ -176,10 +178,10 @@ impl App {
         // Pushed once more after everything else has stopped, so the last values are sent.
         let export_until = CancellationToken::new();
         let exporting = metrics_export
-            .map(|export| tokio::spawn(platform::metrics::otlp::push(registry.clone(), export, export_until.clone())));
+            .map(|export| tokio::spawn(telemetry::metrics::otlp::push(registry.clone(), export, export_until.clone())));
         let serve_until = CancellationToken::new();
         // Scraped until the very end, so the last values of a stopping relay are visible.
-        let metrics = tokio::spawn(platform::metrics::serve(metrics_listener, registry, serve_until.clone()));
+        let metrics = tokio::spawn(telemetry::metrics::serve(metrics_listener, registry, serve_until.clone()));
         let serving = tokio::spawn(grpc::serve(router, listener, serve_until.clone()));
         shutdown.cancelled().await;
         set_status(&health, &api_names, ServingStatus::NotServing).await;

@@ -28,8 +28,8 @@ use orders::{
     config::{Config, Role},
     startup::App,
 };
-use platform::metrics::{LATENCY_BUCKETS, OtlpExport};
 use sqlx::{Connection, PgConnection, PgPool};
+use telemetry::metrics::{LATENCY_BUCKETS, OtlpExport};
 use tokio_util::sync::CancellationToken;
 
 const ORDERS: &str = "orders-otlp-test";
@@ -197,7 +197,7 @@ async fn create_orders(addr: SocketAddr, count: usize) -> Vec<uuid::Uuid> {
 
 #[sqlx::test(migrations = false)]
 async fn both_services_push_their_metrics_with_opentelemetry_names_and_units(pool: PgPool) {
-    platform::telemetry::init_for_tests();
+    telemetry::init_for_tests();
     const SENT: usize = 4;
     let (receiver, endpoint) = Receiver::start().await;
     let interval = Duration::from_millis(200);
@@ -305,7 +305,7 @@ async fn both_services_push_their_metrics_with_opentelemetry_names_and_units(poo
 
 #[sqlx::test(migrations = false)]
 async fn a_stopping_service_pushes_its_last_values(pool: PgPool) {
-    platform::telemetry::init_for_tests();
+    telemetry::init_for_tests();
     let (receiver, endpoint) = Receiver::start().await;
     // Far longer than the test: only the push on shutdown can deliver anything.
     let orders = start_orders(
@@ -324,7 +324,7 @@ async fn a_stopping_service_pushes_its_last_values(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn a_collector_that_never_answers_costs_the_service_nothing(pool: PgPool) {
-    platform::telemetry::init_for_tests();
+    telemetry::init_for_tests();
     // Connections complete in the kernel's backlog and are never answered.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", silent.local_addr().unwrap());

@@ -136,8 +136,8 @@ async fn one_create_order_is_one_trace_across_both_services() {
             .add_service(server)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
-    let guard = Arc::new(platform::telemetry::init_with_otlp("pulse-trace-test", Some(format!("http://{otlp}"))));
-    assert!(platform::telemetry::otel_active());
+    let guard = Arc::new(telemetry::init_with_otlp("pulse-trace-test", Some(format!("http://{otlp}"))));
+    assert!(telemetry::otel_active());
 
     // Notifications, consuming order.created from the real exchange on a queue of its own.
     let mut leftovers = in_process::Leftovers::default();

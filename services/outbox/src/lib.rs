@@ -21,7 +21,7 @@
 //!
 //! * Metrics: [`Relay::with_metrics`] records the backlog (count and age of the
 //!   oldest row), commit-to-confirm latency, batch sizes, failures, retries and
-//!   owned partitions into a `platform::metrics` registry.
+//!   owned partitions into a `telemetry::metrics` registry.
 //!
 //! * Status: [`read_status`] reads the backlog, the partitions' owners and
 //!   the last publish errors from the database alone (`orders outbox status`).

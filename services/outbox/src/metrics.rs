@@ -3,11 +3,9 @@
 use std::{sync::LazyLock, time::Duration};
 
 use chrono::Utc;
-use platform::{
-    backoff::Backoff,
-    metrics::{self, Gauge, Histogram, IntCounterVec, IntGauge, Name, Registry},
-};
+use infra::backoff::Backoff;
 use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
+use telemetry::metrics::{self, Gauge, Histogram, IntCounterVec, IntGauge, Name, Registry};
 use tokio_util::sync::CancellationToken;
 
 use crate::{

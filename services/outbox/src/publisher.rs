@@ -79,11 +79,11 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    /// Connects to a node of `urls` (see [`platform::amqp::connect`]), opens a
+    /// Connects to a node of `urls` (see [`infra::amqp::connect`]), opens a
     /// confirm-mode channel and declares `exchanges` (durable topic).
     pub(crate) async fn connect(urls: &str, name: &str, exchanges: &[String]) -> anyhow::Result<Self> {
         let properties = ConnectionProperties::default().with_connection_name(LongString::from(name.to_owned()));
-        let connection = platform::amqp::connect(urls, properties).await?;
+        let connection = infra::amqp::connect(urls, properties).await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         for exchange in exchanges {
@@ -117,8 +117,8 @@ impl Publisher {
         // written; the message carries the producer span's context, so the
         // consumer's span is its child.
         let spans: Vec<tracing::Span> =
-            if platform::telemetry::otel_active() { rows.iter().map(publish_span).collect() } else { Vec::new() };
-        let contexts: Vec<Option<String>> = spans.iter().map(platform::telemetry::traceparent_of).collect();
+            if telemetry::otel_active() { rows.iter().map(publish_span).collect() } else { Vec::new() };
+        let contexts: Vec<Option<String>> = spans.iter().map(telemetry::traceparent_of).collect();
         let mut results: Vec<Option<Result<PublisherConfirm, lapin::Error>>> = Vec::with_capacity(rows.len());
         // A hundred at a time: each publish future holds its frames until
         // the I/O loop has written them, and a whole batch of them at once is
@@ -186,9 +186,9 @@ fn publish_span(row: &PendingRow) -> tracing::Span {
         messaging.destination.name = %row.exchange,
         messaging.rabbitmq.destination.routing_key = %row.routing_key,
         messaging.message.id = %row.event_id,
-        correlation_id = row.headers.get(platform::correlation::HEADER).map_or("", String::as_str),
+        correlation_id = row.headers.get(telemetry::correlation::HEADER).map_or("", String::as_str),
     );
-    platform::telemetry::set_parent(&span, row.headers.get(platform::tracecontext::HEADER).map(String::as_str));
+    telemetry::set_parent(&span, row.headers.get(telemetry::tracecontext::HEADER).map(String::as_str));
     span
 }
 
@@ -200,7 +200,7 @@ fn properties(row: &PendingRow, app_id: &str, traceparent: Option<String>) -> Ba
     }
     if let Some(traceparent) = traceparent {
         headers.insert(
-            ShortString::from(platform::tracecontext::HEADER),
+            ShortString::from(telemetry::tracecontext::HEADER),
             AMQPValue::LongString(LongString::from(traceparent)),
         );
     }
@@ -219,7 +219,7 @@ fn properties(row: &PendingRow, app_id: &str, traceparent: Option<String>) -> Ba
         .with_message_id(ShortString::from(row.event_id.to_string()))
         .with_timestamp(row.created_at.timestamp().max(0) as u64)
         .with_app_id(ShortString::from(app_id));
-    if let Some(correlation) = row.headers.get(platform::correlation::HEADER) {
+    if let Some(correlation) = row.headers.get(telemetry::correlation::HEADER) {
         properties = properties.with_correlation_id(ShortString::from(correlation.as_str()));
     }
     properties.with_headers(headers)

@@ -5,9 +5,10 @@ use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
 
-use platform::{backoff::Backoff, rate::ArrivalRate, telemetry::DbTarget};
+use infra::{backoff::Backoff, rate::ArrivalRate};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgListener};
+use telemetry::DbTarget;
 use tokio::{
     sync::{Notify, watch},
     time::Instant,
@@ -145,7 +146,7 @@ impl Relay {
             config,
             local: local.unwrap_or_default(),
             status: watch::Sender::new(RelayStatus::default()),
-            metrics: RelayMetrics::new(&platform::metrics::Registry::new()),
+            metrics: RelayMetrics::new(&telemetry::metrics::Registry::new()),
             sample_backlog: false,
             deleted: vacuum::Deleted::default(),
         }
@@ -153,7 +154,7 @@ impl Relay {
 
     /// Records the relay's metrics into `registry` and measures the backlog
     /// (`outbox_pending_messages`, `outbox_oldest_pending_age_seconds`) about every second.
-    pub fn with_metrics(mut self, registry: &platform::metrics::Registry) -> Self {
+    pub fn with_metrics(mut self, registry: &telemetry::metrics::Registry) -> Self {
         self.metrics = RelayMetrics::new(registry);
         self.sample_backlog = true;
         self
@@ -517,7 +518,7 @@ impl Relay {
             .filter(|(_, outcome)| **outcome == Outcome::Confirmed)
             .map(|(context, _)| {
                 let span = self.db.span(&Span::none(), "DELETE", "outbox_messages", batch_size);
-                platform::telemetry::set_parent(&span, context.as_deref());
+                telemetry::set_parent(&span, context.as_deref());
                 span
             })
             .collect()

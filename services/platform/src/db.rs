@@ -4,6 +4,7 @@
 use std::{str::FromStr, time::Duration};
 
 use anyhow::Context;
+use infra::pg::PoolSettings;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{
     ConnectOptions, Connection, PgConnection, PgPool,
@@ -11,30 +12,12 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-/// How a service sizes its pool.
-#[derive(Debug, Clone)]
-pub struct PoolSettings {
-    pub max_connections: u32,
-    /// Connections kept open while idle (at most `max_connections`): a burst
-    /// after a quiet spell must not wait for new connections to be set up,
-    /// which on a busy server takes tens of milliseconds each.
-    pub min_connections: u32,
-    /// How long a request waits for a connection before it is answered UNAVAILABLE.
-    pub acquire_timeout: Duration,
-}
-
-impl Default for PoolSettings {
-    fn default() -> Self {
-        Self { max_connections: 32, min_connections: 4, acquire_timeout: Duration::from_secs(3) }
-    }
-}
-
 /// Connection options from a URL, with statement logging turned down (every
 /// query at INFO would drown the service's own lines).
 pub fn connect_options(url: &SecretString) -> anyhow::Result<PgConnectOptions> {
     let url = SecretString::from(without_unknown_parameters(url.expose_secret()));
     let options = PgConnectOptions::from_str(url.expose_secret())
-        .map_err(|err| anyhow::anyhow!("database url is invalid: {}", crate::config::redact_url(&err.to_string())))?;
+        .map_err(|err| anyhow::anyhow!("database url is invalid: {}", infra::redact::redact_url(&err.to_string())))?;
     Ok(options
         .log_statements(tracing::log::LevelFilter::Debug)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1)))
@@ -141,49 +124,9 @@ pub async fn connect_and_migrate(
     Ok(pool)
 }
 
-/// Whether an error means the connection it came on is dead: the server ended
-/// its session (`57P01` admin_shutdown on a restart or `pg_terminate_backend`,
-/// `57P02` crash_shutdown, `57P03` cannot_connect_now, a class `08` connection
-/// exception) or the exchange broke off (I/O, TLS, an unexpected message, the
-/// socket's end). Such a connection must not serve another statement.
-pub fn is_session_gone(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => {
-            db.code().is_some_and(|code| matches!(code.as_ref(), "57P01" | "57P02" | "57P03") || code.starts_with("08"))
-        }
-        _ => false,
-    }
-}
-
-/// Whether an error means the database could not be reached (as opposed to a
-/// query it rejected).
-pub fn is_unavailable(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
-        sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
-        // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
-        sqlx::Error::Database(db) => {
-            matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03" | "53300" | "08000" | "08003" | "08006"))
-        }
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_broken_exchange_means_the_session_is_gone_and_a_busy_pool_does_not() {
-        assert!(is_session_gone(&sqlx::Error::Io(std::io::ErrorKind::UnexpectedEof.into())));
-        assert!(is_session_gone(&sqlx::Error::Protocol("unexpected message".into())));
-        assert!(is_session_gone(&sqlx::Error::WorkerCrashed));
-        // The pool's own verdicts say nothing about a connection.
-        assert!(!is_session_gone(&sqlx::Error::PoolTimedOut));
-        assert!(!is_session_gone(&sqlx::Error::PoolClosed));
-        assert!(!is_session_gone(&sqlx::Error::RowNotFound));
-    }
 
     #[test]
     fn parameters_the_driver_ignores_are_dropped_before_it_can_log_them() {

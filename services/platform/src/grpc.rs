@@ -25,31 +25,20 @@ use tower::{
     layer::util::{Identity, Stack},
 };
 
-use crate::{
-    metrics::{self, HistogramVec, Name, Registry},
-    tls::ServerTls,
-};
+use telemetry::metrics::{self, HistogramVec, Name, Registry};
+
+use crate::tls::ServerTls;
 
 /// The services' router: every call passes through [`RpcMetricsLayer`], then
 /// [`RequestLimitsLayer`] (so refused calls are measured too).
 pub type GrpcRouter = Router<Stack<RequestLimitsLayer, Stack<RpcMetricsLayer, Identity>>>;
 
 /// A tonic router already carrying health and reflection, its calls measured
-/// into `registry`. Reflection lists `services` (the ones this server really
-/// offers), health and reflection.
-/// With `tls`, the port speaks TLS only (see [`crate::tls`]).
+/// into `registry`. Reflection describes the files of `descriptor_sets`
+/// (encoded `FileDescriptorSet`s: the service's own contracts, a library's
+/// admin service) and lists `services` (the ones this server really offers),
+/// health and reflection. With `tls`, the port speaks TLS only (see [`crate::tls`]).
 pub fn router_with_health_and_reflection(
-    services: &[&str],
-    registry: &Registry,
-    tls: Option<&ServerTls>,
-) -> anyhow::Result<(GrpcRouter, HealthReporter)> {
-    router_with_health_and_reflection_of(services, &[], registry, tls)
-}
-
-/// [`router_with_health_and_reflection`] for services whose protos are not in
-/// `contracts`: reflection also describes the files of `descriptor_sets`
-/// (encoded `FileDescriptorSet`s, e.g. the inbox's dead-letter console).
-pub fn router_with_health_and_reflection_of(
     services: &[&str],
     descriptor_sets: &[&'static [u8]],
     registry: &Registry,
@@ -58,7 +47,6 @@ pub fn router_with_health_and_reflection_of(
     let (reporter, health) = tonic_health::server::health_reporter();
     let configure = || {
         let mut builder = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(contracts::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("grpc.health.v1.Health");
         for set in descriptor_sets {

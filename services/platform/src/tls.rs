@@ -11,7 +11,7 @@ use std::{fmt, path::Path};
 
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
-use crate::config::ConfigError;
+use infra::config::ConfigError;
 
 /// What a server presents, and whom it accepts, over TLS.
 #[derive(Clone)]

@@ -11,9 +11,9 @@ use contracts::{
     },
 };
 use inbox::InboxStats;
+use infra::pg::PoolSettings;
 use lapin::BasicProperties;
 use notifications::{App, Config};
-use platform::db::PoolSettings;
 use prost::Message;
 use secrecy::SecretString;
 use sqlx::{PgPool, postgres::PgConnectOptions};
@@ -65,7 +65,7 @@ pub(crate) struct TestApp {
 }
 
 pub(crate) async fn spawn_app(config: Config) -> TestApp {
-    platform::telemetry::init_for_tests();
+    telemetry::init_for_tests();
     let app: App = notifications::build(config).await.expect("the service builds");
     let (addr, metrics_addr, stats, connected) =
         (app.grpc_addr(), app.metrics_addr(), app.consumer_stats(), app.consumer_connected());

@@ -1,12 +1,12 @@
 use std::{net::SocketAddr, time::Duration};
 
 use contracts::orders::v1::{CreateOrderRequest, order_service_client::OrderServiceClient};
+use infra::pg::PoolSettings;
 use orders::{
     config::{Config, Role},
     startup::App,
 };
 use outbox::RelayConfig;
-use platform::db::PoolSettings;
 use platform::tls::ServerTls;
 use secrecy::SecretString;
 use sqlx::PgPool;
@@ -52,7 +52,7 @@ pub(crate) fn database_url(pool: &PgPool, addr: Option<SocketAddr>) -> String {
 }
 
 pub(crate) async fn spawn_app(pool: &PgPool, options: Options) -> TestApp {
-    platform::telemetry::init_for_tests();
+    telemetry::init_for_tests();
     let amqp = options.amqp_url.unwrap_or_else(testkit::amqp_url);
     let mut relay =
         RelayConfig::new(SecretString::from(amqp), "pulse-orders", vec![contracts::EVENTS_EXCHANGE.to_owned()]);

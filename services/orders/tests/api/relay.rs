@@ -60,7 +60,7 @@ async fn the_relay_publishes_order_created_with_every_pinned_property(pool: PgPo
     assert!(props.timestamp().is_some());
     assert_eq!(header(delivery, "x-correlation-id"), "corr-relay-1");
     let traceparent = header(delivery, "traceparent");
-    assert!(platform::tracecontext::TraceParent::parse(&traceparent).is_some(), "{traceparent}");
+    assert!(telemetry::tracecontext::TraceParent::parse(&traceparent).is_some(), "{traceparent}");
     assert_eq!(header(delivery, "x-aggregate-id"), created.order_id);
 
     let event = OrderCreated::decode(delivery.data.as_slice()).unwrap();

@@ -49,8 +49,8 @@ pub(crate) fn notifications_config(database_url: &str, queue_prefix: &str) -> (n
 }
 
 /// The database connections both services get in these tests.
-fn pool_settings() -> platform::db::PoolSettings {
-    platform::db::PoolSettings { max_connections: 4, min_connections: 1, acquire_timeout: Duration::from_secs(2) }
+fn pool_settings() -> infra::pg::PoolSettings {
+    infra::pg::PoolSettings { max_connections: 4, min_connections: 1, acquire_timeout: Duration::from_secs(2) }
 }
 
 /// Orders in `role` on `database_url`, its relay polling and rebalancing every 200 ms.

@@ -27,6 +27,11 @@
 //! `inbox_message` then record its `trace_id` and a `span_id` of their own as
 //! fields, which is where log lines take them from.
 
+pub mod correlation;
+pub mod logformat;
+pub mod metrics;
+pub mod tracecontext;
+
 use std::{
     collections::HashMap,
     future::Future,

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{Registry, convert};
-use crate::config::ConfigError;
+use infra::config::ConfigError;
 
 /// Failed exports are logged at warn at most this often (at debug otherwise).
 const WARN_EVERY: Duration = Duration::from_secs(60);

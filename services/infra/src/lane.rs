@@ -12,7 +12,7 @@
 //! A restart of the server (or `pg_terminate_backend`) kills every session at
 //! once, and a connection learns of it only when its next statement fails. A
 //! connection whose session is gone is closed, never handed back (see
-//! [`crate::db::is_session_gone`]); and since its idle peers are most likely
+//! [`crate::pg::is_session_gone`]); and since its idle peers are most likely
 //! dead too, each connection that was idle before such a loss is checked
 //! with a ping the next time it is checked out, so the retry [`Lane::read`]
 //! makes (and every later request) gets a live connection. Between losses no
@@ -36,7 +36,7 @@ use futures::future::BoxFuture;
 use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::db::PoolSettings;
+use crate::pg::PoolSettings;
 
 /// Connections older than this are closed when handed back, so none lives
 /// forever (server-side memory, a moved primary behind a stable address).
@@ -215,7 +215,7 @@ impl Lane {
 
     /// Runs `statement` on a connection and hands the connection back; if the
     /// connection's session turns out to be gone (see
-    /// [`crate::db::is_session_gone`]), runs it once more on a live one, so a
+    /// [`crate::pg::is_session_gone`]), runs it once more on a live one, so a
     /// restart of the server costs the caller a reconnection, not an error.
     /// Only for statements that may run twice, such as reads.
     pub async fn read<T, F>(&self, mut statement: F) -> Result<T, sqlx::Error>
@@ -224,7 +224,7 @@ impl Lane {
     {
         let mut conn = self.acquire().await?;
         let result = statement(&mut conn).await;
-        let gone = result.as_ref().is_err_and(crate::db::is_session_gone);
+        let gone = result.as_ref().is_err_and(crate::pg::is_session_gone);
         conn.settle(&result);
         if !gone {
             return result;
@@ -312,7 +312,7 @@ impl LaneConnection {
     /// handing them out again.
     pub fn settle<T>(self, result: &Result<T, sqlx::Error>) {
         match result {
-            Err(err) if crate::db::is_session_gone(err) => {
+            Err(err) if crate::pg::is_session_gone(err) => {
                 self.lane.losses.fetch_add(1, Ordering::AcqRel);
             }
             Ok(_) | Err(sqlx::Error::Database(_)) => self.done(),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use platform::{db::PoolSettings, lane::Lane};
+use infra::{lane::Lane, pg::PoolSettings};
 use sqlx::{PgConnection, PgPool};
 
 fn settings(min: u32, max: u32) -> PoolSettings {
@@ -210,7 +210,7 @@ async fn a_connection_whose_session_was_ended_is_not_reused(pool: PgPool) {
     let mut conn = lane.acquire().await.unwrap();
     let failed = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&mut *conn).await;
     let err = failed.as_ref().expect_err("the session is gone");
-    assert!(platform::db::is_session_gone(err), "{err:?}");
+    assert!(infra::pg::is_session_gone(err), "{err:?}");
     conn.settle(&failed);
     assert_eq!((lane.size(), lane.idle_count(), lane.losses()), (0, 0, 1), "closed, not handed back");
 

@@ -2,7 +2,7 @@
 //! `traceparent` and names itself in the one it hands on. Its own test binary:
 //! the subscriber and the propagator are global.
 
-use platform::{telemetry, tracecontext::TraceParent};
+use telemetry::tracecontext::TraceParent;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_span_joins_the_incoming_trace_and_hands_on_its_own_context() {

@@ -56,10 +56,10 @@ pub async fn connect(list: &str, properties: ConnectionProperties) -> Result<Con
         match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties.clone())).await {
             Ok(Ok(connection)) => return Ok(connection),
             Ok(Err(source)) => {
-                last = ConnectError::Failed { address: crate::config::redact_url(url), source };
+                last = ConnectError::Failed { address: crate::redact::redact_url(url), source };
             }
             Err(_) => {
-                last = ConnectError::TimedOut { address: crate::config::redact_url(url), after: CONNECT_TIMEOUT };
+                last = ConnectError::TimedOut { address: crate::redact::redact_url(url), after: CONNECT_TIMEOUT };
             }
         }
         if urls.len() > 1 {
