@@ -8,7 +8,7 @@
 # in-flight work and exit; the script exits 0 when both exit 0. If either
 # service dies on its own, the other is stopped and the script exits non-zero.
 #
-# Every variable of ARCHITECTURE.md can be set to override its default, e.g.
+# Every variable of docs/configuration.md can be set to override its default, e.g.
 #   ORDERS_GRPC_ADDR=127.0.0.1:6051 build-support/scripts/run-local.sh
 # LOG_FORMAT defaults to `pretty` (the services log JSON otherwise).
 # PULSE_STOP_TIMEOUT_SECS (default 30) bounds the wait for a clean exit

@@ -21,7 +21,7 @@
 #                               cluster, no network) of the oldest version we support and the newest
 #                               bundled one; plus what schemas cannot see: selectors that match,
 #                               references to Secrets/ConfigMaps/ports that exist, probes and
-#                               security settings as README.md "Kubernetes" describes them
+#                               security settings as docs/operations.md "Kubernetes" describes them
 # Fails on the first invalid file. Tools come from ensure-tools.sh.
 set -euo pipefail
 
@@ -67,7 +67,7 @@ for name, service in compose["services"].items():
         if volume.get("type") == "bind" and not os.path.exists(volume["source"]):
             errors.append(f"service {name}: bind mount source {volume['source']} does not exist")
 
-# Every image a service builds carries the OCI annotations README "Docker" lists.
+# Every image a service builds carries the OCI annotations docs/operations.md "Docker" lists.
 with open(dockerfile) as f:
     stage_texts = dict(
         (m.group(1), m.group(2)) for m in re.finditer(r"(?ims)^FROM\s+\S+\s+AS\s+(\S+)\s*$(.*?)(?=^FROM\s|\Z)", f.read())

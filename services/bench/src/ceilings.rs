@@ -53,7 +53,7 @@ pub(crate) async fn pg_two_inserts(
     Ok((tps, cpu))
 }
 
-/// The transaction `LIMITS.md` measured with pgbench (`create_order.sql`):
+/// The two-insert ceiling's transaction, CreateOrder's database work with no Pulse code:
 /// BEGIN; one statement inserting the order and its outbox row; COMMIT.
 async fn two_inserts(pool: &PgPool) -> anyhow::Result<()> {
     two_inserts_of(pool, Uuid::now_v7(), Uuid::now_v7()).await
@@ -84,9 +84,9 @@ pub(crate) async fn two_inserts_of(pool: &PgPool, order_id: Uuid, event_id: Uuid
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Shape {
     /// 250 persistent bytes and nothing else, through the default exchange
-    /// straight to the queue: what `LIMITS.md` measured.
+    /// straight to the queue: the broker's bare ceiling.
     Raw,
-    /// The same 250 bytes as an `OrderCreated` goes out (README, "AMQP"):
+    /// The same 250 bytes as an `OrderCreated` goes out (docs/ports-and-queues.md, "Messages"):
     /// through a durable topic exchange bound with `order.created`,
     /// `mandatory`, with its properties and its five headers (two pinned by
     /// the contract, three the design adds). The broker routes, parses and stores more per message;
@@ -116,8 +116,7 @@ pub(crate) async fn amqp_publish_confirm(url: &str, messages: usize, shape: Shap
 /// a drain while the notifications consumer is up: the same publisher as
 /// [`amqp_publish_confirm`], and a raw consumer on its own connection
 /// (prefetch 1,000, one multiple-ack per 100 deliveries). Timed until the last
-/// message is both confirmed and consumed. `LIMITS.md` calls it "publish
-/// pipelined while consuming".
+/// message is both confirmed and consumed.
 pub(crate) async fn amqp_publish_while_consuming(url: &str, messages: usize, shape: Shape) -> anyhow::Result<f64> {
     let publisher = infra::amqp::connect(url, ConnectionProperties::default()).await?;
     let channel = publisher.create_channel().await?;
@@ -198,7 +197,7 @@ pub(crate) async fn delete_queue(channel: &Channel, queue: &str, shape: Shape) -
 }
 
 /// The properties of a [`Shape::Event`] message: those of an `OrderCreated`
-/// (README, "AMQP"), with values of the same sizes: `message_id` is the
+/// (docs/ports-and-queues.md, "Messages"), with values of the same sizes: `message_id` is the
 /// event's id, `x-aggregate-id` the order's.
 pub(crate) fn event_properties(seq: i64, event_id: Uuid, aggregate_id: Uuid) -> BasicProperties {
     let id = event_id.to_string();

@@ -36,7 +36,7 @@ pub(crate) const NOTIFICATIONS_DB: &str = "pulse_bench_floor_notifications";
 const CONNECTIONS: u32 = 8;
 
 /// The header carrying the order id, as an `OrderCreated` carries it
-/// (`x-aggregate-id`, README "AMQP"); the consumer reads it instead of
+/// (`x-aggregate-id`, docs/ports-and-queues.md "Messages"); the consumer reads it instead of
 /// decoding a protobuf body, which is not part of the unavoidable work.
 const AGGREGATE_HEADER: &str = "x-aggregate-id";
 

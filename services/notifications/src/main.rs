@@ -16,13 +16,13 @@ usage: notifications [serve | replay-dlq [--limit N] | dlq <command> | healthche
   serve                   serve the gRPC API and consume events (the default)
   replay-dlq [--limit N]  move dead letters (the first N) back to the main queue
   dlq <command>           the dead-letter console: list, groups, show, replay, purge
-                          (`notifications dlq --help`; README.md \"Dead-letter console\")
+                          (`notifications dlq --help`; docs/operations.md, \"Dead-letter console\")
   healthcheck             ask the local gRPC health service; exit 0 when SERVING
   --help                  print this text
   --version               print the version
 
 Configuration comes from the environment (NOTIFICATIONS_*, INBOX_*, AMQP_URL, RUST_LOG,
-LOG_FORMAT, OTEL_*); README.md, \"Configuration\", lists every variable and its default.
+LOG_FORMAT, OTEL_*); docs/configuration.md lists every variable and its default.
 A variable starting with NOTIFICATIONS_ or INBOX_ that notifications does not read is warned about.
 
 exit status: 0 done or stopped cleanly; 1 failed; 2 invalid configuration (every

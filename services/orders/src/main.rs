@@ -23,7 +23,7 @@ usage: orders [serve | outbox status [--json] | outbox maintain-archive | health
   --version                print the version
 
 Configuration comes from the environment (ORDERS_*, OUTBOX_*, AMQP_URL, RUST_LOG,
-LOG_FORMAT, OTEL_*); README.md, \"Configuration\", lists every variable and its default.
+LOG_FORMAT, OTEL_*); docs/configuration.md lists every variable and its default.
 A variable starting with ORDERS_ or OUTBOX_ that orders does not read is warned about.
 
 exit status: 0 stopped cleanly (or the command succeeded); 1 could not start, stopped with

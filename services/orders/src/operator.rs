@@ -14,9 +14,9 @@ usage: orders outbox status [--json] [--errors N]
        orders outbox maintain-archive
 
   status            pending rows, the oldest one's age, each partition's backlog and owner
-                    (relay session: pid, application name, client address), the relays
+                    (relay connection: pid, application name, client address), the relays
                     present, unowned partitions and the last N publish errors (default 10)
-  --json            the same as one JSON object (keys in README.md, \"Outbox status\")
+  --json            the same as one JSON object (keys in docs/operations.md, \"Outbox status\")
   maintain-archive  one pass of archive upkeep, as the relay runs every minute: hourly
                     partitions of outbox_archive created ahead, expired ones dropped
                     (OUTBOX_RETENTION_HOURS must be set)";

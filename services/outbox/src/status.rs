@@ -159,7 +159,7 @@ impl Session {
 }
 
 impl OutboxStatus {
-    /// The status as JSON; its keys are part of the interface (README.md, "Outbox status").
+    /// The status as JSON; its keys are part of the interface (docs/operations.md, "Outbox status").
     pub fn to_json(&self) -> Value {
         json!({
             "pending": self.pending,
