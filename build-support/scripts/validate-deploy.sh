@@ -2,7 +2,8 @@
 # Checks the deployment files offline, with no Docker engine:
 #   docker-compose.yml          `docker-compose config -q` (Compose v2: the compose-spec
 #                               schema, interpolation, anchors), plus: every build target is
-#                               a stage of the Dockerfile and every bind-mounted file exists
+#                               a stage of the Dockerfile, every bind-mounted file and every
+#                               secret's file exists, every secret a service takes is defined
 #   Dockerfile                  hadolint, failing on warnings and errors
 #   deploy/otel-collector.yaml, deploy/jaeger.yaml (Jaeger v2 is a collector distribution)
 #                               parse, and every pipeline names only defined components
@@ -66,6 +67,12 @@ for name, service in compose["services"].items():
     for volume in service.get("volumes", []):
         if volume.get("type") == "bind" and not os.path.exists(volume["source"]):
             errors.append(f"service {name}: bind mount source {volume['source']} does not exist")
+    for secret in service.get("secrets", []):
+        if secret["source"] not in compose.get("secrets", {}):
+            errors.append(f"service {name}: secret {secret['source']} is not defined")
+for name, secret in compose.get("secrets", {}).items():
+    if "file" in secret and not os.path.isfile(secret["file"]):
+        errors.append(f"secret {name}: file {secret['file']} does not exist")
 
 # Every image a service builds carries the OCI annotations docs/operations.md "Docker" lists.
 with open(dockerfile) as f:
