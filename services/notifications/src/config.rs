@@ -21,6 +21,7 @@
 //! | `NOTIFICATIONS_DEDUP_WINDOW_SECS` | `604800` (7 days) |
 //! | `INBOX_MAX_MESSAGE_BYTES` | `262144` (256 KiB; a larger body is dead-lettered, reason `too_large`) |
 //! | `NOTIFICATIONS_ADMIN_TOKEN_FILE` | unset (the dead-letter console refuses every call) |
+//! | `NOTIFICATIONS_ADMIN_CLIENT_NAMES` | empty (no client certificate is an admin credential) |
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -55,6 +56,9 @@ pub struct Config {
     /// The file holding the dead-letter console's bearer token; None refuses
     /// every console call PERMISSION_DENIED.
     pub admin_token_file: Option<PathBuf>,
+    /// With mutual TLS, the client certificate names (subject common name or
+    /// DNS subject alternative name) the console also accepts as a credential.
+    pub admin_client_names: Vec<String>,
 }
 
 /// The consumer's main queue for a prefix; the retry and dead-letter queues are named after it.
@@ -73,6 +77,11 @@ pub const VARIABLES: &[&str] = &[
     "NOTIFICATIONS_TLS_KEY_FILE",
     "NOTIFICATIONS_TLS_CLIENT_CA_FILE",
     "NOTIFICATIONS_ADMIN_TOKEN_FILE",
+    "NOTIFICATIONS_ADMIN_CLIENT_NAMES",
+    // Read by `notifications dlq` (the console's command line), often set in the same shell.
+    "NOTIFICATIONS_ADMIN_CLIENT_CERT_FILE",
+    "NOTIFICATIONS_ADMIN_CLIENT_KEY_FILE",
+    "NOTIFICATIONS_ADMIN_CA_FILE",
     "NOTIFICATIONS_DB_MAX_CONNECTIONS",
     "NOTIFICATIONS_DB_MIN_CONNECTIONS",
     "NOTIFICATIONS_DB_ACQUIRE_TIMEOUT_MS",
@@ -166,6 +175,7 @@ impl Config {
             health_interval: Duration::from_secs(1),
             tls: p.check(ServerTls::from_env("NOTIFICATIONS"), None),
             admin_token_file: Some(var_or(ADMIN_TOKEN_FILE, "")).filter(|p| !p.trim().is_empty()).map(PathBuf::from),
+            admin_client_names: client_names(&var_or("NOTIFICATIONS_ADMIN_CLIENT_NAMES", "")),
         };
         // Read again at build; checked here so that their problems are reported with the rest.
         p.check(telemetry::metrics::OtlpExport::from_env("notifications", env!("CARGO_PKG_VERSION")).map(|_| ()), ());
@@ -184,6 +194,11 @@ pub fn read_admin_token(path: &std::path::Path) -> anyhow::Result<SecretString> 
     let token = raw.trim();
     anyhow::ensure!(!token.is_empty(), "{ADMIN_TOKEN_FILE} {} is empty", path.display());
     Ok(SecretString::from(token.to_owned()))
+}
+
+/// A comma-separated list of names, blanks dropped.
+fn client_names(raw: &str) -> Vec<String> {
+    raw.split(',').map(str::trim).filter(|name| !name.is_empty()).map(str::to_owned).collect()
 }
 
 fn invalid(name: &str, reason: impl Into<String>) -> ConfigError {
@@ -218,6 +233,12 @@ mod tests {
     #[test]
     fn queue_names_derive_from_the_prefix() {
         assert_eq!(queue_name("pulse"), "pulse.notifications.order-created");
+    }
+
+    #[test]
+    fn client_names_are_a_comma_separated_list() {
+        assert_eq!(client_names(" ops-admin, ,admin.example.com "), ["ops-admin", "admin.example.com"]);
+        assert!(client_names("").is_empty());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `notifications dlq <list|groups|show|replay|purge>`: the dead-letter
 //! console's command line, a client of `pulse.admin.v1.DeadLetterService` on
 //! a running server (`--addr`, default the local `NOTIFICATIONS_GRPC_ADDR`),
-//! with the bearer token from `NOTIFICATIONS_ADMIN_TOKEN_FILE`.
+//! with the bearer token from `NOTIFICATIONS_ADMIN_TOKEN_FILE` and, over
+//! mutual TLS, a client certificate (see `dlq_channel`).
 
 use std::net::SocketAddr;
 
@@ -26,7 +27,9 @@ pub const USAGE: &str = "usage: notifications dlq <command> [options]
 filters: --reason R --type T --since RFC3339 --until RFC3339 --correlation-id C
          --state dead|replayed|purged (list and groups; default dead)
 every command: --json, --addr HOST:PORT (default: the local NOTIFICATIONS_GRPC_ADDR)
-the token is read from the file NOTIFICATIONS_ADMIN_TOKEN_FILE names";
+the token is read from the file NOTIFICATIONS_ADMIN_TOKEN_FILE names; over TLS the server is trusted
+through NOTIFICATIONS_ADMIN_CA_FILE, and NOTIFICATIONS_ADMIN_CLIENT_CERT_FILE and
+NOTIFICATIONS_ADMIN_CLIENT_KEY_FILE present a client certificate (mutual TLS)";
 
 /// A parsed command line.
 #[derive(Debug, Default, PartialEq)]
@@ -115,15 +118,8 @@ fn state(raw: &str) -> anyhow::Result<DeadLetterState> {
 pub async fn run(args: &[&str], config: &Config) -> anyhow::Result<()> {
     let args = parse(args)?;
     let token = config.admin_token_file.as_deref().map(read_admin_token).transpose()?;
-    let addr = match &args.addr {
-        Some(addr) if addr.contains("://") => addr.clone(),
-        Some(addr) => format!("http://{addr}"),
-        None => format!("http://{}", local(config.grpc_addr)),
-    };
-    let channel = Channel::from_shared(addr.clone())?
-        .connect()
-        .await
-        .map_err(|err| anyhow::anyhow!("cannot reach {addr}: {err}"))?;
+    let addr = args.addr.clone().unwrap_or_else(|| local(config.grpc_addr).to_string());
+    let channel = crate::dlq_channel::connect(&addr).await?;
     let mut client = DeadLetterServiceClient::new(channel);
     let out = call(&mut client, &args, token.as_ref())
         .await

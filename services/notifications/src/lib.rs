@@ -12,6 +12,7 @@
 pub mod config;
 mod db;
 pub mod dlq;
+mod dlq_channel;
 mod error;
 mod grpc;
 mod handler;

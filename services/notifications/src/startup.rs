@@ -67,9 +67,15 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         (None, watch::channel(false).1, Arc::default())
     };
     let admin_token = config.admin_token_file.as_deref().map(read_admin_token).transpose()?;
-    if admin_token.is_none() {
+    if admin_token.is_none() && config.admin_client_names.is_empty() {
         tracing::warn!("no NOTIFICATIONS_ADMIN_TOKEN_FILE: the dead-letter console refuses every call");
     }
+    if !config.admin_client_names.is_empty() && !config.tls.as_ref().is_some_and(platform::tls::ServerTls::is_mutual) {
+        tracing::warn!(
+            "NOTIFICATIONS_ADMIN_CLIENT_NAMES is set without mutual TLS (NOTIFICATIONS_TLS_CLIENT_CA_FILE): no client certificate is verified, so none is accepted"
+        );
+    }
+    let admin_auth = admin::BearerAuth::new(admin_token).with_client_names(config.admin_client_names.clone());
     let (router, reporter) = platform::grpc::router_with_health_and_reflection(
         &[SERVICE_NAME, admin::v1::SERVICE_NAME],
         &[contracts::FILE_DESCRIPTOR_SET, admin::FILE_DESCRIPTOR_SET],
@@ -82,7 +88,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
                 .max_decoding_message_size(platform::grpc::MAX_MESSAGE_BYTES),
         )
         .add_service(
-            DeadLetterConsole::<OrderCreatedHandler>::new(pool.clone(), &config.inbox).into_service(admin_token),
+            DeadLetterConsole::<OrderCreatedHandler>::new(pool.clone(), &config.inbox).into_service_with(admin_auth),
         );
     let (listener, grpc_addr) = platform::grpc::bind(config.grpc_addr).await?;
     let (metrics_listener, metrics_addr) = telemetry::metrics::bind(config.metrics_addr).await?;

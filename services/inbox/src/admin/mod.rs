@@ -8,12 +8,14 @@
 //! the consumer's main queue and marks it replayed once the broker confirmed
 //! the copy; purge marks rows purged with who and why. Rows are never deleted.
 
+mod auth;
 mod broker;
 mod service;
 mod store;
 
+pub use auth::BearerAuth;
 pub use broker::REPLAY_OF;
-pub use service::{BearerAuth, DeadLetterConsole};
+pub use service::DeadLetterConsole;
 pub use store::{Filter, State};
 
 /// The generated messages, client and server of `pulse.admin.v1`.

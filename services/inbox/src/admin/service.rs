@@ -1,16 +1,17 @@
 //! `pulse.admin.v1.DeadLetterService` over the `dead_letters` table, and the
 //! bearer-token check in front of it.
 
-use std::{marker::PhantomData, sync::Arc};
+use std::marker::PhantomData;
 
 use chrono::{DateTime, Utc};
 use prost::Message as _;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 use uuid::Uuid;
 
 use super::{
+    auth::BearerAuth,
     broker::{self, ConsoleChannel},
     store::{self, Cursor, DeadLetterRow, Filter, State},
     v1::{self, dead_letter_service_server::DeadLetterServiceServer},
@@ -41,8 +42,13 @@ impl<H: Handler> DeadLetterConsole<H> {
         self,
         token: Option<SecretString>,
     ) -> InterceptedService<DeadLetterServiceServer<Self>, BearerAuth> {
+        self.into_service_with(BearerAuth::new(token))
+    }
+
+    /// The gRPC service, every call checked by `auth`.
+    pub fn into_service_with(self, auth: BearerAuth) -> InterceptedService<DeadLetterServiceServer<Self>, BearerAuth> {
         let server = DeadLetterServiceServer::new(self).max_decoding_message_size(1024 * 1024);
-        InterceptedService::new(server, BearerAuth::new(token))
+        InterceptedService::new(server, auth)
     }
 
     /// Takes the dead-letter queue into the table. The table stays readable
@@ -309,70 +315,5 @@ fn db(err: sqlx::Error) -> Status {
             tracing::error!(error = %err, "dead-letter console query failed");
             Status::internal("dead-letter console query failed")
         }
-    }
-}
-
-/// Admits a call only with `authorization: Bearer <token>`. Without a
-/// configured token every call is refused PERMISSION_DENIED: the console can
-/// replay and purge, so it is never open by default. The token is compared in
-/// constant time and never logged.
-#[derive(Clone)]
-pub struct BearerAuth {
-    token: Option<Arc<SecretString>>,
-}
-
-impl BearerAuth {
-    pub fn new(token: Option<SecretString>) -> Self {
-        Self { token: token.map(Arc::new) }
-    }
-}
-
-impl tonic::service::Interceptor for BearerAuth {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(token) = &self.token else {
-            return Err(Status::permission_denied("the dead-letter console is disabled: no admin token is configured"));
-        };
-        let given = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("authorization: Bearer <token> is required"))?;
-        if !same(given.trim().as_bytes(), token.expose_secret().as_bytes()) {
-            return Err(Status::unauthenticated("the admin token is not valid"));
-        }
-        Ok(request)
-    }
-}
-
-/// Equality whose time does not depend on where the first difference is.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use tonic::service::Interceptor as _;
-
-    use super::*;
-
-    fn call(auth: &mut BearerAuth, header: Option<&str>) -> tonic::Code {
-        let mut request = Request::new(());
-        if let Some(header) = header {
-            request.metadata_mut().insert("authorization", header.parse().unwrap());
-        }
-        auth.call(request).map_or_else(|status| status.code(), |_| tonic::Code::Ok)
-    }
-
-    #[test]
-    fn only_the_configured_token_passes() {
-        let mut auth = BearerAuth::new(Some(SecretString::from("s3cret")));
-        assert_eq!(call(&mut auth, Some("Bearer s3cret")), tonic::Code::Ok);
-        assert_eq!(call(&mut auth, Some("Bearer s3creT")), tonic::Code::Unauthenticated);
-        assert_eq!(call(&mut auth, Some("Bearer s3cret2")), tonic::Code::Unauthenticated);
-        assert_eq!(call(&mut auth, Some("s3cret")), tonic::Code::Unauthenticated);
-        assert_eq!(call(&mut auth, None), tonic::Code::Unauthenticated);
-        let mut closed = BearerAuth::new(None);
-        assert_eq!(call(&mut closed, Some("Bearer s3cret")), tonic::Code::PermissionDenied);
     }
 }

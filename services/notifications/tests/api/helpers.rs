@@ -50,6 +50,7 @@ pub(crate) fn test_config(database_url: &str, amqp_url: &str) -> Config {
         health_interval: Duration::from_millis(200),
         tls: None,
         admin_token_file: None,
+        admin_client_names: Vec::new(),
     }
 }
 

@@ -44,6 +44,7 @@ pub(crate) fn notifications_config(database_url: &str, queue_prefix: &str) -> (n
         health_interval: Duration::from_millis(200),
         tls: None,
         admin_token_file: None,
+        admin_client_names: Vec::new(),
     };
     (config, topology)
 }
