@@ -158,10 +158,10 @@ impl<H: Handler> Inbox<H> {
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
     ) -> anyhow::Result<End> {
+        self.topology.declare(connection).await.context("cannot declare the topology")?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         channel.basic_qos(self.config.prefetch, BasicQosOptions::default()).await?;
-        self.topology.declare(&channel).await.context("cannot declare the topology")?;
         let tag = format!("{}-{}", self.config.connection_name, uuid::Uuid::new_v4().simple());
         let mut consumer = channel
             .basic_consume(

@@ -58,4 +58,4 @@ pub use headers::DeadLetterReason;
 pub use prune::prune_processed_events;
 pub use replay::replay_dead_letters;
 pub use stats::{InboxStats, StatsSnapshot};
-pub use topology::{POISON_DELIVERY_LIMIT, Topology, delay_label};
+pub use topology::{KEEP_DELIVERY_LIMIT, POISON_DELIVERY_LIMIT, Topology, delay_label};

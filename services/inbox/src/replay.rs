@@ -29,9 +29,9 @@ pub async fn replay_dead_letters(
 ) -> anyhow::Result<u64> {
     let properties = ConnectionProperties::default().with_connection_name(LongString::from("inbox-replay"));
     let connection = infra::amqp::connect(amqp_url.expose_secret(), properties).await.context("cannot connect")?;
+    topology.declare(&connection).await.context("cannot declare the topology")?;
     let channel = connection.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    topology.declare(&channel).await.context("cannot declare the topology")?;
     let waiting = channel
         .queue_declare(
             ShortString::from(topology.dead_letter.as_str()),

@@ -13,17 +13,28 @@
 //!   with that message TTL whose expired messages the broker dead-letters (at
 //!   least once) back to `Q` through the default exchange. Nothing consumes them.
 //! * `Q.dlq` — quorum queue holding what could not be processed, until replayed.
+//!
+//! `Q.poison` and `Q.dlq` have nowhere further to dead-letter to, so they set a
+//! delivery limit no reader reaches ([`KEEP_DELIVERY_LIMIT`]): RabbitMQ 4 gives
+//! a quorum queue declared without one a limit of 20 and drops what exceeds
+//! it, where 3.x has none.
 
 use std::time::Duration;
 
 use lapin::{
-    Channel, ExchangeKind,
+    Channel, Connection, ErrorKind, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    protocol::{AMQPErrorKind, AMQPSoftError},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 
 /// Broker-side deliveries of one message before the broker itself dead-letters it.
 pub const POISON_DELIVERY_LIMIT: i64 = 20;
+
+/// The delivery limit of the poison and dead-letter queues: explicit, so
+/// that RabbitMQ 4's default of 20 does not apply, and too high for any
+/// reader that returns a message (a console that crashes on it) to reach.
+pub const KEEP_DELIVERY_LIMIT: i64 = 1_000_000;
 
 /// The names an inbox declares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,9 +86,13 @@ impl Topology {
         self.retries.iter().any(|(_, name)| name == queue)
     }
 
-    /// Declares the exchange, every queue and the bindings. Safe to repeat and
-    /// to race with other replicas; fails if a queue exists with other arguments.
-    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    /// Declares the exchange, every queue and the bindings, on a channel of
+    /// its own on `connection`. Safe to repeat and to race with other replicas.
+    /// A poison or dead-letter queue declared before it had its delivery limit
+    /// is taken as it is, with a warning (a redeclare with other arguments
+    /// fails); any other queue that exists with other arguments fails it.
+    pub async fn declare(&self, connection: &Connection) -> Result<(), lapin::Error> {
+        let mut channel = connection.create_channel().await?;
         channel
             .exchange_declare(
                 ShortString::from(self.exchange.as_str()),
@@ -86,8 +101,10 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        declare_quorum(channel, &self.dead_letter, quorum_args()).await?;
-        declare_quorum(channel, &self.poison, quorum_args()).await?;
+        for queue in [&self.dead_letter, &self.poison] {
+            channel = declare_kept(connection, channel, queue).await?;
+        }
+        let channel = &channel;
         for (delay, name) in &self.retries {
             let mut args = quorum_args();
             args.insert(ShortString::from("x-message-ttl"), AMQPValue::LongLongInt(delay.as_millis() as i64));
@@ -120,8 +137,32 @@ impl Topology {
                 )
                 .await?;
         }
-        Ok(())
+        channel.close(200, ShortString::from("topology declared")).await
     }
+}
+
+/// Declares `name` with [`KEEP_DELIVERY_LIMIT`]; when it exists without
+/// one, takes it as it is on a fresh channel (the refusal closed `channel`).
+async fn declare_kept(connection: &Connection, channel: Channel, name: &str) -> Result<Channel, lapin::Error> {
+    let mut args = quorum_args();
+    args.insert(ShortString::from("x-delivery-limit"), AMQPValue::LongLongInt(KEEP_DELIVERY_LIMIT));
+    match declare_quorum(&channel, name, args).await {
+        Ok(()) => Ok(channel),
+        Err(err) if is_precondition_failed(&err) => {
+            tracing::warn!(
+                queue = name,
+                "the queue was declared without its delivery limit and is used as it is; on RabbitMQ 4 set one with a policy (docs/operations.md, RabbitMQ versions)"
+            );
+            let channel = connection.create_channel().await?;
+            declare_quorum(&channel, name, quorum_args()).await?;
+            Ok(channel)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+fn is_precondition_failed(err: &lapin::Error) -> bool {
+    matches!(err.kind(), ErrorKind::ProtocolError(amqp) if *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
 }
 
 fn text(value: &str) -> AMQPValue {

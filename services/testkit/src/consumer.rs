@@ -36,7 +36,7 @@ pub fn short_retry_config(amqp_url: &str, name: &str, routing_key: &str) -> Inbo
 
 /// A confirm-mode channel on the real broker for tests to publish and inspect with.
 pub struct Broker {
-    _connection: Connection,
+    connection: Connection,
     pub channel: Channel,
     /// How long [`Broker::take_n`] waits for messages before failing the test.
     wait: Duration,
@@ -47,12 +47,12 @@ impl Broker {
         let connection = crate::amqp_connection().await;
         let channel = connection.create_channel().await.unwrap();
         channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        Self { _connection: connection, channel, wait }
+        Self { connection, channel, wait }
     }
 
     /// Declares the topology so messages published before the consumer starts are kept.
     pub async fn declare(&self, topology: &Topology) {
-        topology.declare(&self.channel).await.unwrap();
+        topology.declare(&self.connection).await.unwrap();
     }
 
     /// Publishes with `mandatory` set and fails the test unless the broker routes and confirms it.

@@ -5,5 +5,6 @@ mod amqp;
 mod batching;
 mod broker;
 mod dedup;
+mod delivery_limit;
 mod failures;
 mod support;
