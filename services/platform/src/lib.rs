@@ -7,6 +7,8 @@
 pub mod db;
 pub mod errors;
 pub mod grpc;
+pub mod health;
+pub mod serve;
 pub mod shutdown;
 pub mod text;
 pub mod tls;
