@@ -35,8 +35,8 @@ pub type GrpcRouter = Router<Stack<RequestLimitsLayer, Stack<RpcMetricsLayer, Id
 /// A tonic router already carrying health and reflection, its calls measured
 /// into `registry`. Reflection describes the files of `descriptor_sets`
 /// (encoded `FileDescriptorSet`s: the service's own contracts, a library's
-/// admin service) and lists `services` (the ones this server really offers),
-/// health and reflection. With `tls`, the port speaks TLS only (see [`crate::tls`]).
+/// admin service) and the `google.rpc` error details, and lists `services`
+/// (the ones this server really offers), health and reflection. With `tls`, the port speaks TLS only (see [`crate::tls`]).
 pub fn router_with_health_and_reflection(
     services: &[&str],
     descriptor_sets: &[&'static [u8]],
@@ -47,6 +47,9 @@ pub fn router_with_health_and_reflection(
     let configure = || {
         let mut builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // The error details Pulse returns (`google.rpc.BadRequest`, `ErrorInfo`,
+            // `RetryInfo`, ...): without them grpcurl cannot print a status's details.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("grpc.health.v1.Health");
         for set in descriptor_sets {
             builder = builder.register_encoded_file_descriptor_set(set);
