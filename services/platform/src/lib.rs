@@ -8,6 +8,7 @@ pub mod db;
 pub mod errors;
 pub mod grpc;
 pub mod health;
+pub mod run;
 pub mod serve;
 pub mod shutdown;
 pub mod text;
