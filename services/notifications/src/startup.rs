@@ -76,10 +76,9 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     // NOT_SERVING until the watchers have seen the database and the broker.
     set_status(&reporter, &["", SERVICE_NAME, CONSUMER_HEALTH_NAME], ServingStatus::NotServing).await;
 
-    let mut service =
-        Service::bind("notifications", router, reporter, registry, config.grpc_addr, config.metrics_addr).await?;
-    service.set_metrics_export(metrics_export);
-    let mut service = service
+    let mut service = Service::bind("notifications", router, reporter, registry, config.grpc_addr, config.metrics_addr)
+        .await?
+        .with_metrics_export(metrics_export)
         .ready_with_database(db_options, &["", SERVICE_NAME], config.health_interval, Duration::from_secs(2))
         .mirror(CONSUMER_HEALTH_NAME, consumer_connected.clone(), |connected| *connected);
     if let Some(inbox) = inbox {
@@ -97,7 +96,7 @@ impl App {
 
     /// Pushes the metrics as `export` says (None: not at all) instead of as the environment says.
     pub fn with_metrics_export(mut self, export: Option<OtlpExport>) -> Self {
-        self.service.set_metrics_export(export);
+        self.service = self.service.with_metrics_export(export);
         self
     }
 

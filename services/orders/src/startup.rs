@@ -71,17 +71,14 @@ impl App {
             Relay::new(options.clone(), config.relay.clone(), Some(writer.local_relay())).with_metrics(&registry)
         });
 
-        let mut service =
-            Service::bind("orders", router, health, registry, config.grpc_addr, config.metrics_addr).await?;
-        service.set_metrics_export(metrics_export);
-        tracing::info!(addr = %service.grpc_addr(), metrics_addr = %service.metrics_addr(), role = ?config.role, "orders listening");
         let interval = config.health_interval;
-        let mut service = service.grace(config.shutdown_grace).ready_with_database(
-            options,
-            &["", SERVICE_NAME],
-            interval,
-            interval * 2,
-        );
+        let mut service = Service::bind("orders", router, health, registry, config.grpc_addr, config.metrics_addr)
+            .await?
+            .with_metrics_export(metrics_export)
+            .grace(config.shutdown_grace)
+            .ready_with_database(options, &["", SERVICE_NAME], interval, interval * 2);
+        let (addr, metrics_addr) = (service.grpc_addr(), service.metrics_addr());
+        tracing::info!(%addr, %metrics_addr, role = ?config.role, "orders listening");
         if let Some(channel) = config.relay.notify_channel.clone() {
             let (pool, interval) = (pool.clone(), config.doorbell_interval);
             service = service.task("outbox doorbell", move |stop| async move {
@@ -104,7 +101,7 @@ impl App {
 
     /// Pushes the metrics as `export` says (None: not at all) instead of as the environment says.
     pub fn with_metrics_export(mut self, export: Option<OtlpExport>) -> Self {
-        self.service.set_metrics_export(export);
+        self.service = self.service.with_metrics_export(export);
         self
     }
 

@@ -92,9 +92,10 @@ impl Service {
         self.metrics_addr
     }
 
-    /// Pushes the metrics as `export` says (None: not at all).
-    pub fn set_metrics_export(&mut self, export: Option<OtlpExport>) {
+    /// Pushes the metrics as `export` says (None: not at all, the default).
+    pub fn with_metrics_export(mut self, export: Option<OtlpExport>) -> Self {
         self.metrics_export = export;
+        self
     }
 
     /// How long readiness is NOT_SERVING before the server stops accepting.
