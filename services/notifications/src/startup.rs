@@ -1,5 +1,6 @@
-//! Wiring: database, consumer, gRPC server and health, metrics (scraped and
-//! pushed), and the order they stop in.
+//! Wiring: the service's parts (database, gRPC API and dead-letter console,
+//! consumer) built from the configuration and handed to the kit's run loop
+//! ([`platform::run`]), which serves them and stops them in order.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -8,12 +9,11 @@ use inbox::{
     Inbox, InboxStats,
     admin::{self, DeadLetterConsole},
 };
-use platform::grpc::{GrpcRouter, set_status};
-use sqlx::{PgPool, postgres::PgConnectOptions};
+use platform::{grpc::set_status, run::Service};
 use telemetry::metrics::{OtlpExport, Registry};
-use tokio::{net::TcpListener, sync::watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_health::ServingStatus;
 
 use crate::{
     config::{Config, read_admin_token},
@@ -27,18 +27,7 @@ pub const CONSUMER_HEALTH_NAME: &str = "pulse.notifications.v1.Consumer";
 
 /// A built service: database migrated, port bound, nothing running yet.
 pub struct App {
-    grpc_addr: SocketAddr,
-    listener: TcpListener,
-    router: GrpcRouter,
-    registry: Registry,
-    metrics_listener: TcpListener,
-    metrics_addr: SocketAddr,
-    metrics_export: Option<OtlpExport>,
-    reporter: HealthReporter,
-    pool: PgPool,
-    db_options: PgConnectOptions,
-    health_interval: Duration,
-    inbox: Option<Inbox<OrderCreatedHandler>>,
+    service: Service,
     consumer_connected: watch::Receiver<bool>,
     stats: Arc<InboxStats>,
 }
@@ -90,45 +79,36 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         .add_service(
             DeadLetterConsole::<OrderCreatedHandler>::new(pool.clone(), &config.inbox).into_service_with(admin_auth),
         );
-    let (listener, grpc_addr) = platform::grpc::bind(config.grpc_addr).await?;
-    let (metrics_listener, metrics_addr) = telemetry::metrics::bind(config.metrics_addr).await?;
     // NOT_SERVING until the watchers have seen the database and the broker.
     set_status(&reporter, &["", SERVICE_NAME, CONSUMER_HEALTH_NAME], ServingStatus::NotServing).await;
-    // SERVING until the process exits, through database and broker outages and shutdown alike.
-    reporter.set_service_status(platform::grpc::LIVENESS, ServingStatus::Serving).await;
-    Ok(App {
-        grpc_addr,
-        listener,
-        router,
-        registry,
-        metrics_listener,
-        metrics_addr,
-        metrics_export,
-        reporter,
-        pool,
-        db_options,
-        health_interval: config.health_interval,
-        inbox,
-        consumer_connected,
-        stats,
-    })
+
+    let mut service = Service::bind("notifications", router, reporter, registry, config.grpc_addr, config.metrics_addr)
+        .await?
+        .with_metrics_export(metrics_export)
+        .ready_with_database(db_options, &["", SERVICE_NAME], config.health_interval, Duration::from_secs(2))
+        .mirror(CONSUMER_HEALTH_NAME, consumer_connected.clone(), |connected| *connected);
+    if let Some(inbox) = inbox {
+        service = service.task("inbox consumer", |stop| inbox.run(stop));
+    }
+    let service = service.on_stopped(async move { pool.close().await });
+    Ok(App { service, consumer_connected, stats })
 }
 
 impl App {
     /// The bound address (the real port when the configuration said 0).
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_addr
+        self.service.grpc_addr()
     }
 
     /// Pushes the metrics as `export` says (None: not at all) instead of as the environment says.
     pub fn with_metrics_export(mut self, export: Option<OtlpExport>) -> Self {
-        self.metrics_export = export;
+        self.service = self.service.with_metrics_export(export);
         self
     }
 
     /// Where `GET /metrics` answers.
     pub fn metrics_addr(&self) -> SocketAddr {
-        self.metrics_addr
+        self.service.metrics_addr()
     }
 
     /// True while the consumer is connected to the broker and subscribed.
@@ -142,76 +122,8 @@ impl App {
     }
 
     /// Serves and consumes until `shutdown` fires, then: health NOT_SERVING,
-    /// consumer stopped after its batch in hand, in-flight calls finished.
+    /// in-flight calls finished, consumer stopped after its batch in hand.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let health_stop = CancellationToken::new();
-        let db_watch = tokio::spawn(platform::grpc::watch_database(
-            self.db_options,
-            self.reporter.clone(),
-            vec!["", SERVICE_NAME],
-            self.health_interval,
-            Duration::from_secs(2),
-            health_stop.clone(),
-        ));
-        let consumer_watch =
-            tokio::spawn(watch_consumer(self.consumer_connected, self.reporter.clone(), health_stop.clone()));
-        let consumer_stop = CancellationToken::new();
-        let consumer = self.inbox.map(|inbox| tokio::spawn(inbox.run(consumer_stop.clone())));
-        // Pushed once more after the consumer and the server have stopped, so the last values are sent.
-        let export_stop = CancellationToken::new();
-        let exporting = self.metrics_export.map(|export| {
-            tokio::spawn(telemetry::metrics::otlp::push(self.registry.clone(), export, export_stop.clone()))
-        });
-        let server_stop = CancellationToken::new();
-        let mut server = tokio::spawn(platform::grpc::serve(self.router, self.listener, server_stop.clone()));
-        let metrics =
-            tokio::spawn(telemetry::metrics::serve(self.metrics_listener, self.registry, server_stop.clone()));
-        tracing::info!(addr = %self.grpc_addr, metrics = %self.metrics_addr, "notifications serving");
-
-        let early = tokio::select! {
-            _ = shutdown.cancelled() => None,
-            ended = &mut server => Some(ended),
-        };
-        let all = ["", SERVICE_NAME, CONSUMER_HEALTH_NAME];
-        health_stop.cancel();
-        set_status(&self.reporter, &all, ServingStatus::NotServing).await;
-        consumer_stop.cancel();
-        if let Some(consumer) = consumer {
-            consumer.await?;
-        }
-        // A watcher caught mid-update could have written SERVING after us.
-        let _ = tokio::join!(db_watch, consumer_watch);
-        set_status(&self.reporter, &all, ServingStatus::NotServing).await;
-        server_stop.cancel();
-        let served = match early {
-            Some(ended) => ended,
-            None => server.await,
-        };
-        export_stop.cancel();
-        self.pool.close().await;
-        if let Some(exporting) = exporting {
-            exporting.await?;
-        }
-        served??;
-        metrics.await??;
-        tracing::info!("notifications stopped");
-        Ok(())
-    }
-}
-
-/// Mirrors the consumer's connection state onto [`CONSUMER_HEALTH_NAME`].
-async fn watch_consumer(mut connected: watch::Receiver<bool>, reporter: HealthReporter, stop: CancellationToken) {
-    loop {
-        let status = if *connected.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
-        reporter.set_service_status(CONSUMER_HEALTH_NAME, status).await;
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            changed = connected.changed() => if changed.is_err() {
-                // The consumer is gone (disabled or stopped): stays NOT_SERVING.
-                reporter.set_service_status(CONSUMER_HEALTH_NAME, ServingStatus::NotServing).await;
-                stop.cancelled().await;
-                return;
-            },
-        }
+        self.service.run_until_stopped(shutdown).await
     }
 }

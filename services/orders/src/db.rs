@@ -23,6 +23,12 @@ pub struct OrderRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// A stored time as protobuf carries it: the API's `created_at` and the
+/// event's `occurred_at` (here, below both, so neither imports the other).
+pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
+}
+
 /// The table these queries read and write (`db.collection.name` of their spans).
 pub const TABLE: &str = "orders";
 

@@ -1,7 +1,6 @@
 //! The gRPC face of the service: proto ⇄ domain, correlation and trace context
 //! from metadata, one span per call.
 
-use chrono::{DateTime, Utc};
 use contracts::orders::v1::{
     CreateOrderRequest, CreateOrderResponse, GetOrderRequest, GetOrderResponse, Order, OrderStatus,
     order_service_server::OrderService,
@@ -11,7 +10,7 @@ use tonic::{Request, Response, Status, metadata::MetadataValue};
 use tracing::{Instrument, Span};
 
 use crate::{
-    db::OrderRow,
+    db::{self, OrderRow},
     domain::{FieldViolation, parse_uuid},
     error::OrdersError,
     service::Orders,
@@ -138,11 +137,7 @@ fn order(row: OrderRow) -> Order {
             _ => OrderStatus::Unspecified,
         } as i32,
         correlation_id: row.correlation_id,
-        created_at: Some(timestamp(row.created_at)),
+        created_at: Some(db::timestamp(row.created_at)),
         request_id: row.request_id.map(|id| id.to_string()).unwrap_or_default(),
     }
-}
-
-pub(crate) fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
 }

@@ -7,7 +7,7 @@ use outbox::OutboxMessage;
 use prost::Message;
 use telemetry::{correlation, tracecontext::TraceParent};
 
-use crate::db::OrderRow;
+use crate::db::{self, OrderRow};
 
 pub const AGGREGATE_TYPE: &str = "order";
 pub const CONTENT_TYPE: &str = "application/x-protobuf";
@@ -19,7 +19,7 @@ pub fn order_created(order: &OrderRow) -> OrderCreated {
         customer_id: order.customer_id.clone(),
         amount: order.amount.clone(),
         currency: order.currency.clone(),
-        occurred_at: Some(crate::grpc::timestamp(order.created_at)),
+        occurred_at: Some(db::timestamp(order.created_at)),
         correlation_id: order.correlation_id.clone(),
     }
 }

@@ -1,25 +1,20 @@
 //! gRPC bootstrap shared by the services: health (`grpc.health.v1`) and server
-//! reflection (v1 and v1alpha, for grpcurl 1.8 and later), a database-driven
-//! health watcher, serving until the shutdown token fires, a tower layer
+//! reflection (v1 and v1alpha, for grpcurl 1.8 and later), a tower layer
 //! recording `rpc.server.duration` per method and status code, and the limits
 //! on what one call may send (metadata and message size, see [`RequestLimitsLayer`]).
 
 use std::{
-    net::SocketAddr,
     pin::Pin,
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use futures::future::BoxFuture;
 use http_body::{Body as HttpBody, Frame};
 use tonic::codegen::Bytes;
 
-use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Router;
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_health::server::HealthReporter;
 use tower::{
     Layer, Service,
     layer::util::{Identity, Stack},
@@ -29,6 +24,10 @@ use telemetry::metrics::{self, HistogramVec, Name, Registry};
 
 use crate::tls::ServerTls;
 
+// Where the services and tools have always found them.
+pub use crate::health::{LIVENESS, set_status, watch_database};
+pub use crate::serve::{bind, probe, serve};
+
 /// The services' router: every call passes through [`RpcMetricsLayer`], then
 /// [`RequestLimitsLayer`] (so refused calls are measured too).
 pub type GrpcRouter = Router<Stack<RequestLimitsLayer, Stack<RpcMetricsLayer, Identity>>>;
@@ -36,8 +35,8 @@ pub type GrpcRouter = Router<Stack<RequestLimitsLayer, Stack<RpcMetricsLayer, Id
 /// A tonic router already carrying health and reflection, its calls measured
 /// into `registry`. Reflection describes the files of `descriptor_sets`
 /// (encoded `FileDescriptorSet`s: the service's own contracts, a library's
-/// admin service) and lists `services` (the ones this server really offers),
-/// health and reflection. With `tls`, the port speaks TLS only (see [`crate::tls`]).
+/// admin service) and the `google.rpc` error details, and lists `services`
+/// (the ones this server really offers), health and reflection. With `tls`, the port speaks TLS only (see [`crate::tls`]).
 pub fn router_with_health_and_reflection(
     services: &[&str],
     descriptor_sets: &[&'static [u8]],
@@ -48,6 +47,9 @@ pub fn router_with_health_and_reflection(
     let configure = || {
         let mut builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // The error details Pulse returns (`google.rpc.BadRequest`, `ErrorInfo`,
+            // `RetryInfo`, ...): without them grpcurl cannot print a status's details.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("grpc.health.v1.Health");
         for set in descriptor_sets {
             builder = builder.register_encoded_file_descriptor_set(set);
@@ -113,100 +115,6 @@ pub const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 256 * 1024;
 /// could be answered on the call alone. Data frames stay bounded by the
 /// flow-control windows.
 pub const HTTP2_MAX_FRAME_BYTES: u32 = 1024 * 1024;
-
-/// Binds `addr` (port 0 picks a free port) and returns the listener with the
-/// address it got.
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(addr).await.map_err(|err| anyhow::anyhow!("cannot bind {addr}: {err}"))?;
-    let local = listener.local_addr()?;
-    Ok((listener, local))
-}
-
-/// Serves `router` on `listener` until `shutdown` is cancelled, then lets
-/// in-flight calls finish.
-pub async fn serve(router: GrpcRouter, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    // Small unary responses go out in several writes: without TCP_NODELAY,
-    // Nagle's algorithm holds the last one back until the client's ACK.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
-    router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await?;
-    Ok(())
-}
-
-/// Health name that follows only the process: SERVING from the moment the
-/// server is built until it exits, whatever the database or the broker do.
-/// Liveness probes ask it, so an outage of either restarts no pod (readiness,
-/// on `""` and the service names, takes the pod out of its Service instead).
-pub const LIVENESS: &str = "liveness";
-
-/// Sets every name in `names` to `status`.
-pub async fn set_status(reporter: &HealthReporter, names: &[&str], status: ServingStatus) {
-    for name in names {
-        reporter.set_service_status(*name, status).await;
-    }
-}
-
-/// Keeps `names` SERVING while the database answers `SELECT 1` on a connection
-/// of its own (so a saturated pool cannot fail the probe), NOT_SERVING within
-/// `interval + timeout` of losing it, and NOT_SERVING for good once `shutdown` fires.
-pub async fn watch_database(
-    options: PgConnectOptions,
-    reporter: HealthReporter,
-    names: Vec<&'static str>,
-    interval: Duration,
-    timeout: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut conn: Option<PgConnection> = None;
-    let mut last: Option<ServingStatus> = None;
-    loop {
-        let ok = tokio::time::timeout(timeout, async {
-            if conn.is_none() {
-                conn = Some(PgConnection::connect_with(&options).await?);
-            }
-            let c = conn.as_mut().expect("connected above");
-            sqlx::query("SELECT 1").execute(c).await.map(|_| ())
-        })
-        .await;
-        let status = match ok {
-            Ok(Ok(())) => ServingStatus::Serving,
-            _ => {
-                conn = None;
-                ServingStatus::NotServing
-            }
-        };
-        if last != Some(status) {
-            match status {
-                ServingStatus::Serving => tracing::info!("database reachable, health SERVING"),
-                _ => tracing::warn!("database unreachable, health NOT_SERVING"),
-            }
-            last = Some(status);
-        }
-        if !shutdown.is_cancelled() {
-            set_status(&reporter, &names, status).await;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(interval) => {}
-        }
-    }
-    set_status(&reporter, &names, ServingStatus::NotServing).await;
-}
-
-/// Asks the gRPC health service at `addr` about `service`; true when SERVING.
-/// Backs the binaries' `healthcheck` subcommand (distroless images have no shell).
-pub async fn probe(addr: SocketAddr, service: &str) -> anyhow::Result<bool> {
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus as Status, health_client::HealthClient,
-    };
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(2));
-    let mut client = HealthClient::new(endpoint.connect().await?);
-    let response = client.check(HealthCheckRequest { service: service.to_owned() }).await?;
-    Ok(response.into_inner().status == Status::Serving as i32)
-}
 
 /// Records `rpc.server.duration` (seconds, as `rpc_server_duration_seconds`)
 /// with `rpc.system`, `rpc.service`, `rpc.method` and `rpc.grpc.status_code`.

@@ -62,3 +62,22 @@ async fn grpcurl_creates_an_order_through_reflection_and_sees_health(pool: PgPoo
     assert!(err.contains("InvalidArgument") && err.contains("order_id"), "{err}");
     app.stop().await;
 }
+
+/// Reflection describes the error details too, so grpcurl prints a rejected
+/// call's `google.rpc.BadRequest` (which field, why) instead of "not recognized".
+#[sqlx::test(migrations = false)]
+async fn grpcurl_prints_the_field_violations_of_a_rejected_order(pool: PgPool) {
+    let app = spawn_app(&pool, Options::default()).await;
+    let body = r#"{"customer_id":"c-grpcurl","amount":"77.50","currency":"EURO"}"#;
+    let (ok, _, err) = grpcurl(&["-d", body], app.addr, "pulse.orders.v1.OrderService/CreateOrder").await;
+    assert!(!ok);
+    assert!(err.contains("InvalidArgument"), "{err}");
+    assert!(!err.contains("not recognized"), "{err}");
+    assert!(err.contains("type.googleapis.com/google.rpc.BadRequest"), "{err}");
+    assert!(err.contains(r#""fieldViolations":[{"field":"currency","description":"must be an ISO 4217"#), "{err}");
+    assert!(err.contains(r#""@type":"type.googleapis.com/google.rpc.ErrorInfo""#), "{err}");
+    assert!(err.contains(r#""reason":"INVALID_FIELD""#), "{err}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&pool).await.unwrap();
+    assert_eq!(stored, 0);
+    app.stop().await;
+}
