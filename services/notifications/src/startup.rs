@@ -1,5 +1,5 @@
-//! Wiring: database, consumer, gRPC server and health, metrics (scraped and
-//! pushed), and the order they stop in.
+//! Wiring: database, consumer, gRPC server and health, metrics, and the order
+//! they stop in.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -10,7 +10,7 @@ use inbox::{
 };
 use platform::grpc::{GrpcRouter, set_status};
 use sqlx::{PgPool, postgres::PgConnectOptions};
-use telemetry::metrics::{OtlpExport, Registry};
+use telemetry::metrics::Registry;
 use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -33,7 +33,6 @@ pub struct App {
     registry: Registry,
     metrics_listener: TcpListener,
     metrics_addr: SocketAddr,
-    metrics_export: Option<OtlpExport>,
     reporter: HealthReporter,
     pool: PgPool,
     db_options: PgConnectOptions,
@@ -44,11 +43,8 @@ pub struct App {
 }
 
 /// Creates the database if needed, applies migrations, binds the gRPC port
-/// and prepares the consumer. Metrics are pushed over OTLP as the standard
-/// `OTEL_*` variables say (see [`OtlpExport::from_env`];
-/// [`App::with_metrics_export`] overrides them).
+/// and the metrics port, and prepares the consumer.
 pub async fn build(config: Config) -> anyhow::Result<App> {
-    let metrics_export = OtlpExport::from_env("notifications", env!("CARGO_PKG_VERSION"))?;
     tracing::info!(
         database = %infra::redact::redact_urls(secrecy::ExposeSecret::expose_secret(&config.database_url)),
         broker = %infra::redact::redact_url(secrecy::ExposeSecret::expose_secret(&config.inbox.amqp_url)),
@@ -59,6 +55,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let pool = platform::db::connect_and_migrate(&config.database_url, &config.pool, &MIGRATOR).await?;
     let db_options = platform::db::connect_options(&config.database_url)?;
     let registry = Registry::new();
+    telemetry::metrics::target_info(&registry, &telemetry::resource("notifications"));
     let (inbox, consumer_connected, stats) = if config.consumer_enabled {
         let inbox = Inbox::new(pool.clone(), OrderCreatedHandler, config.inbox.clone())?.with_metrics(&registry);
         let (connected, stats) = (inbox.connected(), inbox.stats());
@@ -97,7 +94,6 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         registry,
         metrics_listener,
         metrics_addr,
-        metrics_export,
         reporter,
         pool,
         db_options,
@@ -112,12 +108,6 @@ impl App {
     /// The bound address (the real port when the configuration said 0).
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
-    }
-
-    /// Pushes the metrics as `export` says (None: not at all) instead of as the environment says.
-    pub fn with_metrics_export(mut self, export: Option<OtlpExport>) -> Self {
-        self.metrics_export = export;
-        self
     }
 
     /// Where `GET /metrics` answers.
@@ -151,11 +141,6 @@ impl App {
             tokio::spawn(watch_consumer(self.consumer_connected, self.reporter.clone(), health_stop.clone()));
         let consumer_stop = CancellationToken::new();
         let consumer = self.inbox.map(|inbox| tokio::spawn(inbox.run(consumer_stop.clone())));
-        // Pushed once more after the consumer and the server have stopped, so the last values are sent.
-        let export_stop = CancellationToken::new();
-        let exporting = self.metrics_export.map(|export| {
-            tokio::spawn(telemetry::metrics::otlp::push(self.registry.clone(), export, export_stop.clone()))
-        });
         let server_stop = CancellationToken::new();
         let mut server = tokio::spawn(platform::grpc::serve(self.router, self.listener, server_stop.clone()));
         let metrics =
@@ -181,11 +166,7 @@ impl App {
             Some(ended) => ended,
             None => server.await,
         };
-        export_stop.cancel();
         self.pool.close().await;
-        if let Some(exporting) = exporting {
-            exporting.await?;
-        }
         served??;
         metrics.await??;
         tracing::info!("notifications stopped");

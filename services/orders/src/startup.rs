@@ -9,7 +9,7 @@ use outbox::{OutboxWriter, Relay};
 use platform::grpc::{self, GrpcRouter, set_status};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
-use telemetry::metrics::{OtlpExport, Registry};
+use telemetry::metrics::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -43,15 +43,11 @@ pub struct App {
     registry: Registry,
     metrics_listener: TcpListener,
     metrics_addr: SocketAddr,
-    metrics_export: Option<OtlpExport>,
 }
 
 impl App {
-    /// Creates and migrates the database, binds the gRPC port. Metrics are
-    /// pushed over OTLP as the standard `OTEL_*` variables say (see
-    /// [`OtlpExport::from_env`]; [`Self::with_metrics_export`] overrides them).
+    /// Creates and migrates the database, binds the gRPC port and the metrics port.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let metrics_export = OtlpExport::from_env("orders", env!("CARGO_PKG_VERSION"))?;
         tracing::info!(
             database = %infra::redact::redact_url(config.database_url.expose_secret()),
             broker = %infra::redact::redact_urls(config.relay.amqp_url.expose_secret()),
@@ -65,6 +61,7 @@ impl App {
         let writer = OutboxWriter::new();
         let offered: &[&str] = if config.role == Role::Relay { &[] } else { &[SERVICE_NAME] };
         let registry = Registry::new();
+        telemetry::metrics::target_info(&registry, &telemetry::resource("orders"));
         let (mut router, health) = grpc::router_with_health_and_reflection(
             offered,
             &[contracts::FILE_DESCRIPTOR_SET],
@@ -96,14 +93,7 @@ impl App {
             registry,
             metrics_listener,
             metrics_addr,
-            metrics_export,
         })
-    }
-
-    /// Pushes the metrics as `export` says (None: not at all) instead of as the environment says.
-    pub fn with_metrics_export(mut self, export: Option<OtlpExport>) -> Self {
-        self.metrics_export = export;
-        self
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -122,19 +112,7 @@ impl App {
     /// Serves until `shutdown`: then reports NOT_SERVING, waits the grace
     /// period, lets in-flight calls finish, settles the relay's batch, returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self {
-            config,
-            listener,
-            router,
-            health,
-            pool,
-            lane,
-            writer,
-            registry,
-            metrics_listener,
-            metrics_export,
-            ..
-        } = self;
+        let Self { config, listener, router, health, pool, lane, writer, registry, metrics_listener, .. } = self;
         let options = platform::db::connect_options(&config.database_url)?;
         let background = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
@@ -175,10 +153,6 @@ impl App {
             tasks.spawn(relay.run(background.clone()));
         }
 
-        // Pushed once more after everything else has stopped, so the last values are sent.
-        let export_until = CancellationToken::new();
-        let exporting = metrics_export
-            .map(|export| tokio::spawn(telemetry::metrics::otlp::push(registry.clone(), export, export_until.clone())));
         let serve_until = CancellationToken::new();
         // Scraped until the very end, so the last values of a stopping relay are visible.
         let metrics = tokio::spawn(telemetry::metrics::serve(metrics_listener, registry, serve_until.clone()));
@@ -191,14 +165,10 @@ impl App {
         let served = serving.await;
         background.cancel();
         while tasks.join_next().await.is_some() {}
-        export_until.cancel();
         if let Some(lane) = lane {
             lane.close().await;
         }
         pool.close().await;
-        if let Some(exporting) = exporting {
-            exporting.await?;
-        }
         tracing::info!("orders stopped");
         served??;
         metrics.await??;
