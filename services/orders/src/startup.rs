@@ -1,5 +1,5 @@
-//! Builds the service (database, gRPC server, relay, metrics endpoint and
-//! OTLP metrics push) and runs it until the shutdown token fires.
+//! Builds the service (database, gRPC server, relay, metrics endpoint) and
+//! runs it until the shutdown token fires.
 
 use std::net::SocketAddr;
 
