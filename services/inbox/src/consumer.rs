@@ -60,17 +60,17 @@ impl<H: Handler> Inbox<H> {
             db: tokio::sync::Mutex::new(None),
             handler,
             config,
-            topology,
             connected: watch::Sender::new(false),
             stats: Arc::default(),
-            metrics: InboxMetrics::new(&telemetry::metrics::Registry::new()),
+            metrics: InboxMetrics::new(&telemetry::metrics::Registry::new(), &topology.main),
+            topology,
         })
     }
 
     /// Records `inbox_messages_total` (by queue and outcome), `inbox_lag_seconds`
     /// and `inbox_batch_duration_seconds` into `registry`.
     pub fn with_metrics(mut self, registry: &telemetry::metrics::Registry) -> Self {
-        self.metrics = InboxMetrics::new(registry);
+        self.metrics = InboxMetrics::new(registry, &self.topology.main);
         self
     }
 

@@ -20,6 +20,8 @@ pub(crate) enum Counted {
 }
 
 impl Counted {
+    const ALL: [Self; 5] = [Self::Processed, Self::Duplicate, Self::Retried, Self::DeadLettered, Self::Poison];
+
     fn label(self) -> &'static str {
         match self {
             Self::Processed => "processed",
@@ -40,13 +42,17 @@ pub(crate) struct InboxMetrics {
 }
 
 impl InboxMetrics {
-    pub(crate) fn new(registry: &Registry) -> Self {
+    /// `queue`: the main queue, under which every outcome is counted from 0.
+    pub(crate) fn new(registry: &Registry, queue: &str) -> Self {
+        let known = Counted::ALL.map(|outcome| [queue, outcome.label()]);
+        let known: Vec<&[&str]> = known.iter().map(|labels| labels.as_slice()).collect();
         Self {
             messages: metrics::counter_vec(
                 registry,
                 Name { prometheus: "inbox_messages", otel: "inbox.messages", unit: "{message}" },
                 "Deliveries settled by the consumer, by outcome",
                 &["queue", "outcome"],
+                &known,
             ),
             lag: metrics::histogram(
                 registry,

@@ -177,8 +177,6 @@ impl Config {
             admin_token_file: Some(var_or(ADMIN_TOKEN_FILE, "")).filter(|p| !p.trim().is_empty()).map(PathBuf::from),
             admin_client_names: client_names(&var_or("NOTIFICATIONS_ADMIN_CLIENT_NAMES", "")),
         };
-        // Read again at build; checked here so that their problems are reported with the rest.
-        p.check(telemetry::metrics::OtlpExport::from_env("notifications", env!("CARGO_PKG_VERSION")).map(|_| ()), ());
         problems.or_value(config)
     }
 }

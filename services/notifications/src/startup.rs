@@ -10,7 +10,7 @@ use inbox::{
     admin::{self, DeadLetterConsole},
 };
 use platform::{grpc::set_status, run::Service};
-use telemetry::metrics::{OtlpExport, Registry};
+use telemetry::metrics::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
@@ -33,11 +33,8 @@ pub struct App {
 }
 
 /// Creates the database if needed, applies migrations, binds the gRPC port
-/// and prepares the consumer. Metrics are pushed over OTLP as the standard
-/// `OTEL_*` variables say (see [`OtlpExport::from_env`];
-/// [`App::with_metrics_export`] overrides them).
+/// and the metrics port, and prepares the consumer.
 pub async fn build(config: Config) -> anyhow::Result<App> {
-    let metrics_export = OtlpExport::from_env("notifications", env!("CARGO_PKG_VERSION"))?;
     tracing::info!(
         database = %infra::redact::redact_urls(secrecy::ExposeSecret::expose_secret(&config.database_url)),
         broker = %infra::redact::redact_url(secrecy::ExposeSecret::expose_secret(&config.inbox.amqp_url)),
@@ -48,6 +45,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let pool = platform::db::connect_and_migrate(&config.database_url, &config.pool, &MIGRATOR).await?;
     let db_options = platform::db::connect_options(&config.database_url)?;
     let registry = Registry::new();
+    telemetry::metrics::target_info(&registry, &telemetry::resource("notifications"));
     let (inbox, consumer_connected, stats) = if config.consumer_enabled {
         let inbox = Inbox::new(pool.clone(), OrderCreatedHandler, config.inbox.clone())?.with_metrics(&registry);
         let (connected, stats) = (inbox.connected(), inbox.stats());
@@ -84,7 +82,6 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
 
     let mut service = Service::bind("notifications", router, reporter, registry, config.grpc_addr, config.metrics_addr)
         .await?
-        .with_metrics_export(metrics_export)
         .ready_with_database(db_options, &["", SERVICE_NAME], config.health_interval, Duration::from_secs(2))
         .mirror(CONSUMER_HEALTH_NAME, consumer_connected.clone(), |connected| *connected);
     if let Some(inbox) = inbox {
@@ -98,12 +95,6 @@ impl App {
     /// The bound address (the real port when the configuration said 0).
     pub fn grpc_addr(&self) -> SocketAddr {
         self.service.grpc_addr()
-    }
-
-    /// Pushes the metrics as `export` says (None: not at all) instead of as the environment says.
-    pub fn with_metrics_export(mut self, export: Option<OtlpExport>) -> Self {
-        self.service = self.service.with_metrics_export(export);
-        self
     }
 
     /// Where `GET /metrics` answers.

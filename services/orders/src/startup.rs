@@ -9,7 +9,7 @@ use outbox::{OutboxWriter, Relay};
 use platform::{grpc, run::Service};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
-use telemetry::metrics::{OtlpExport, Registry};
+use telemetry::metrics::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -34,11 +34,8 @@ pub struct App {
 }
 
 impl App {
-    /// Creates and migrates the database, binds the gRPC port. Metrics are
-    /// pushed over OTLP as the standard `OTEL_*` variables say (see
-    /// [`OtlpExport::from_env`]; [`Self::with_metrics_export`] overrides them).
+    /// Creates and migrates the database, binds the gRPC and metrics ports.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let metrics_export = OtlpExport::from_env("orders", env!("CARGO_PKG_VERSION"))?;
         tracing::info!(
             database = %infra::redact::redact_url(config.database_url.expose_secret()),
             broker = %infra::redact::redact_urls(config.relay.amqp_url.expose_secret()),
@@ -53,6 +50,7 @@ impl App {
         let writer = OutboxWriter::new();
         let offered: &[&str] = if config.role == Role::Relay { &[] } else { &[SERVICE_NAME] };
         let registry = Registry::new();
+        telemetry::metrics::target_info(&registry, &telemetry::resource("orders"));
         let (mut router, health) = grpc::router_with_health_and_reflection(
             offered,
             &[contracts::FILE_DESCRIPTOR_SET],
@@ -74,7 +72,6 @@ impl App {
         let interval = config.health_interval;
         let mut service = Service::bind("orders", router, health, registry, config.grpc_addr, config.metrics_addr)
             .await?
-            .with_metrics_export(metrics_export)
             .grace(config.shutdown_grace)
             .ready_with_database(options, &["", SERVICE_NAME], interval, interval * 2);
         let (addr, metrics_addr) = (service.grpc_addr(), service.metrics_addr());
@@ -97,12 +94,6 @@ impl App {
         let closing = pool.clone();
         let service = service.on_stopped(async move { closing.close().await });
         Ok(Self { service, pool })
-    }
-
-    /// Pushes the metrics as `export` says (None: not at all) instead of as the environment says.
-    pub fn with_metrics_export(mut self, export: Option<OtlpExport>) -> Self {
-        self.service = self.service.with_metrics_export(export);
-        self
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {

@@ -71,12 +71,14 @@ impl RelayMetrics {
                 Name { prometheus: "outbox_publish_failures", otel: "outbox.publish.failures", unit: "{message}" },
                 "Messages the broker did not confirm: rejected (nack or unroutable) or unconfirmed (channel lost)",
                 &["reason"],
+                &[&["rejected"], &["unconfirmed"]],
             ),
             retries: metrics::counter_vec(
                 registry,
                 Name { prometheus: "outbox_publish_retries", otel: "outbox.publish.retries", unit: "{retry}" },
                 "Times the relay backed off before trying again, by cause",
                 &["cause"],
+                &[&["broker_unreachable"], &["database_unreachable"], &["channel_broken"], &["rejected"]],
             ),
             batch_size: metrics::histogram(
                 registry,

@@ -9,13 +9,13 @@
 //! 3. the gRPC server stops accepting and lets in-flight calls finish;
 //! 4. the background tasks (relay, consumer, ...) stop, each after the work
 //!    in hand, then the resources registered with [`Service::on_stopped`] close;
-//! 5. the metrics are pushed one last time and the metrics endpoint closes.
+//! 5. the metrics endpoint closes: it is scraped until the very end.
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use futures::future::BoxFuture;
 use sqlx::postgres::PgConnectOptions;
-use telemetry::metrics::{OtlpExport, Registry};
+use telemetry::metrics::Registry;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -38,7 +38,6 @@ pub struct Service {
     registry: Registry,
     metrics_listener: TcpListener,
     metrics_addr: SocketAddr,
-    metrics_export: Option<OtlpExport>,
     grace: Duration,
     database: Option<(PgConnectOptions, Duration, Duration)>,
     readiness: Vec<&'static str>,
@@ -71,7 +70,6 @@ impl Service {
             registry,
             metrics_listener,
             metrics_addr,
-            metrics_export: None,
             grace: Duration::ZERO,
             database: None,
             readiness: Vec::new(),
@@ -90,12 +88,6 @@ impl Service {
     /// Where `GET /metrics` answers.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
-    }
-
-    /// Pushes the metrics as `export` says (None: not at all, the default).
-    pub fn with_metrics_export(mut self, export: Option<OtlpExport>) -> Self {
-        self.metrics_export = export;
-        self
     }
 
     /// How long readiness is NOT_SERVING before the server stops accepting.
@@ -189,9 +181,6 @@ impl Service {
                 task_name
             });
         }
-        let exporting = self.metrics_export.map(|export| {
-            tokio::spawn(telemetry::metrics::otlp::push(self.registry.clone(), export, telemetry_stop.clone()))
-        });
         let metrics =
             tokio::spawn(telemetry::metrics::serve(self.metrics_listener, self.registry, telemetry_stop.clone()));
         let mut server = tokio::spawn(crate::serve::serve(self.router, self.listener, serve_stop.clone()));
@@ -226,9 +215,6 @@ impl Service {
             close.await;
         }
         telemetry_stop.cancel();
-        if let Some(exporting) = exporting {
-            exporting.await?;
-        }
         tracing::info!("{name} stopped");
         served??;
         metrics.await??;

@@ -30,7 +30,10 @@
 pub mod correlation;
 pub mod logformat;
 pub mod metrics;
+mod resource;
 pub mod tracecontext;
+
+pub use resource::resource;
 
 use std::{
     collections::HashMap,
@@ -42,7 +45,7 @@ use std::{
 };
 
 use opentelemetry::{global, trace::TraceContextExt, trace::TracerProvider as _};
-use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use sqlx::{PgPool, postgres::PgConnectOptions};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -115,12 +118,9 @@ pub fn init_with_otlp(service: &'static str, endpoint: Option<String>) -> Guard 
 fn otlp_provider(service: &'static str, endpoint: String) -> Option<SdkTracerProvider> {
     use opentelemetry_otlp::WithExportConfig;
     match opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).build() {
-        Ok(exporter) => Some(
-            SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(Resource::builder().with_service_name(service).build())
-                .build(),
-        ),
+        Ok(exporter) => {
+            Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource(service)).build())
+        }
         Err(err) => {
             eprintln!("OTLP trace export disabled: {err}");
             None

@@ -15,10 +15,10 @@ use crate::support::{api, db, process::Spec, scratch::Scratch};
 const PREFIXES: [&str; 3] = ["outbox_", "inbox_", "rpc_"];
 
 /// Every series the dashboards and the alert rules query is one the services
-/// export once an order has gone end to end. Orders starts before the
-/// notifications queue exists, so the relay's first publish is unroutable:
-/// the counters labelled by failure reason and retry cause, which appear only
-/// once something was counted, are then in the scrape too.
+/// export on `/metrics` (which the collector scrapes, see [`super::collector`])
+/// once an order has gone end to end. Orders starts before the notifications
+/// queue exists, so the relay's first publish is unroutable and the counters
+/// by failure reason and retry cause move too.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_metric_the_dashboards_and_alerts_query_is_exported_by_the_services() {
     let scratch = Scratch::new().await;
@@ -27,7 +27,8 @@ async fn every_metric_the_dashboards_and_alerts_query_is_exported_by_the_service
     let created = api::create_order(orders.addr(), "dashboard").await;
     let rejected = testkit::eventually(Duration::from_secs(15), || async {
         let text = testkit::scrape_metrics(orders_metrics).await;
-        testkit::metric_sample(&text, "outbox_publish_retries_total", &[("cause", "rejected")]).is_some()
+        testkit::metric_sample(&text, "outbox_publish_retries_total", &[("cause", "rejected")])
+            .is_some_and(|n| n >= 1.0)
     })
     .await;
     assert!(

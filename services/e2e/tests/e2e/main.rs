@@ -8,6 +8,7 @@ mod amqps;
 mod broker_outage;
 mod clients;
 mod cluster;
+mod collector;
 mod consumer;
 mod crashes;
 mod dashboard;

@@ -1,5 +1,6 @@
-//! `GET /metrics`: inbox outcome counters that match what was sent, the
-//! end-to-end lag from the relay's `x-occurred-at`, and gRPC durations.
+//! `GET /metrics`: inbox outcome counters that match what was sent, each at 0
+//! from the start, the end-to-end lag from the relay's `x-occurred-at`, and
+//! gRPC durations.
 
 use contracts::events::v1::ORDER_CREATED_TYPE;
 use lapin::types::{AMQPValue, ShortString};
@@ -87,5 +88,25 @@ async fn inbox_outcome_counters_match_what_was_sent(_: PgPoolOptions, db: PgConn
     let listed = [("rpc_method", "ListNotifications"), ("rpc_grpc_status_code", "0")];
     assert_eq!(testkit::metric_sample(&text, "rpc_server_duration_seconds_count", &listed), Some(1.0), "{text}");
     app.stop().await;
+    broker.delete(&topology).await;
+}
+
+/// Before any delivery every outcome of the main queue is at 0, so the
+/// dead-letter alert's `increase()` sees the first dead letter after a start.
+#[sqlx::test(migrations = "../../migrations/notifications")]
+async fn a_fresh_consumer_counts_every_outcome_from_zero(_: PgPoolOptions, db: PgConnectOptions) {
+    let config = test_config(&database_url(&db), &testkit::amqp_url());
+    let topology = config.inbox.topology();
+    let _sweep = Sweep(topology.clone());
+    let app = spawn_app(config).await;
+    let text = testkit::scrape_metrics(app.metrics_addr).await;
+    for outcome in ["processed", "duplicate", "retried", "dead_lettered", "poison"] {
+        let labels = [("queue", topology.main.as_str()), ("outcome", outcome)];
+        assert_eq!(testkit::metric_sample(&text, "inbox_messages_total", &labels), Some(0.0), "{outcome}: {text}");
+    }
+    let service = [("service_name", "notifications")];
+    assert_eq!(testkit::metric_sample(&text, "target_info", &service), Some(1.0), "{text}");
+    app.stop().await;
+    let broker = Broker::connect().await;
     broker.delete(&topology).await;
 }

@@ -11,6 +11,7 @@ mod limits;
 mod metrics;
 mod outbox_status;
 mod relay;
+mod resource;
 mod restart;
 mod secrets;
 mod tls;

@@ -89,3 +89,21 @@ async fn grpc_calls_are_counted_by_method_and_status_code(pool: PgPool) {
     assert!(text.contains("# TYPE rpc_server_duration_seconds histogram"));
     app.stop().await;
 }
+
+/// Every retry cause and failure reason has its series at 0 before anything
+/// happened, so `increase()` in an alert sees the first one after a start.
+#[sqlx::test(migrations = false)]
+async fn a_fresh_relay_shows_every_retry_cause_and_failure_reason_at_zero(pool: PgPool) {
+    let app = spawn_app(&pool, Options { relay: true, ..Options::default() }).await;
+    let text = testkit::scrape_metrics(app.metrics_addr).await;
+    for cause in ["broker_unreachable", "database_unreachable", "channel_broken", "rejected"] {
+        let sample = testkit::metric_sample(&text, "outbox_publish_retries_total", &[("cause", cause)]);
+        assert_eq!(sample, Some(0.0), "{cause}: {text}");
+    }
+    for reason in ["rejected", "unconfirmed"] {
+        let sample = testkit::metric_sample(&text, "outbox_publish_failures_total", &[("reason", reason)]);
+        assert_eq!(sample, Some(0.0), "{reason}: {text}");
+    }
+    assert_eq!(testkit::metric_sample(&text, "target_info", &[("service_name", "orders")]), Some(1.0), "{text}");
+    app.stop().await;
+}

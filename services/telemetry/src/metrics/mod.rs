@@ -1,34 +1,26 @@
-//! Metrics: one [`Registry`] per service instance, each instrument registered
-//! under two names: its Prometheus name, served as `GET /metrics` in the text
-//! exposition format on a small HTTP server of its own, and its OpenTelemetry
-//! name and UCUM unit, under which [`otlp::push`] sends the same registry over
-//! OTLP/gRPC when an endpoint is configured. The Prometheus names follow the
-//! OpenTelemetry ones the Prometheus way (`.` becomes `_`, the unit becomes a
-//! suffix: `rpc.server.duration` in `s` is `rpc_server_duration_seconds`).
+//! Metrics: one [`Registry`] per service instance, served as `GET /metrics`
+//! in the Prometheus text exposition format on a small HTTP server of its own.
+//! That endpoint is the one way metrics leave a service: Prometheus scrapes it,
+//! and so does the OpenTelemetry Collector (`deploy/otel-collector.yaml`), which
+//! forwards to any backend over OTLP with its own TLS and headers.
 //!
-//! Labels are named as OpenTelemetry attributes (`rpc.method`); Prometheus
-//! sees them with `_` for `.` (`rpc_method`).
+//! Each instrument follows an OpenTelemetry one (its [`Name`]), named the
+//! Prometheus way (`.` becomes `_`, the unit becomes a suffix:
+//! `rpc.server.duration` in `s` is `rpc_server_duration_seconds`); labels are
+//! attribute names with `_` for `.` (`rpc.method` is `rpc_method`).
+//! `target_info` carries the service's resource (see [`target_info`]).
 //!
 //! A registry per instance rather than a global one keeps several services
 //! (or several tests) in one process apart.
 
-mod convert;
-pub mod otlp;
-
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::SystemTime,
-};
+use std::{collections::HashMap, net::SocketAddr};
 
 use axum::{extract::State, http::header, response::IntoResponse, routing::get};
+use opentelemetry_sdk::Resource;
 pub use prometheus::{Gauge, Histogram, HistogramVec, IntCounterVec, IntGauge};
 use prometheus::{HistogramOpts, Opts, TextEncoder, core::Collector, proto::MetricFamily};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-pub use otlp::OtlpExport;
 
 /// Buckets, in seconds, for latencies from a millisecond to several minutes.
 pub const LATENCY_BUCKETS: &[f64] =
@@ -42,41 +34,21 @@ pub const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0
 pub struct Name {
     /// What `/metrics` shows; for counters without the `_total` Prometheus adds by convention.
     pub prometheus: &'static str,
-    /// The OpenTelemetry instrument name, e.g. `rpc.server.duration`.
+    /// The OpenTelemetry instrument it follows, e.g. `rpc.server.duration`.
     pub otel: &'static str,
     /// The UCUM unit, e.g. `s` or `{message}`.
     pub unit: &'static str,
 }
 
-/// How an instrument travels over OTLP, keyed by its Prometheus family name.
-#[derive(Debug, Clone)]
-struct Instrument {
-    otel: &'static str,
-    unit: &'static str,
-    /// Whole numbers (int counters and gauges) go out as `as_int`.
-    integer: bool,
-    /// Prometheus label name to attribute name, where they differ.
-    attributes: Vec<(String, &'static str)>,
-}
-
-/// A Prometheus registry that also knows each instrument's OpenTelemetry name and unit.
-#[derive(Clone)]
+/// A Prometheus registry; clones share it.
+#[derive(Clone, Default)]
 pub struct Registry {
     prometheus: prometheus::Registry,
-    instruments: Arc<Mutex<HashMap<String, Instrument>>>,
-    /// Where the cumulative series start (a service makes its registry as it starts).
-    created: SystemTime,
-}
-
-impl Default for Registry {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 impl Registry {
     pub fn new() -> Self {
-        Self { prometheus: prometheus::Registry::new(), instruments: Arc::default(), created: SystemTime::now() }
+        Self::default()
     }
 
     /// Every metric family with at least one series, as `/metrics` renders them.
@@ -87,56 +59,77 @@ impl Registry {
     /// Registers `collector`; a name registered twice in one registry (two
     /// components handed the same registry) is logged and left unregistered
     /// instead of failing the service.
-    fn register<C: Collector + Clone + 'static>(&self, family: String, instrument: Instrument, collector: C) -> C {
-        match self.prometheus.register(Box::new(collector.clone())) {
-            Ok(()) => {
-                self.instruments.lock().expect("instrument map poisoned").insert(family, instrument);
-            }
-            Err(err) => tracing::warn!(error = %err, "metric not registered"),
+    fn register<C: Collector + Clone + 'static>(&self, collector: C) -> C {
+        if let Err(err) = self.prometheus.register(Box::new(collector.clone())) {
+            tracing::warn!(error = %err, "metric not registered");
         }
         collector
     }
 }
 
-fn instrument(name: Name, integer: bool, labels: &[&'static str]) -> Instrument {
-    let attributes =
-        labels.iter().filter(|label| label.contains('.')).map(|label| (prometheus_label(label), *label)).collect();
-    Instrument { otel: name.otel, unit: name.unit, integer, attributes }
-}
-
 /// `rpc.grpc.status_code` as a Prometheus label: `rpc_grpc_status_code`.
 fn prometheus_label(attribute: &str) -> String {
-    attribute.replace('.', "_")
+    attribute.replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_")
 }
 
 fn prometheus_labels(labels: &[&'static str]) -> Vec<String> {
     labels.iter().map(|label| prometheus_label(label)).collect()
 }
 
-/// A counter per label set.
-pub fn counter_vec(registry: &Registry, name: Name, help: &str, labels: &[&'static str]) -> IntCounterVec {
+/// Registers `target_info` = 1, labelled with the attributes of `resource`
+/// (names the Prometheus way): the OpenTelemetry convention by which a
+/// collector scraping `/metrics` restores the resource, and a query joins it.
+/// Attributes no label can name (a leading digit, the reserved `__`) are left out.
+pub fn target_info(registry: &Registry, resource: &Resource) {
+    let labels: HashMap<String, String> = resource
+        .iter()
+        .map(|(key, value)| (prometheus_label(key.as_str()), value.to_string()))
+        .filter(|(label, _)| {
+            label.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') && !label.starts_with("__")
+        })
+        .collect();
+    let opts = Opts::new("target_info", "Target metadata: the service's OpenTelemetry resource").const_labels(labels);
+    match IntGauge::with_opts(opts) {
+        Ok(gauge) => registry.register(gauge).set(1),
+        Err(err) => tracing::warn!(error = %err, "target_info not registered"),
+    }
+}
+
+/// A counter per label set, with a series at 0 for each of the `known` label
+/// sets: `increase()` over a counter that appears with its first increment
+/// sees no increase, so an alert on it would miss the first event after a start.
+pub fn counter_vec(
+    registry: &Registry,
+    name: Name,
+    help: &str,
+    labels: &[&'static str],
+    known: &[&[&str]],
+) -> IntCounterVec {
     let family = format!("{}_total", name.prometheus);
     let names = prometheus_labels(labels);
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let counter = IntCounterVec::new(Opts::new(family.clone(), help), &names).expect("valid counter");
-    registry.register(family, instrument(name, true, labels), counter)
+    let counter = registry.register(IntCounterVec::new(Opts::new(family, help), &names).expect("valid counter"));
+    for values in known {
+        counter.with_label_values(values);
+    }
+    counter
 }
 
 pub fn gauge(registry: &Registry, name: Name, help: &str) -> IntGauge {
     let gauge = IntGauge::new(name.prometheus, help).expect("valid gauge");
-    registry.register(name.prometheus.to_owned(), instrument(name, true, &[]), gauge)
+    registry.register(gauge)
 }
 
 /// A gauge holding a fractional value (ages, ratios).
 pub fn float_gauge(registry: &Registry, name: Name, help: &str) -> Gauge {
     let gauge = Gauge::new(name.prometheus, help).expect("valid gauge");
-    registry.register(name.prometheus.to_owned(), instrument(name, false, &[]), gauge)
+    registry.register(gauge)
 }
 
 pub fn histogram(registry: &Registry, name: Name, help: &str, buckets: &[f64]) -> Histogram {
     let opts = HistogramOpts::new(name.prometheus, help).buckets(buckets.to_vec());
     let histogram = Histogram::with_opts(opts).expect("valid histogram");
-    registry.register(name.prometheus.to_owned(), instrument(name, false, &[]), histogram)
+    registry.register(histogram)
 }
 
 pub fn histogram_vec(
@@ -150,7 +143,7 @@ pub fn histogram_vec(
     let names = prometheus_labels(labels);
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let histogram = HistogramVec::new(opts, &names).expect("valid histogram");
-    registry.register(name.prometheus.to_owned(), instrument(name, false, labels), histogram)
+    registry.register(histogram)
 }
 
 /// The registry in the Prometheus text format.
@@ -187,12 +180,41 @@ mod tests {
     #[test]
     fn renders_counters_with_their_suffix() {
         let registry = Registry::new();
-        let counter = counter_vec(&registry, MESSAGES, "messages by outcome", &["outcome"]);
+        let counter = counter_vec(&registry, MESSAGES, "messages by outcome", &["outcome"], &[]);
         counter.with_label_values(&["processed"]).inc_by(3);
-        let again = counter_vec(&registry, MESSAGES, "registered twice", &["outcome"]);
+        let again = counter_vec(&registry, MESSAGES, "registered twice", &["outcome"], &[]);
         again.with_label_values(&["processed"]).inc();
         let text = render(&registry);
         assert!(text.contains("inbox_messages_total{outcome=\"processed\"} 3"), "{text}");
+    }
+
+    #[test]
+    fn known_label_sets_start_at_zero() {
+        let registry = Registry::new();
+        let known: &[&[&str]] = &[&["q", "processed"], &["q", "poison"]];
+        let counter = counter_vec(&registry, MESSAGES, "messages by outcome", &["queue", "outcome"], known);
+        let text = render(&registry);
+        assert!(text.contains("inbox_messages_total{outcome=\"poison\",queue=\"q\"} 0"), "{text}");
+        assert!(text.contains("inbox_messages_total{outcome=\"processed\",queue=\"q\"} 0"), "{text}");
+        counter.with_label_values(&["q", "poison"]).inc();
+        let text = render(&registry);
+        assert!(text.contains("inbox_messages_total{outcome=\"poison\",queue=\"q\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn target_info_carries_the_resource() {
+        let registry = Registry::new();
+        let resource = Resource::builder_empty()
+            .with_service_name("orders-eu")
+            .with_attribute(opentelemetry::KeyValue::new("deployment.environment.name", "staging"))
+            .with_attribute(opentelemetry::KeyValue::new("9lives", "dropped"))
+            .build();
+        target_info(&registry, &resource);
+        let text = render(&registry);
+        assert!(
+            text.contains("target_info{deployment_environment_name=\"staging\",service_name=\"orders-eu\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]
