@@ -2,11 +2,35 @@
 
 use std::sync::LazyLock;
 
+use anyhow::Context;
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use infra::pg::PoolSettings;
+use secrecy::SecretString;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use outbox::{Appended, OutboxMessage};
+
+/// Creates the database if needed, opens a pool and brings it to the current
+/// schema (see [`migrate`]).
+pub async fn connect_and_migrate(url: &SecretString, settings: &PoolSettings) -> anyhow::Result<PgPool> {
+    let pool = platform::db::connect(url, settings).await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// The outbox's schema, then this service's own migrations. Version 1 of
+/// those (the outbox's tables) now comes with the outbox crate: databases
+/// that applied it still list it, which must not stop the start.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    // One connection for both: a second would stay open in the pool.
+    let mut conn = pool.acquire().await.context("cannot connect to the database")?;
+    outbox::schema::apply(&mut conn).await.context("cannot apply the outbox schema")?;
+    let mut migrator = sqlx::migrate!("../../migrations/orders");
+    migrator.set_ignore_missing(true);
+    migrator.run(&mut *conn).await.context("cannot apply migrations")?;
+    Ok(())
+}
 
 /// An order as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -26,8 +26,9 @@
 //! * Status: [`read_status`] reads the backlog, the partitions' owners and
 //!   the last publish errors from the database alone (`orders outbox status`).
 //!
-//! The schema is in `migrations/orders/0001_outbox.sql`; a service that uses
-//! the outbox copies that migration into its own set.
+//! * Schema: [`schema::apply`] creates or upgrades the outbox's tables,
+//!   versioned in their own table; a service calls it at start, before its
+//!   own migrations.
 
 mod message;
 mod metrics;
@@ -36,6 +37,7 @@ mod partitions;
 mod publisher;
 mod relay;
 mod retention;
+pub mod schema;
 mod status;
 mod vacuum;
 

@@ -108,6 +108,14 @@ pub async fn connect_and_migrate(
     settings: &PoolSettings,
     migrator: &Migrator,
 ) -> anyhow::Result<PgPool> {
+    let pool = connect(url, settings).await?;
+    migrator.run(&pool).await.context("cannot apply migrations")?;
+    Ok(pool)
+}
+
+/// Creates the database if needed and opens a pool, for a service that
+/// applies libraries' schemas before its own migrations.
+pub async fn connect(url: &SecretString, settings: &PoolSettings) -> anyhow::Result<PgPool> {
     let options = connect_options(url)?;
     create_database_if_missing(&options).await?;
     let pool = PgPoolOptions::new()
@@ -120,7 +128,6 @@ pub async fn connect_and_migrate(
         .connect_with(options)
         .await
         .context("cannot connect to the database")?;
-    migrator.run(&pool).await.context("cannot apply migrations")?;
     Ok(pool)
 }
 

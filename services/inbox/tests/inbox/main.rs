@@ -6,4 +6,5 @@ mod batching;
 mod broker;
 mod dedup;
 mod failures;
+mod schema;
 mod support;

@@ -11,3 +11,4 @@ mod list;
 mod metrics;
 mod secrets;
 mod throughput;
+mod upgrade;

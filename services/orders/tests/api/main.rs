@@ -14,3 +14,4 @@ mod relay;
 mod restart;
 mod secrets;
 mod tls;
+mod upgrade;
