@@ -2,7 +2,7 @@
 //!
 //! * [`OutboxWriter::append`] adds a message to `outbox_messages` inside the
 //!   caller's transaction, so the message exists if and only if the caller's
-//!   own rows commit. [`insert_from`] does the same inside the caller's own
+//!   own rows commit. [`WithEvents`] does the same inside the caller's own
 //!   statement, when one round trip should write both.
 //! * [`Relay`] moves pending rows to RabbitMQ: it claims a batch from the
 //!   partitions it owns, publishes the whole batch with publisher confirms in
@@ -38,14 +38,15 @@ mod publisher;
 mod relay;
 mod retention;
 pub mod schema;
+mod statement;
 mod status;
 mod vacuum;
 
 pub use message::{
-    Appended, DEFAULT_NOTIFY_CHANNEL, LocalRelay, OutboxMessage, OutboxWriter, PARTITIONS, insert_from,
-    insert_many_from, partition_of,
+    Appended, DEFAULT_NOTIFY_CHANNEL, LocalRelay, OutboxMessage, OutboxWriter, PARTITIONS, partition_of,
 };
 pub use relay::{Relay, RelayConfig, RelayStatus};
 /// One pass of archive upkeep (what the relay runs every minute); for operators and tests.
 pub use retention::run_once as maintain_archive_once;
+pub use statement::{Ready, WithEvents};
 pub use status::{OutboxStatus, PartitionStatus, PublishError, RelaySession, Session, read_status};
