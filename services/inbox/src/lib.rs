@@ -30,6 +30,9 @@
 //! * The dead-letter console ([`admin`]): list, group, show, replay and purge
 //!   dead letters over gRPC (`pulse.admin.v1.DeadLetterService`).
 //!
+//! Its `INBOX_*` variables ([`variables::VARIABLES`]) are read and checked by
+//! [`InboxConfig::apply_env`].
+//!
 //! The schema (`processed_events`, `dead_letters`) comes with the crate:
 //! [`schema::apply`] creates or upgrades it, and a service calls it at start,
 //! before its own migrations. See [`Topology`] for the queues and [`headers`]
@@ -50,6 +53,7 @@ mod replay;
 pub mod schema;
 mod stats;
 mod topology;
+pub mod variables;
 
 pub use config::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_RETRY_DELAYS, Fault, InboxConfig, MAX_MESSAGE_BYTES_CEILING};
 pub use consumer::Inbox;

@@ -26,10 +26,14 @@
 //! * Status: [`read_status`] reads the backlog, the partitions' owners and
 //!   the last publish errors from the database alone (`orders outbox status`).
 //!
+//! * Configuration: [`OutboxSettings::from_env`] reads and checks the
+//!   `OUTBOX_*` variables ([`config::VARIABLES`]).
+//!
 //! * Schema: [`schema::apply`] creates or upgrades the outbox's tables,
 //!   versioned in their own table; a service calls it at start, before its
 //!   own migrations.
 
+pub mod config;
 mod message;
 mod metrics;
 mod ownership;
@@ -42,6 +46,7 @@ mod statement;
 mod status;
 mod vacuum;
 
+pub use config::OutboxSettings;
 pub use message::{
     Appended, DEFAULT_NOTIFY_CHANNEL, LocalRelay, OutboxMessage, OutboxWriter, PARTITIONS, partition_of,
 };
