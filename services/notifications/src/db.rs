@@ -19,15 +19,12 @@ pub(crate) async fn connect_and_migrate(url: &SecretString, settings: &PoolSetti
 
 /// The inbox's schema, then this service's own migrations. Versions 1 and 3
 /// of those (the inbox's tables) now come with the inbox crate: databases
-/// that applied them still list them, which must not stop the start.
+/// that applied them still list them, which must not fail the start.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     // One connection for both: a second would stay open in the pool.
     let mut conn = pool.acquire().await.context("cannot connect to the database")?;
     inbox::schema::apply(&mut conn).await.context("cannot apply the inbox schema")?;
-    let mut migrator = sqlx::migrate!("../../migrations/notifications");
-    migrator.set_ignore_missing(true);
-    migrator.run(&mut *conn).await.context("cannot apply migrations")?;
-    Ok(())
+    platform::db::migrate_tolerating(&mut conn, sqlx::migrate!("../../migrations/notifications"), &[1, 3]).await
 }
 
 /// The table of notifications (`db.collection.name` of the statements' spans).

@@ -19,15 +19,12 @@ pub async fn connect_and_migrate(url: &SecretString, settings: &PoolSettings) ->
 
 /// The outbox's schema, then this service's own migrations. Version 1 of
 /// those (the outbox's tables) now comes with the outbox crate: databases
-/// that applied it still list it, which must not stop the start.
+/// that applied it still list it, which must not fail the start.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     // One connection for both: a second would stay open in the pool.
     let mut conn = pool.acquire().await.context("cannot connect to the database")?;
     outbox::schema::apply(&mut conn).await.context("cannot apply the outbox schema")?;
-    let mut migrator = sqlx::migrate!("../../migrations/orders");
-    migrator.set_ignore_missing(true);
-    migrator.run(&mut *conn).await.context("cannot apply migrations")?;
-    Ok(())
+    platform::db::migrate_tolerating(&mut conn, sqlx::migrate!("../../migrations/orders"), &[1]).await
 }
 
 /// An order as stored.

@@ -92,3 +92,17 @@ async fn a_fresh_database_gets_the_outbox_schema_an_upgraded_one_has(pool: PgPoo
     );
     fresh.drop_now().await;
 }
+
+#[sqlx::test(migrations = "tests/fixtures/legacy-migrations")]
+async fn a_database_with_a_migration_this_release_does_not_know_is_refused(pool: PgPool) {
+    // Only the retired version 1 is tolerated; a newer release's migration is not.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (99, 'from a newer release', true, '\\x00', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let refused = orders::db::migrate(&pool).await.unwrap_err();
+    assert!(format!("{refused:#}").contains("does not know: [99]"), "{refused:#}");
+}
