@@ -28,7 +28,7 @@ pub(crate) async fn pg_two_inserts(
     duration: Duration,
 ) -> anyhow::Result<(f64, serde_json::Value)> {
     let pool = PgPoolOptions::new().max_connections(concurrency as u32).connect(url).await?;
-    sqlx::migrate!("../../migrations/orders").run(&pool).await?;
+    orders::db::migrate(&pool).await?;
     sqlx::query("TRUNCATE orders, outbox_messages").execute(&pool).await?;
     let cpu_before = CpuSnapshot::take();
     let started = Instant::now();

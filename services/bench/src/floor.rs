@@ -62,9 +62,9 @@ impl Floor {
         let orders_url = format!("{server}/{ORDERS_DB}");
         let notifications_url = format!("{server}/{NOTIFICATIONS_DB}");
         let orders = pool(&orders_url).await?;
-        sqlx::migrate!("../../migrations/orders").run(&orders).await?;
+        orders::db::migrate(&orders).await?;
         let notifications = pool(&notifications_url).await?;
-        sqlx::migrate!("../../migrations/notifications").run(&notifications).await?;
+        notifications::migrate(&notifications).await?;
         let publisher = Connection::connect(amqp, ConnectionProperties::default()).await?;
         let channel = publisher.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;

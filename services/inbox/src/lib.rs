@@ -30,11 +30,13 @@
 //! * The dead-letter console ([`admin`]): list, group, show, replay and purge
 //!   dead letters over gRPC (`pulse.admin.v1.DeadLetterService`).
 //!
-//! The schema (`processed_events`, `dead_letters`) is in
-//! `migrations/notifications/0001_processed_events.sql` and
-//! `0003_dead_letters.sql`; a service that uses the inbox copies those
-//! migrations into its own set. See [`Topology`] for the
-//! queues and [`headers`] for the headers.
+//! Its `INBOX_*` variables ([`variables::VARIABLES`]) are read and checked by
+//! [`InboxConfig::apply_env`].
+//!
+//! The schema (`processed_events`, `dead_letters`) comes with the crate:
+//! [`schema::apply`] creates or upgrades it, and a service calls it at start,
+//! before its own migrations. See [`Topology`] for the queues and [`headers`]
+//! for the headers.
 
 pub mod admin;
 mod batch;
@@ -48,8 +50,10 @@ mod metrics;
 mod poison;
 mod prune;
 mod replay;
+pub mod schema;
 mod stats;
 mod topology;
+pub mod variables;
 
 pub use config::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_RETRY_DELAYS, Fault, InboxConfig, MAX_MESSAGE_BYTES_CEILING};
 pub use consumer::Inbox;

@@ -12,3 +12,4 @@ pub mod lane;
 pub mod pg;
 pub mod rate;
 pub mod redact;
+pub mod schema;

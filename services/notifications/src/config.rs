@@ -66,8 +66,9 @@ pub fn queue_name(prefix: &str) -> String {
     format!("{prefix}.notifications.order-created")
 }
 
-/// Every variable notifications reads with its own prefixes
-/// (`NOTIFICATIONS_`, `INBOX_`): any other name with them is warned about at start.
+/// Every variable notifications reads with its own prefix (`NOTIFICATIONS_`);
+/// the inbox's (`INBOX_`) are [`inbox::variables::VARIABLES`]. Any other name
+/// with either prefix is warned about at start.
 pub const VARIABLES: &[&str] = &[
     "NOTIFICATIONS_GRPC_ADDR",
     "NOTIFICATIONS_METRICS_ADDR",
@@ -95,13 +96,17 @@ pub const VARIABLES: &[&str] = &[
     "NOTIFICATIONS_RETRY_DELAYS_MS",
     "NOTIFICATIONS_MAX_ATTEMPTS",
     "NOTIFICATIONS_DEDUP_WINDOW_SECS",
-    "INBOX_MAX_MESSAGE_BYTES",
     // Read by the example clients (clients/), often set in the same shell: not a typo.
     "NOTIFICATIONS_ADDR",
 ];
 
-/// The prefixes of [`VARIABLES`].
-pub const PREFIXES: &[&str] = &["NOTIFICATIONS_", "INBOX_"];
+/// The prefixes of [`known_variables`].
+pub const PREFIXES: &[&str] = &["NOTIFICATIONS_", inbox::variables::PREFIX];
+
+/// [`VARIABLES`] and the inbox's.
+pub fn known_variables() -> Vec<&'static str> {
+    VARIABLES.iter().chain(inbox::variables::VARIABLES).copied().collect()
+}
 
 /// Variables that were renamed (old, new): setting the old one is warned about with the new name.
 pub const RENAMED: &[(&str, &str)] = &[("NOTIFICATIONS_MAX_MESSAGE_BYTES", "INBOX_MAX_MESSAGE_BYTES")];
@@ -133,12 +138,7 @@ impl Config {
         inbox.max_attempts = p.check(parse_or("NOTIFICATIONS_MAX_ATTEMPTS", inbox.max_attempts), inbox.max_attempts);
         let window = inbox.dedup_window.as_secs();
         inbox.dedup_window = Duration::from_secs(p.check(parse_or("NOTIFICATIONS_DEDUP_WINDOW_SECS", window), window));
-        let bytes = inbox.max_message_bytes;
-        inbox.max_message_bytes = p.check(parse_or("INBOX_MAX_MESSAGE_BYTES", bytes), bytes);
-        if inbox.max_message_bytes == 0 || inbox.max_message_bytes > inbox::MAX_MESSAGE_BYTES_CEILING {
-            let reason = format!("must be 1 to {} bytes", inbox::MAX_MESSAGE_BYTES_CEILING);
-            p.invalid("INBOX_MAX_MESSAGE_BYTES", reason);
-        }
+        inbox.apply_env(p);
         // Checked on what the variables gave only: a bad variable is named above already.
         if let (true, Err(reason)) = (p.0.is_empty(), inbox.validate()) {
             p.invalid("NOTIFICATIONS_* consumer settings", reason);

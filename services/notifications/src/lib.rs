@@ -19,6 +19,7 @@ mod handler;
 mod startup;
 
 pub use config::{ADMIN_TOKEN_FILE, Config, queue_name, read_admin_token};
+pub use db::migrate;
 pub use handler::OrderCreatedHandler;
 pub use startup::{App, CONSUMER_HEALTH_NAME, build};
 

@@ -63,7 +63,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
     let config = Config::from_env()?;
-    warn_unknown_variables(config::PREFIXES, config::VARIABLES, config::RENAMED);
+    warn_unknown_variables(config::PREFIXES, &config::known_variables(), config::RENAMED);
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] | ["serve"] => {
             let app = build(config).await?;

@@ -17,7 +17,6 @@ use tonic_health::ServingStatus;
 
 use crate::{
     config::{Config, read_admin_token},
-    db::MIGRATOR,
     grpc::NotificationApi,
     handler::OrderCreatedHandler,
 };
@@ -42,7 +41,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         consumer = config.consumer_enabled,
         "starting notifications"
     );
-    let pool = platform::db::connect_and_migrate(&config.database_url, &config.pool, &MIGRATOR).await?;
+    let pool = crate::db::connect_and_migrate(&config.database_url, &config.pool).await?;
     let db_options = platform::db::connect_options(&config.database_url)?;
     let registry = Registry::new();
     telemetry::metrics::target_info(&registry, &telemetry::resource("notifications"));

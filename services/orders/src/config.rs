@@ -3,10 +3,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use infra::{
-    config::{ConfigErrors, addr_or, millis_or, millis_up_to_or, parse_or, rate_or, secret_url_or, secret_urls_or},
+    config::{ConfigErrors, addr_or, millis_or, parse_or, secret_url_or, secret_urls_or},
     pg::PoolSettings,
 };
-use outbox::RelayConfig;
+use outbox::{OutboxSettings, RelayConfig};
 use platform::tls::ServerTls;
 use secrecy::SecretString;
 
@@ -58,8 +58,9 @@ pub struct Config {
     pub doorbell_interval: Duration,
 }
 
-/// Every variable orders reads with its own prefixes (`ORDERS_`, `OUTBOX_`):
-/// any other name with them is warned about at start.
+/// Every variable orders reads with its own prefix (`ORDERS_`); the outbox's
+/// (`OUTBOX_`) are [`outbox::config::VARIABLES`]. Any other name with either
+/// prefix is warned about at start.
 pub const VARIABLES: &[&str] = &[
     "ORDERS_GRPC_ADDR",
     "ORDERS_METRICS_ADDR",
@@ -74,23 +75,17 @@ pub const VARIABLES: &[&str] = &[
     "ORDERS_DB_WRITERS",
     "ORDERS_ROLE",
     "ORDERS_SHUTDOWN_GRACE_MS",
-    "OUTBOX_BATCH_SIZE",
-    "OUTBOX_PIPELINE_DEPTH",
-    "OUTBOX_POLL_INTERVAL_MS",
-    "OUTBOX_REBALANCE_INTERVAL_MS",
-    "OUTBOX_GATHER_MS",
-    "OUTBOX_GATHER_FROM_RATE",
-    "OUTBOX_BACKOFF_MAX_MS",
-    "OUTBOX_RETENTION_HOURS",
-    "OUTBOX_VACUUM_EVERY_ROWS",
-    "OUTBOX_NOTIFY_CHANNEL",
-    "OUTBOX_DOORBELL_INTERVAL_MS",
     // Read by the example clients (clients/), often set in the same shell: not a typo.
     "ORDERS_ADDR",
 ];
 
-/// The prefixes of [`VARIABLES`].
-pub const PREFIXES: &[&str] = &["ORDERS_", "OUTBOX_"];
+/// The prefixes of [`known_variables`].
+pub const PREFIXES: &[&str] = &["ORDERS_", outbox::config::PREFIX];
+
+/// [`VARIABLES`] and the outbox's.
+pub fn known_variables() -> Vec<&'static str> {
+    VARIABLES.iter().chain(outbox::config::VARIABLES).copied().collect()
+}
 
 impl Config {
     /// The configuration, or every problem it has (not just the first).
@@ -99,26 +94,8 @@ impl Config {
         let p = &mut problems;
         let amqp_url =
             p.check(secret_urls_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
-        let mut relay = RelayConfig::new(amqp_url, "pulse-orders", vec![contracts::EVENTS_EXCHANGE.to_owned()]);
-        relay.batch_size = p.check(parse_or("OUTBOX_BATCH_SIZE", relay.batch_size), relay.batch_size);
-        relay.pipeline_depth =
-            p.check(parse_or("OUTBOX_PIPELINE_DEPTH", relay.pipeline_depth), relay.pipeline_depth).clamp(1, 16);
-        relay.poll_interval = p.check(millis_or("OUTBOX_POLL_INTERVAL_MS", relay.poll_interval), relay.poll_interval);
-        relay.rebalance_interval =
-            p.check(millis_or("OUTBOX_REBALANCE_INTERVAL_MS", relay.rebalance_interval), relay.rebalance_interval);
-        relay.gather = p.check(millis_up_to_or("OUTBOX_GATHER_MS", relay.gather, Duration::from_secs(1)), relay.gather);
-        relay.gather_from_rate =
-            p.check(rate_or("OUTBOX_GATHER_FROM_RATE", relay.gather_from_rate), relay.gather_from_rate);
-        relay.backoff_max = p.check(millis_or("OUTBOX_BACKOFF_MAX_MS", relay.backoff_max), relay.backoff_max);
-        relay.retention = Duration::from_secs(3600 * p.check(parse_or("OUTBOX_RETENTION_HOURS", 0u64), 0));
-        relay.vacuum_every = p.check(parse_or("OUTBOX_VACUUM_EVERY_ROWS", relay.vacuum_every), relay.vacuum_every);
-        // An empty channel name turns LISTEN/NOTIFY off: relays then rely on their poll.
-        let channel =
-            std::env::var("OUTBOX_NOTIFY_CHANNEL").unwrap_or_else(|_| outbox::DEFAULT_NOTIFY_CHANNEL.to_owned());
-        relay.notify_channel = (!channel.trim().is_empty()).then(|| channel.trim().to_owned());
-        if !(1..=10_000).contains(&relay.batch_size) {
-            p.invalid("OUTBOX_BATCH_SIZE", "must be 1 to 10000");
-        }
+        let relay = RelayConfig::new(amqp_url, "pulse-orders", vec![contracts::EVENTS_EXCHANGE.to_owned()]);
+        let outbox = OutboxSettings::from_env(relay, p);
         let max_connections: u32 = p.check(parse_or("ORDERS_DB_MAX_CONNECTIONS", 32), 32);
         let writers: usize = p.check(parse_or("ORDERS_DB_WRITERS", DEFAULT_WRITERS), DEFAULT_WRITERS);
         if writers == 0 || writers > max_connections as usize {
@@ -141,12 +118,11 @@ impl Config {
             },
             writers,
             role: p.check(parse_or("ORDERS_ROLE", Role::All), Role::All),
-            relay,
+            relay: outbox.relay,
             shutdown_grace: p.check(millis_or("ORDERS_SHUTDOWN_GRACE_MS", Duration::ZERO), Duration::ZERO),
             health_interval: Duration::from_secs(1),
             tls: p.check(ServerTls::from_env("ORDERS"), None),
-            doorbell_interval: p
-                .check(millis_or("OUTBOX_DOORBELL_INTERVAL_MS", Duration::from_millis(2)), Duration::from_millis(2)),
+            doorbell_interval: outbox.doorbell_interval,
         };
         problems.or_value(config)
     }

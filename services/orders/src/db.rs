@@ -1,12 +1,31 @@
 //! Queries on the orders table; each takes the caller's connection or transaction.
 
-use std::sync::LazyLock;
-
+use anyhow::Context;
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use infra::pg::PoolSettings;
+use secrecy::SecretString;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use outbox::{Appended, OutboxMessage};
+use outbox::{Appended, OutboxMessage, WithEvents};
+
+/// Creates the database if needed, opens a pool and brings it to the current
+/// schema (see [`migrate`]).
+pub async fn connect_and_migrate(url: &SecretString, settings: &PoolSettings) -> anyhow::Result<PgPool> {
+    let pool = platform::db::connect(url, settings).await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// The outbox's schema, then this service's own migrations. Version 1 of
+/// those (the outbox's tables) now comes with the outbox crate: databases
+/// that applied it still list it, which must not fail the start.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    // One connection for both: a second would stay open in the pool.
+    let mut conn = pool.acquire().await.context("cannot connect to the database")?;
+    outbox::schema::apply(&mut conn).await.context("cannot apply the outbox schema")?;
+    platform::db::migrate_tolerating(&mut conn, sqlx::migrate!("../../migrations/orders"), &[1]).await
+}
 
 /// An order as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -41,45 +60,6 @@ pub const STATUS_CREATED: &str = "CREATED";
 const COLUMNS: &str = "order_id, customer_id, amount::text AS amount, currency::text AS currency, status, \
                        request_id, event_id, correlation_id, created_at";
 
-/// [`insert_order_with_event`]'s statement, built once.
-static INSERT_ONE: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH new_order AS (
-             INSERT INTO orders (order_id, customer_id, amount, currency, status, request_id, event_id,
-                                 correlation_id, created_at)
-             VALUES ($1, $2, $3::numeric, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (request_id) DO NOTHING
-             RETURNING {COLUMNS}
-         ), event AS ({})
-         SELECT new_order.*, event.id AS outbox_id, event.partition AS outbox_partition
-         FROM new_order CROSS JOIN event",
-        outbox::insert_from("new_order", 10)
-    )
-});
-
-/// [`insert_orders_with_events`]'s statement, built once.
-static INSERT_MANY: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH input AS (
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[],
-                                  $7::uuid[], $8::text[], $9::timestamptz[]) WITH ORDINALITY
-                 AS t(order_id, customer_id, amount, currency, status, request_id, event_id, correlation_id,
-                      created_at, n)
-         ), new_order AS (
-             INSERT INTO orders (order_id, customer_id, amount, currency, status, request_id, event_id,
-                                 correlation_id, created_at)
-             SELECT order_id, customer_id, amount::numeric, currency, status, request_id, event_id,
-                    correlation_id, created_at
-             FROM input ORDER BY n
-             ON CONFLICT (request_id) DO NOTHING
-             RETURNING {COLUMNS}
-         ), event AS ({})
-         SELECT new_order.*, event.id AS outbox_id, event.partition AS outbox_partition
-         FROM new_order JOIN event USING (event_id)",
-        outbox::insert_many_from("new_order", 10)
-    )
-});
-
 /// Inserts the order and its outbox message in one statement (so one round
 /// trip and one implicit transaction), or returns None when the order's
 /// `request_id` is already taken: then neither is written (the earlier order
@@ -89,18 +69,25 @@ pub async fn insert_order_with_event(
     order: &OrderRow,
     event: &OutboxMessage,
 ) -> Result<Option<(OrderRow, Appended)>, sqlx::Error> {
-    let query = sqlx::query_as::<_, InsertedRow>(&INSERT_ONE)
-        .bind(order.order_id)
-        .bind(&order.customer_id)
-        .bind(&order.amount)
-        .bind(&order.currency)
-        .bind(&order.status)
-        .bind(order.request_id)
-        .bind(order.event_id)
-        .bind(&order.correlation_id)
-        .bind(order.created_at);
-    let inserted = event.bind(query).fetch_optional(conn).await?;
-    Ok(inserted.map(|row| (row.order, Appended { id: row.outbox_id, partition: row.outbox_partition })))
+    let mut statement = WithEvents::new();
+    let query = statement.caller();
+    query.push(
+        "new_order AS (INSERT INTO orders (order_id, customer_id, amount, currency, status, request_id, event_id, \
+         correlation_id, created_at) VALUES (",
+    );
+    let mut values = query.separated(", ");
+    values.push_bind(order.order_id);
+    values.push_bind(order.customer_id.as_str());
+    values.push_bind(order.amount.as_str());
+    values.push_unseparated("::numeric");
+    values.push_bind(order.currency.as_str());
+    values.push_bind(order.status.as_str());
+    values.push_bind(order.request_id);
+    values.push_bind(order.event_id);
+    values.push_bind(order.correlation_id.as_str());
+    values.push_bind(order.created_at);
+    query.push(format_args!(") ON CONFLICT (request_id) DO NOTHING RETURNING {COLUMNS})"));
+    statement.event("new_order", event).fetch_optional(conn).await
 }
 
 /// [`insert_order_with_event`] for several orders in one statement (one
@@ -113,30 +100,29 @@ pub async fn insert_orders_with_events(
     orders: &[(&OrderRow, &OutboxMessage)],
 ) -> Result<Vec<(OrderRow, Appended)>, sqlx::Error> {
     let text = |f: fn(&OrderRow) -> &str| orders.iter().map(|(o, _)| f(o)).collect::<Vec<_>>();
-    let query = sqlx::query_as::<_, InsertedRow>(&INSERT_MANY)
-        .bind(orders.iter().map(|(o, _)| o.order_id).collect::<Vec<_>>())
-        .bind(text(|o| &o.customer_id))
-        .bind(text(|o| &o.amount))
-        .bind(text(|o| &o.currency))
-        .bind(text(|o| &o.status))
-        .bind(orders.iter().map(|(o, _)| o.request_id).collect::<Vec<_>>())
-        .bind(orders.iter().map(|(o, _)| o.event_id).collect::<Vec<_>>())
-        .bind(text(|o| &o.correlation_id))
-        .bind(orders.iter().map(|(o, _)| o.created_at).collect::<Vec<_>>());
+    let mut statement = WithEvents::new();
+    let query = statement.caller();
+    query.push("input AS (SELECT * FROM unnest(");
+    query.push_bind(orders.iter().map(|(o, _)| o.order_id).collect::<Vec<_>>()).push("::uuid[], ");
+    query.push_bind(text(|o| &o.customer_id)).push("::text[], ");
+    query.push_bind(text(|o| &o.amount)).push("::text[], ");
+    query.push_bind(text(|o| &o.currency)).push("::text[], ");
+    query.push_bind(text(|o| &o.status)).push("::text[], ");
+    query.push_bind(orders.iter().map(|(o, _)| o.request_id).collect::<Vec<_>>()).push("::uuid[], ");
+    query.push_bind(orders.iter().map(|(o, _)| o.event_id).collect::<Vec<_>>()).push("::uuid[], ");
+    query.push_bind(text(|o| &o.correlation_id)).push("::text[], ");
+    query.push_bind(orders.iter().map(|(o, _)| o.created_at).collect::<Vec<_>>()).push("::timestamptz[]");
+    query.push(format_args!(
+        ") WITH ORDINALITY AS t(order_id, customer_id, amount, currency, status, request_id, event_id, \
+         correlation_id, created_at, n)), \
+         new_order AS (INSERT INTO orders (order_id, customer_id, amount, currency, status, request_id, event_id, \
+         correlation_id, created_at) \
+         SELECT order_id, customer_id, amount::numeric, currency, status, request_id, event_id, correlation_id, \
+         created_at FROM input ORDER BY n \
+         ON CONFLICT (request_id) DO NOTHING RETURNING {COLUMNS})"
+    ));
     let events: Vec<&OutboxMessage> = orders.iter().map(|(_, e)| *e).collect();
-    let rows = OutboxMessage::bind_many(&events, query).fetch_all(conn).await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| (row.order, Appended { id: row.outbox_id, partition: row.outbox_partition }))
-        .collect())
-}
-
-#[derive(sqlx::FromRow)]
-struct InsertedRow {
-    #[sqlx(flatten)]
-    order: OrderRow,
-    outbox_id: i64,
-    outbox_partition: i16,
+    statement.events("new_order", &events).fetch_all(conn).await
 }
 
 pub async fn find_by_request_id(conn: &mut PgConnection, request_id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {

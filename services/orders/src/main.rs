@@ -68,7 +68,7 @@ async fn serve() -> ExitCode {
         }
     };
     let _telemetry = telemetry::init("orders");
-    infra::config::warn_unknown_variables(config::PREFIXES, config::VARIABLES, &[]);
+    infra::config::warn_unknown_variables(config::PREFIXES, &config::known_variables(), &[]);
     let shutdown = platform::shutdown::on_signal();
     let app = match App::build(config).await {
         Ok(app) => app,

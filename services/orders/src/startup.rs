@@ -26,8 +26,6 @@ pub const RELAY_HEALTH_NAME: &str = "pulse.orders.v1.OutboxRelay";
 /// migrations, the outbox doorbell, the tests' own queries.
 const BACKGROUND_CONNECTIONS: u32 = 4;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/orders");
-
 pub struct App {
     service: Service,
     pool: PgPool,
@@ -45,7 +43,7 @@ impl App {
         // The pool serves migrations, the doorbell and tests; requests go
         // through the lane, which gets the configured connections.
         let background = PoolSettings { max_connections: BACKGROUND_CONNECTIONS, min_connections: 1, ..config.pool };
-        let pool = platform::db::connect_and_migrate(&config.database_url, &background, &MIGRATOR).await?;
+        let pool = crate::db::connect_and_migrate(&config.database_url, &background).await?;
         let options = platform::db::connect_options(&config.database_url)?;
         let writer = OutboxWriter::new();
         let offered: &[&str] = if config.role == Role::Relay { &[] } else { &[SERVICE_NAME] };

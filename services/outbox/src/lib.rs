@@ -2,7 +2,7 @@
 //!
 //! * [`OutboxWriter::append`] adds a message to `outbox_messages` inside the
 //!   caller's transaction, so the message exists if and only if the caller's
-//!   own rows commit. [`insert_from`] does the same inside the caller's own
+//!   own rows commit. [`WithEvents`] does the same inside the caller's own
 //!   statement, when one round trip should write both.
 //! * [`Relay`] moves pending rows to RabbitMQ: it claims a batch from the
 //!   partitions it owns, publishes the whole batch with publisher confirms in
@@ -26,9 +26,14 @@
 //! * Status: [`read_status`] reads the backlog, the partitions' owners and
 //!   the last publish errors from the database alone (`orders outbox status`).
 //!
-//! The schema is in `migrations/orders/0001_outbox.sql`; a service that uses
-//! the outbox copies that migration into its own set.
+//! * Configuration: [`OutboxSettings::from_env`] reads and checks the
+//!   `OUTBOX_*` variables ([`config::VARIABLES`]).
+//!
+//! * Schema: [`schema::apply`] creates or upgrades the outbox's tables,
+//!   versioned in their own table; a service calls it at start, before its
+//!   own migrations.
 
+pub mod config;
 mod message;
 mod metrics;
 mod ownership;
@@ -36,14 +41,17 @@ mod partitions;
 mod publisher;
 mod relay;
 mod retention;
+pub mod schema;
+mod statement;
 mod status;
 mod vacuum;
 
+pub use config::OutboxSettings;
 pub use message::{
-    Appended, DEFAULT_NOTIFY_CHANNEL, LocalRelay, OutboxMessage, OutboxWriter, PARTITIONS, insert_from,
-    insert_many_from, partition_of,
+    Appended, DEFAULT_NOTIFY_CHANNEL, LocalRelay, OutboxMessage, OutboxWriter, PARTITIONS, partition_of,
 };
 pub use relay::{Relay, RelayConfig, RelayStatus};
 /// One pass of archive upkeep (what the relay runs every minute); for operators and tests.
 pub use retention::run_once as maintain_archive_once;
+pub use statement::{Ready, WithEvents};
 pub use status::{OutboxStatus, PartitionStatus, PublishError, RelaySession, Session, read_status};

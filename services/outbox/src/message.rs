@@ -9,10 +9,12 @@ use std::{
     time::Duration,
 };
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, QueryBuilder};
 use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::statement;
 
 /// How many partitions aggregates are hashed into. Changing it moves
 /// aggregates between partitions: drain the outbox before doing so.
@@ -99,85 +101,10 @@ impl LocalRelay {
     }
 }
 
-const INSERT_INTO: &str = "INSERT INTO outbox_messages (event_id, aggregate_type, aggregate_id, partition, \
-                           exchange, routing_key, message_type, content_type, payload, headers)";
-const COLUMNS: usize = 10;
-
-fn placeholders(first: usize) -> String {
-    (first..first + COLUMNS).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
-}
-
-/// The outbox insert as a piece of the caller's own statement, for writing a
-/// row and its event in one round trip (one statement is one transaction):
-/// `INSERT INTO outbox_messages (...) SELECT $first, ... FROM <source> RETURNING id, partition`.
-/// It inserts one row per row of `source` (none when `source` is empty, e.g.
-/// after `ON CONFLICT DO NOTHING`). Bind the values with [`OutboxMessage::bind`]
-/// right after the statement's own `first - 1` parameters.
-pub fn insert_from(source: &str, first: usize) -> String {
-    format!("{INSERT_INTO} SELECT {} FROM {source} RETURNING id, partition", placeholders(first))
-}
-
-/// [`insert_from`] for many messages at once: one outbox row per message in
-/// `messages` whose `event_id` is among `source`'s `event_id`s, in the order
-/// of `messages`: `... RETURNING id, partition, event_id`. Bind the values
-/// with [`OutboxMessage::bind_many`] right after the statement's own
-/// `first - 1` parameters.
-pub fn insert_many_from(source: &str, first: usize) -> String {
-    const TYPES: [&str; COLUMNS] = ["uuid", "text", "text", "int2", "text", "text", "text", "text", "bytea", "jsonb"];
-    let arrays: Vec<String> = TYPES.iter().enumerate().map(|(i, ty)| format!("${}::{ty}[]", first + i)).collect();
-    format!(
-        "{INSERT_INTO} SELECT m.event_id, m.aggregate_type, m.aggregate_id, m.partition, m.exchange, m.routing_key, \
-         m.message_type, m.content_type, m.payload, m.headers \
-         FROM unnest({}) WITH ORDINALITY AS m(event_id, aggregate_type, aggregate_id, partition, exchange, \
-         routing_key, message_type, content_type, payload, headers, n) \
-         WHERE m.event_id IN (SELECT event_id FROM {source}) ORDER BY m.n \
-         RETURNING id, partition, event_id",
-        arrays.join(", ")
-    )
-}
-
 impl OutboxMessage {
-    /// Binds this message's ten column values, in the order [`insert_from`] expects.
-    pub fn bind<'q, O>(
-        &'q self,
-        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-        query
-            .bind(self.event_id)
-            .bind(&self.aggregate_type)
-            .bind(&self.aggregate_id)
-            .bind(partition_of(&self.aggregate_id))
-            .bind(&self.exchange)
-            .bind(&self.routing_key)
-            .bind(&self.message_type)
-            .bind(&self.content_type)
-            .bind(&self.payload)
-            .bind(serde_json::to_value(&self.headers).expect("string map serialises"))
-    }
-
-    /// Binds the ten columns of every message, as arrays, in the order
-    /// [`insert_many_from`] expects.
-    pub fn bind_many<'q, O>(
-        messages: &[&'q OutboxMessage],
-        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-        let text = |f: fn(&'q OutboxMessage) -> &'q str| messages.iter().map(|m| f(m)).collect::<Vec<_>>();
-        query
-            .bind(messages.iter().map(|m| m.event_id).collect::<Vec<_>>())
-            .bind(text(|m| &m.aggregate_type))
-            .bind(text(|m| &m.aggregate_id))
-            .bind(messages.iter().map(|m| partition_of(&m.aggregate_id)).collect::<Vec<_>>())
-            .bind(text(|m| &m.exchange))
-            .bind(text(|m| &m.routing_key))
-            .bind(text(|m| &m.message_type))
-            .bind(text(|m| &m.content_type))
-            .bind(messages.iter().map(|m| m.payload.as_slice()).collect::<Vec<_>>())
-            .bind(
-                messages
-                    .iter()
-                    .map(|m| serde_json::to_value(&m.headers).expect("string map serialises"))
-                    .collect::<Vec<_>>(),
-            )
+    /// The headers as the `jsonb` the outbox stores.
+    pub(crate) fn headers_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.headers).expect("string map serialises")
     }
 }
 
@@ -205,9 +132,13 @@ impl OutboxWriter {
 
     /// Appends `message` inside the caller's open transaction. Pass the receipt
     /// to [`Self::committed`] after the commit.
+    /// To write the caller's own row in the same statement, see [`crate::WithEvents`].
     pub async fn append(&self, tx: &mut PgConnection, message: &OutboxMessage) -> Result<Appended, sqlx::Error> {
-        let sql = format!("{} VALUES ({}) RETURNING id, partition", INSERT_INTO, placeholders(1));
-        message.bind(sqlx::query_as(&sql)).fetch_one(tx).await.map(|(id, partition)| Appended { id, partition })
+        let mut query = QueryBuilder::new(format!("INSERT INTO outbox_messages ({}) VALUES (", statement::COLUMNS));
+        statement::push_values(&mut query, message);
+        query.push(") RETURNING id, partition");
+        let (id, partition) = query.build_query_as().fetch_one(tx).await?;
+        Ok(Appended { id, partition })
     }
 
     /// Wakes the relay that owns the row; call it after the transaction commits.

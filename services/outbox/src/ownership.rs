@@ -352,8 +352,9 @@ mod tests {
 
     /// The fail-over that stranded partitions: a relay that took partitions back
     /// after its peer crashed must give them back whole when the peer returns.
-    #[sqlx::test(migrations = "../../migrations/orders")]
+    #[sqlx::test(migrations = false)]
     async fn a_restarted_relay_gets_its_share_and_no_lock_is_left_behind(pool: PgPool) {
+        crate::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
         let options = pool.connect_options().as_ref().clone();
         let mut a = Ownership::connect(&options, LocalRelay::default()).await.unwrap();
         let mut b = Ownership::connect(&options, LocalRelay::default()).await.unwrap();
@@ -378,8 +379,9 @@ mod tests {
 
     /// A partition locked twice by a relay's session, or locked but no longer
     /// claimed from, is released whole, and a peer takes it.
-    #[sqlx::test(migrations = "../../migrations/orders")]
+    #[sqlx::test(migrations = false)]
     async fn stacked_and_stray_locks_are_repaired(pool: PgPool) {
+        crate::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
         let options = pool.connect_options().as_ref().clone();
         let mut a = Ownership::connect(&options, LocalRelay::default()).await.unwrap();
         settle(&mut [&mut a]).await;

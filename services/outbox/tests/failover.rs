@@ -110,8 +110,9 @@ async fn partition_locks(pool: &PgPool) -> Vec<(i32, i64)> {
     .unwrap()
 }
 
-#[sqlx::test(migrations = "../../migrations/orders")]
+#[sqlx::test(migrations = false)]
 async fn relays_crashed_and_restarted_in_turn_strand_no_partition_and_keep_aggregate_order(pool: PgPool) {
+    outbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let options = pool.connect_options().as_ref().clone();
     let exchange = testkit::unique("test.failover");
     let amqp = testkit::amqp_connection().await;

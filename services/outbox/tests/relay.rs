@@ -98,8 +98,9 @@ fn start(options: &PgConnectOptions, config: RelayConfig) -> (CancellationToken,
     (stop.clone(), tokio::spawn(relay.run(stop)))
 }
 
-#[sqlx::test(migrations = "../../migrations/orders")]
+#[sqlx::test(migrations = false)]
 async fn two_relays_publish_every_row_once_in_aggregate_order(pool: PgPool) {
+    outbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.#").await;
     let aggregates: Vec<String> = (0..50).map(|i| format!("agg-{i}")).collect();
 
@@ -143,8 +144,9 @@ async fn two_relays_publish_every_row_once_in_aggregate_order(pool: PgPool) {
 
 /// A relay that starts over rows already waiting publishes them at once: it
 /// does not sit out a poll interval after taking its partitions.
-#[sqlx::test(migrations = "../../migrations/orders")]
+#[sqlx::test(migrations = false)]
 async fn a_starting_relay_publishes_the_waiting_rows_without_waiting_for_a_poll(pool: PgPool) {
+    outbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.#").await;
     // Nobody is woken: only the relay's own start can find these rows.
     let rows = (0..10).map(|i| message(&exchange, "seq.created", &format!("agg-{i}"), 0));
@@ -164,8 +166,9 @@ async fn a_starting_relay_publishes_the_waiting_rows_without_waiting_for_a_poll(
 /// A backlog claimed in full batches (500 rows, published a hundred at a time)
 /// goes out whole: every row once, each aggregate's rows in order, the outbox
 /// left empty.
-#[sqlx::test(migrations = "../../migrations/orders")]
+#[sqlx::test(migrations = false)]
 async fn a_backlog_in_full_batches_is_published_once_in_aggregate_order(pool: PgPool) {
+    outbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.#").await;
     let rows = (0..250)
         .flat_map(|seq| ["agg-a", "agg-b", "agg-c", "agg-d"].map(|aggregate| (aggregate, seq)))
@@ -187,8 +190,9 @@ async fn a_backlog_in_full_batches_is_published_once_in_aggregate_order(pool: Pg
 
 /// Under heavy steady load the relay lets rows gather between claims: a row
 /// committed right after a claim waits out the gather interval, then goes out.
-#[sqlx::test(migrations = "../../migrations/orders")]
+#[sqlx::test(migrations = false)]
 async fn under_heavy_load_rows_gather_between_claims(pool: PgPool) {
+    outbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.#").await;
     let mut config = config(&exchange);
     config.gather = Duration::from_secs(1);
@@ -216,8 +220,9 @@ async fn under_heavy_load_rows_gather_between_claims(pool: PgPool) {
 
 /// The relay vacuums the outbox itself once it has deleted enough rows:
 /// autovacuum may be a minute away, or off.
-#[sqlx::test(migrations = "../../migrations/orders")]
+#[sqlx::test(migrations = false)]
 async fn the_relay_vacuums_the_outbox_after_deleting_enough_rows(pool: PgPool) {
+    outbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.#").await;
     commit_unannounced(&pool, &writer, (0..1_500).map(|seq| message(&exchange, "seq.created", "agg", seq))).await;
 
@@ -242,8 +247,9 @@ async fn the_relay_vacuums_the_outbox_after_deleting_enough_rows(pool: PgPool) {
 /// A transaction that took its id early and commits late leaves a row below
 /// ids the relay has already claimed, while batches are in flight: it is
 /// still published, once, and nothing is published twice.
-#[sqlx::test(migrations = "../../migrations/orders")]
+#[sqlx::test(migrations = false)]
 async fn a_row_committed_late_below_claimed_ids_is_published(pool: PgPool) {
+    outbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.#").await;
 
     let mut late = pool.begin().await.unwrap();
@@ -271,8 +277,9 @@ async fn a_row_committed_late_below_claimed_ids_is_published(pool: PgPool) {
     finish(stop, relay, &amqp, &exchange).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/orders")]
+#[sqlx::test(migrations = false)]
 async fn published_message_carries_properties_and_headers(pool: PgPool) {
+    outbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.created").await;
     let sent = message(&exchange, "seq.created", "agg-1", 0);
     commit_unannounced(&pool, &writer, [sent.clone()]).await;
@@ -312,8 +319,9 @@ async fn published_message_carries_properties_and_headers(pool: PgPool) {
     finish(stop, relay, &amqp, &exchange).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/orders")]
+#[sqlx::test(migrations = false)]
 async fn unroutable_message_stays_pending_until_a_queue_is_bound(pool: PgPool) {
+    outbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let options = pool.connect_options().as_ref().clone();
     let exchange = testkit::unique("test.outbox");
     let writer = OutboxWriter::new();
@@ -341,8 +349,9 @@ async fn unroutable_message_stays_pending_until_a_queue_is_bound(pool: PgPool) {
     finish(stop, relay, &amqp, &exchange).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/orders")]
+#[sqlx::test(migrations = false)]
 async fn appended_rows_vanish_with_a_rolled_back_transaction(pool: PgPool) {
+    outbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let writer = OutboxWriter::new();
     let mut tx = pool.begin().await.unwrap();
     let _ = writer.append(&mut tx, &message("x", "y", "agg", 0)).await.unwrap();
@@ -350,8 +359,9 @@ async fn appended_rows_vanish_with_a_rolled_back_transaction(pool: PgPool) {
     assert_eq!(pending(&pool).await, 0);
 }
 
-#[sqlx::test(migrations = "../../migrations/orders")]
+#[sqlx::test(migrations = false)]
 async fn archive_partitions_are_created_ahead_and_dropped_after_retention(pool: PgPool) {
+    outbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let options = pool.connect_options().as_ref().clone();
     let now = Utc::now();
     outbox::maintain_archive_once(&options, Duration::from_secs(3600), now).await.unwrap();

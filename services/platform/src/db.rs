@@ -108,6 +108,41 @@ pub async fn connect_and_migrate(
     settings: &PoolSettings,
     migrator: &Migrator,
 ) -> anyhow::Result<PgPool> {
+    let pool = connect(url, settings).await?;
+    migrator.run(&pool).await.context("cannot apply migrations")?;
+    Ok(pool)
+}
+
+/// Runs `migrator` on `conn`. Among the versions the database lists as
+/// applied, only `retired` ones (migrations that moved out of the service,
+/// e.g. into a library's own schema) may be missing from `migrator`; any other
+/// still refuses the start, as it would without them.
+pub async fn migrate_tolerating(
+    conn: &mut PgConnection,
+    mut migrator: Migrator,
+    retired: &[i64],
+) -> anyhow::Result<()> {
+    let history: bool =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(&mut *conn).await?;
+    if history {
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations").fetch_all(&mut *conn).await?;
+        let unknown: Vec<i64> = applied
+            .into_iter()
+            .filter(|version| !retired.contains(version) && !migrator.iter().any(|m| m.version == *version))
+            .collect();
+        if !unknown.is_empty() {
+            anyhow::bail!("the database has migrations this release does not know: {unknown:?}");
+        }
+    }
+    migrator.set_ignore_missing(true);
+    migrator.run(conn).await.context("cannot apply migrations")?;
+    Ok(())
+}
+
+/// Creates the database if needed and opens a pool, for a service that
+/// applies libraries' schemas before its own migrations.
+pub async fn connect(url: &SecretString, settings: &PoolSettings) -> anyhow::Result<PgPool> {
     let options = connect_options(url)?;
     create_database_if_missing(&options).await?;
     let pool = PgPoolOptions::new()
@@ -120,7 +155,6 @@ pub async fn connect_and_migrate(
         .connect_with(options)
         .await
         .context("cannot connect to the database")?;
-    migrator.run(&pool).await.context("cannot apply migrations")?;
     Ok(pool)
 }
 

@@ -5,6 +5,7 @@
 
 pub mod consumer;
 pub mod pki;
+pub mod schema;
 
 use std::{
     net::SocketAddr,

@@ -2,11 +2,11 @@
 //! service that runs an inbox (see [`DeadLetterConsole`]).
 //!
 //! Each call first takes what waits in the dead-letter queue into the
-//! `dead_letters` table (schema in `migrations/notifications/0003_dead_letters.sql`,
-//! which a service copies into its own set), so listing, grouping and showing
-//! are queries and nothing is lost by looking. Replay republishes a row to
-//! the consumer's main queue and marks it replayed once the broker confirmed
-//! the copy; purge marks rows purged with who and why. Rows are never deleted.
+//! `dead_letters` table (created by [`crate::schema::apply`]), so listing,
+//! grouping and showing are queries and nothing is lost by looking. Replay
+//! republishes a row to the consumer's main queue and marks it replayed once
+//! the broker confirmed the copy; purge marks rows purged with who and why.
+//! Rows are never deleted.
 
 mod auth;
 mod broker;

@@ -26,8 +26,9 @@ async fn transactions_for_two_events(pool: &PgPool, broker: &Broker, config: Inb
     count(pool, "SELECT count(DISTINCT xmin::text) FROM things").await
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn under_heavy_load_a_batch_waits_for_the_rest_of_a_burst(pool: PgPool) {
+    inbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     let lingering =
         |from_rate: f64| InboxConfig { linger: Duration::from_secs(1), linger_from_rate: from_rate, ..config.clone() };

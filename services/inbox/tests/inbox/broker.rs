@@ -7,8 +7,9 @@ use uuid::Uuid;
 
 use crate::{amqp::*, support::*};
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn reconnects_by_itself_after_losing_the_broker(pool: PgPool) {
+    inbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let proxy = testkit::FaultProxy::start(testkit::socket_addr_of(&testkit::amqp_url())).await;
     let config = config_for(&testkit::via(&testkit::amqp_url(), proxy.addr()));
     let (config, topology, broker, _sweep) = setup(&pool, config).await;
@@ -49,8 +50,9 @@ async fn committing_backends(pool: &PgPool) -> Vec<i32> {
     .unwrap()
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn batches_keep_one_connection_and_replace_it_when_it_dies(pool: PgPool) {
+    inbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     let mut running = start(&pool, Recorder::default(), config);
     running.wait_connected(true).await;
@@ -81,8 +83,9 @@ async fn batches_keep_one_connection_and_replace_it_when_it_dies(pool: PgPool) {
     broker.delete(&topology).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn shutdown_finishes_the_batch_in_hand_and_takes_no_more(pool: PgPool) {
+    inbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     broker.declare(&topology).await;
     for name in ["slow-1", "slow-2", "slow-3"] {
@@ -126,7 +129,7 @@ async fn throughput() {
     let url = testkit::database_url();
     let url = format!("{}/{database}", url.rsplit_once('/').unwrap().0);
     let pool = PgPool::connect(&url).await.unwrap();
-    sqlx::migrate!("../../migrations/notifications").run(&pool).await.unwrap();
+    inbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let mut config = config();
     config.prefetch = std::env::var("BENCH_PREFETCH").map_or(512, |v| v.parse().unwrap());
     config.batch_size = std::env::var("BENCH_BATCH").map_or(200, |v| v.parse().unwrap());

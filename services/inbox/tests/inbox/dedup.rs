@@ -11,8 +11,9 @@ use crate::{amqp::header, support::*};
 const THINGS: &str = "SELECT count(*) FROM things";
 const PROCESSED: &str = "SELECT count(*) FROM processed_events";
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn the_same_event_five_times_has_one_effect(pool: PgPool) {
+    inbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     broker.declare(&topology).await;
     let id = Uuid::new_v4();
@@ -32,8 +33,9 @@ async fn the_same_event_five_times_has_one_effect(pool: PgPool) {
     broker.delete(&topology).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn two_consumers_apply_each_event_once(pool: PgPool) {
+    inbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     let mut first = start(&pool, Recorder::default(), config.clone());
     let mut second = start(&pool, Recorder::default(), config);
@@ -69,8 +71,9 @@ async fn two_consumers_apply_each_event_once(pool: PgPool) {
     broker.delete(&topology).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn a_crash_between_commit_and_ack_is_acked_as_a_duplicate(pool: PgPool) {
+    inbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     broker.declare(&topology).await;
     broker.publish(&topology.exchange, Uuid::new_v4(), &Thing::named("survivor")).await;
@@ -95,8 +98,9 @@ async fn a_crash_between_commit_and_ack_is_acked_as_a_duplicate(pool: PgPool) {
     broker.delete(&topology).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn pruning_forgets_only_ids_past_the_window(pool: PgPool) {
+    inbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     sqlx::query(
         "INSERT INTO processed_events (event_id, processed_at)
          SELECT gen_random_uuid(), now() - interval '8 days' FROM generate_series(1, 2500)",
@@ -113,8 +117,9 @@ async fn pruning_forgets_only_ids_past_the_window(pool: PgPool) {
     assert_eq!(count(&pool, PROCESSED).await, 10);
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn the_same_event_under_another_message_id_has_one_effect_and_the_copy_is_refused(pool: PgPool) {
+    inbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     broker.declare(&topology).await;
     let event = Uuid::new_v4();

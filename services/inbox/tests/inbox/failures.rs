@@ -13,8 +13,9 @@ use uuid::Uuid;
 
 use crate::{amqp::*, support::*};
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn retryable_failures_climb_the_tiers_then_dead_letter(pool: PgPool) {
+    inbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     let recorder = Recorder::default();
     let mut running = start(&pool, recorder.clone(), config);
@@ -53,8 +54,9 @@ async fn retryable_failures_climb_the_tiers_then_dead_letter(pool: PgPool) {
     broker.delete(&topology).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn a_permanent_failure_is_dead_lettered_at_once_without_holding_back_its_batch(pool: PgPool) {
+    inbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     broker.declare(&topology).await;
     // Published before the consumer starts, so the three arrive in one batch.
@@ -83,8 +85,9 @@ async fn a_permanent_failure_is_dead_lettered_at_once_without_holding_back_its_b
     broker.delete(&topology).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn a_batch_failing_as_a_whole_is_redone_message_by_message(pool: PgPool) {
+    inbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     broker.declare(&topology).await;
     broker.publish(&topology.exchange, Uuid::new_v4(), &Thing::named("one")).await;
@@ -111,8 +114,9 @@ async fn a_batch_failing_as_a_whole_is_redone_message_by_message(pool: PgPool) {
     broker.delete(&topology).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn malformed_messages_are_dead_lettered_with_their_reason(pool: PgPool) {
+    inbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let config = InboxConfig { max_message_bytes: 1024, ..config() };
     let (config, topology, broker, _sweep) = setup(&pool, config).await;
     broker.declare(&topology).await;
@@ -188,8 +192,9 @@ async fn malformed_messages_are_dead_lettered_with_their_reason(pool: PgPool) {
     broker.delete(&topology).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn replay_moves_dead_letters_back_with_fresh_attempts(pool: PgPool) {
+    inbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     let recorder = Recorder::default();
     recorder.broken.store(true, Ordering::SeqCst);
@@ -217,8 +222,9 @@ async fn replay_moves_dead_letters_back_with_fresh_attempts(pool: PgPool) {
     broker.delete(&topology).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn a_forged_attempt_count_does_not_cut_the_retries_short(pool: PgPool) {
+    inbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     let recorder = Recorder::default();
     let mut running = start(&pool, recorder.clone(), config);
@@ -242,8 +248,9 @@ async fn a_forged_attempt_count_does_not_cut_the_retries_short(pool: PgPool) {
     broker.delete(&topology).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn a_message_over_the_delivery_limit_reaches_the_dlq_with_its_reason(pool: PgPool) {
+    inbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
     let (config, topology, broker, _sweep) = setup(&pool, config()).await;
     broker.declare(&topology).await;
     let id = Uuid::new_v4();

@@ -7,4 +7,5 @@ mod broker;
 mod dedup;
 mod delivery_limit;
 mod failures;
+mod schema;
 mod support;

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn one_order_created_makes_one_notification(_: PgPoolOptions, db: PgConnectOptions) {
     let config = test_config(&database_url(&db), &testkit::amqp_url());
     let topology = config.inbox.topology();
@@ -35,7 +35,7 @@ async fn one_order_created_makes_one_notification(_: PgPoolOptions, db: PgConnec
     broker.delete(&topology).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn five_copies_across_two_replicas_make_one_notification(_: PgPoolOptions, db: PgConnectOptions) {
     let config = test_config(&database_url(&db), &testkit::amqp_url());
     let topology = config.inbox.topology();
@@ -69,7 +69,7 @@ async fn five_copies_across_two_replicas_make_one_notification(_: PgPoolOptions,
     broker.delete(&topology).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn a_redelivery_after_commit_without_ack_is_a_duplicate(_: PgPoolOptions, db: PgConnectOptions) {
     let config = test_config(&database_url(&db), &testkit::amqp_url());
     let topology = config.inbox.topology();
@@ -99,7 +99,7 @@ async fn a_redelivery_after_commit_without_ack_is_a_duplicate(_: PgPoolOptions, 
     broker.delete(&topology).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn malformed_messages_are_dead_lettered_and_valid_ones_around_them_processed(
     _: PgPoolOptions,
     db: PgConnectOptions,
@@ -160,7 +160,7 @@ async fn malformed_messages_are_dead_lettered_and_valid_ones_around_them_process
     broker.delete(&topology).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn an_event_republished_under_another_message_id_makes_one_notification(_: PgPoolOptions, db: PgConnectOptions) {
     let config = test_config(&database_url(&db), &testkit::amqp_url());
     let topology = config.inbox.topology();
@@ -193,7 +193,7 @@ async fn an_event_republished_under_another_message_id_makes_one_notification(_:
 /// to a valid event, the reason expected and what `x-error` must name.
 type Refused = (&'static str, fn(&mut OrderCreated), &'static str, &'static str);
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn events_create_order_would_refuse_are_dead_lettered_naming_the_field(_: PgPoolOptions, db: PgConnectOptions) {
     let mut config = test_config(&database_url(&db), &testkit::amqp_url());
     config.inbox.max_message_bytes = 2048;

@@ -118,7 +118,7 @@ async fn dead_letter_directly(
     (event_id, event)
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn dead_letters_are_listed_grouped_shown_replayed_and_purged(_: PgPoolOptions, db: PgConnectOptions) {
     let token = TokenFile::new(TOKEN);
     let mut config = test_config(&database_url(&db), &testkit::amqp_url());
@@ -272,7 +272,7 @@ async fn dead_letters_are_listed_grouped_shown_replayed_and_purged(_: PgPoolOpti
     broker.delete(&topology).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn the_console_needs_the_configured_token(_: PgPoolOptions, db: PgConnectOptions) {
     let token = TokenFile::new(TOKEN);
     let mut config = test_config(&database_url(&db), &testkit::amqp_url());
@@ -316,7 +316,7 @@ fn cli(token_file: &std::path::Path, addr: std::net::SocketAddr, log: &str, args
     (output.status.success(), text(&output.stdout), text(&output.stderr))
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn the_dlq_command_lists_shows_replays_and_purges(_: PgPoolOptions, db: PgConnectOptions) {
     let token = TokenFile::new(TOKEN);
     let mut config = test_config(&database_url(&db), &testkit::amqp_url());
@@ -399,7 +399,7 @@ async fn the_dlq_command_lists_shows_replays_and_purges(_: PgPoolOptions, db: Pg
     broker.delete(&topology).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn reflection_describes_the_console(_: PgPoolOptions, db: PgConnectOptions) {
     let mut config = test_config(&database_url(&db), &testkit::amqp_url());
     config.consumer_enabled = false;

@@ -7,7 +7,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::*;
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn a_database_outage_is_retried_and_loses_nothing(_: PgPoolOptions, db: PgConnectOptions) {
     let direct = database_url(&db);
     let proxy = testkit::FaultProxy::start(testkit::socket_addr_of(&direct)).await;
@@ -53,7 +53,7 @@ async fn a_database_outage_is_retried_and_loses_nothing(_: PgPoolOptions, db: Pg
     broker.delete(&topology).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn a_lost_broker_connection_recovers_without_a_restart(_: PgPoolOptions, db: PgConnectOptions) {
     let amqp = testkit::amqp_url();
     let proxy = testkit::FaultProxy::start(testkit::socket_addr_of(&amqp)).await;
@@ -89,7 +89,7 @@ async fn a_lost_broker_connection_recovers_without_a_restart(_: PgPoolOptions, d
     broker.delete(&topology).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn shutdown_stops_the_consumer_and_exits_cleanly(_: PgPoolOptions, db: PgConnectOptions) {
     let config = test_config(&database_url(&db), &testkit::amqp_url());
     let topology = config.inbox.topology();

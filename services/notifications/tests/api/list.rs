@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn a_malformed_order_id_is_an_invalid_argument_naming_the_field(_: PgPoolOptions, db: PgConnectOptions) {
     let mut config = test_config(&database_url(&db), &testkit::amqp_url());
     config.consumer_enabled = false;
@@ -30,7 +30,7 @@ async fn a_malformed_order_id_is_an_invalid_argument_naming_the_field(_: PgPoolO
     app.stop().await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn an_unknown_order_has_an_empty_list(_: PgPoolOptions, db: PgConnectOptions) {
     let mut config = test_config(&database_url(&db), &testkit::amqp_url());
     config.consumer_enabled = false;
@@ -39,7 +39,7 @@ async fn an_unknown_order_has_an_empty_list(_: PgPoolOptions, db: PgConnectOptio
     app.stop().await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn health_follows_the_database_and_the_consumer(_: PgPoolOptions, db: PgConnectOptions) {
     let config = test_config(&database_url(&db), &testkit::amqp_url());
     let topology = config.inbox.topology();
@@ -52,7 +52,7 @@ async fn health_follows_the_database_and_the_consumer(_: PgPoolOptions, db: PgCo
     Broker::connect().await.delete(&topology).await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn a_lost_database_flips_readiness_and_calls_but_not_liveness(_: PgPoolOptions, db: PgConnectOptions) {
     let direct = database_url(&db);
     let proxy = testkit::FaultProxy::start(testkit::socket_addr_of(&direct)).await;
@@ -82,7 +82,7 @@ async fn a_lost_database_flips_readiness_and_calls_but_not_liveness(_: PgPoolOpt
     app.stop().await;
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn a_request_over_the_size_limit_is_refused_and_the_client_keeps_working(_: PgPoolOptions, db: PgConnectOptions) {
     let mut config = test_config(&database_url(&db), &testkit::amqp_url());
     config.consumer_enabled = false;
@@ -118,7 +118,7 @@ async fn page(
     Ok((ids, body.next_page_token))
 }
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn list_notifications_pages_in_a_stable_order_and_refuses_foreign_tokens(_: PgPoolOptions, db: PgConnectOptions) {
     let mut config = test_config(&database_url(&db), &testkit::amqp_url());
     config.consumer_enabled = false;

@@ -12,3 +12,4 @@ mod list;
 mod metrics;
 mod secrets;
 mod throughput;
+mod upgrade;

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 
-#[sqlx::test(migrations = "../../migrations/notifications")]
+#[sqlx::test(migrations = false)]
 async fn inbox_outcome_counters_match_what_was_sent(_: PgPoolOptions, db: PgConnectOptions) {
     let config = test_config(&database_url(&db), &testkit::amqp_url());
     let topology = config.inbox.topology();

@@ -15,3 +15,4 @@ mod resource;
 mod restart;
 mod secrets;
 mod tls;
+mod upgrade;

@@ -48,8 +48,9 @@ async fn pending_row(pool: &PgPool, partition: i16, age_secs: f64, error: Option
     .unwrap()
 }
 
-#[sqlx::test(migrations = "../../migrations/orders")]
+#[sqlx::test(migrations = false)]
 async fn status_shows_the_backlog_the_owners_and_the_last_errors(pool: PgPool) {
+    orders::db::migrate(&pool).await.unwrap();
     let url = database_url(&pool, None);
     pending_row(&pool, 5, 60.0, None).await;
     pending_row(&pool, 5, 30.0, Some("broker returned the message: NO_ROUTE")).await;
@@ -114,8 +115,9 @@ async fn status_shows_the_backlog_the_owners_and_the_last_errors(pool: PgPool) {
     assert_eq!(status["last_errors"].as_array().unwrap().len(), 3, "ten by default, three there are");
 }
 
-#[sqlx::test(migrations = "../../migrations/orders")]
+#[sqlx::test(migrations = false)]
 async fn maintain_archive_creates_the_hourly_partitions(pool: PgPool) {
+    orders::db::migrate(&pool).await.unwrap();
     let url = database_url(&pool, None);
     let partitions = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'outbox_archive'")

@@ -38,8 +38,9 @@ async fn served(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> bool {
     HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await.is_ok()
 }
 
-#[sqlx::test(migrations = "../../migrations/orders")]
+#[sqlx::test(migrations = false)]
 async fn a_client_trusting_the_ca_is_served_over_tls_and_plaintext_is_not(pool: PgPool) {
+    orders::db::migrate(&pool).await.unwrap();
     let pki = Pki::new("pulse test CA");
     let tls = (server_tls(&pki, None), trusting(&pki));
     let mut app = spawn_app(&pool, Options { tls: Some(tls), ..Options::default() }).await;
@@ -63,8 +64,9 @@ async fn a_client_trusting_the_ca_is_served_over_tls_and_plaintext_is_not(pool: 
     app.stop().await;
 }
 
-#[sqlx::test(migrations = "../../migrations/orders")]
+#[sqlx::test(migrations = false)]
 async fn mutual_tls_admits_only_clients_with_a_certificate_from_its_ca(pool: PgPool) {
+    orders::db::migrate(&pool).await.unwrap();
     let pki = Pki::new("pulse test CA");
     let clients = Pki::new("pulse client CA");
     let admitted = clients.client("operator");

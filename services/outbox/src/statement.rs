@@ -1,0 +1,142 @@
+//! One statement that writes the caller's rows and their outbox messages, so
+//! a caller that creates a row and its event pays one round trip (one
+//! statement is one transaction), with every value bound by name of its
+//! column instead of by a parameter number the caller has to count.
+
+use sqlx::{FromRow, PgConnection, Postgres, QueryBuilder, Row, postgres::PgRow};
+
+use crate::message::{Appended, OutboxMessage, partition_of};
+
+/// The outbox's columns, in the order [`push_values`] binds them.
+pub(crate) const COLUMNS: &str = "event_id, aggregate_type, aggregate_id, partition, exchange, routing_key, message_type, content_type, payload, \
+     headers";
+
+/// A statement being built: first the caller's common table expressions
+/// (through [`Self::caller`]), then the outbox rows for the rows one of them
+/// returns ([`Self::event`] or [`Self::events`]).
+///
+/// ```text
+/// WITH <caller's CTEs, the last one named `source`>,
+///      event AS (INSERT INTO outbox_messages (...) SELECT ... FROM source ... RETURNING ...)
+/// SELECT source.*, event.id AS outbox_id, event.partition AS outbox_partition FROM source ... event
+/// ```
+pub struct WithEvents<'args> {
+    query: QueryBuilder<'args, Postgres>,
+}
+
+impl Default for WithEvents<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'args> WithEvents<'args> {
+    pub fn new() -> Self {
+        Self { query: QueryBuilder::new("WITH ") }
+    }
+
+    /// Where the caller writes its own CTEs (`name AS (...)`, comma-separated),
+    /// binding its values with `push_bind`. The one the outbox rows follow
+    /// must return an `event_id` column when several events are appended.
+    pub fn caller(&mut self) -> &mut QueryBuilder<'args, Postgres> {
+        &mut self.query
+    }
+
+    /// One outbox row carrying `message` per row `source` returns (none when
+    /// it returns none, e.g. after `ON CONFLICT DO NOTHING`).
+    pub fn event(mut self, source: &str, message: &'args OutboxMessage) -> Ready<'args> {
+        self.query.push(format_args!(", event AS (INSERT INTO outbox_messages ({COLUMNS}) SELECT "));
+        push_values(&mut self.query, message);
+        self.query.push(format_args!(
+            " FROM {source} RETURNING id, partition) \
+             SELECT {source}.*, event.id AS outbox_id, event.partition AS outbox_partition \
+             FROM {source} CROSS JOIN event"
+        ));
+        Ready { query: self.query }
+    }
+
+    /// One outbox row per message in `messages` whose `event_id` is among
+    /// those `source` returns, written in the order of `messages`, each
+    /// answered with the `source` row of the same `event_id`.
+    pub fn events(mut self, source: &str, messages: &[&'args OutboxMessage]) -> Ready<'args> {
+        let q = &mut self.query;
+        q.push(format_args!(", event AS (INSERT INTO outbox_messages ({COLUMNS}) SELECT {COLUMNS} FROM unnest("));
+        let text = |f: fn(&'args OutboxMessage) -> &'args str| messages.iter().map(|m| f(m)).collect::<Vec<_>>();
+        q.push_bind(messages.iter().map(|m| m.event_id).collect::<Vec<_>>()).push("::uuid[], ");
+        q.push_bind(text(|m| &m.aggregate_type)).push("::text[], ");
+        q.push_bind(text(|m| &m.aggregate_id)).push("::text[], ");
+        q.push_bind(messages.iter().map(|m| partition_of(&m.aggregate_id)).collect::<Vec<_>>()).push("::int2[], ");
+        q.push_bind(text(|m| &m.exchange)).push("::text[], ");
+        q.push_bind(text(|m| &m.routing_key)).push("::text[], ");
+        q.push_bind(text(|m| &m.message_type)).push("::text[], ");
+        q.push_bind(text(|m| &m.content_type)).push("::text[], ");
+        q.push_bind(messages.iter().map(|m| m.payload.as_slice()).collect::<Vec<_>>()).push("::bytea[], ");
+        q.push_bind(messages.iter().map(|m| m.headers_json()).collect::<Vec<_>>()).push("::jsonb[]");
+        q.push(format_args!(
+            ") WITH ORDINALITY AS m({COLUMNS}, n) \
+             WHERE m.event_id IN (SELECT event_id FROM {source}) ORDER BY m.n \
+             RETURNING id, partition, event_id) \
+             SELECT {source}.*, event.id AS outbox_id, event.partition AS outbox_partition \
+             FROM {source} JOIN event USING (event_id)"
+        ));
+        Ready { query: self.query }
+    }
+}
+
+/// Binds `message`'s column values, in the order of [`COLUMNS`].
+pub(crate) fn push_values<'args>(q: &mut QueryBuilder<'args, Postgres>, message: &'args OutboxMessage) {
+    let mut values = q.separated(", ");
+    values.push_bind(message.event_id);
+    values.push_bind(message.aggregate_type.as_str());
+    values.push_bind(message.aggregate_id.as_str());
+    values.push_bind(partition_of(&message.aggregate_id));
+    values.push_bind(message.exchange.as_str());
+    values.push_bind(message.routing_key.as_str());
+    values.push_bind(message.message_type.as_str());
+    values.push_bind(message.content_type.as_str());
+    values.push_bind(message.payload.as_slice());
+    values.push_bind(message.headers_json());
+}
+
+/// A built statement, run once.
+pub struct Ready<'args> {
+    query: QueryBuilder<'args, Postgres>,
+}
+
+impl Ready<'_> {
+    /// Runs the statement: each caller row written, with the receipt of its outbox row.
+    pub async fn fetch_all<R>(mut self, conn: &mut PgConnection) -> Result<Vec<(R, Appended)>, sqlx::Error>
+    where
+        R: for<'r> FromRow<'r, PgRow> + Send + Unpin,
+    {
+        let rows = self.query.build_query_as::<WithAppended<R>>().fetch_all(conn).await?;
+        Ok(rows.into_iter().map(|row| (row.row, row.appended)).collect())
+    }
+
+    /// [`Self::fetch_all`] for a statement that writes at most one caller row.
+    pub async fn fetch_optional<R>(mut self, conn: &mut PgConnection) -> Result<Option<(R, Appended)>, sqlx::Error>
+    where
+        R: for<'r> FromRow<'r, PgRow> + Send + Unpin,
+    {
+        let row = self.query.build_query_as::<WithAppended<R>>().fetch_optional(conn).await?;
+        Ok(row.map(|row| (row.row, row.appended)))
+    }
+
+    /// The statement's text, for tests and logs.
+    pub fn sql(&self) -> &str {
+        self.query.sql()
+    }
+}
+
+/// A caller row and the receipt of its outbox row, read by column name.
+struct WithAppended<R> {
+    row: R,
+    appended: Appended,
+}
+
+impl<'r, R: FromRow<'r, PgRow>> FromRow<'r, PgRow> for WithAppended<R> {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        let appended = Appended { id: row.try_get("outbox_id")?, partition: row.try_get("outbox_partition")? };
+        Ok(Self { row: R::from_row(row)?, appended })
+    }
+}

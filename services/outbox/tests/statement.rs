@@ -1,0 +1,147 @@
+//! The caller's row and its event in one statement: the outbox row lands with
+//! every column, and both commit or roll back together.
+
+use std::collections::BTreeMap;
+
+use outbox::{Appended, OutboxMessage, WithEvents};
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+#[derive(Debug, PartialEq, sqlx::FromRow)]
+struct Thing {
+    id: Uuid,
+    name: String,
+    event_id: Uuid,
+}
+
+async fn setup(pool: &PgPool) -> PgConnection {
+    let mut conn = pool.acquire().await.unwrap().detach();
+    outbox::schema::apply(&mut conn).await.unwrap();
+    sqlx::query("CREATE TABLE things (id uuid PRIMARY KEY, name text NOT NULL CHECK (name <> ''), event_id uuid)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+fn message(event_id: Uuid, aggregate_id: &str) -> OutboxMessage {
+    OutboxMessage {
+        event_id,
+        aggregate_type: "thing".into(),
+        aggregate_id: aggregate_id.into(),
+        exchange: "things".into(),
+        routing_key: "thing.made".into(),
+        message_type: "test.ThingMade".into(),
+        content_type: "application/x-protobuf".into(),
+        payload: vec![1, 2, 3],
+        headers: BTreeMap::from([("x-correlation-id".to_owned(), "corr-1".to_owned())]),
+    }
+}
+
+async fn insert_one(
+    conn: &mut PgConnection,
+    thing: (Uuid, &str, Uuid),
+    event: &OutboxMessage,
+) -> Result<Option<(Thing, Appended)>, sqlx::Error> {
+    let mut statement = WithEvents::new();
+    let query = statement.caller();
+    query.push("made AS (INSERT INTO things (id, name, event_id) VALUES (");
+    query.push_bind(thing.0).push(", ").push_bind(thing.1.to_owned()).push(", ").push_bind(thing.2);
+    query.push(") ON CONFLICT (id) DO NOTHING RETURNING id, name, event_id)");
+    statement.event("made", event).fetch_optional(conn).await
+}
+
+async fn outbox_rows(conn: &mut PgConnection) -> Vec<(i64, Uuid, String, String, i16, String, String, String, String)> {
+    sqlx::query_as(
+        "SELECT id, event_id, aggregate_type, aggregate_id, partition, exchange, routing_key, message_type,
+                content_type FROM outbox_messages ORDER BY id",
+    )
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_row_and_its_event_land_together_with_every_column(pool: PgPool) {
+    let mut conn = setup(&pool).await;
+    let (id, event_id) = (Uuid::new_v4(), Uuid::new_v4());
+    let event = message(event_id, &id.to_string());
+    let (thing, appended) = insert_one(&mut conn, (id, "first", event_id), &event).await.unwrap().expect("written");
+    assert_eq!(thing, Thing { id, name: "first".into(), event_id });
+
+    let rows = outbox_rows(&mut conn).await;
+    let partition = outbox::partition_of(&id.to_string());
+    assert_eq!(appended, Appended { id: rows[0].0, partition });
+    assert_eq!(
+        rows,
+        [(
+            appended.id,
+            event_id,
+            "thing".to_owned(),
+            id.to_string(),
+            partition,
+            "things".to_owned(),
+            "thing.made".to_owned(),
+            "test.ThingMade".to_owned(),
+            "application/x-protobuf".to_owned()
+        )]
+    );
+    let (payload, headers): (Vec<u8>, serde_json::Value) =
+        sqlx::query_as("SELECT payload, headers FROM outbox_messages").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(payload, [1, 2, 3]);
+    assert_eq!(headers, serde_json::json!({"x-correlation-id": "corr-1"}));
+
+    // The caller's row is not written again: neither is its event.
+    let again = insert_one(&mut conn, (id, "first", Uuid::new_v4()), &message(Uuid::new_v4(), "x")).await.unwrap();
+    assert!(again.is_none());
+    assert_eq!(outbox_rows(&mut conn).await.len(), 1);
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_row_and_its_event_roll_back_together(pool: PgPool) {
+    let mut conn = setup(&pool).await;
+    let mut tx = conn.begin().await.unwrap();
+    let event_id = Uuid::new_v4();
+    let written = insert_one(&mut tx, (Uuid::new_v4(), "rolled back", event_id), &message(event_id, "a")).await;
+    assert!(written.unwrap().is_some());
+    tx.rollback().await.unwrap();
+
+    // A caller row the database refuses takes its event with it.
+    let refused = insert_one(&mut conn, (Uuid::new_v4(), "", event_id), &message(event_id, "a")).await;
+    assert!(refused.is_err());
+
+    let things: i64 = sqlx::query_scalar("SELECT count(*) FROM things").fetch_one(&mut conn).await.unwrap();
+    assert_eq!((things, outbox_rows(&mut conn).await.len()), (0, 0));
+}
+
+#[sqlx::test(migrations = false)]
+async fn many_rows_each_get_their_own_event_in_order_and_a_skipped_row_none(pool: PgPool) {
+    let mut conn = setup(&pool).await;
+    let taken = Uuid::new_v4();
+    insert_one(&mut conn, (taken, "taken", Uuid::new_v4()), &message(Uuid::new_v4(), "t")).await.unwrap();
+    let before = outbox_rows(&mut conn).await.len();
+
+    let ids = [Uuid::new_v4(), taken, Uuid::new_v4()];
+    let events: Vec<OutboxMessage> = ids.iter().map(|id| message(Uuid::new_v4(), &id.to_string())).collect();
+    let mut statement = WithEvents::new();
+    let query = statement.caller();
+    query.push("made AS (INSERT INTO things (id, name, event_id) SELECT * FROM unnest(");
+    query.push_bind(ids.to_vec()).push("::uuid[], ").push_bind(vec!["a", "b", "c"]).push("::text[], ");
+    query.push_bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>()).push("::uuid[])");
+    query.push(" ON CONFLICT (id) DO NOTHING RETURNING id, name, event_id)");
+    let refs: Vec<&OutboxMessage> = events.iter().collect();
+    let written: Vec<(Thing, Appended)> = statement.events("made", &refs).fetch_all(&mut conn).await.unwrap();
+
+    let mut names: Vec<&str> = written.iter().map(|(thing, _)| thing.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["a", "c"], "the row whose id was taken is skipped");
+    let rows = outbox_rows(&mut conn).await;
+    assert_eq!(rows.len(), before + 2, "and so is its event");
+    for (thing, appended) in &written {
+        let row = rows.iter().find(|row| row.0 == appended.id).expect("receipt names a row");
+        assert_eq!((row.1, row.4), (thing.event_id, appended.partition), "each receipt is its own row's event");
+        assert_eq!(row.3, thing.id.to_string());
+    }
+    let new_events: Vec<Uuid> = rows[before..].iter().map(|row| row.1).collect();
+    assert_eq!(new_events, [events[0].event_id, events[2].event_id], "written in the order given");
+}
