@@ -7,6 +7,7 @@
 pub mod db;
 pub mod errors;
 pub mod grpc;
+pub mod rpc;
 pub mod shutdown;
 pub mod text;
 pub mod tls;
