@@ -183,6 +183,8 @@ async fn one_create_order_is_one_trace_across_both_services() {
     // Every order's publish has its DELETE, every message's processing its two INSERTs.
     let trace_id = &INCOMING[3..35];
     let event_ids: Vec<&str> = created.iter().map(|c| c.event_id.as_str()).collect();
+    let (publish_name, process_name) =
+        (format!("publish {}", contracts::EVENTS_EXCHANGE), format!("process {}", contracts::EVENTS_EXCHANGE));
     let complete = |spans: &[Span]| {
         let of_events = |name: &str| {
             spans
@@ -191,7 +193,7 @@ async fn one_create_order_is_one_trace_across_both_services() {
                 .filter(|s| attribute(s, "messaging.message.id").is_some_and(|id| event_ids.contains(&id.as_str())))
                 .collect::<Vec<_>>()
         };
-        let (published, processed) = (of_events("publish"), of_events("inbox_message"));
+        let (published, processed) = (of_events(&publish_name), of_events(&process_name));
         published.len() == ORDERS
             && processed.len() == ORDERS
             && published.iter().all(|p| children(spans, p, "DELETE outbox_messages").len() == 1)
@@ -225,7 +227,7 @@ async fn one_create_order_is_one_trace_across_both_services() {
     };
     let (mut inserts, mut deletes) = (Vec::new(), Vec::new());
     for event_id in &event_ids {
-        let (publish, process) = (named("publish", event_id), named("inbox_message", event_id));
+        let (publish, process) = (named(&publish_name, event_id), named(&process_name, event_id));
         let create = spans
             .iter()
             .find(|s| s.name == "CreateOrder" && s.span_id == publish.parent_span_id)
@@ -252,7 +254,20 @@ async fn one_create_order_is_one_trace_across_both_services() {
         assert_eq!(attribute(publish, "messaging.system").as_deref(), Some("rabbitmq"));
         assert_eq!(attribute(publish, "messaging.destination.name").as_deref(), Some(contracts::EVENTS_EXCHANGE));
         assert_eq!(attribute(process, "messaging.system").as_deref(), Some("rabbitmq"));
-        assert_eq!(attribute(process, "messaging.destination.name").as_deref(), Some(topology.main.as_str()));
+        assert_eq!(attribute(publish, "messaging.operation.name").as_deref(), Some("publish"));
+        assert_eq!(publish.kind, SpanKind::Producer as i32);
+        assert_eq!(attribute(process, "messaging.operation.name").as_deref(), Some("process"));
+        assert_eq!(process.kind, SpanKind::Consumer as i32);
+        // Both sides name the exchange, not the queue the consumer happens to read.
+        assert_eq!(attribute(process, "messaging.destination.name").as_deref(), Some(contracts::EVENTS_EXCHANGE));
+        for span in [publish, process] {
+            assert_eq!(
+                attribute(span, "messaging.rabbitmq.destination.routing_key").as_deref(),
+                Some(contracts::events::v1::ORDER_CREATED_ROUTING_KEY),
+                "{}",
+                span.name
+            );
+        }
 
         // The statements: one INSERT writes the order and its outbox row,
         // shared with the orders of concurrent calls (group commit), at most all of this test's.
