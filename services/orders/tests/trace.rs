@@ -4,7 +4,8 @@
 //! (the inbox's processing and its statements) running in this process, and
 //! finds them chained parent to child under the caller's `traceparent`, each
 //! with the correlation id, the statements as client spans with
-//! OpenTelemetry's database attributes.
+//! OpenTelemetry's database attributes. Both services' RPC server spans carry
+//! the same attributes (they come from one layer, `platform::rpc`).
 //!
 //! Its own test binary: the tracing subscriber and the tracer provider are
 //! global, so both services share one provider (and one `service.name`).
@@ -18,7 +19,10 @@ use std::{
 
 mod in_process;
 
-use contracts::orders::v1::{CreateOrderRequest, GetOrderRequest, order_service_client::OrderServiceClient};
+use contracts::{
+    notifications::v1::{ListNotificationsRequest, notification_service_client::NotificationServiceClient},
+    orders::v1::{CreateOrderRequest, GetOrderRequest, order_service_client::OrderServiceClient},
+};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -32,6 +36,9 @@ use tokio_util::sync::CancellationToken;
 
 const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const CORRELATION: &str = "corr-trace-1";
+const CREATE: &str = "pulse.orders.v1.OrderService/CreateOrder";
+const GET: &str = "pulse.orders.v1.OrderService/GetOrder";
+const LIST: &str = "pulse.notifications.v1.NotificationService/ListNotifications";
 /// Orders created at once, so that the relay and the inbox may batch them.
 const ORDERS: usize = 3;
 
@@ -85,6 +92,21 @@ fn child<'a>(spans: &'a [Span], parent: &Span, name: &str) -> &'a Span {
         [one] => one,
         ref other => panic!("{} has {} {name:?} children", parent.name, other.len()),
     }
+}
+
+/// An RPC server span, named `package.Service/Method`, as OpenTelemetry's RPC
+/// conventions describe it, for a call to a local port that answered OK.
+fn assert_server_span(span: &Span, port: u16) {
+    let (service, method) = span.name.split_once('/').expect("named package.Service/Method");
+    assert_eq!(span.kind, SpanKind::Server as i32, "{}", span.name);
+    assert_eq!(attribute(span, "rpc.system").as_deref(), Some("grpc"), "{}", span.name);
+    assert_eq!(attribute(span, "rpc.service").as_deref(), Some(service), "{}", span.name);
+    assert_eq!(attribute(span, "rpc.method").as_deref(), Some(method), "{}", span.name);
+    assert_eq!(int_attribute(span, "rpc.grpc.status_code"), Some(0), "{} answered OK", span.name);
+    assert_eq!(attribute(span, "server.address").as_deref(), Some("127.0.0.1"), "{}", span.name);
+    assert_eq!(int_attribute(span, "server.port"), Some(i64::from(port)), "{}", span.name);
+    assert_eq!(attribute(span, "trace_id").as_deref(), Some(hex(&span.trace_id).as_str()), "{}", span.name);
+    assert!(attribute(span, "correlation_id").is_some_and(|id| !id.is_empty()), "{}", span.name);
 }
 
 /// A database client span: the stable OpenTelemetry attributes, the name
@@ -147,6 +169,7 @@ async fn one_create_order_is_one_trace_across_both_services() {
     leftovers.database(&notifications_db);
     let notifications = notifications::build(config).await.expect("notifications builds");
     let mut consuming = notifications.consumer_connected();
+    let notifications_addr = notifications.grpc_addr();
     let notifications_stop = CancellationToken::new();
     let notifications_task = tokio::spawn(notifications.run_until_stopped(notifications_stop.clone()));
     assert!(testkit::wait_for_flag(&mut consuming, true, Duration::from_secs(20)).await, "notifications stopped");
@@ -179,6 +202,18 @@ async fn one_create_order_is_one_trace_across_both_services() {
     let mut request = tonic::Request::new(GetOrderRequest { order_id: created[0].order_id.clone() });
     request.metadata_mut().insert("traceparent", INCOMING.parse().unwrap());
     client.get_order(request).await.unwrap();
+    let mut notifications_client =
+        NotificationServiceClient::connect(format!("http://{notifications_addr}")).await.unwrap();
+    let mut request =
+        tonic::Request::new(ListNotificationsRequest { order_id: created[0].order_id.clone(), ..Default::default() });
+    request.metadata_mut().insert("traceparent", INCOMING.parse().unwrap());
+    request.metadata_mut().insert("x-correlation-id", CORRELATION.parse().unwrap());
+    let listed = notifications_client.list_notifications(request).await.unwrap();
+    assert_eq!(
+        listed.metadata().get("x-correlation-id").unwrap(),
+        CORRELATION,
+        "Notifications echoes it as Orders does"
+    );
 
     // Every order's publish has its DELETE, every message's processing its two INSERTs.
     let trace_id = &INCOMING[3..35];
@@ -202,6 +237,7 @@ async fn one_create_order_is_one_trace_across_both_services() {
                     && children(spans, p, "INSERT notifications").len() == 1
             })
             && spans.iter().any(|s| s.name == "SELECT orders")
+            && spans.iter().any(|s| s.name == LIST)
             && spans.iter().filter(|s| s.name == "INSERT orders").count() == ORDERS
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -230,7 +266,7 @@ async fn one_create_order_is_one_trace_across_both_services() {
         let (publish, process) = (named(&publish_name, event_id), named(&process_name, event_id));
         let create = spans
             .iter()
-            .find(|s| s.name == "CreateOrder" && s.span_id == publish.parent_span_id)
+            .find(|s| s.name == CREATE && s.span_id == publish.parent_span_id)
             .expect("the relay's publish is a child of CreateOrder");
         assert_eq!(hex(&create.parent_span_id), &INCOMING[36..52], "CreateOrder continues the caller's span");
         assert_eq!(process.parent_span_id, publish.span_id, "processing is a child of the publish");
@@ -246,11 +282,7 @@ async fn one_create_order_is_one_trace_across_both_services() {
             );
             assert_eq!(attribute(span, "span_id"), Some(hex(&span.span_id)), "{}'s log lines name the span", span.name);
         }
-        assert_eq!(create.kind, SpanKind::Server as i32);
-        assert_eq!(attribute(create, "rpc.system").as_deref(), Some("grpc"));
-        assert_eq!(attribute(create, "rpc.service").as_deref(), Some("pulse.orders.v1.OrderService"));
-        assert_eq!(attribute(create, "rpc.method").as_deref(), Some("CreateOrder"));
-        assert_eq!(int_attribute(create, "rpc.grpc.status_code"), Some(0), "OK");
+        assert_server_span(create, addr.port());
         assert_eq!(attribute(publish, "messaging.system").as_deref(), Some("rabbitmq"));
         assert_eq!(attribute(publish, "messaging.destination.name").as_deref(), Some(contracts::EVENTS_EXCHANGE));
         assert_eq!(attribute(process, "messaging.system").as_deref(), Some("rabbitmq"));
@@ -289,10 +321,13 @@ async fn one_create_order_is_one_trace_across_both_services() {
     assert_batches_add_up(&inserts);
     assert_batches_add_up(&deletes);
 
-    let get = spans.iter().find(|s| s.name == "GetOrder").expect("GetOrder joins the caller's trace");
+    let get = spans.iter().find(|s| s.name == GET).expect("GetOrder joins the caller's trace");
     assert_eq!(hex(&get.parent_span_id), &INCOMING[36..52]);
-    assert_eq!(attribute(get, "rpc.method").as_deref(), Some("GetOrder"));
-    assert_eq!(int_attribute(get, "rpc.grpc.status_code"), Some(0));
+    assert_server_span(get, addr.port());
+    let list = spans.iter().find(|s| s.name == LIST).expect("ListNotifications joins the caller's trace");
+    assert_eq!(hex(&list.parent_span_id), &INCOMING[36..52]);
+    assert_server_span(list, notifications_addr.port());
+    assert_eq!(attribute(list, "correlation_id").as_deref(), Some(CORRELATION));
     assert_statement(child(&spans, get, "SELECT orders"), "SELECT", "orders", &orders_db, &server);
 
     orders_stop.cancel();

@@ -1,8 +1,8 @@
 //! gRPC bootstrap shared by the services: health (`grpc.health.v1`) and server
 //! reflection (v1 and v1alpha, for grpcurl 1.8 and later), a database-driven
-//! health watcher, serving until the shutdown token fires, the calls passed
-//! through [`crate::rpc::RpcMetricsLayer`], and the limits on what one call may
-//! send (metadata and message size, see [`RequestLimitsLayer`]).
+//! health watcher, serving until the shutdown token fires, every call passed
+//! through [`crate::rpc::RpcLayer`] (span, trace, correlation id, metrics), and
+//! the limits on what one call may send (metadata and message size, see [`RequestLimitsLayer`]).
 
 use std::{
     net::SocketAddr,
@@ -27,11 +27,14 @@ use tower::{
 
 use telemetry::metrics::Registry;
 
-use crate::{rpc::RpcMetricsLayer, tls::ServerTls};
+use crate::{
+    rpc::{KnownMethods, RpcLayer},
+    tls::ServerTls,
+};
 
-/// The services' router: every call passes through [`RpcMetricsLayer`], then
-/// [`RequestLimitsLayer`] (so refused calls are measured too).
-pub type GrpcRouter = Router<Stack<RequestLimitsLayer, Stack<RpcMetricsLayer, Identity>>>;
+/// The services' router: every call passes through [`RpcLayer`], then
+/// [`RequestLimitsLayer`] (so refused calls are measured and traced too).
+pub type GrpcRouter = Router<Stack<RequestLimitsLayer, Stack<RpcLayer, Identity>>>;
 
 /// A tonic router already carrying health and reflection, its calls measured
 /// into `registry`. Reflection describes the files of `descriptor_sets`
@@ -48,7 +51,7 @@ pub fn router_with_health_and_reflection(
     let configure = || {
         let mut builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .with_service_name("grpc.health.v1.Health");
+            .with_service_name(HEALTH);
         for set in descriptor_sets {
             builder = builder.register_encoded_file_descriptor_set(set);
         }
@@ -57,9 +60,20 @@ pub fn router_with_health_and_reflection(
         }
         builder
     };
-    let reflection_v1 = configure().with_service_name("grpc.reflection.v1.ServerReflection").build_v1()?;
-    let reflection_v1alpha =
-        configure().with_service_name("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?;
+    let reflection_v1 = configure().with_service_name(REFLECTION_V1).build_v1()?;
+    let reflection_v1alpha = configure().with_service_name(REFLECTION_V1ALPHA).build_v1alpha()?;
+    let known = KnownMethods::new(
+        &[services, &[HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA]].concat(),
+        &[
+            descriptor_sets,
+            &[
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ],
+        ]
+        .concat(),
+    )?;
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         server = server.tls_config(tls.server_config())?;
@@ -68,13 +82,17 @@ pub fn router_with_health_and_reflection(
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES)
         .max_frame_size(HTTP2_MAX_FRAME_BYTES)
-        .layer(RpcMetricsLayer::new(registry))
+        .layer(RpcLayer::new(registry, known))
         .layer(RequestLimitsLayer)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     Ok((router, reporter))
 }
+
+const HEALTH: &str = "grpc.health.v1.Health";
+const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
+const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
 
 /// Calls one client connection may have in flight at once (HTTP/2
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`). tonic leaves it unlimited: a client
