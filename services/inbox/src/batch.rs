@@ -13,7 +13,7 @@
 //! `telemetry`), and handlers run inside [`DbTarget::scope`] so
 //! theirs can say where the connection leads. With it off, none of this runs.
 
-use std::{collections::HashSet, future::Future};
+use std::collections::HashSet;
 
 use sqlx::{Connection, PgConnection, PgPool};
 use telemetry::DbTarget;
@@ -64,8 +64,8 @@ pub(crate) async fn apply<H: Handler>(
             }
         },
     };
-    let db = telemetry::otel_active().then(|| DbTarget::of(pool));
-    let mut result = run(conn, handler, items, &pending, false, db.as_ref()).await;
+    let db = DbTarget::of(pool);
+    let mut result = run(conn, handler, items, &pending, false, &db).await;
     if let Err(Stop::HandlerFailed(failed, error)) = result {
         match failed {
             Some(failed) => {
@@ -77,7 +77,7 @@ pub(crate) async fn apply<H: Handler>(
         for i in &pending {
             items[*i].outcome = Outcome::Pending;
         }
-        result = run(conn, handler, items, &pending, true, db.as_ref()).await;
+        result = run(conn, handler, items, &pending, true, &db).await;
     }
     match result {
         Ok(()) => pending.iter().any(|i| items[*i].outcome == Outcome::Processed),
@@ -109,7 +109,7 @@ async fn run<H: Handler>(
     items: &mut [Item<H::Event>],
     pending: &[usize],
     savepoints: bool,
-    db: Option<&DbTarget>,
+    db: &DbTarget,
 ) -> Result<(), Stop> {
     let mut tx = conn.begin().await.map_err(lost)?;
     let ids: Vec<Uuid> = pending.iter().filter_map(|i| items[*i].event_id()).collect();
@@ -148,7 +148,7 @@ async fn run<H: Handler>(
                 (event, ctx)
             })
             .collect();
-        match with_target(db, handler.handle_batch(&mut tx, &batch)).await {
+        match db.clone().scope(handler.handle_batch(&mut tx, &batch)).await {
             Ok(()) => {}
             Err(BatchError { error, .. }) if connection_lost(&error) => return Err(Stop::Database(error.to_string())),
             Err(BatchError { index, error }) => {
@@ -166,7 +166,7 @@ async fn run<H: Handler>(
         let item = &mut items[i];
         let (event, ctx) = item.parsed.as_ref().expect("pending items are parsed");
         execute(&mut tx, "SAVEPOINT inbox_message").await?;
-        match with_target(db, handler.handle(&mut tx, event, ctx)).instrument(item.span.clone()).await {
+        match db.clone().scope(handler.handle(&mut tx, event, ctx)).instrument(item.span.clone()).await {
             Ok(()) => {
                 execute(&mut tx, "RELEASE SAVEPOINT inbox_message").await?;
                 item.outcome = Outcome::Processed;
@@ -178,7 +178,7 @@ async fn run<H: Handler>(
                 sqlx::query("DELETE FROM processed_events WHERE event_id = $1")
                     .bind(ctx.event_id)
                     .execute(&mut *tx)
-                    .instrument(db.map_or_else(Span::none, |db| db.span(&item.span, "DELETE", TABLE, 1)))
+                    .instrument(db.span(&item.span, "DELETE", TABLE, 1))
                     .await
                     .map_err(lost)?;
                 item.outcome = failure(err);
@@ -191,26 +191,17 @@ async fn run<H: Handler>(
 /// The table of recorded event ids.
 const TABLE: &str = "processed_events";
 
-/// With OpenTelemetry on, a span per item in `which`, child of the item's
-/// span, for one `operation` on [`TABLE`] applying `batch_size` rows; they
-/// last while the caller holds them. With it off, nothing.
+/// A span per item in `which`, child of the item's span, for one `operation`
+/// on [`TABLE`] applying `batch_size` rows; they last while the caller holds
+/// them ([`Span::none`]s while spans are not exported).
 fn statement_spans<E>(
-    db: Option<&DbTarget>,
+    db: &DbTarget,
     items: &[Item<E>],
     which: &[usize],
     operation: &'static str,
     batch_size: usize,
 ) -> Vec<Span> {
-    let Some(db) = db else { return Vec::new() };
     which.iter().map(|i| db.span(&items[*i].span, operation, TABLE, batch_size)).collect()
-}
-
-/// Runs a handler's future inside `db`'s scope, when there is one.
-async fn with_target<F: Future>(db: Option<&DbTarget>, future: F) -> F::Output {
-    match db {
-        Some(db) => db.clone().scope(future).await,
-        None => future.await,
-    }
 }
 
 async fn execute(conn: &mut PgConnection, statement: &str) -> Result<(), Stop> {

@@ -2,7 +2,7 @@
 //! never will.
 
 use lapin::{BasicProperties, message::Delivery};
-use telemetry::tracecontext::TraceParent;
+use telemetry::propagation::Incoming;
 use tracing::Span;
 use uuid::Uuid;
 
@@ -71,34 +71,15 @@ pub(crate) fn prepare<H: Handler>(delivery: Delivery, topology: &Topology, max_b
         .or_else(|| properties.correlation_id().as_ref().map(|c| c.as_str().to_owned()));
     let event_id = properties.message_id().as_ref().map_or("", |id| id.as_str());
     let traceparent = headers::text(properties.headers().as_ref(), telemetry::tracecontext::HEADER);
-    let otel = telemetry::otel_active();
-    // Without OpenTelemetry the log lines still name the order's trace: the
-    // message's generated `traceparent` with a span id for this processing.
-    let generated = traceparent.as_deref().filter(|_| !otel).and_then(TraceParent::parse).map(TraceParent::child);
-    let (trace_id, span_id) = generated.map(|t| (t.trace_id_hex(), format!("{:016x}", t.span_id))).unzip();
-    let span = tracing::info_span!(
-        "inbox_message",
-        otel.kind = "consumer",
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "process",
-        messaging.destination.name = queue,
-        messaging.message.id = event_id,
-        queue,
-        event_id,
-        correlation_id = correlation_id.as_deref().unwrap_or(""),
-        attempt = attempts_before.saturating_add(1),
-        trace_id = trace_id.as_deref(),
-        span_id = span_id.as_deref(),
-    );
-    if otel {
-        // The processing span is a child of the relay's publish span (the
-        // message's `traceparent`): one trace from CreateOrder on.
-        telemetry::set_parent(&span, traceparent.as_deref());
-        if let Some(own) = telemetry::traceparent_of(&span).and_then(|t| TraceParent::parse(&t)) {
-            span.record("trace_id", own.trace_id_hex());
-            span.record("span_id", format!("{:016x}", own.span_id));
-        }
-    }
+    let tracestate = headers::text(properties.headers().as_ref(), telemetry::propagation::TRACESTATE);
+    let message = telemetry::amqp::Message {
+        exchange: delivery.exchange.as_str(),
+        routing_key: delivery.routing_key.as_str(),
+        message_id: event_id,
+        correlation_id: correlation_id.as_deref(),
+        trace: Incoming { traceparent: traceparent.as_deref(), tracestate: tracestate.as_deref() },
+    };
+    let span = telemetry::amqp::continue_trace(&message, queue, attempts_before.saturating_add(1));
     let (parsed, outcome) = match parse(properties, &delivery.data, &Checks::of::<H>(max_bytes)) {
         Ok((event, event_id)) => {
             let ctx = MessageContext {

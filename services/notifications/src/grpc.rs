@@ -5,9 +5,7 @@ use contracts::notifications::v1::{
     notification_service_server::NotificationService,
 };
 use sqlx::PgPool;
-use telemetry::correlation::{self, CorrelationId};
-use tonic::{Request, Response, Status, metadata::MetadataValue};
-use tracing::Instrument;
+use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
@@ -31,43 +29,28 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<ListNotificationsRequest>,
     ) -> Result<Response<ListNotificationsResponse>, Status> {
-        let header = request.metadata().get(correlation::HEADER).and_then(|v| v.to_str().ok());
-        let correlation_id = CorrelationId::from_header(header);
-        let span = tracing::info_span!("list_notifications", correlation_id = %correlation_id);
-        let result = async {
-            let body = request.get_ref();
-            let order_id = parse_order_id(&body.order_id)?;
-            let (size, after) = parse_page(body.page_size, &body.page_token, order_id)?;
-            let limit = i64::from(size) + 1;
-            let mut rows = db::page_for_order(&self.pool, order_id, after, limit).await?;
-            // One row more than the page says whether another page follows.
-            let next_page_token = if rows.len() > size as usize {
-                rows.truncate(size as usize);
-                rows.last().map(|last| page_token(order_id, last)).unwrap_or_default()
-            } else {
-                String::new()
-            };
-            tracing::debug!(%order_id, count = rows.len(), more = !next_page_token.is_empty(), "listed notifications");
-            Ok::<_, NotificationsError>(ListNotificationsResponse {
-                notifications: rows.into_iter().map(to_proto).collect(),
-                next_page_token,
-            })
-        }
-        .instrument(span)
-        .await;
-        let value = MetadataValue::try_from(correlation_id.as_str()).expect("correlation ids are valid metadata");
-        match result {
-            Ok(body) => {
-                let mut response = Response::new(body);
-                response.metadata_mut().insert(correlation::HEADER, value);
-                Ok(response)
-            }
-            Err(err) => {
-                let mut status = Status::from(err);
-                status.metadata_mut().insert(correlation::HEADER, value);
-                Err(status)
-            }
-        }
+        // The call's span and correlation id are the RPC layer's (platform::rpc).
+        let body = request.into_inner();
+        let response = self.list(&body).await.map_err(Status::from)?;
+        Ok(Response::new(response))
+    }
+}
+
+impl NotificationApi {
+    async fn list(&self, body: &ListNotificationsRequest) -> Result<ListNotificationsResponse, NotificationsError> {
+        let order_id = parse_order_id(&body.order_id)?;
+        let (size, after) = parse_page(body.page_size, &body.page_token, order_id)?;
+        let limit = i64::from(size) + 1;
+        let mut rows = db::page_for_order(&self.pool, order_id, after, limit).await?;
+        // One row more than the page says whether another page follows.
+        let next_page_token = if rows.len() > size as usize {
+            rows.truncate(size as usize);
+            rows.last().map(|last| page_token(order_id, last)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        tracing::debug!(%order_id, count = rows.len(), more = !next_page_token.is_empty(), "listed notifications");
+        Ok(ListNotificationsResponse { notifications: rows.into_iter().map(to_proto).collect(), next_page_token })
     }
 }
 

@@ -99,9 +99,9 @@ impl Handler for OrderCreatedHandler {
     }
 }
 
-/// With OpenTelemetry on (the inbox then runs handlers in a [`DbTarget`]
-/// scope), a span per message, child of its span, for the one INSERT that
-/// writes all of their notifications; nothing otherwise.
+/// A span per message, child of its span, for the one INSERT that writes all
+/// of their notifications ([`Span::none`]s while spans are not exported);
+/// nothing outside the inbox's [`DbTarget`] scope.
 fn statement_spans<'a>(messages: impl ExactSizeIterator<Item = &'a MessageContext>) -> Vec<Span> {
     let Some(db) = DbTarget::current() else { return Vec::new() };
     let batch_size = messages.len();

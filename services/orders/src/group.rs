@@ -248,9 +248,9 @@ fn is_already_written(err: &sqlx::Error) -> bool {
 }
 
 /// The client span of the INSERT that writes `call` among `group_size`
-/// orders, in the call's span; only while spans are exported.
+/// orders, in the call's span.
 fn statement_span(db: &DbTarget, call: &Call, group_size: usize) -> Span {
-    if telemetry::otel_active() { db.span(&call.span, "INSERT", db::TABLE, group_size) } else { Span::none() }
+    db.span(&call.span, "INSERT", db::TABLE, group_size)
 }
 
 /// Answers every call with `err`: the database could not be reached for any of them.

@@ -101,10 +101,8 @@ impl Orders {
         found?.ok_or(OrdersError::NotFound)
     }
 
-    /// The client span of one statement on the orders table, in the call's
-    /// span; only while spans are exported, as in the inbox and the relay
-    /// (otherwise it would cost every call a span nobody reads).
+    /// The client span of one statement on the orders table, in the call's span.
     fn statement(&self, operation: &'static str) -> Span {
-        if telemetry::otel_active() { self.db.span(&Span::current(), operation, db::TABLE, 1) } else { Span::none() }
+        self.db.span(&Span::current(), operation, db::TABLE, 1)
     }
 }

@@ -4,126 +4,40 @@
 //! (the inbox's processing and its statements) running in this process, and
 //! finds them chained parent to child under the caller's `traceparent`, each
 //! with the correlation id, the statements as client spans with
-//! OpenTelemetry's database attributes.
+//! OpenTelemetry's database attributes. Both services' RPC server spans carry
+//! the same attributes (they come from one layer, `platform::rpc`).
 //!
 //! Its own test binary: the tracing subscriber and the tracer provider are
 //! global, so both services share one provider (and one `service.name`).
 
 use std::{
-    collections::HashMap,
     str::FromStr,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 mod in_process;
+mod spans;
 
-use contracts::orders::v1::{CreateOrderRequest, GetOrderRequest, order_service_client::OrderServiceClient};
+use contracts::{
+    notifications::v1::{ListNotificationsRequest, notification_service_client::NotificationServiceClient},
+    orders::v1::{CreateOrderRequest, GetOrderRequest, order_service_client::OrderServiceClient},
+};
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_server::{TraceService, TraceServiceServer},
-    },
-    common::v1::any_value::Value,
+    collector::trace::v1::trace_service_server::TraceServiceServer,
     trace::v1::{Span, span::SpanKind},
 };
+use spans::*;
 use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
 
 const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const CORRELATION: &str = "corr-trace-1";
+const CREATE: &str = "pulse.orders.v1.OrderService/CreateOrder";
+const GET: &str = "pulse.orders.v1.OrderService/GetOrder";
+const LIST: &str = "pulse.notifications.v1.NotificationService/ListNotifications";
 /// Orders created at once, so that the relay and the inbox may batch them.
 const ORDERS: usize = 3;
-
-#[derive(Clone, Default)]
-struct Receiver {
-    spans: Arc<Mutex<Vec<Span>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.spans.lock().unwrap();
-        for resource in request.into_inner().resource_spans {
-            for scope in resource.scope_spans {
-                spans.extend(scope.spans);
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn attribute(span: &Span, key: &str) -> Option<String> {
-    span.attributes.iter().find(|kv| kv.key == key).and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-        Value::StringValue(s) => Some(s.clone()),
-        other => Some(format!("{other:?}")),
-    })
-}
-
-fn int_attribute(span: &Span, key: &str) -> Option<i64> {
-    span.attributes.iter().find(|kv| kv.key == key).and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-        Value::IntValue(i) => Some(*i),
-        _ => None,
-    })
-}
-
-/// The spans named `name` whose parent is `parent`.
-fn children<'a>(spans: &'a [Span], parent: &Span, name: &str) -> Vec<&'a Span> {
-    spans.iter().filter(|s| s.name == name && s.parent_span_id == parent.span_id).collect()
-}
-
-/// The one span named `name` under `parent`; panics naming what is there instead.
-fn child<'a>(spans: &'a [Span], parent: &Span, name: &str) -> &'a Span {
-    match children(spans, parent, name)[..] {
-        [one] => one,
-        ref other => panic!("{} has {} {name:?} children", parent.name, other.len()),
-    }
-}
-
-/// A database client span: the stable OpenTelemetry attributes, the name
-/// `"{operation} {table}"`, and what it returns: its `db.operation.batch.size`.
-fn assert_statement(
-    span: &Span,
-    operation: &str,
-    table: &str,
-    database: &str,
-    server: &PgConnectOptions,
-) -> Option<i64> {
-    assert_eq!(span.name, format!("{operation} {table}"));
-    assert_eq!(span.kind, SpanKind::Client as i32, "{} is a client span", span.name);
-    assert_eq!(attribute(span, "db.system.name").as_deref(), Some("postgresql"), "{}", span.name);
-    assert_eq!(attribute(span, "db.operation.name").as_deref(), Some(operation), "{}", span.name);
-    assert_eq!(attribute(span, "db.collection.name").as_deref(), Some(table), "{}", span.name);
-    assert_eq!(attribute(span, "db.namespace").as_deref(), Some(database), "{}", span.name);
-    assert_eq!(attribute(span, "server.address").as_deref(), Some(server.get_host()), "{}", span.name);
-    assert_eq!(int_attribute(span, "server.port"), Some(i64::from(server.get_port())), "{}", span.name);
-    let batch = int_attribute(span, "db.operation.batch.size");
-    assert!(batch.is_none_or(|n| n >= 2), "a batch has two operations or more: {batch:?}");
-    batch
-}
-
-/// Each row of a batch statement has a span with the statement's batch size:
-/// `n` spans of size `n` per batch, so their count is a multiple of `n`. Only
-/// for statements that see nothing but this test's rows (the inbox's queue
-/// also gets other tests' events: they share its batches, not its trace).
-fn assert_batches_add_up(spans: &[&Span]) {
-    let mut by_size: HashMap<i64, i64> = HashMap::new();
-    for span in spans {
-        if let Some(n) = int_attribute(span, "db.operation.batch.size") {
-            *by_size.entry(n).or_default() += 1;
-        }
-    }
-    for (size, count) in by_size {
-        assert_eq!(count % size, 0, "{count} spans of {:?} say they were in batches of {size}", spans[0].name);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_create_order_is_one_trace_across_both_services() {
@@ -147,6 +61,7 @@ async fn one_create_order_is_one_trace_across_both_services() {
     leftovers.database(&notifications_db);
     let notifications = notifications::build(config).await.expect("notifications builds");
     let mut consuming = notifications.consumer_connected();
+    let notifications_addr = notifications.grpc_addr();
     let notifications_stop = CancellationToken::new();
     let notifications_task = tokio::spawn(notifications.run_until_stopped(notifications_stop.clone()));
     assert!(testkit::wait_for_flag(&mut consuming, true, Duration::from_secs(20)).await, "notifications stopped");
@@ -179,10 +94,24 @@ async fn one_create_order_is_one_trace_across_both_services() {
     let mut request = tonic::Request::new(GetOrderRequest { order_id: created[0].order_id.clone() });
     request.metadata_mut().insert("traceparent", INCOMING.parse().unwrap());
     client.get_order(request).await.unwrap();
+    let mut notifications_client =
+        NotificationServiceClient::connect(format!("http://{notifications_addr}")).await.unwrap();
+    let mut request =
+        tonic::Request::new(ListNotificationsRequest { order_id: created[0].order_id.clone(), ..Default::default() });
+    request.metadata_mut().insert("traceparent", INCOMING.parse().unwrap());
+    request.metadata_mut().insert("x-correlation-id", CORRELATION.parse().unwrap());
+    let listed = notifications_client.list_notifications(request).await.unwrap();
+    assert_eq!(
+        listed.metadata().get("x-correlation-id").unwrap(),
+        CORRELATION,
+        "Notifications echoes it as Orders does"
+    );
 
     // Every order's publish has its DELETE, every message's processing its two INSERTs.
     let trace_id = &INCOMING[3..35];
     let event_ids: Vec<&str> = created.iter().map(|c| c.event_id.as_str()).collect();
+    let (publish_name, process_name) =
+        (format!("publish {}", contracts::EVENTS_EXCHANGE), format!("process {}", contracts::EVENTS_EXCHANGE));
     let complete = |spans: &[Span]| {
         let of_events = |name: &str| {
             spans
@@ -191,7 +120,7 @@ async fn one_create_order_is_one_trace_across_both_services() {
                 .filter(|s| attribute(s, "messaging.message.id").is_some_and(|id| event_ids.contains(&id.as_str())))
                 .collect::<Vec<_>>()
         };
-        let (published, processed) = (of_events("publish"), of_events("inbox_message"));
+        let (published, processed) = (of_events(&publish_name), of_events(&process_name));
         published.len() == ORDERS
             && processed.len() == ORDERS
             && published.iter().all(|p| children(spans, p, "DELETE outbox_messages").len() == 1)
@@ -200,6 +129,7 @@ async fn one_create_order_is_one_trace_across_both_services() {
                     && children(spans, p, "INSERT notifications").len() == 1
             })
             && spans.iter().any(|s| s.name == "SELECT orders")
+            && spans.iter().any(|s| s.name == LIST)
             && spans.iter().filter(|s| s.name == "INSERT orders").count() == ORDERS
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -225,10 +155,10 @@ async fn one_create_order_is_one_trace_across_both_services() {
     };
     let (mut inserts, mut deletes) = (Vec::new(), Vec::new());
     for event_id in &event_ids {
-        let (publish, process) = (named("publish", event_id), named("inbox_message", event_id));
+        let (publish, process) = (named(&publish_name, event_id), named(&process_name, event_id));
         let create = spans
             .iter()
-            .find(|s| s.name == "CreateOrder" && s.span_id == publish.parent_span_id)
+            .find(|s| s.name == CREATE && s.span_id == publish.parent_span_id)
             .expect("the relay's publish is a child of CreateOrder");
         assert_eq!(hex(&create.parent_span_id), &INCOMING[36..52], "CreateOrder continues the caller's span");
         assert_eq!(process.parent_span_id, publish.span_id, "processing is a child of the publish");
@@ -244,15 +174,24 @@ async fn one_create_order_is_one_trace_across_both_services() {
             );
             assert_eq!(attribute(span, "span_id"), Some(hex(&span.span_id)), "{}'s log lines name the span", span.name);
         }
-        assert_eq!(create.kind, SpanKind::Server as i32);
-        assert_eq!(attribute(create, "rpc.system").as_deref(), Some("grpc"));
-        assert_eq!(attribute(create, "rpc.service").as_deref(), Some("pulse.orders.v1.OrderService"));
-        assert_eq!(attribute(create, "rpc.method").as_deref(), Some("CreateOrder"));
-        assert_eq!(int_attribute(create, "rpc.grpc.status_code"), Some(0), "OK");
+        assert_server_span(create, addr.port());
         assert_eq!(attribute(publish, "messaging.system").as_deref(), Some("rabbitmq"));
         assert_eq!(attribute(publish, "messaging.destination.name").as_deref(), Some(contracts::EVENTS_EXCHANGE));
         assert_eq!(attribute(process, "messaging.system").as_deref(), Some("rabbitmq"));
-        assert_eq!(attribute(process, "messaging.destination.name").as_deref(), Some(topology.main.as_str()));
+        assert_eq!(attribute(publish, "messaging.operation.name").as_deref(), Some("publish"));
+        assert_eq!(publish.kind, SpanKind::Producer as i32);
+        assert_eq!(attribute(process, "messaging.operation.name").as_deref(), Some("process"));
+        assert_eq!(process.kind, SpanKind::Consumer as i32);
+        // Both sides name the exchange, not the queue the consumer happens to read.
+        assert_eq!(attribute(process, "messaging.destination.name").as_deref(), Some(contracts::EVENTS_EXCHANGE));
+        for span in [publish, process] {
+            assert_eq!(
+                attribute(span, "messaging.rabbitmq.destination.routing_key").as_deref(),
+                Some(contracts::events::v1::ORDER_CREATED_ROUTING_KEY),
+                "{}",
+                span.name
+            );
+        }
 
         // The statements: one INSERT writes the order and its outbox row,
         // shared with the orders of concurrent calls (group commit), at most all of this test's.
@@ -274,10 +213,13 @@ async fn one_create_order_is_one_trace_across_both_services() {
     assert_batches_add_up(&inserts);
     assert_batches_add_up(&deletes);
 
-    let get = spans.iter().find(|s| s.name == "GetOrder").expect("GetOrder joins the caller's trace");
+    let get = spans.iter().find(|s| s.name == GET).expect("GetOrder joins the caller's trace");
     assert_eq!(hex(&get.parent_span_id), &INCOMING[36..52]);
-    assert_eq!(attribute(get, "rpc.method").as_deref(), Some("GetOrder"));
-    assert_eq!(int_attribute(get, "rpc.grpc.status_code"), Some(0));
+    assert_server_span(get, addr.port());
+    let list = spans.iter().find(|s| s.name == LIST).expect("ListNotifications joins the caller's trace");
+    assert_eq!(hex(&list.parent_span_id), &INCOMING[36..52]);
+    assert_server_span(list, notifications_addr.port());
+    assert_eq!(attribute(list, "correlation_id").as_deref(), Some(CORRELATION));
     assert_statement(child(&spans, get, "SELECT orders"), "SELECT", "orders", &orders_db, &server);
 
     orders_stop.cancel();

@@ -116,8 +116,7 @@ impl Publisher {
         // that wrote the row (its stored `traceparent`), open until the batch is
         // written; the message carries the producer span's context, so the
         // consumer's span is its child.
-        let spans: Vec<tracing::Span> =
-            if telemetry::otel_active() { rows.iter().map(publish_span).collect() } else { Vec::new() };
+        let spans: Vec<tracing::Span> = rows.iter().map(publish_span).collect();
         let contexts: Vec<Option<String>> = spans.iter().map(telemetry::traceparent_of).collect();
         let mut results: Vec<Option<Result<PublisherConfirm, lapin::Error>>> = Vec::with_capacity(rows.len());
         // A hundred at a time: each publish future holds its frames until
@@ -178,18 +177,17 @@ impl Publisher {
 }
 
 fn publish_span(row: &PendingRow) -> tracing::Span {
-    let span = tracing::info_span!(
-        "publish",
-        otel.kind = "producer",
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "publish",
-        messaging.destination.name = %row.exchange,
-        messaging.rabbitmq.destination.routing_key = %row.routing_key,
-        messaging.message.id = %row.event_id,
-        correlation_id = row.headers.get(telemetry::correlation::HEADER).map_or("", String::as_str),
-    );
-    telemetry::set_parent(&span, row.headers.get(telemetry::tracecontext::HEADER).map(String::as_str));
-    span
+    let header = |name: &str| row.headers.get(name).map(String::as_str);
+    telemetry::amqp::publish_span(&telemetry::amqp::Message {
+        exchange: &row.exchange,
+        routing_key: &row.routing_key,
+        message_id: &row.event_id.to_string(),
+        correlation_id: header(telemetry::correlation::HEADER),
+        trace: telemetry::propagation::Incoming {
+            traceparent: header(telemetry::tracecontext::HEADER),
+            tracestate: header(telemetry::propagation::TRACESTATE),
+        },
+    })
 }
 
 /// The message's properties; `traceparent`, when given, replaces the row's.

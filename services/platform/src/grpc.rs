@@ -1,12 +1,11 @@
 //! gRPC bootstrap shared by the services: health (`grpc.health.v1`) and server
-//! reflection (v1 and v1alpha, for grpcurl 1.8 and later), a tower layer
-//! recording `rpc.server.duration` per method and status code, and the limits
-//! on what one call may send (metadata and message size, see [`RequestLimitsLayer`]).
+//! reflection (v1 and v1alpha, for grpcurl 1.8 and later), every call passed
+//! through [`crate::rpc::RpcLayer`] (span, trace, correlation id, metrics), and
+//! the limits on what one call may send (metadata and message size, see [`RequestLimitsLayer`]).
 
 use std::{
     pin::Pin,
     task::{Context, Poll},
-    time::Instant,
 };
 
 use futures::future::BoxFuture;
@@ -20,17 +19,20 @@ use tower::{
     layer::util::{Identity, Stack},
 };
 
-use telemetry::metrics::{self, HistogramVec, Name, Registry};
+use telemetry::metrics::Registry;
 
-use crate::tls::ServerTls;
+use crate::{
+    rpc::{KnownMethods, RpcLayer},
+    tls::ServerTls,
+};
 
 // Where the services and tools have always found them.
 pub use crate::health::{LIVENESS, set_status, watch_database};
 pub use crate::serve::{bind, probe, serve};
 
-/// The services' router: every call passes through [`RpcMetricsLayer`], then
-/// [`RequestLimitsLayer`] (so refused calls are measured too).
-pub type GrpcRouter = Router<Stack<RequestLimitsLayer, Stack<RpcMetricsLayer, Identity>>>;
+/// The services' router: every call passes through [`RpcLayer`], then
+/// [`RequestLimitsLayer`] (so refused calls are measured and traced too).
+pub type GrpcRouter = Router<Stack<RequestLimitsLayer, Stack<RpcLayer, Identity>>>;
 
 /// A tonic router already carrying health and reflection, its calls measured
 /// into `registry`. Reflection describes the files of `descriptor_sets`
@@ -50,7 +52,7 @@ pub fn router_with_health_and_reflection(
             // The error details Pulse returns (`google.rpc.BadRequest`, `ErrorInfo`,
             // `RetryInfo`, ...): without them grpcurl cannot print a status's details.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            .with_service_name("grpc.health.v1.Health");
+            .with_service_name(HEALTH);
         for set in descriptor_sets {
             builder = builder.register_encoded_file_descriptor_set(set);
         }
@@ -59,9 +61,20 @@ pub fn router_with_health_and_reflection(
         }
         builder
     };
-    let reflection_v1 = configure().with_service_name("grpc.reflection.v1.ServerReflection").build_v1()?;
-    let reflection_v1alpha =
-        configure().with_service_name("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?;
+    let reflection_v1 = configure().with_service_name(REFLECTION_V1).build_v1()?;
+    let reflection_v1alpha = configure().with_service_name(REFLECTION_V1ALPHA).build_v1alpha()?;
+    let known = KnownMethods::new(
+        &[services, &[HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA]].concat(),
+        &[
+            descriptor_sets,
+            &[
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ],
+        ]
+        .concat(),
+    )?;
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         server = server.tls_config(tls.server_config())?;
@@ -70,13 +83,17 @@ pub fn router_with_health_and_reflection(
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES)
         .max_frame_size(HTTP2_MAX_FRAME_BYTES)
-        .layer(RpcMetricsLayer::new(registry))
+        .layer(RpcLayer::new(registry, known))
         .layer(RequestLimitsLayer)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     Ok((router, reporter))
 }
+
+const HEALTH: &str = "grpc.health.v1.Health";
+const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
+const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
 
 /// Calls one client connection may have in flight at once (HTTP/2
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`). tonic leaves it unlimited: a client
@@ -115,82 +132,6 @@ pub const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 256 * 1024;
 /// could be answered on the call alone. Data frames stay bounded by the
 /// flow-control windows.
 pub const HTTP2_MAX_FRAME_BYTES: u32 = 1024 * 1024;
-
-/// Records `rpc.server.duration` (seconds, as `rpc_server_duration_seconds`)
-/// with `rpc.system`, `rpc.service`, `rpc.method` and `rpc.grpc.status_code`.
-/// The duration runs until the response headers: the whole call for unary
-/// RPCs. The status is the `grpc-status` of a trailers-only response (how
-/// tonic answers an error) and OK otherwise, so a stream that fails after its
-/// first message counts as OK.
-#[derive(Clone)]
-pub struct RpcMetricsLayer {
-    duration: HistogramVec,
-}
-
-impl RpcMetricsLayer {
-    pub fn new(registry: &Registry) -> Self {
-        let duration = metrics::histogram_vec(
-            registry,
-            Name { prometheus: "rpc_server_duration_seconds", otel: "rpc.server.duration", unit: "s" },
-            "Duration of inbound gRPC calls",
-            &["rpc.system", "rpc.service", "rpc.method", "rpc.grpc.status_code"],
-            metrics::LATENCY_BUCKETS,
-        );
-        Self { duration }
-    }
-}
-
-impl<S> Layer<S> for RpcMetricsLayer {
-    type Service = RpcMetrics<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics { inner, duration: self.duration.clone() }
-    }
-}
-
-#[derive(Clone)]
-pub struct RpcMetrics<S> {
-    inner: S,
-    duration: HistogramVec,
-}
-
-impl<S, B, R> Service<http::Request<B>> for RpcMetrics<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let (service, method) = split_path(request.uri().path());
-        let started = Instant::now();
-        let duration = self.duration.clone();
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let result = call.await;
-            let code = match &result {
-                Ok(response) => response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .unwrap_or(0),
-                // UNKNOWN: the transport answers for us.
-                Err(_) => 2,
-            };
-            duration
-                .with_label_values(&["grpc", &service, &method, &code.to_string()])
-                .observe(started.elapsed().as_secs_f64());
-            result
-        })
-    }
-}
 
 /// Refuses, with RESOURCE_EXHAUSTED and on that call only, a call whose
 /// metadata is over [`MAX_METADATA_BYTES`] or whose request message is over
@@ -336,20 +277,9 @@ where
     }
 }
 
-/// `/pkg.Service/Method` into its service and method; anything else is `unknown`
-/// (keeps label values bounded).
-fn split_path(path: &str) -> (String, String) {
-    match path.trim_start_matches('/').split_once('/') {
-        Some((service, method)) if !service.is_empty() && !method.is_empty() && !method.contains('/') => {
-            (service.to_owned(), method.to_owned())
-        }
-        _ => ("unknown".to_owned(), "unknown".to_owned()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{LimitedBody, split_path};
+    use super::LimitedBody;
 
     /// A gRPC message of `len` bytes with its prefix.
     fn message(len: usize) -> Vec<u8> {
@@ -369,14 +299,5 @@ mod tests {
         }
         let mut body = LimitedBody::new((), 100);
         assert_eq!(stream[..stream.len() - 101 - 5].chunks(3).find_map(|data| body.scan(data)), None);
-    }
-
-    #[test]
-    fn splits_grpc_paths() {
-        assert_eq!(
-            split_path("/pulse.orders.v1.OrderService/CreateOrder"),
-            ("pulse.orders.v1.OrderService".to_owned(), "CreateOrder".to_owned())
-        );
-        assert_eq!(split_path("/favicon.ico"), ("unknown".to_owned(), "unknown".to_owned()));
     }
 }

@@ -9,6 +9,7 @@ pub mod db;
 pub mod errors;
 pub mod grpc;
 pub mod health;
+pub mod rpc;
 pub mod run;
 pub mod serve;
 pub mod shutdown;

@@ -19,7 +19,8 @@
 //! by up to a batch of messages (`db.operation.batch.size`): `INSERT
 //! processed_events` and the handler's `INSERT notifications` under its
 //! `inbox_message`, and the relay's `DELETE outbox_messages` under its
-//! `publish`. These per-message spans are made only when [`otel_active`]: with
+//! `publish`. These per-message spans are made only when [`otel_active`]
+//! ([`DbTarget::span`] and [`amqp::publish_span`] ask it themselves): with
 //! export off they would cost tens of thousands of spans a second for nothing.
 //!
 //! Without an endpoint nothing is exported and the row keeps a generated
@@ -27,16 +28,18 @@
 //! `inbox_message` then record its `trace_id` and a `span_id` of their own as
 //! fields, which is where log lines take them from.
 
+pub mod amqp;
 pub mod correlation;
 pub mod logformat;
 pub mod metrics;
+pub mod propagation;
 mod resource;
 pub mod tracecontext;
 
+pub use propagation::{set_parent, traceparent_of};
 pub use resource::resource;
 
 use std::{
-    collections::HashMap,
     future::Future,
     sync::{
         Arc,
@@ -44,11 +47,10 @@ use std::{
     },
 };
 
-use opentelemetry::{global, trace::TraceContextExt, trace::TracerProvider as _};
+use opentelemetry::{global, trace::TracerProvider as _};
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use sqlx::{PgPool, postgres::PgConnectOptions};
 use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Set once an OpenTelemetry layer is installed.
@@ -133,30 +135,6 @@ pub fn otel_active() -> bool {
     OTEL_ACTIVE.load(Ordering::Relaxed)
 }
 
-/// Makes the span described by `traceparent` the parent of `span`: the span
-/// joins that trace. A no-op without OpenTelemetry or with a malformed value.
-pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {
-    let Some(traceparent) = traceparent.filter(|_| otel_active()) else { return };
-    let carrier = HashMap::from([(crate::tracecontext::HEADER.to_owned(), traceparent.to_owned())]);
-    let parent = global::get_text_map_propagator(|propagator| propagator.extract(&carrier));
-    if parent.span().span_context().is_valid() {
-        let _ = span.set_parent(parent);
-    }
-}
-
-/// The `traceparent` naming `span` itself, to hand to whatever continues its
-/// work (an outbox row, an AMQP message); None without OpenTelemetry.
-pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
-    if !otel_active() {
-        return None;
-    }
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    span_context.is_valid().then(|| {
-        format!("00-{}-{}-{:02x}", span_context.trace_id(), span_context.span_id(), span_context.trace_flags().to_u8())
-    })
-}
-
 /// Where a service's database is, for the attributes of its database spans:
 /// taken from the parsed connection options once (never from the URL, which
 /// may hold a password), then cloned.
@@ -194,7 +172,23 @@ impl DbTarget {
     /// `batch_size` is how many operations the statement applies at once
     /// (`db.operation.batch.size`, recorded from 2 on). The span is a child of
     /// `parent`; with [`Span::none`] it is a root, for [`set_parent`] to place.
+    /// Only while spans are exported, [`Span::none`] otherwise: per-row
+    /// statement spans would cost tens of thousands of spans a second that
+    /// nobody reads, so callers need not ask.
     pub fn span(&self, parent: &Span, operation: &'static str, collection: &'static str, batch_size: usize) -> Span {
+        if !otel_active() {
+            return Span::none();
+        }
+        self.statement_span(parent, operation, collection, batch_size)
+    }
+
+    fn statement_span(
+        &self,
+        parent: &Span,
+        operation: &'static str,
+        collection: &'static str,
+        batch_size: usize,
+    ) -> Span {
         let span = tracing::info_span!(
             parent: parent,
             "db",
@@ -255,9 +249,10 @@ mod tests {
             tracing_subscriber::registry().with(crate::logformat::layer().with_writer(move || writer.clone()));
         tracing::subscriber::with_default(subscriber, || {
             let message = tracing::info_span!("inbox_message", correlation_id = "corr-9");
-            let batch = target.span(&message, "INSERT", "notifications", 3);
+            let batch = target.statement_span(&message, "INSERT", "notifications", 3);
             batch.in_scope(|| tracing::info!("in a batch"));
-            let single = target.span(&message, "SELECT", "orders", 1);
+            let single = target.statement_span(&message, "SELECT", "orders", 1);
+            assert!(target.span(&message, "SELECT", "orders", 1).is_none(), "nothing is made when nothing is exported");
             single.in_scope(|| tracing::info!("alone"));
         });
         let lines = out.lines();

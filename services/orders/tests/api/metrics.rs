@@ -107,3 +107,40 @@ async fn a_fresh_relay_shows_every_retry_cause_and_failure_reason_at_zero(pool: 
     assert_eq!(testkit::metric_sample(&text, "target_info", &[("service_name", "orders")]), Some(1.0), "{text}");
     app.stop().await;
 }
+
+/// One raw unary call to `path` with an empty message: the status and the
+/// correlation id the answer (trailers-only, as every refusal) carries.
+async fn raw_call(addr: SocketAddr, path: &'static str, correlation: &str) -> (String, String) {
+    use tonic::codegen::{Service, http};
+    let mut channel = crate::helpers::channel(addr).await;
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-correlation-id", correlation)
+        .body(tonic::body::Body::new(String::from("\0\0\0\0\0")))
+        .unwrap();
+    std::future::poll_fn(|cx| channel.poll_ready(cx)).await.unwrap();
+    let response = channel.call(request).await.unwrap();
+    let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    (header("grpc-status"), header("x-correlation-id"))
+}
+
+#[sqlx::test(migrations = false)]
+async fn calls_to_methods_the_server_does_not_offer_are_measured_as_other(pool: PgPool) {
+    let app = spawn_app(&pool, Options::default()).await;
+    for path in ["/pulse.orders.v1.OrderService/Nope", "/no.such.v1.Service/Call", "/favicon.ico"] {
+        let (status, correlation) = raw_call(app.addr, path, "corr-nope").await;
+        assert_eq!(status, (tonic::Code::Unimplemented as i32).to_string(), "{path}");
+        assert_eq!(correlation, "corr-nope", "{path}: the correlation id is echoed on refusals too");
+    }
+    let text = testkit::scrape_metrics(app.metrics_addr).await;
+    let other =
+        [("rpc_system", "grpc"), ("rpc_service", "_OTHER"), ("rpc_method", "_OTHER"), ("rpc_grpc_status_code", "12")];
+    assert_eq!(testkit::metric_sample(&text, "rpc_server_duration_seconds_count", &other), Some(3.0), "{text}");
+    for name in ["Nope", "no.such", "favicon"] {
+        assert!(!text.contains(name), "{name} became a label value: {text}");
+    }
+    app.stop().await;
+}
