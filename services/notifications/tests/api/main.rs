@@ -2,6 +2,7 @@
 //! (`#[sqlx::test]`) and the local RabbitMQ, with its own exchange and queues
 //! per test, and is driven through its generated gRPC client.
 
+mod cli;
 mod config;
 mod consumer;
 mod dlq;
