@@ -24,7 +24,7 @@ is printed on stderr) or usage.";
     name = "orders",
     version,
     about = "orders: the Pulse Orders service (gRPC CreateOrder/GetOrder) and its outbox relay",
-    override_usage = "orders [serve | outbox status [--json] | outbox maintain-archive | healthcheck | --help | --version]",
+    override_usage = "orders [serve | outbox status [--json] [--errors N] | outbox maintain-archive | healthcheck | --help | --version]",
     after_help = AFTER_HELP
 )]
 struct Cli {
@@ -81,6 +81,7 @@ async fn main() -> ExitCode {
         None | Some(Command::Serve) => serve().await,
         // For container health checks in images without a shell.
         Some(Command::Healthcheck) => healthcheck().await,
+        // operator::outbox takes the words of its command line: hand it those clap checked.
         Some(Command::Outbox { command: Outbox::Status { json, errors } }) => {
             let errors = errors.to_string();
             let mut args = vec!["status", "--errors", &errors];
