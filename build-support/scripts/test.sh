@@ -27,7 +27,7 @@ if [[ -z "${NEXTEST_PROFILE:-}" ]]; then
 fi
 export NEXTEST_PROFILE
 
-# The end-to-end tests (services/e2e) run the workspace's binaries as processes:
+# The end-to-end tests (tools/e2e) run the workspace's binaries as processes:
 # build them first so they exist and are current. Cargo's own flags among the
 # arguments (--locked, --frozen, --offline) apply to this build too.
 build_flags=()

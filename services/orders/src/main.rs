@@ -2,60 +2,108 @@
 
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
 use orders::{
     config::{self, Config},
     operator,
     startup::App,
 };
 
-const HELP: &str = "\
-orders: the Pulse Orders service (gRPC CreateOrder/GetOrder) and its outbox relay
-
-usage: orders [serve | outbox status [--json] | outbox maintain-archive | healthcheck | --help | --version]
-
-  serve                    serve the gRPC API and relay the outbox as ORDERS_ROLE says (the default)
-  outbox status [--json]   the outbox's backlog, partition owners and last errors, read from the
-                           database (`orders outbox --help` for more)
-  outbox maintain-archive  one pass of outbox archive upkeep
-  healthcheck              ask the local gRPC health service; exit 0 when SERVING (for container
-                           health checks)
-  --help                   print this text
-  --version                print the version
-
+const AFTER_HELP: &str = "\
 Configuration comes from the environment (ORDERS_*, OUTBOX_*, AMQP_URL, RUST_LOG,
 LOG_FORMAT, OTEL_*); docs/configuration.md lists every variable and its default.
 A variable starting with ORDERS_ or OUTBOX_ that orders does not read is warned about.
 
 exit status: 0 stopped cleanly (or the command succeeded); 1 could not start, stopped with
 an error, or (outbox) could not reach the database; 2 invalid configuration (every problem
-is printed on stderr) or usage.
-";
+is printed on stderr) or usage.";
+
+/// The command line; no subcommand serves.
+#[derive(Debug, Parser)]
+#[command(
+    name = "orders",
+    version,
+    about = "orders: the Pulse Orders service (gRPC CreateOrder/GetOrder) and its outbox relay",
+    override_usage = "orders [serve | outbox status [--json] [--errors N] | outbox maintain-archive | healthcheck | --help | --version]",
+    after_help = AFTER_HELP
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the gRPC API and relay the outbox as ORDERS_ROLE says (the default)
+    Serve,
+    /// Read or tend the outbox straight from the orders database, whether or not any relay runs
+    #[command(after_help = OUTBOX_AFTER_HELP)]
+    Outbox {
+        #[command(subcommand)]
+        command: Outbox,
+    },
+    /// Ask the local gRPC health service; exit 0 when SERVING (for container health checks)
+    Healthcheck,
+}
+
+#[derive(Debug, Subcommand)]
+enum Outbox {
+    /// Pending rows, the oldest one's age, each partition's backlog and owner, the relays
+    /// present, unowned partitions and the last publish errors
+    Status {
+        /// The same as one JSON object (keys in docs/operations.md, "Outbox status")
+        #[arg(long)]
+        json: bool,
+        /// How many of the last publish errors to show
+        #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(i64).range(0..=10_000))]
+        errors: i64,
+    },
+    /// One pass of archive upkeep, as the relay runs every minute (OUTBOX_RETENTION_HOURS must be set)
+    MaintainArchive,
+}
+
+const OUTBOX_AFTER_HELP: &str = "\
+status [--json] [--errors N]: each partition's owner is a relay connection (pid, application
+name, client address); --json prints one JSON object (keys in docs/operations.md, \"Outbox
+status\"); the last N publish errors (default 10).
+maintain-archive: hourly partitions of outbox_archive created ahead, expired ones dropped.
+
+exit status: 0 done; 1 the database cannot be reached (or the command failed there); 2 usage or
+configuration.";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["--help" | "-h" | "help"] => {
-            print!("{HELP}");
-            ExitCode::SUCCESS
-        }
-        ["--version" | "-V"] => {
-            println!("orders {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage(&err),
+    };
+    match cli.command {
+        None | Some(Command::Serve) => serve().await,
         // For container health checks in images without a shell.
-        ["healthcheck"] => healthcheck().await,
-        ["outbox", "--help" | "-h"] => {
-            println!("{}", operator::OUTBOX_USAGE);
-            ExitCode::SUCCESS
+        Some(Command::Healthcheck) => healthcheck().await,
+        // operator::outbox takes the words of its command line: hand it those clap checked.
+        Some(Command::Outbox { command: Outbox::Status { json, errors } }) => {
+            let errors = errors.to_string();
+            let mut args = vec!["status", "--errors", &errors];
+            if json {
+                args.push("--json");
+            }
+            operator::outbox(&args).await
         }
-        ["outbox", rest @ ..] => operator::outbox(rest).await,
-        [] | ["serve"] => serve().await,
-        _ => {
-            eprintln!("orders: unknown arguments {args:?}\n\n{HELP}");
-            ExitCode::from(2)
-        }
+        Some(Command::Outbox { command: Outbox::MaintainArchive }) => operator::outbox(&["maintain-archive"]).await,
     }
+}
+
+/// Help and version on stdout (exit 0); a usage error on stderr, naming
+/// what was wrong (exit 2). "usage:" as in every other text orders prints.
+fn usage(err: &clap::Error) -> ExitCode {
+    let text = err.render().to_string().replacen("Usage:", "usage:", 1);
+    if err.use_stderr() {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
+    }
+    ExitCode::from(err.exit_code() as u8)
 }
 
 async fn serve() -> ExitCode {

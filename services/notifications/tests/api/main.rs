@@ -3,6 +3,7 @@
 //! per test, and is driven through its generated gRPC client.
 
 mod admin_tls;
+mod cli;
 mod config;
 mod consumer;
 mod dlq;

@@ -1,6 +1,7 @@
 //! Orders API tests: the real service in-process against the real Postgres
 //! and RabbitMQ, driven through a generated gRPC client (and grpcurl).
 
+mod cli;
 mod config;
 mod create;
 mod group;

@@ -71,3 +71,26 @@ pub(crate) fn round(value: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (value * scale).round() / scale
 }
+
+/// A target's text with its mark: met or MISSED.
+pub(crate) fn target_mark(met: bool, target: &str) -> String {
+    format!("{target} {}", if met { "✓" } else { "✗ MISSED" })
+}
+
+/// A report row for a [`cpu::CpuSnapshot::per_unit`] breakdown.
+pub(crate) fn cpu_row(report: &mut Report, label: &str, cpu: &serde_json::Value) {
+    let part = |name: &str| cpu.get(name).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    report.row(
+        label,
+        format!("{:.0} us", part("total")),
+        format!(
+            "postgres {:.0}, rabbitmq {:.0}, orders {:.0}, notifications {:.0}, bench {:.0}; cores {:.0}% busy",
+            part("postgres"),
+            part("rabbitmq"),
+            part("orders"),
+            part("notifications"),
+            part("bench"),
+            part("busy_share_of_cores") * 100.0
+        ),
+    );
+}

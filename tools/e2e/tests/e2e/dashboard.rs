@@ -234,7 +234,7 @@ fn series_names(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// `services/e2e/../..`
+/// `tools/e2e/../..`
 fn repository_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
