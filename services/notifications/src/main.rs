@@ -53,7 +53,7 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err) => return usage(&err),
+        Err(err) => return platform::cli::finish(&err),
     };
     let _telemetry = telemetry::init("notifications");
     match run(cli.command.unwrap_or(Command::Serve)).await {
@@ -71,18 +71,6 @@ async fn main() -> ExitCode {
             }
         },
     }
-}
-
-/// Help and version on stdout (exit 0); a usage error on stderr, naming
-/// what was wrong (exit 2). "usage:" as in every other text notifications prints.
-fn usage(err: &clap::Error) -> ExitCode {
-    let text = err.render().to_string().replacen("Usage:", "usage:", 1);
-    if err.use_stderr() {
-        eprint!("{text}");
-    } else {
-        print!("{text}");
-    }
-    ExitCode::from(err.exit_code() as u8)
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {

@@ -75,7 +75,7 @@ configuration.";
 async fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err) => return usage(&err),
+        Err(err) => return platform::cli::finish(&err),
     };
     match cli.command {
         None | Some(Command::Serve) => serve().await,
@@ -92,18 +92,6 @@ async fn main() -> ExitCode {
         }
         Some(Command::Outbox { command: Outbox::MaintainArchive }) => operator::outbox(&["maintain-archive"]).await,
     }
-}
-
-/// Help and version on stdout (exit 0); a usage error on stderr, naming
-/// what was wrong (exit 2). "usage:" as in every other text orders prints.
-fn usage(err: &clap::Error) -> ExitCode {
-    let text = err.render().to_string().replacen("Usage:", "usage:", 1);
-    if err.use_stderr() {
-        eprint!("{text}");
-    } else {
-        print!("{text}");
-    }
-    ExitCode::from(err.exit_code() as u8)
 }
 
 async fn serve() -> ExitCode {

@@ -34,7 +34,7 @@ use crate::{
 async fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err) => return usage(&err),
+        Err(err) => return platform::cli::finish(&err),
     };
     let mode = cli.mode();
     let (json, only, on_cluster) = (cli.json, cli.only, cli.cluster);
@@ -79,18 +79,6 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Help and version on stdout (exit 0); a usage error on stderr, naming
-/// what was wrong (exit 2).
-fn usage(err: &clap::Error) -> ExitCode {
-    let text = err.render().to_string().replacen("Usage:", "usage:", 1);
-    if err.use_stderr() {
-        eprint!("{text}");
-    } else {
-        print!("{text}");
-    }
-    ExitCode::from(err.exit_code() as u8)
 }
 
 /// The phases that run again on the cluster.
