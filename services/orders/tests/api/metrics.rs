@@ -20,6 +20,10 @@ async fn backlog(addr: SocketAddr) -> (f64, f64) {
 
 #[sqlx::test(migrations = false)]
 async fn the_backlog_rises_during_a_broker_outage_and_drains_to_zero_after(pool: PgPool) {
+    // A queue of its own bound to the events exchange: on a fresh broker
+    // nothing else may be, and unroutable events are refused, never drained.
+    let amqp = testkit::amqp_connection().await;
+    let _bound = testkit::subscribe(&amqp, contracts::EVENTS_EXCHANGE, "order.created").await;
     let proxy = FaultProxy::start(testkit::socket_addr_of(&testkit::amqp_url())).await;
     let app = spawn_app(
         &pool,
