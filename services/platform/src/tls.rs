@@ -79,10 +79,3 @@ impl ServerTls {
         }
     }
 }
-
-/// Whether the call came over mutual TLS with a client certificate the
-/// server verified against `<PREFIX>_TLS_CLIENT_CA_FILE`: an identity an
-/// admin RPC may accept as its credential.
-pub fn has_verified_client_certificate<T>(request: &tonic::Request<T>) -> bool {
-    request.peer_certs().is_some_and(|certs| !certs.is_empty())
-}
