@@ -10,11 +10,23 @@ use uuid::Uuid;
 /// Applies events. The inbox decodes, validates and deduplicates before
 /// calling the handler, and commits the handler's writes together with the
 /// record that each event was processed.
+///
+/// One queue may carry several message types (a service's commands, the
+/// replies an orchestrator waits for): [`Self::Event`] is then an enum with a
+/// variant per type, and [`Self::decode`] picks the variant by the AMQP `type`.
+/// A handler of a single protobuf message sets `Event` to it and decodes
+/// with [`decode_as`].
 pub trait Handler: Send + Sync + 'static {
-    /// The protobuf payload.
-    type Event: prost::Message + Default + std::fmt::Debug + Send + Sync + 'static;
-    /// The AMQP `type` property the messages carry, e.g. `pulse.events.v1.OrderCreated`.
-    const MESSAGE_TYPE: &'static str;
+    /// The decoded payload.
+    type Event: std::fmt::Debug + Send + Sync + 'static;
+    /// The AMQP `type` properties the messages carry, e.g.
+    /// `pulse.events.v1.OrderCreated`: a message of any other type is
+    /// dead-lettered with reason `unknown_type`.
+    const MESSAGE_TYPES: &'static [&'static str];
+
+    /// Decodes a protobuf payload whose AMQP `type` is `message_type`, one of
+    /// [`Self::MESSAGE_TYPES`]; an `Err` dead-letters it with reason `decode_error`.
+    fn decode(message_type: &str, payload: &[u8]) -> Result<Self::Event, crate::DecodeError>;
 
     /// The event id the payload carries, as text. The inbox deduplicates on it,
     /// so a copy republished under another AMQP `message_id` still has its
@@ -61,6 +73,11 @@ pub trait Handler: Send + Sync + 'static {
             Ok(())
         }
     }
+}
+
+/// Decodes `payload` as a `M`: [`Handler::decode`] for a handler of one message type.
+pub fn decode_as<M: prost::Message + Default>(payload: &[u8]) -> Result<M, prost::DecodeError> {
+    M::decode(payload)
 }
 
 /// What the inbox knows about the message being handled.

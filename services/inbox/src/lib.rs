@@ -57,8 +57,10 @@ pub mod variables;
 
 pub use config::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_RETRY_DELAYS, Fault, InboxConfig, MAX_MESSAGE_BYTES_CEILING};
 pub use consumer::Inbox;
-pub use handler::{BatchError, Handler, HandlerError, MessageContext};
+pub use handler::{BatchError, Handler, HandlerError, MessageContext, decode_as};
 pub use headers::DeadLetterReason;
+/// The error of [`Handler::decode`].
+pub use prost::DecodeError;
 pub use prune::prune_processed_events;
 pub use replay::replay_dead_letters;
 pub use stats::{InboxStats, StatsSnapshot};

@@ -47,9 +47,11 @@ impl<E> Item<E> {
 
 /// What a delivery must satisfy before its event reaches the handler.
 pub(crate) struct Checks<E> {
-    /// The AMQP `type` property expected.
-    pub(crate) message_type: &'static str,
+    /// The AMQP `type` properties accepted.
+    pub(crate) message_types: &'static [&'static str],
     pub(crate) max_bytes: usize,
+    /// Decodes a payload of one of the accepted types.
+    pub(crate) decode: fn(&str, &[u8]) -> Result<E, prost::DecodeError>,
     /// The event id the payload carries.
     pub(crate) event_id: fn(&E) -> &str,
     pub(crate) validate: fn(&E) -> Result<(), String>,
@@ -57,7 +59,13 @@ pub(crate) struct Checks<E> {
 
 impl<E> Checks<E> {
     pub(crate) fn of<H: Handler<Event = E>>(max_bytes: usize) -> Self {
-        Self { message_type: H::MESSAGE_TYPE, max_bytes, event_id: H::event_id, validate: H::validate }
+        Self {
+            message_types: H::MESSAGE_TYPES,
+            max_bytes,
+            decode: H::decode,
+            event_id: H::event_id,
+            validate: H::validate,
+        }
     }
 }
 
@@ -100,7 +108,7 @@ pub(crate) fn prepare<H: Handler>(delivery: Delivery, topology: &Topology, max_b
 /// decoded), a UUID `message_id`, the expected `type`, the protobuf
 /// `content_type`, a payload that decodes, a payload event id that is a UUID
 /// and the `message_id`, an event that validates.
-pub(crate) fn parse<E: prost::Message + Default>(
+pub(crate) fn parse<E>(
     properties: &BasicProperties,
     data: &[u8],
     checks: &Checks<E>,
@@ -115,17 +123,17 @@ pub(crate) fn parse<E: prost::Message + Default>(
             (DeadLetterReason::InvalidMessageId, format!("message_id {:?} is not a UUID: {err}", raw.as_str()))
         })?,
     };
-    let expected_type = checks.message_type;
-    match properties.kind() {
-        Some(kind) if kind.as_str() == expected_type => {}
+    let message_type = match properties.kind() {
+        Some(kind) if checks.message_types.contains(&kind.as_str()) => kind.as_str(),
         Some(kind) => {
-            return Err((DeadLetterReason::UnknownType, format!("type {:?} is not {expected_type}", kind.as_str())));
+            let expected = checks.message_types.join(" or ");
+            return Err((DeadLetterReason::UnknownType, format!("type {:?} is not {expected}", kind.as_str())));
         }
         None => return Err((DeadLetterReason::UnknownType, "message has no type property".into())),
-    }
+    };
     check_content_type(properties).map_err(|error| (DeadLetterReason::UnsupportedContentType, error))?;
-    let event =
-        E::decode(data).map_err(|err| (DeadLetterReason::DecodeError, format!("payload does not decode: {err}")))?;
+    let event = (checks.decode)(message_type, data)
+        .map_err(|err| (DeadLetterReason::DecodeError, format!("payload does not decode: {err}")))?;
     let carried = (checks.event_id)(&event);
     let event_id = Uuid::try_parse(carried).map_err(|_| {
         (DeadLetterReason::ValidationFailed, format!("event_id: {carried:?} in the payload is not a UUID"))
@@ -167,8 +175,9 @@ mod tests {
     }
 
     const CHECKS: Checks<Ping> = Checks {
-        message_type: "test.Ping",
+        message_types: &["test.Ping"],
         max_bytes: 100,
+        decode: |_, data| Ping::decode(data),
         event_id: |ping| &ping.event_id,
         validate: |ping| if ping.name.is_empty() { Err("name is required".into()) } else { Ok(()) },
     };
@@ -219,5 +228,36 @@ mod tests {
         assert!(parse(&lenient, &good, &CHECKS).is_ok());
         let (ping, parsed_id) = parse(&props(Some(&id), Some("test.Ping")), &good, &CHECKS).unwrap();
         assert_eq!((ping.name.as_str(), parsed_id.to_string()), ("a", id));
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Either {
+        Ping(Ping),
+        Pong(Ping),
+    }
+
+    /// One queue, two types: each decodes into its own variant, a third is refused.
+    #[test]
+    fn takes_each_of_several_types_by_its_type_property() {
+        let checks: Checks<Either> = Checks {
+            message_types: &["test.Ping", "test.Pong"],
+            max_bytes: 100,
+            decode: |message_type, data| {
+                let ping = Ping::decode(data)?;
+                Ok(if message_type == "test.Pong" { Either::Pong(ping) } else { Either::Ping(ping) })
+            },
+            event_id: |either| match either {
+                Either::Ping(ping) | Either::Pong(ping) => &ping.event_id,
+            },
+            validate: |_| Ok(()),
+        };
+        let id = Uuid::new_v4().to_string();
+        let body = Ping { name: "a".into(), event_id: id.clone() }.encode_to_vec();
+        let parsed = |kind| parse(&props(Some(&id), Some(kind)), &body, &checks).map(|(event, _)| event);
+        assert!(matches!(parsed("test.Ping"), Ok(Either::Ping(_))));
+        assert!(matches!(parsed("test.Pong"), Ok(Either::Pong(_))));
+        let refused = parsed("test.Pang").unwrap_err();
+        assert_eq!(refused.0, DeadLetterReason::UnknownType);
+        assert!(refused.1.contains("test.Ping or test.Pong"), "{}", refused.1);
     }
 }

@@ -16,7 +16,11 @@ pub struct OrderCreatedHandler;
 
 impl Handler for OrderCreatedHandler {
     type Event = OrderCreated;
-    const MESSAGE_TYPE: &'static str = ORDER_CREATED_TYPE;
+    const MESSAGE_TYPES: &'static [&'static str] = &[ORDER_CREATED_TYPE];
+
+    fn decode(_: &str, payload: &[u8]) -> Result<OrderCreated, inbox::DecodeError> {
+        inbox::decode_as(payload)
+    }
 
     fn event_id(event: &OrderCreated) -> &str {
         &event.event_id

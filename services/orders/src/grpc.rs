@@ -67,5 +67,8 @@ fn order(row: OrderRow) -> Order {
         correlation_id: row.correlation_id,
         created_at: Some(db::timestamp(row.created_at)),
         request_id: row.request_id.map(|id| id.to_string()).unwrap_or_default(),
+        lines: Vec::new(),
+        failure: 0,
+        updated_at: Some(db::timestamp(row.created_at)),
     }
 }

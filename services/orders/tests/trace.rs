@@ -84,6 +84,7 @@ async fn one_create_order_is_one_trace_across_both_services() {
                 amount: "9.99".into(),
                 currency: "EUR".into(),
                 request_id: String::new(),
+                lines: Vec::new(),
             });
             request.metadata_mut().insert("traceparent", INCOMING.parse().unwrap());
             request.metadata_mut().insert("x-correlation-id", CORRELATION.parse().unwrap());

@@ -58,6 +58,7 @@ fn request(i: u64) -> CreateOrderRequest {
         amount: "12.34".into(),
         currency: "EUR".into(),
         request_id: String::new(),
+        lines: Vec::new(),
     }
 }
 

@@ -4,7 +4,6 @@
 use std::marker::PhantomData;
 
 use chrono::{DateTime, Utc};
-use prost::Message as _;
 use secrecy::SecretString;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
@@ -66,10 +65,11 @@ impl<H: Handler> DeadLetterConsole<H> {
     }
 
     fn describe(&self, row: &DeadLetterRow) -> Result<String, String> {
-        if row.message_type != H::MESSAGE_TYPE {
-            return Err(format!("message type {:?} is not {}", row.message_type, H::MESSAGE_TYPE));
+        if !H::MESSAGE_TYPES.contains(&row.message_type.as_str()) {
+            let expected = H::MESSAGE_TYPES.join(" or ");
+            return Err(format!("message type {:?} is not {expected}", row.message_type));
         }
-        let event = H::Event::decode(row.payload.as_slice()).map_err(|err| format!("cannot decode: {err}"))?;
+        let event = H::decode(&row.message_type, &row.payload).map_err(|err| format!("cannot decode: {err}"))?;
         serde_json::to_string_pretty(&H::describe(&event)).map_err(|err| err.to_string())
     }
 

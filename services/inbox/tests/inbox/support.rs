@@ -56,7 +56,11 @@ pub(crate) struct Recorder {
 
 impl Handler for Recorder {
     type Event = Thing;
-    const MESSAGE_TYPE: &'static str = TYPE;
+    const MESSAGE_TYPES: &'static [&'static str] = &[TYPE];
+
+    fn decode(_: &str, payload: &[u8]) -> Result<Thing, inbox::DecodeError> {
+        inbox::decode_as(payload)
+    }
 
     fn event_id(event: &Thing) -> &str {
         &event.event_id

@@ -105,6 +105,7 @@ pub(crate) fn order(customer: &str, amount: &str, currency: &str) -> CreateOrder
         amount: amount.into(),
         currency: currency.into(),
         request_id: String::new(),
+        lines: Vec::new(),
     }
 }
 

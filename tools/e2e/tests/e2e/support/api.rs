@@ -61,6 +61,7 @@ pub(crate) fn order_request(customer: &str) -> CreateOrderRequest {
         amount: "42.00".to_owned(),
         currency: "EUR".to_owned(),
         request_id: String::new(),
+        lines: Vec::new(),
     }
 }
 
