@@ -11,7 +11,7 @@
 //! | `AMQP_URL` | `amqp://guest:guest@localhost:5672/%2f` |
 //! | `NOTIFICATIONS_CONSUMER_ENABLED` | `true` |
 //! | `NOTIFICATIONS_EXCHANGE` | `pulse.events` |
-//! | `NOTIFICATIONS_QUEUE_PREFIX` | `pulse` (main queue `<prefix>.notifications.order-created`) |
+//! | `NOTIFICATIONS_QUEUE_PREFIX` | `pulse` (main queue `<prefix>.notifications.order-created`, bound to `order.created`, `order.completed` and `order.failed`) |
 //! | `NOTIFICATIONS_PREFETCH` | `512` |
 //! | `NOTIFICATIONS_BATCH_SIZE` | `200` |
 //! | `NOTIFICATIONS_LINGER_MS` | `2` (a batch's wait for more deliveries under heavy load) |
@@ -122,7 +122,7 @@ impl Config {
             amqp_url,
             var_or("NOTIFICATIONS_EXCHANGE", contracts::EVENTS_EXCHANGE),
             queue_name(&var_or("NOTIFICATIONS_QUEUE_PREFIX", "pulse")),
-            vec![contracts::events::v1::ORDER_CREATED_ROUTING_KEY.to_owned()],
+            crate::handler::routing_keys(),
         );
         inbox.connection_name = "notifications".to_owned();
         inbox.prefetch = p.check(parse_or("NOTIFICATIONS_PREFETCH", inbox.prefetch), inbox.prefetch);

@@ -20,7 +20,7 @@ mod startup;
 
 pub use config::{ADMIN_TOKEN_FILE, Config, queue_name, read_admin_token};
 pub use db::migrate;
-pub use handler::OrderCreatedHandler;
+pub use handler::{OrderEvent, OrderEventsHandler, routing_keys};
 pub use startup::{App, CONSUMER_HEALTH_NAME, build};
 
 /// Moves up to `limit` (all when None) dead-lettered messages back to the

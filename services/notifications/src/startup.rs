@@ -18,7 +18,7 @@ use tonic_health::ServingStatus;
 use crate::{
     config::{Config, read_admin_token},
     grpc::NotificationApi,
-    handler::OrderCreatedHandler,
+    handler::OrderEventsHandler,
 };
 
 /// Health name that follows the consumer's broker connection.
@@ -46,7 +46,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let registry = Registry::new();
     telemetry::metrics::target_info(&registry, &telemetry::resource("notifications"));
     let (inbox, consumer_connected, stats) = if config.consumer_enabled {
-        let inbox = Inbox::new(pool.clone(), OrderCreatedHandler, config.inbox.clone())?.with_metrics(&registry);
+        let inbox = Inbox::new(pool.clone(), OrderEventsHandler, config.inbox.clone())?.with_metrics(&registry);
         let (connected, stats) = (inbox.connected(), inbox.stats());
         (Some(inbox), connected, stats)
     } else {
@@ -74,7 +74,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
                 .max_decoding_message_size(platform::grpc::MAX_MESSAGE_BYTES),
         )
         .add_service(
-            DeadLetterConsole::<OrderCreatedHandler>::new(pool.clone(), &config.inbox).into_service_with(admin_auth),
+            DeadLetterConsole::<OrderEventsHandler>::new(pool.clone(), &config.inbox).into_service_with(admin_auth),
         );
     // NOT_SERVING until the watchers have seen the database and the broker.
     set_status(&reporter, &["", SERVICE_NAME, CONSUMER_HEALTH_NAME], ServingStatus::NotServing).await;

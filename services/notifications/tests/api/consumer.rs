@@ -252,3 +252,86 @@ async fn events_create_order_would_refuse_are_dead_lettered_naming_the_field(_: 
     app.stop().await;
     broker.delete(&topology).await;
 }
+
+/// An order's outcome after its creation: three notifications in order, the
+/// failure's reason in words.
+#[sqlx::test(migrations = false)]
+async fn outcomes_make_notifications_after_the_order_created_one(_: PgPoolOptions, db: PgConnectOptions) {
+    use contracts::{
+        Routed,
+        events::v1::{OrderCompleted, OrderFailed},
+        orders::v1::FailureReason,
+    };
+    let config = test_config(&database_url(&db), &testkit::amqp_url());
+    let topology = config.inbox.topology();
+    let _sweep = Sweep(topology.clone());
+    let mut app = spawn_app(config).await;
+    app.wait_connected(true).await;
+    let broker = Broker::connect().await;
+    let (created_id, created) = order_created("corr-outcomes");
+    broker.publish(&topology.exchange, created_id, &created).await;
+    let completed = OrderCompleted {
+        event_id: Uuid::new_v4().to_string(),
+        order_id: created.order_id.clone(),
+        customer_id: created.customer_id.clone(),
+        amount: created.amount.clone(),
+        currency: created.currency.clone(),
+        occurred_at: created.occurred_at,
+        correlation_id: created.correlation_id.clone(),
+    };
+    let publish = |message_type: &'static str, key: &'static str, event_id: String, body: Vec<u8>| {
+        let broker = &broker;
+        let exchange = topology.exchange.clone();
+        async move {
+            let properties = properties(Some(&event_id), Some(message_type), "corr-outcomes");
+            broker.publish_to(&exchange, key, properties, &body).await;
+        }
+    };
+    publish(
+        OrderCompleted::MESSAGE_TYPE,
+        OrderCompleted::ROUTING_KEY,
+        completed.event_id.clone(),
+        completed.encode_to_vec(),
+    )
+    .await;
+    let (_, other) = order_created("corr-outcomes");
+    let failed = OrderFailed {
+        event_id: Uuid::new_v4().to_string(),
+        order_id: other.order_id.clone(),
+        customer_id: other.customer_id.clone(),
+        amount: other.amount.clone(),
+        currency: other.currency.clone(),
+        occurred_at: other.occurred_at,
+        correlation_id: other.correlation_id.clone(),
+        reason: FailureReason::OutOfStock as i32,
+        detail: "sku A-1: 3 requested, 1 available".into(),
+    };
+    publish(OrderFailed::MESSAGE_TYPE, OrderFailed::ROUTING_KEY, failed.event_id.clone(), failed.encode_to_vec()).await;
+
+    let app_ref = &app;
+    let (order, other_order) = (created.order_id.as_str(), other.order_id.as_str());
+    eventually(|| async move {
+        app_ref.list(order).await.unwrap().len() == 2 && app_ref.list(other_order).await.unwrap().len() == 1
+    })
+    .await;
+    let listed = app.list(order).await.unwrap();
+    let messages: Vec<&str> = listed.iter().map(|n| n.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            format!("Order {order} for 77.50 EUR has been received"),
+            format!("Order {order} for 77.50 EUR is complete: paid and its items reserved"),
+        ]
+    );
+    assert_eq!(listed[1].event_id, completed.event_id);
+    let failed_notification = &app.list(other_order).await.unwrap()[0];
+    assert_eq!(
+        failed_notification.message,
+        format!(
+            "Order {other_order} for 77.50 EUR has failed: an item is out of stock (sku A-1: 3 requested, 1 available)"
+        )
+    );
+    assert_eq!(failed_notification.correlation_id, "corr-outcomes");
+    app.stop().await;
+    broker.delete(&topology).await;
+}

@@ -39,7 +39,8 @@ pub(crate) async fn pool(options: &PgConnectOptions) -> PgPool {
 
 /// Port 0, an isolated exchange and queue, short retry tiers (200 ms, 400 ms; 3 attempts).
 pub(crate) fn test_config(database_url: &str, amqp_url: &str) -> Config {
-    let inbox = testkit::consumer::short_retry_config(amqp_url, "notifications", ORDER_CREATED_ROUTING_KEY);
+    let mut inbox = testkit::consumer::short_retry_config(amqp_url, "notifications", ORDER_CREATED_ROUTING_KEY);
+    inbox.routing_keys = notifications::routing_keys();
     Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
