@@ -9,7 +9,8 @@ use inventory::{Config, build, config};
 const AFTER_HELP: &str = "\
 Configuration comes from the environment; docs/inventory.md lists every variable and its default:
   INVENTORY_GRPC_ADDR (0.0.0.0:50054), INVENTORY_METRICS_ADDR (0.0.0.0:9467),
-  INVENTORY_DATABASE_URL[_FILE] (postgres://postgres:postgres@localhost:5432/pulse_inventory),
+  INVENTORY_DATABASE_URL (postgres://postgres:postgres@localhost:5432/pulse_inventory) or
+  INVENTORY_DATABASE_URL_FILE (a file holding it),
   INVENTORY_DB_MAX_CONNECTIONS, INVENTORY_DB_MIN_CONNECTIONS, INVENTORY_DB_ACQUIRE_TIMEOUT_MS,
   INVENTORY_EXCHANGE (pulse.events), INVENTORY_QUEUE_PREFIX (pulse), INVENTORY_PREFETCH,
   INVENTORY_BATCH_SIZE, INVENTORY_MAX_ATTEMPTS, INVENTORY_TLS_CERT_FILE, INVENTORY_TLS_KEY_FILE,

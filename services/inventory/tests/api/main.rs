@@ -3,9 +3,11 @@
 //! per test; commands are published to that exchange and the replies the
 //! relay publishes are read from a queue bound to the three reply keys.
 
+mod cli;
 mod commands;
 mod concurrency;
 mod dead_letters;
+mod faults;
 mod grpc;
 mod helpers;
 mod idempotency;
