@@ -72,6 +72,17 @@ pub(crate) async fn lock_stock(conn: &mut PgConnection, skus: &[String]) -> Resu
         .await
 }
 
+/// The skus the RESERVED reservations of `order_ids` hold, sorted.
+pub(crate) async fn skus_held_by(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT l.sku FROM reservations r JOIN reservation_lines l USING (reservation_id)
+         WHERE r.order_id = ANY($1) AND r.status = 'RESERVED' ORDER BY l.sku",
+    )
+    .bind(order_ids)
+    .fetch_all(conn)
+    .await
+}
+
 /// Adds `delta[i]` (negative to give back) to what is reserved of `skus[i]`.
 pub(crate) async fn add_reserved(conn: &mut PgConnection, skus: &[String], delta: &[i64]) -> Result<(), sqlx::Error> {
     sqlx::query(

@@ -6,7 +6,7 @@ use contracts::{
     Routed,
     inventory::v1::{ReleaseInventory, ReserveInventory},
 };
-use inbox::{Handler, HandlerError, MessageContext};
+use inbox::{BatchError, Handler, HandlerError, MessageContext};
 use outbox::OutboxWriter;
 use sqlx::PgConnection;
 use telemetry::{
@@ -14,6 +14,7 @@ use telemetry::{
     metrics::{self, IntCounterVec, Name, Registry},
     tracecontext::TraceParent,
 };
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -163,6 +164,34 @@ impl Handler for CommandHandler {
         }
         log_outcome(order_id, &outcome);
         self.commands.with_label_values(&[event.label(), outcome.label()]).inc();
+        Ok(())
+    }
+
+    /// The commands one by one, after locking every stock row they may touch
+    /// in sku order (see [`saga::lock_batch`]): a batch holds its locks until
+    /// it commits, and two batches taking them in their own orders could deadlock.
+    async fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[(&Command, &MessageContext)],
+    ) -> Result<(), BatchError> {
+        if events.len() > 1 {
+            let mut lines = Vec::new();
+            let mut releases = Vec::new();
+            for (event, _) in events {
+                match event {
+                    Command::Reserve(command) => lines.extend(Lines::parse(&command.lines).ok()),
+                    Command::Release(command) => releases.extend(parse_uuid(&command.order_id).ok()),
+                }
+            }
+            saga::lock_batch(tx, &lines, &releases).await?;
+        }
+        for (index, (event, ctx)) in events.iter().enumerate() {
+            self.handle(tx, event, ctx)
+                .instrument(ctx.span.clone())
+                .await
+                .map_err(|error| BatchError { index: Some(index), error })?;
+        }
         Ok(())
     }
 }

@@ -108,6 +108,24 @@ pub(crate) async fn release(
     Ok(Outcome::Released { reservation_id, was_reserved: true })
 }
 
+/// Locks, in sku order, every stock row the commands of a batch may touch:
+/// the skus of its reservations (`lines`) and those its releases
+/// (`releases`, by order) would give back. Each command then locks only rows
+/// already held, so transactions of several batches at once take their locks
+/// in one global order and never deadlock.
+pub(crate) async fn lock_batch(tx: &mut PgConnection, lines: &[Lines], releases: &[Uuid]) -> Result<(), sqlx::Error> {
+    let mut skus: Vec<String> = lines.iter().flat_map(Lines::skus).collect();
+    if !releases.is_empty() {
+        skus.extend(db::skus_held_by(tx, releases).await?);
+    }
+    skus.sort_unstable();
+    skus.dedup();
+    if !skus.is_empty() {
+        db::lock_stock(tx, &skus).await?;
+    }
+    Ok(())
+}
+
 /// The answer to a ReserveInventory for an order that has `row`.
 fn outcome_of_reserve(row: &ReservationRow) -> Outcome {
     let reservation_id = row.reservation_id;

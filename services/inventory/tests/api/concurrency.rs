@@ -39,3 +39,41 @@ async fn twenty_reservations_at_once_against_five_reserve_exactly_five(_: PgPool
     }
     broker.delete(&topology).await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn batches_on_three_replicas_take_skus_in_either_order_without_overselling(
+    _: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let config = test_config(&db);
+    let topology = config.inbox.topology();
+    let _sweep = Sweep(topology.clone());
+    let mut broker = Broker::connect(&topology).await;
+    let replicas = [spawn_app(config.clone()).await, spawn_app(config.clone()).await, spawn_app(config).await];
+    replicas[0].set_stock("SKU-A", 10).await.unwrap();
+    replicas[0].set_stock("SKU-B", 10).await.unwrap();
+    let commands: Vec<ReserveInventory> = (0..30)
+        .map(|i| {
+            let lines = if i % 2 == 0 {
+                vec![line("SKU-A", 1), line("SKU-B", 1)]
+            } else {
+                vec![line("SKU-B", 1), line("SKU-A", 1)]
+            };
+            reserve(Uuid::new_v4(), lines, &format!("corr-order-{i}"))
+        })
+        .collect();
+    futures::future::join_all(commands.iter().map(|command| broker.reserve(command))).await;
+
+    let mut reserved = 0;
+    for _ in 0..30 {
+        reserved += usize::from(matches!(broker.reply().await.reply, Reply::Reserved(_)));
+    }
+    assert_eq!(reserved, 10);
+    assert_eq!(replicas[0].stock("SKU-A").await, (10, 10, 0));
+    assert_eq!(replicas[0].stock("SKU-B").await, (10, 10, 0));
+    assert_eq!(broker.ready(&topology.dead_letter).await, 0, "nothing was dead-lettered");
+    for replica in replicas {
+        replica.stop().await;
+    }
+    broker.delete(&topology).await;
+}
