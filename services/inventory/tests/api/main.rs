@@ -11,3 +11,4 @@ mod faults;
 mod grpc;
 mod helpers;
 mod idempotency;
+mod process;
