@@ -168,7 +168,7 @@ impl Handler for CommandHandler {
     }
 
     /// The commands one by one, after locking every stock row they may touch
-    /// in sku order (see [`saga::lock_batch`]): a batch holds its locks until
+    /// in sku order first: a batch holds its locks until
     /// it commits, and two batches taking them in their own orders could deadlock.
     async fn handle_batch(
         &self,

@@ -1,7 +1,7 @@
 //! Pulse Inventory: stock per sku, and the stock step of the order saga.
 //!
-//! * `pulse.inventory.v1.InventoryService` sets and reads stock and reads an
-//!   order's reservation ([`grpc`](crate::App) on `INVENTORY_GRPC_ADDR`).
+//! * `pulse.inventory.v1.InventoryService` (on `INVENTORY_GRPC_ADDR`) sets and
+//!   reads stock and reads an order's reservation.
 //! * ReserveInventory and ReleaseInventory arrive on one queue
 //!   (`<prefix>.inventory.commands`) through the [`inbox`]: each is applied
 //!   exactly once, and its reply (InventoryReserved,
