@@ -168,8 +168,8 @@ impl Handler for CommandHandler {
     }
 
     /// The commands one by one, after locking every stock row they may touch
-    /// in sku order first: a batch holds its locks until
-    /// it commits, and two batches taking them in their own orders could deadlock.
+    /// in sku order first: a batch holds its locks until it commits, and two
+    /// batches taking them in their own orders could deadlock.
     async fn handle_batch(
         &self,
         tx: &mut PgConnection,
