@@ -71,6 +71,27 @@ async fn one_short_line_holds_nothing_on_any_line(_: PgPoolOptions, db: PgConnec
     let request = GetReservationRequest { order_id: order_id.to_string() };
     let reservation = app.client().await.get_reservation(request).await.unwrap().into_inner().reservation.unwrap();
     assert_eq!(reservation.status(), ReservationStatus::Rejected);
+    assert_eq!(reservation.lines, [line("ABC-1", 2), line("XYZ-2", 3)], "what was asked is kept");
+    app.stop().await;
+    broker.delete(&topology).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_reserve_and_a_release_sent_together_are_answered_in_order(_: PgPoolOptions, db: PgConnectOptions) {
+    let config = test_config(&db);
+    let topology = config.inbox.topology();
+    let _sweep = Sweep(topology.clone());
+    let mut broker = Broker::connect(&topology).await;
+    let app = spawn_app(config).await;
+    app.set_stock("ABC-1", 5).await.unwrap();
+    let order_id = Uuid::new_v4();
+    broker.reserve(&reserve(order_id, vec![line("ABC-1", 2)], "corr-together")).await;
+    broker.release(&release(order_id, "corr-together")).await;
+
+    assert!(matches!(broker.reply().await.reply, Reply::Reserved(_)));
+    let Reply::Released(released) = broker.reply().await.reply else { panic!("not released") };
+    assert!(released.was_reserved);
+    assert_eq!(app.stock("ABC-1").await, (5, 0, 5));
     app.stop().await;
     broker.delete(&topology).await;
 }
