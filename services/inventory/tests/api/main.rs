@@ -6,6 +6,7 @@
 mod cli;
 mod commands;
 mod concurrency;
+mod console;
 mod dead_letters;
 mod faults;
 mod grpc;
