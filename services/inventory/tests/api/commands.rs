@@ -143,6 +143,12 @@ async fn a_release_after_the_reservation_gives_the_stock_back(_: PgPoolOptions, 
     let Reply::Released(again) = broker.reply().await.reply else { panic!("not released") };
     assert!(!again.was_reserved);
     assert_eq!(app.stock("ABC-1").await, (5, 0, 5));
+
+    // Asked for again once released: nothing is held again.
+    broker.reserve(&reserve(order_id, vec![line("ABC-1", 4)], "corr-release")).await;
+    let Reply::Failed(failed) = broker.reply().await.reply else { panic!("held again") };
+    assert_eq!(failed.detail, "the reservation was released");
+    assert_eq!(app.stock("ABC-1").await, (5, 0, 5));
     app.stop().await;
     broker.delete(&topology).await;
 }
