@@ -1,0 +1,193 @@
+//! Configuration from the environment; every default works against the local
+//! Postgres and RabbitMQ.
+//!
+//! | variable | default |
+//! |---|---|
+//! | `INVENTORY_GRPC_ADDR` | `0.0.0.0:50054` |
+//! | `INVENTORY_METRICS_ADDR` | `0.0.0.0:9467` |
+//! | `INVENTORY_DATABASE_URL` | `postgres://postgres:postgres@localhost:5432/pulse_inventory` |
+//! | `INVENTORY_DB_MAX_CONNECTIONS` | `32` |
+//! | `INVENTORY_DB_MIN_CONNECTIONS` | `4` |
+//! | `INVENTORY_DB_ACQUIRE_TIMEOUT_MS` | `3000` |
+//! | `AMQP_URL` | `amqp://guest:guest@localhost:5672/%2f` |
+//! | `INVENTORY_EXCHANGE` | `pulse.events` (commands consumed and replies published there) |
+//! | `INVENTORY_QUEUE_PREFIX` | `pulse` (queue `<prefix>.inventory.commands`) |
+//! | `INVENTORY_PREFETCH` | `512` |
+//! | `INVENTORY_BATCH_SIZE` | `200` |
+//! | `INVENTORY_MAX_ATTEMPTS` | `6` |
+//! | `INVENTORY_ADMIN_TOKEN_FILE` | unset (the dead-letter console refuses every call) |
+//! | `INVENTORY_ADMIN_CLIENT_NAMES` | empty (no client certificate is an admin credential) |
+//! | `OUTBOX_*`, `INBOX_*` | the outbox relay's and the inbox's own (docs/configuration.md) |
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use inbox::InboxConfig;
+use infra::{
+    config::{ConfigErrors, addr_or, millis_or, parse_or, secret_url_or, secret_urls_or, var_or},
+    pg::PoolSettings,
+};
+use outbox::{OutboxSettings, RelayConfig};
+use platform::tls::ServerTls;
+use secrecy::SecretString;
+
+/// Everything the service needs; tests build one directly.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Port 0 binds an ephemeral port (see [`crate::App::grpc_addr`]).
+    pub grpc_addr: SocketAddr,
+    /// `GET /metrics` (Prometheus text); port 0 binds an ephemeral port.
+    pub metrics_addr: SocketAddr,
+    pub database_url: SecretString,
+    pub pool: PoolSettings,
+    /// The consumer of the commands: broker URL, exchange, queue names, retry tiers.
+    pub inbox: InboxConfig,
+    /// The relay of the replies (same broker; publishes to the exchange of `inbox`).
+    pub relay: RelayConfig,
+    /// How often the health check probes the database.
+    pub health_interval: Duration,
+    /// TLS on the gRPC port (`INVENTORY_TLS_*`); None serves plaintext.
+    pub tls: Option<ServerTls>,
+    /// The file holding the dead-letter console's bearer token; None refuses
+    /// every console call PERMISSION_DENIED.
+    pub admin_token_file: Option<PathBuf>,
+    /// With mutual TLS, the client certificate names the console also accepts.
+    pub admin_client_names: Vec<String>,
+}
+
+/// The commands queue for a prefix; the retry and dead-letter queues are named after it.
+pub fn queue_name(prefix: &str) -> String {
+    format!("{prefix}.inventory.commands")
+}
+
+/// The routing keys of the commands queue: `inventory.reserve`, `inventory.release`.
+pub fn routing_keys() -> Vec<String> {
+    use contracts::{
+        Routed,
+        inventory::v1::{ReleaseInventory, ReserveInventory},
+    };
+    vec![ReserveInventory::ROUTING_KEY.to_owned(), ReleaseInventory::ROUTING_KEY.to_owned()]
+}
+
+/// Every variable inventory reads with its own prefix (`INVENTORY_`); the
+/// inbox's and the outbox's are theirs. Any other name with one of
+/// [`PREFIXES`] is warned about at start.
+pub const VARIABLES: &[&str] = &[
+    "INVENTORY_GRPC_ADDR",
+    "INVENTORY_METRICS_ADDR",
+    "INVENTORY_DATABASE_URL",
+    "INVENTORY_DATABASE_URL_FILE",
+    "INVENTORY_TLS_CERT_FILE",
+    "INVENTORY_TLS_KEY_FILE",
+    "INVENTORY_TLS_CLIENT_CA_FILE",
+    "INVENTORY_ADMIN_TOKEN_FILE",
+    "INVENTORY_ADMIN_CLIENT_NAMES",
+    "INVENTORY_DB_MAX_CONNECTIONS",
+    "INVENTORY_DB_MIN_CONNECTIONS",
+    "INVENTORY_DB_ACQUIRE_TIMEOUT_MS",
+    "INVENTORY_EXCHANGE",
+    "INVENTORY_QUEUE_PREFIX",
+    "INVENTORY_PREFETCH",
+    "INVENTORY_BATCH_SIZE",
+    "INVENTORY_MAX_ATTEMPTS",
+];
+
+/// The prefixes of [`known_variables`].
+pub const PREFIXES: &[&str] = &["INVENTORY_", inbox::variables::PREFIX, outbox::config::PREFIX];
+
+/// [`VARIABLES`], the inbox's and the outbox's.
+pub fn known_variables() -> Vec<&'static str> {
+    VARIABLES.iter().chain(inbox::variables::VARIABLES).chain(outbox::config::VARIABLES).copied().collect()
+}
+
+/// The variable naming the console's token file.
+pub const ADMIN_TOKEN_FILE: &str = "INVENTORY_ADMIN_TOKEN_FILE";
+
+impl Config {
+    /// The configuration, or every problem it has (not just the first).
+    pub fn from_env() -> Result<Self, ConfigErrors> {
+        let mut problems = ConfigErrors::default();
+        let p = &mut problems;
+        let amqp_url =
+            p.check(secret_urls_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
+        let exchange = var_or("INVENTORY_EXCHANGE", contracts::EVENTS_EXCHANGE);
+        let mut inbox = InboxConfig::new(
+            amqp_url.clone(),
+            exchange.clone(),
+            queue_name(&var_or("INVENTORY_QUEUE_PREFIX", "pulse")),
+            routing_keys(),
+        );
+        inbox.connection_name = "inventory".to_owned();
+        inbox.prefetch = p.check(parse_or("INVENTORY_PREFETCH", inbox.prefetch), inbox.prefetch);
+        inbox.batch_size = p.check(parse_or("INVENTORY_BATCH_SIZE", inbox.batch_size), inbox.batch_size);
+        inbox.max_attempts = p.check(parse_or("INVENTORY_MAX_ATTEMPTS", inbox.max_attempts), inbox.max_attempts);
+        inbox.apply_env(p);
+        // Checked on what the variables gave only: a bad variable is named above already.
+        if let (true, Err(reason)) = (p.0.is_empty(), inbox.validate()) {
+            p.invalid("INVENTORY_* consumer settings", reason);
+        }
+        let relay = OutboxSettings::from_env(RelayConfig::new(amqp_url, "pulse-inventory", vec![exchange]), p).relay;
+
+        let defaults = PoolSettings::default();
+        let any_port = SocketAddr::from(([0, 0, 0, 0], 0));
+        let config = Self {
+            grpc_addr: p.check(addr_or("INVENTORY_GRPC_ADDR", "0.0.0.0:50054"), any_port),
+            metrics_addr: p.check(addr_or("INVENTORY_METRICS_ADDR", "0.0.0.0:9467"), any_port),
+            database_url: p.check(
+                secret_url_or("INVENTORY_DATABASE_URL", "postgres://postgres:postgres@localhost:5432/pulse_inventory"),
+                SecretString::default(),
+            ),
+            pool: PoolSettings {
+                max_connections: p.check(
+                    parse_or("INVENTORY_DB_MAX_CONNECTIONS", defaults.max_connections),
+                    defaults.max_connections,
+                ),
+                min_connections: p.check(
+                    parse_or("INVENTORY_DB_MIN_CONNECTIONS", defaults.min_connections),
+                    defaults.min_connections,
+                ),
+                acquire_timeout: p.check(
+                    millis_or("INVENTORY_DB_ACQUIRE_TIMEOUT_MS", defaults.acquire_timeout),
+                    defaults.acquire_timeout,
+                ),
+            },
+            inbox,
+            relay,
+            health_interval: Duration::from_secs(1),
+            tls: p.check(ServerTls::from_env("INVENTORY"), None),
+            admin_token_file: Some(var_or(ADMIN_TOKEN_FILE, "")).filter(|p| !p.trim().is_empty()).map(PathBuf::from),
+            admin_client_names: var_or("INVENTORY_ADMIN_CLIENT_NAMES", "")
+                .split(',')
+                .map(str::trim)
+                .filter(|name| !name.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        };
+        problems.or_value(config)
+    }
+}
+
+/// The admin token in `path`, surrounding whitespace removed. The error names
+/// the file, never its content.
+pub fn read_admin_token(path: &std::path::Path) -> anyhow::Result<SecretString> {
+    let raw = std::fs::read_to_string(path)
+        .map_err(|err| anyhow::anyhow!("cannot read {ADMIN_TOKEN_FILE} {}: {err}", path.display()))?;
+    let token = raw.trim();
+    anyhow::ensure!(!token.is_empty(), "{ADMIN_TOKEN_FILE} {} is empty", path.display());
+    Ok(SecretString::from(token.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_takes_both_commands() {
+        assert_eq!(queue_name("pulse"), "pulse.inventory.commands");
+        assert_eq!(routing_keys(), ["inventory.reserve", "inventory.release"]);
+    }
+
+    #[test]
+    fn every_variable_has_the_prefix() {
+        assert!(VARIABLES.iter().all(|name| name.starts_with("INVENTORY_")));
+    }
+}
