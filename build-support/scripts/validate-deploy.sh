@@ -11,7 +11,8 @@
 #   deploy/otel-collector.yaml, deploy/jaeger.yaml (Jaeger v2 is a collector distribution)
 #                               parse, and every pipeline names only defined components
 #   deploy/prometheus.yml, deploy/prometheus-rules.yml
-#                               promtool check config and check rules (promtool from
+#                               promtool check config, check rules and test rules (the
+#                               alerts' unit tests, deploy/prometheus-rules.test.yml; promtool from
 #                               ensure-tools.sh; outside CI skipped with a note when missing),
 #                               plus: the service loads the mounted config, the rule files are
 #                               mounted beside it, every scrape target is a compose service
@@ -339,6 +340,8 @@ if command -v promtool >/dev/null 2>&1; then
     pulse_log "deploy/prometheus.yml, deploy/prometheus-rules.yml: promtool"
     promtool check config deploy/prometheus.yml
     promtool check rules deploy/prometheus-rules.yml
+    pulse_log "deploy/prometheus-rules.test.yml: promtool test rules"
+    promtool test rules deploy/prometheus-rules.test.yml
     pulse_log "deploy/grafana/dashboards: every query through promtool"
     if ! promtool check rules "$dashboard_rules" >/dev/null 2>&1; then
         promtool check rules "$dashboard_rules" >&2 || true
