@@ -17,7 +17,8 @@
 #                               plus: the service loads the mounted config, the rule files are
 #                               mounted beside it, every scrape target is a compose service
 #                               whose environment or mounted config names the target's port,
-#                               every service's metrics port (`*_METRICS_ADDR`) is scraped
+#                               every service's metrics port (`*_METRICS_ADDR`) is scraped,
+#                               there and by the collector (deploy/otel-collector.yaml)
 #   deploy/grafana/             every dashboard parses and uses only provisioned datasource
 #                               uids, its queries (Grafana variables replaced) pass promtool;
 #                               the dashboards provider reads a mounted directory holding them,
@@ -158,7 +159,8 @@ PY
 pulse_log "deploy/prometheus.yml, deploy/grafana/ against docker-compose.yml"
 dashboard_rules="$(mktemp)"
 trap 'rm -f "$compose_json" "$dashboard_rules" "$dashboard_rules.where"' EXIT
-"$PULSE_TOOLS/venv/bin/python" - "$compose_json" deploy/prometheus.yml deploy/grafana "$dashboard_rules" <<'PY'
+"$PULSE_TOOLS/venv/bin/python" - "$compose_json" deploy/prometheus.yml deploy/grafana "$dashboard_rules" \
+    deploy/otel-collector.yaml <<'PY'
 import glob
 import json
 import os
@@ -169,7 +171,7 @@ from urllib.parse import urlsplit
 import yaml
 
 errors = []
-compose_path, prometheus_path, grafana_dir, rules_out = sys.argv[1:5]
+compose_path, prometheus_path, grafana_dir, rules_out, collector_path = sys.argv[1:6]
 with open(compose_path) as f:
     services = json.load(f)["services"]
 
@@ -234,18 +236,21 @@ for job in prometheus.get("scrape_configs") or []:
                         told.append(f.read())
             if not any(re.search(rf":{re.escape(port)}\b", text) for text in told):
                 errors.append(f"{where}: nothing in service {host}'s environment or mounted files listens on :{port}")
-# And the other way round: every service that serves metrics is scraped.
-scraped = {
-    target
-    for job in prometheus.get("scrape_configs") or []
-    for static in job.get("static_configs") or []
-    for target in static.get("targets") or []
-}
-for name, service in services.items():
-    for var, value in (service.get("environment") or {}).items():
-        port = str(value).rpartition(":")[2]
-        if var.endswith("_METRICS_ADDR") and f"{name}:{port}" not in scraped:
-            errors.append(f"service {name} serves metrics on :{port} ({var}), which {prometheus_path} does not scrape")
+# And the other way round: every service that serves metrics is scraped, by
+# Prometheus and by the collector (its prometheus receiver).
+collector_scrapes = ((load_yaml(collector_path).get("receivers") or {}).get("prometheus") or {}).get("config") or {}
+for path, config in ((prometheus_path, prometheus), (collector_path, collector_scrapes)):
+    scraped = {
+        target
+        for job in config.get("scrape_configs") or []
+        for static in job.get("static_configs") or []
+        for target in static.get("targets") or []
+    }
+    for name, service in services.items():
+        for var, value in (service.get("environment") or {}).items():
+            port = str(value).rpartition(":")[2]
+            if var.endswith("_METRICS_ADDR") and f"{name}:{port}" not in scraped:
+                errors.append(f"service {name} serves metrics on :{port} ({var}), which {path} does not scrape")
 
 # Grafana: datasources by uid, dashboards where the provider looks.
 datasource_uids = set()
