@@ -551,7 +551,8 @@ for path, doc in k8s_docs:
     if doc["kind"] != "Deployment":
         continue
     for container in doc["spec"]["template"]["spec"]["containers"]:
-        binary = container["image"].split("@")[0].split(":")[0].rpartition("/")[2].removeprefix("pulse-")
+        # pulse-<binary>, as the kustomization names the images (a registry and tag may precede and follow).
+        binary = re.sub(r":[^/]*$", "", container["image"].split("@")[0]).rpartition("/")[2].removeprefix("pulse-")
         where = f"{path}: Deployment {doc['metadata']['name']}, container {container['name']}"
         settings.append((binary, where, [env["name"] for env in container.get("env", [])]))
 binaries = {binary for binary, _, _ in settings}
