@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Starts the whole system on this machine with one command: makes sure
 # Postgres and RabbitMQ answer (installing/starting them when needed), builds
-# the `orders` and `notifications` binaries in release mode, and runs both in
-# the foreground with their output prefixed `[orders]` / `[notifications]`.
+# the `orders`, `notifications`, `payments` and `inventory` binaries in release
+# mode, and runs the four in the foreground with their output prefixed by their
+# name (`[orders]`, `[notifications]`, `[payments]`, `[inventory]`).
 #
-# Ctrl-C or SIGTERM is passed on to both services, which finish their
-# in-flight work and exit; the script exits 0 when both exit 0. If either
-# service dies on its own, the other is stopped and the script exits non-zero.
+# Ctrl-C or SIGTERM is passed on to every service, which finishes its
+# in-flight work and exits; the script exits 0 when all exit 0. If one
+# service dies on its own, the others are stopped and the script exits non-zero.
 #
 # Every variable of docs/configuration.md can be set to override its default, e.g.
 #   ORDERS_GRPC_ADDR=127.0.0.1:6051 build-support/scripts/run-local.sh
@@ -25,20 +26,35 @@ pulse_export_target_dir
 
 : "${ORDERS_GRPC_ADDR:=0.0.0.0:50051}"
 : "${NOTIFICATIONS_GRPC_ADDR:=0.0.0.0:50052}"
+: "${PAYMENTS_GRPC_ADDR:=0.0.0.0:50053}"
+: "${INVENTORY_GRPC_ADDR:=0.0.0.0:50054}"
 : "${ORDERS_DATABASE_URL:=postgres://postgres:postgres@localhost:5432/pulse_orders}"
 : "${NOTIFICATIONS_DATABASE_URL:=postgres://postgres:postgres@localhost:5432/pulse_notifications}"
+: "${PAYMENTS_DATABASE_URL:=postgres://postgres:postgres@localhost:5432/pulse_payments}"
+: "${INVENTORY_DATABASE_URL:=postgres://postgres:postgres@localhost:5432/pulse_inventory}"
 : "${AMQP_URL:=amqp://guest:guest@localhost:5672/%2f}"
 : "${ORDERS_METRICS_ADDR:=0.0.0.0:9464}"
 : "${NOTIFICATIONS_METRICS_ADDR:=0.0.0.0:9465}"
+: "${PAYMENTS_METRICS_ADDR:=0.0.0.0:9466}"
+: "${INVENTORY_METRICS_ADDR:=0.0.0.0:9467}"
 : "${LOG_FORMAT:=pretty}"
-export ORDERS_GRPC_ADDR NOTIFICATIONS_GRPC_ADDR ORDERS_DATABASE_URL NOTIFICATIONS_DATABASE_URL AMQP_URL \
-    ORDERS_METRICS_ADDR NOTIFICATIONS_METRICS_ADDR LOG_FORMAT
+export ORDERS_GRPC_ADDR NOTIFICATIONS_GRPC_ADDR PAYMENTS_GRPC_ADDR INVENTORY_GRPC_ADDR \
+    ORDERS_DATABASE_URL NOTIFICATIONS_DATABASE_URL PAYMENTS_DATABASE_URL INVENTORY_DATABASE_URL AMQP_URL \
+    ORDERS_METRICS_ADDR NOTIFICATIONS_METRICS_ADDR PAYMENTS_METRICS_ADDR INVENTORY_METRICS_ADDR LOG_FORMAT
 STOP_TIMEOUT="${PULSE_STOP_TIMEOUT_SECS:-30}"
 
-pulse_log "building orders and notifications (release, target $CARGO_TARGET_DIR)"
-cargo build --release -p orders -p notifications
+# The consumers (notifications, payments, inventory) declare their queues at
+# start; until they have, orders' relay finds its commands unroutable and keeps
+# them in the outbox, retrying: the start order does not matter.
+services=(orders notifications payments inventory)
 bin_dir="$CARGO_TARGET_DIR/release"
-for bin in orders notifications; do
+pulse_log "building ${services[*]} (release, target $CARGO_TARGET_DIR)"
+packages=()
+for name in "${services[@]}"; do
+    packages+=(-p "$name")
+done
+cargo build --release "${packages[@]}"
+for bin in "${services[@]}"; do
     [[ -x "$bin_dir/$bin" ]] || pulse_die "the build produced no $bin_dir/$bin"
 done
 
@@ -79,11 +95,17 @@ stop_all() {
 }
 trap stop_all INT TERM
 
-start orders
-names[$!]=orders
-start notifications
-names[$!]=notifications
-pulse_log "orders on $ORDERS_GRPC_ADDR, notifications on $NOTIFICATIONS_GRPC_ADDR; Ctrl-C stops both"
+for name in "${services[@]}"; do
+    start "$name"
+    names[$!]=$name
+done
+# name: gRPC address, metrics address (the NAME_GRPC_ADDR / NAME_METRICS_ADDR above).
+for name in "${services[@]}"; do
+    grpc_var="${name^^}_GRPC_ADDR"
+    metrics_var="${name^^}_METRICS_ADDR"
+    pulse_log "$(printf '%-14s gRPC %-20s metrics http://%s/metrics' "$name" "${!grpc_var}" "${!metrics_var}")"
+done
+pulse_log "Ctrl-C stops all four"
 
 status=0
 while ((${#names[@]} > 0)); do

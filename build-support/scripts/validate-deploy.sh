@@ -3,16 +3,22 @@
 #   docker-compose.yml          `docker-compose config -q` (Compose v2: the compose-spec
 #                               schema, interpolation, anchors), plus: every build target is
 #                               a stage of the Dockerfile, every bind-mounted file and every
-#                               secret's file exists, every secret a service takes is defined
+#                               secret's file exists, every secret a service takes is defined;
+#                               every image ships the binary of its name (built, installed,
+#                               copied, its ports exposed) and its service publishes the ports
+#                               its environment sets and runs `<binary> healthcheck`
 #   Dockerfile                  hadolint, failing on warnings and errors
 #   deploy/otel-collector.yaml, deploy/jaeger.yaml (Jaeger v2 is a collector distribution)
 #                               parse, and every pipeline names only defined components
 #   deploy/prometheus.yml, deploy/prometheus-rules.yml
-#                               promtool check config and check rules (promtool from
+#                               promtool check config, check rules and test rules (the
+#                               alerts' unit tests, deploy/prometheus-rules.test.yml; promtool from
 #                               ensure-tools.sh; outside CI skipped with a note when missing),
 #                               plus: the service loads the mounted config, the rule files are
 #                               mounted beside it, every scrape target is a compose service
-#                               whose environment or mounted config names the target's port
+#                               whose environment or mounted config names the target's port,
+#                               every service's metrics port (`*_METRICS_ADDR`) is scraped,
+#                               there and by the collector (deploy/otel-collector.yaml)
 #   deploy/grafana/             every dashboard parses and uses only provisioned datasource
 #                               uids, its queries (Grafana variables replaced) pass promtool;
 #                               the dashboards provider reads a mounted directory holding them,
@@ -22,7 +28,16 @@
 #                               cluster, no network) of the oldest version we support and the newest
 #                               bundled one; plus what schemas cannot see: selectors that match,
 #                               references to Secrets/ConfigMaps/ports that exist, probes and
-#                               security settings as docs/operations.md "Kubernetes" describes them
+#                               security settings as docs/operations.md "Kubernetes" describes them,
+#                               every file an environment value names is a key of a mounted
+#                               Secret, the gRPC and metrics addresses are the named container
+#                               ports, every image is one of the kustomization's images
+#   variables                   every variable compose, the Kubernetes manifests and run-local.sh
+#                               set is one the code reads: a service's own (`PAYMENTS_...`) in its
+#                               crate under services/, any other in some crate there (`X_FILE`:
+#                               the file of secret X); OTEL_* and RUST_LOG are the libraries'.
+#                               A service whose crate is not in the checkout yet is skipped, with
+#                               a note
 # Fails on the first invalid file. Tools come from ensure-tools.sh.
 set -euo pipefail
 
@@ -86,6 +101,34 @@ for name, service in compose["services"].items():
         if f"org.opencontainers.image.{key}=" not in stage_texts[target]:
             errors.append(f"{dockerfile}: stage {target} has no org.opencontainers.image.{key} label")
 
+# Every image a service builds ships the workspace binary of the same name: the
+# builder compiles and installs it, its stage copies it in and exposes the ports
+# its ENV sets, and the service publishes the ports its environment sets and
+# checks its health with the binary's `healthcheck` subcommand.
+builder = stage_texts.get("builder", "")
+built = set(re.findall(r"-p\s+([\w-]+)", " ".join(re.findall(r"cargo build\b[^\n]*", builder))))
+for name, service in compose["services"].items():
+    target = (service.get("build") or {}).get("target")
+    if target not in stage_texts:
+        continue
+    stage, binary = stage_texts[target], f"/usr/local/bin/{target}"
+    if target not in built or f"target/release/{target}" not in builder:
+        errors.append(f"{dockerfile}: the builder does not build (-p {target}) and install target/release/{target}")
+    if not re.search(rf"(?m)^COPY --from=builder /out/{re.escape(target)} {re.escape(binary)}\s*$", stage):
+        errors.append(f"{dockerfile}: stage {target} does not copy /out/{target} to {binary}")
+    exposed = set(re.findall(r"\d+", " ".join(re.findall(r"(?m)^EXPOSE\s+(.*)$", stage))))
+    for port in re.findall(r"_ADDR=\S*:(\d+)", stage):
+        if port not in exposed:
+            errors.append(f"{dockerfile}: stage {target} listens on :{port} (ENV) but does not EXPOSE it")
+    test = (service.get("healthcheck") or {}).get("test")
+    if test != ["CMD", binary, "healthcheck"]:
+        errors.append(f"service {name}: healthcheck test is {test}, not [CMD, {binary}, healthcheck]")
+    published = {str(port.get("target")) for port in service.get("ports", [])}
+    for var, value in (service.get("environment") or {}).items():
+        port = str(value).rpartition(":")[2]
+        if var.endswith(("_GRPC_ADDR", "_METRICS_ADDR")) and port not in published:
+            errors.append(f"service {name}: {var} listens on :{port}, which is not among its ports")
+
 # Collector pipelines may only use components defined in their sections.
 for otel_path in otel_paths:
     otel = None
@@ -116,7 +159,8 @@ PY
 pulse_log "deploy/prometheus.yml, deploy/grafana/ against docker-compose.yml"
 dashboard_rules="$(mktemp)"
 trap 'rm -f "$compose_json" "$dashboard_rules" "$dashboard_rules.where"' EXIT
-"$PULSE_TOOLS/venv/bin/python" - "$compose_json" deploy/prometheus.yml deploy/grafana "$dashboard_rules" <<'PY'
+"$PULSE_TOOLS/venv/bin/python" - "$compose_json" deploy/prometheus.yml deploy/grafana "$dashboard_rules" \
+    deploy/otel-collector.yaml <<'PY'
 import glob
 import json
 import os
@@ -127,7 +171,7 @@ from urllib.parse import urlsplit
 import yaml
 
 errors = []
-compose_path, prometheus_path, grafana_dir, rules_out = sys.argv[1:5]
+compose_path, prometheus_path, grafana_dir, rules_out, collector_path = sys.argv[1:6]
 with open(compose_path) as f:
     services = json.load(f)["services"]
 
@@ -192,6 +236,21 @@ for job in prometheus.get("scrape_configs") or []:
                         told.append(f.read())
             if not any(re.search(rf":{re.escape(port)}\b", text) for text in told):
                 errors.append(f"{where}: nothing in service {host}'s environment or mounted files listens on :{port}")
+# And the other way round: every service that serves metrics is scraped, by
+# Prometheus and by the collector (its prometheus receiver).
+collector_scrapes = ((load_yaml(collector_path).get("receivers") or {}).get("prometheus") or {}).get("config") or {}
+for path, config in ((prometheus_path, prometheus), (collector_path, collector_scrapes)):
+    scraped = {
+        target
+        for job in config.get("scrape_configs") or []
+        for static in job.get("static_configs") or []
+        for target in static.get("targets") or []
+    }
+    for name, service in services.items():
+        for var, value in (service.get("environment") or {}).items():
+            port = str(value).rpartition(":")[2]
+            if var.endswith("_METRICS_ADDR") and f"{name}:{port}" not in scraped:
+                errors.append(f"service {name} serves metrics on :{port} ({var}), which {path} does not scrape")
 
 # Grafana: datasources by uid, dashboards where the provider looks.
 datasource_uids = set()
@@ -286,6 +345,8 @@ if command -v promtool >/dev/null 2>&1; then
     pulse_log "deploy/prometheus.yml, deploy/prometheus-rules.yml: promtool"
     promtool check config deploy/prometheus.yml
     promtool check rules deploy/prometheus-rules.yml
+    pulse_log "deploy/prometheus-rules.test.yml: promtool test rules"
+    promtool test rules deploy/prometheus-rules.test.yml
     pulse_log "deploy/grafana/dashboards: every query through promtool"
     if ! promtool check rules "$dashboard_rules" >/dev/null 2>&1; then
         promtool check rules "$dashboard_rules" >&2 || true
@@ -350,6 +411,13 @@ for name, doc in docs:
     by_kind.setdefault(doc["kind"], []).append((name, doc))
 secrets = {d["metadata"]["name"]: set((d.get("stringData") or {}) | (d.get("data") or {})) for _, d in by_kind.get("Secret", [])}
 config_maps = {d["metadata"]["name"] for _, d in by_kind.get("ConfigMap", [])}
+images = {image["name"] for image in kustomization.get("images", [])}
+
+def image_name(reference):
+    """An image reference without its tag or digest: kustomize's `images` name."""
+    reference = reference.split("@")[0]
+    head, _, tag = reference.rpartition(":")
+    return head if head and "/" not in tag else reference
 
 def matches(selector, labels):
     return all(labels.get(k) == v for k, v in selector.items())
@@ -390,6 +458,31 @@ for name, deployment in by_kind.get("Deployment", []):
             ref = source.get("configMapRef")
             if ref and ref["name"] not in config_maps:
                 errors.append(f"{cwhere}: envFrom refers to a missing ConfigMap {ref['name']}")
+        image = image_name(container["image"])
+        if image not in images:
+            errors.append(f"{cwhere}: image {image} is not among kustomization.yaml's images")
+        # A file an environment value names (URL_FILE, TOKEN_FILE) is a key of a mounted Secret.
+        secret_volumes = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+        for env in container.get("env", []):
+            value = env.get("value") or ""
+            if not value.startswith("/"):
+                continue
+            for mount in container.get("volumeMounts", []):
+                if value.startswith(mount["mountPath"].rstrip("/") + "/") and mount["name"] in secret_volumes:
+                    secret, key = secret_volumes[mount["name"]], value[len(mount["mountPath"].rstrip("/")) + 1 :]
+                    if key not in secrets.get(secret, set()):
+                        errors.append(f"{cwhere}: {env['name']} names {value}, but Secret {secret} has no key {key}")
+                    break
+            else:
+                if env["name"].endswith("_FILE"):
+                    errors.append(f"{cwhere}: {env['name']} names {value}, which no mounted Secret provides")
+        # The addresses the service is told to listen on are its named container ports.
+        named = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+        for env in container.get("env", []):
+            for suffix, port_name in (("_GRPC_ADDR", "grpc"), ("_METRICS_ADDR", "metrics")):
+                port = (env.get("value") or "").rpartition(":")[2]
+                if env["name"].endswith(suffix) and port != str(named.get(port_name)):
+                    errors.append(f"{cwhere}: {env['name']} listens on :{port}, but its {port_name} port is {named.get(port_name)}")
 
 deployment_specs = {d["metadata"]["name"]: d["spec"] for _, d in by_kind.get("Deployment", [])}
 for name, hpa in by_kind.get("HorizontalPodAutoscaler", []):
@@ -417,6 +510,99 @@ budgeted = {d for _, doc in by_kind.get("PodDisruptionBudget", []) for d, labels
 for missing in sorted(deployments - budgeted):
     errors.append(f"Deployment {missing} has no PodDisruptionBudget")
 
+for error in errors:
+    print(f"[validate-deploy] error: {error}", file=sys.stderr)
+sys.exit(1 if errors else 0)
+PY
+
+pulse_log "variables the deployment files set, against the services' code"
+"$PULSE_TOOLS/venv/bin/python" - "$compose_json" "$k8s_dir" build-support/scripts/run-local.sh <<'PY'
+import glob
+import os
+import re
+import sys
+
+import yaml
+
+compose_path, k8s_dir, run_local = sys.argv[1:]
+errors = []
+skipped = set()
+
+with open(compose_path) as f:
+    compose = yaml.safe_load(f)
+with open(os.path.join(k8s_dir, "kustomization.yaml")) as f:
+    kustomization = yaml.safe_load(f)
+k8s_docs = []
+for resource in kustomization.get("resources", []):
+    path = os.path.join(k8s_dir, resource)
+    if os.path.isfile(path):
+        with open(path) as f:
+            k8s_docs += [(path, d) for d in yaml.safe_load_all(f) if d]
+with open(run_local) as f:
+    run_local_text = f.read()
+
+# What sets variables, by the binary that reads them: (binary, where, names).
+settings = []
+for name, service in compose["services"].items():
+    target = (service.get("build") or {}).get("target")
+    if target:
+        settings.append((target, f"docker-compose.yml: service {name}", list(service.get("environment") or {})))
+for path, doc in k8s_docs:
+    if doc["kind"] != "Deployment":
+        continue
+    for container in doc["spec"]["template"]["spec"]["containers"]:
+        # pulse-<binary>, as the kustomization names the images (a registry and tag may precede and follow).
+        binary = re.sub(r":[^/]*$", "", container["image"].split("@")[0]).rpartition("/")[2].removeprefix("pulse-")
+        where = f"{path}: Deployment {doc['metadata']['name']}, container {container['name']}"
+        settings.append((binary, where, [env["name"] for env in container.get("env", [])]))
+binaries = {binary for binary, _, _ in settings}
+run_local_services = re.search(r"(?m)^services=\(([^)]*)\)", run_local_text)
+binaries |= set(run_local_services.group(1).split()) if run_local_services else set()
+for name in re.findall(r'(?m)^: "\$\{([A-Z][A-Z0-9_]*):=', run_local_text):
+    owner = next((b for b in binaries if name.startswith(b.upper() + "_")), None)
+    settings.append((owner, run_local, [name]))
+for path, doc in k8s_docs:
+    if doc["kind"] == "ConfigMap":
+        settings.append((None, f"{path}: ConfigMap {doc['metadata']['name']}", list(doc.get("data") or {})))
+
+crates = sorted(os.path.basename(os.path.dirname(p)) for p in glob.glob("services/*/Cargo.toml"))
+literals = {}
+for crate in crates:
+    found = set()
+    for path in glob.glob(f"services/{crate}/src/**/*.rs", recursive=True):
+        with open(path) as f:
+            found |= set(re.findall(r'"([A-Z][A-Z0-9_]*)"', f.read()))
+    literals[crate] = found
+everywhere = set().union(*literals.values())
+
+
+def read_by(name, known):
+    """Whether code that knows the string literals `known` reads `name` (`X_FILE`: the file of secret X)."""
+    return name in known or (name.endswith("_FILE") and name.removesuffix("_FILE") in known)
+
+
+for binary, where, names in settings:
+    if binary is not None and binary not in literals:
+        # Deployment files may land before the crate they deploy: checked once it is here.
+        skipped.add(binary)
+        continue
+    for name in names:
+        # Read by libraries on their own (the OpenTelemetry SDK, the log filter).
+        if name.startswith("OTEL_") or name == "RUST_LOG":
+            continue
+        other = next((b for b in binaries if b != binary and name.startswith(b.upper() + "_")), None)
+        if binary is None and other is not None and other not in literals:
+            skipped.add(other)
+        elif binary is not None and other is not None:
+            errors.append(f"{where}: {name} is a variable of {other}, not of {binary}")
+        elif binary is not None and name.startswith(binary.upper() + "_"):
+            if not read_by(name, literals[binary]):
+                errors.append(f"{where}: {name} is not a variable services/{binary} reads (a typo, or one it dropped)")
+        elif not read_by(name, literals.get(other, everywhere)):
+            errors.append(f"{where}: {name} is read by no crate under services/")
+
+for binary in sorted(skipped):
+    print(f"[validate-deploy] note: services/{binary} is not in this checkout: the variables set for it are not checked", file=sys.stderr)
 for error in errors:
     print(f"[validate-deploy] error: {error}", file=sys.stderr)
 sys.exit(1 if errors else 0)
