@@ -1,4 +1,4 @@
-//! End-to-end tests: the real `orders` and `notifications` binaries as
+//! End-to-end tests: the real `orders`, `notifications`, `payments` and `inventory` binaries as
 //! processes against the real Postgres and RabbitMQ, each test in its own
 //! RabbitMQ vhost with its own databases. Tests named `serial_*` run alone
 //! (see `.config/nextest.toml`). The binaries must be built first:
@@ -17,4 +17,5 @@ mod happy_path;
 mod postgres_restart;
 mod postgres_tls;
 mod relay_failover;
+mod saga;
 mod support;

@@ -83,6 +83,31 @@ pub(crate) async fn notification_count(addr: SocketAddr, order_id: &str) -> usiz
     response.into_inner().notifications.len()
 }
 
+/// The messages of `order_id`'s notifications, oldest first, once there are
+/// at least `count` of them (bounded wait).
+pub(crate) async fn notification_messages(
+    addr: SocketAddr,
+    order_id: &str,
+    count: usize,
+    within: Duration,
+) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let request = ListNotificationsRequest { order_id: order_id.to_owned(), ..Default::default() };
+        let response = notifications(addr).list_notifications(request).await.expect("ListNotifications");
+        let messages: Vec<String> = response.into_inner().notifications.into_iter().map(|n| n.message).collect();
+        if messages.len() >= count {
+            return messages;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{order_id}: {} notifications after {within:?}",
+            messages.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// What a burst of CreateOrder calls got: the orders acknowledged (OK) and how many calls failed.
 #[derive(Debug, Default)]
 pub(crate) struct Burst {

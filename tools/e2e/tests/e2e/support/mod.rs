@@ -8,6 +8,7 @@ pub(crate) mod db;
 pub(crate) mod postgres;
 pub(crate) mod process;
 pub(crate) mod rabbitmq;
+pub(crate) mod saga;
 pub(crate) mod scratch;
 
 use process::{Service, Spec};
@@ -19,6 +20,29 @@ pub(crate) struct System {
     pub(crate) notifications: Service,
     pub(crate) orders: Service,
     pub(crate) scratch: Scratch,
+}
+
+/// The four services of the order saga against one test's vhost and databases.
+/// Fields drop in order: the processes are killed before the scratch space goes.
+pub(crate) struct SagaSystem {
+    pub(crate) orders: Service,
+    pub(crate) payments: Service,
+    pub(crate) inventory: Service,
+    pub(crate) notifications: Service,
+    pub(crate) scratch: Scratch,
+}
+
+impl SagaSystem {
+    /// The consumers first (each declares its queue), then orders; `orders`
+    /// adjusts the orders process (a short step timeout, say).
+    pub(crate) async fn start(orders: impl FnOnce(Spec) -> Spec) -> Self {
+        let scratch = Scratch::new().await;
+        let notifications = Spec::notifications(&scratch).start().await;
+        let payments = Spec::payments(&scratch).start().await;
+        let inventory = Spec::inventory(&scratch).start().await;
+        let orders = orders(Spec::orders(&scratch)).start().await;
+        Self { orders, payments, inventory, notifications, scratch }
+    }
 }
 
 impl System {

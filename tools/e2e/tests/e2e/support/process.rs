@@ -1,4 +1,4 @@
-//! The real `orders` and `notifications` binaries as child processes.
+//! The real `orders`, `notifications`, `payments` and `inventory` binaries as child processes.
 //!
 //! Each runs with a cleared environment plus what the test sets, on a port
 //! picked for it (kept across restarts, so clients reconnect to the same
@@ -30,6 +30,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) enum Kind {
     Orders,
     Notifications,
+    Payments,
+    Inventory,
 }
 
 impl Kind {
@@ -37,6 +39,8 @@ impl Kind {
         match self {
             Self::Orders => "orders",
             Self::Notifications => "notifications",
+            Self::Payments => "payments",
+            Self::Inventory => "inventory",
         }
     }
 
@@ -44,6 +48,8 @@ impl Kind {
         match self {
             Self::Orders => "ORDERS_GRPC_ADDR",
             Self::Notifications => "NOTIFICATIONS_GRPC_ADDR",
+            Self::Payments => "PAYMENTS_GRPC_ADDR",
+            Self::Inventory => "INVENTORY_GRPC_ADDR",
         }
     }
 }
@@ -78,6 +84,26 @@ impl Spec {
             .env("NOTIFICATIONS_RETRY_DELAYS_MS", "200,1000")
     }
 
+    /// Payments with short retry tiers and a fast relay, on the test's database and vhost.
+    pub(crate) fn payments(scratch: &Scratch) -> Self {
+        Self { kind: Kind::Payments, env: BTreeMap::new() }
+            .env("PAYMENTS_DATABASE_URL", &scratch.payments_db_url())
+            .env("AMQP_URL", &scratch.amqp_url())
+            .env("PAYMENTS_METRICS_ADDR", "127.0.0.1:0")
+            .env("OUTBOX_POLL_INTERVAL_MS", "200")
+            .env("OUTBOX_BACKOFF_MAX_MS", "1000")
+    }
+
+    /// Inventory with a fast relay, on the test's database and vhost.
+    pub(crate) fn inventory(scratch: &Scratch) -> Self {
+        Self { kind: Kind::Inventory, env: BTreeMap::new() }
+            .env("INVENTORY_DATABASE_URL", &scratch.inventory_db_url())
+            .env("AMQP_URL", &scratch.amqp_url())
+            .env("INVENTORY_METRICS_ADDR", "127.0.0.1:0")
+            .env("OUTBOX_POLL_INTERVAL_MS", "200")
+            .env("OUTBOX_BACKOFF_MAX_MS", "1000")
+    }
+
     pub(crate) fn env(mut self, name: &str, value: &str) -> Self {
         self.env.insert(name.to_owned(), value.to_owned());
         self
@@ -91,6 +117,8 @@ impl Spec {
             Kind::Orders if self.env.get("ORDERS_ROLE").is_some_and(|r| r == "api") => vec![""],
             Kind::Orders => vec!["", "pulse.orders.v1.OutboxRelay"],
             Kind::Notifications => vec!["", "pulse.notifications.v1.Consumer"],
+            Kind::Payments => vec!["", "pulse.payments.v1.Consumer", "pulse.payments.v1.OutboxRelay"],
+            Kind::Inventory => vec!["", "pulse.inventory.v1.Consumer", "pulse.inventory.v1.OutboxRelay"],
         }
     }
 

@@ -12,6 +12,8 @@ pub(crate) struct Scratch {
     pub(crate) vhost: String,
     pub(crate) orders_db: String,
     pub(crate) notifications_db: String,
+    pub(crate) payments_db: String,
+    pub(crate) inventory_db: String,
 }
 
 impl Scratch {
@@ -22,6 +24,8 @@ impl Scratch {
         let scratch = Self {
             orders_db: format!("pulse_e2e_{id}_orders"),
             notifications_db: format!("pulse_e2e_{id}_notifications"),
+            payments_db: format!("pulse_e2e_{id}_payments"),
+            inventory_db: format!("pulse_e2e_{id}_inventory"),
             vhost,
         };
         let vhost = scratch.vhost.clone();
@@ -47,6 +51,14 @@ impl Scratch {
         with_path(&testkit::database_url(), &self.notifications_db)
     }
 
+    pub(crate) fn payments_db_url(&self) -> String {
+        with_path(&testkit::database_url(), &self.payments_db)
+    }
+
+    pub(crate) fn inventory_db_url(&self) -> String {
+        with_path(&testkit::database_url(), &self.inventory_db)
+    }
+
     /// A small pool on the orders database (the service must have created it).
     pub(crate) async fn orders_pool(&self) -> PgPool {
         pool(&self.orders_db_url()).await
@@ -69,7 +81,12 @@ impl Drop for Scratch {
     /// going (their handles drop first), so the databases are dropped WITH (FORCE).
     fn drop(&mut self) {
         let vhost = self.vhost.clone();
-        let databases = [self.orders_db.clone(), self.notifications_db.clone()];
+        let databases = [
+            self.orders_db.clone(),
+            self.notifications_db.clone(),
+            self.payments_db.clone(),
+            self.inventory_db.clone(),
+        ];
         let server = testkit::database_url();
         // Blocking work on a thread of its own: Drop may run inside the test's runtime.
         let cleanup = std::thread::spawn(move || {
