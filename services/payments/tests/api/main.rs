@@ -3,7 +3,9 @@
 //! per test; commands are published as the Orders saga would publish them and
 //! the replies read from a queue of the test's own.
 
+mod cli;
 mod commands;
 mod concurrency;
 mod credit;
+mod faults;
 mod helpers;
