@@ -3,6 +3,7 @@
 //! per test; commands are published as the Orders saga would publish them and
 //! the replies read from a queue of the test's own.
 
+mod admin;
 mod cli;
 mod commands;
 mod concurrency;
