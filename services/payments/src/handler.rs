@@ -6,15 +6,17 @@ use contracts::{
     Routed,
     payments::v1::{ProcessPayment, RefundPayment},
 };
-use inbox::{Handler, HandlerError, MessageContext};
+use inbox::{BatchError, Handler, HandlerError, MessageContext};
 use outbox::OutboxWriter;
 use platform::values::{Currency, CustomerId};
 use sqlx::PgConnection;
 use telemetry::correlation::CorrelationId;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
     commands::{self, Payment},
+    db,
     metrics::Counters,
     money::{self, DefaultCredit},
     replies::{self, Envelope},
@@ -154,6 +156,35 @@ impl Handler for CommandHandler {
             sqlx::query("SELECT pg_notify($1, '')").bind(channel).execute(&mut *tx).await?;
         }
         self.counters.record(&outcome, fresh);
+        Ok(())
+    }
+
+    /// Locks the credit rows of every payment in the batch first, in one
+    /// order (customer, then currency), then handles the commands in turn: two
+    /// replicas' batches over the same customers queue up instead of deadlocking.
+    async fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[(&Command, &MessageContext)],
+    ) -> Result<(), BatchError> {
+        let mut credits: Vec<(&str, &str)> = events
+            .iter()
+            .filter_map(|(event, _)| match event {
+                Command::Process(c) => Some((c.customer_id.as_str(), c.currency.as_str())),
+                Command::Refund(_) => None,
+            })
+            .collect();
+        credits.sort_unstable();
+        credits.dedup();
+        for (customer_id, currency) in credits {
+            db::lock_credit(tx, customer_id, currency).await?;
+        }
+        for (index, (event, ctx)) in events.iter().enumerate() {
+            self.handle(tx, event, ctx)
+                .instrument(ctx.span.clone())
+                .await
+                .map_err(|error| BatchError { index: Some(index), error })?;
+        }
         Ok(())
     }
 }
