@@ -87,7 +87,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         .mirror(CONSUMER_HEALTH_NAME, consumer_connected.clone(), |connected| *connected)
         .mirror(RELAY_HEALTH_NAME, relay.status(), |status| status.healthy())
         .task("inbox consumer", |stop| inbox.run(stop))
-        // After the consumer: replies of the last commands handled still get relayed.
+        // A reply committed as the relay stops stays in the outbox, relayed at the next start.
         .task("outbox relay", |stop| relay.run(stop));
     tracing::info!(addr = %service.grpc_addr(), metrics_addr = %service.metrics_addr(), "payments listening");
     let closing = pool.clone();

@@ -4,6 +4,7 @@
 //! the replies read from a queue of the test's own.
 
 mod admin;
+mod binary;
 mod cli;
 mod commands;
 mod concurrency;
