@@ -62,3 +62,38 @@ async fn rush(db: &PgConnectOptions, batch_size: usize, prefetch: u16) {
     second.stop().await;
     broker.delete(&topology).await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_refund_racing_its_payment_never_leaves_it_captured(_: PgPoolOptions, db: PgConnectOptions) {
+    let mut config = test_config(&database_url(&db));
+    config.inbox.batch_size = 1;
+    config.inbox.prefetch = 10;
+    let topology = config.inbox.topology();
+    let _sweep = Sweep(topology.clone());
+    let first = spawn_app(config.clone()).await;
+    let second = spawn_app(config).await;
+    let broker = Broker::connect(&topology).await;
+    let publisher = &broker;
+    let payments: Vec<_> = (0..20).map(|_| process_payment("customer-race", "1.00")).collect();
+    let refunds: Vec<_> = payments.iter().map(|p| refund_payment(&p.order_id)).collect();
+    let sends = payments.iter().zip(&refunds).map(|(payment, refund)| async move {
+        futures::join!(publisher.process(payment), publisher.refund(refund));
+    });
+    futures::future::join_all(sends).await;
+
+    let replies = broker.replies(40).await;
+    for payment in &payments {
+        let of_order: Vec<&Reply> = replies.iter().filter(|r| r.order_id() == payment.order_id).collect();
+        assert_eq!(of_order.len(), 2, "{of_order:?}");
+        let captured = of_order.iter().any(|r| matches!(r, Reply::Processed(_)));
+        let given_back = of_order.iter().any(|r| matches!(r, Reply::Refunded(r) if r.was_captured));
+        assert_eq!(captured, given_back, "a capture is given back exactly when there was one: {of_order:?}");
+    }
+    assert_eq!(first.credit("customer-race", "EUR").await.1, "0.00");
+    let pool = pool(&db).await;
+    assert_eq!(count(&pool, "SELECT count(*) FROM payments WHERE status = 'CAPTURED'").await, 0);
+    assert_eq!(count(&pool, "SELECT count(*) FROM payments").await, 20);
+    first.stop().await;
+    second.stop().await;
+    broker.delete(&topology).await;
+}
