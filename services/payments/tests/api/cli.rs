@@ -64,3 +64,18 @@ fn every_configuration_problem_is_printed_at_once_and_exits_2() {
         assert!(stderr.contains(name), "{name} missing from {stderr}");
     }
 }
+
+#[test]
+fn unknown_variables_are_warned_about_by_name() {
+    let env = [("PAYMENTS_DEFAULT_CREDT", "10"), ("OUTBOX_BATCH_SIZ", "10"), ("INBOX_FOO", "1")];
+    let out = payments(&[], &env);
+    let printed = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "the unreachable database stops it: {printed}");
+    for warning in [
+        "unknown variable PAYMENTS_DEFAULT_CREDT ignored; did you mean PAYMENTS_DEFAULT_CREDIT?",
+        "unknown variable OUTBOX_BATCH_SIZ ignored; did you mean OUTBOX_BATCH_SIZE?",
+        "unknown variable INBOX_FOO ignored",
+    ] {
+        assert!(printed.contains(warning), "{warning}: {printed}");
+    }
+}
