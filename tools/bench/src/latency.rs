@@ -51,3 +51,26 @@ pub(crate) async fn order_to_notification(
     }
     Ok(histogram)
 }
+
+/// Microseconds from order commit to the commit that completed it, for the
+/// COMPLETED orders among `ids` (both stamps from the orders database), and
+/// how many of `ids` ended otherwise.
+pub(crate) async fn order_to_completed(orders_url: &str, ids: &[Uuid]) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let mut orders = PgConnection::connect(orders_url).await?;
+    let rows: Vec<(String, DateTime<Utc>, Option<DateTime<Utc>>)> =
+        sqlx::query_as("SELECT status, created_at, updated_at FROM orders WHERE order_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&mut orders)
+            .await?;
+    let mut histogram = Histogram::new_with_bounds(1, 600_000_000, 3)?;
+    let mut other = 0;
+    for (status, created, updated) in rows {
+        match (status.as_str(), updated) {
+            ("COMPLETED", Some(updated)) => {
+                histogram.saturating_record((updated - created).num_microseconds().unwrap_or(i64::MAX).max(1) as u64);
+            }
+            _ => other += 1,
+        }
+    }
+    Ok((histogram, other))
+}

@@ -52,7 +52,8 @@ pub(crate) async fn clients(addr: SocketAddr, concurrency: usize) -> anyhow::Res
     Ok(clients)
 }
 
-fn request(i: u64) -> CreateOrderRequest {
+/// The `i`th order of the one-hop phases: no lines.
+pub(crate) fn request(i: u64) -> CreateOrderRequest {
     CreateOrderRequest {
         customer_id: format!("bench-{}", i % 10_000),
         amount: "12.34".into(),
@@ -128,6 +129,17 @@ pub(crate) async fn open_loop(
     duration: Duration,
     progress: &ProgressBar,
 ) -> anyhow::Result<LoadResult> {
+    open_loop_of(addr, rate, duration, progress, request).await
+}
+
+/// [`open_loop`] with the `i`th request made by `make`.
+pub(crate) async fn open_loop_of(
+    addr: SocketAddr,
+    rate: f64,
+    duration: Duration,
+    progress: &ProgressBar,
+    make: fn(u64) -> CreateOrderRequest,
+) -> anyhow::Result<LoadResult> {
     let clients = clients(addr, 16).await?;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let results = Arc::new(Mutex::new((histogram(), Vec::<Uuid>::new(), 0u64)));
@@ -143,7 +155,7 @@ pub(crate) async fn open_loop(
         let i = n;
         tasks.spawn(async move {
             let sent = Instant::now();
-            let outcome = client.create_order(request(i)).await;
+            let outcome = client.create_order(make(i)).await;
             let mut results = results.lock().await;
             match outcome {
                 Ok(response) => {

@@ -5,6 +5,7 @@ mod create;
 mod drain;
 mod end_to_end;
 mod pipeline;
+mod saga;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -16,7 +17,7 @@ use crate::{
 };
 
 /// The phases `--only` can pick; the ceilings always run (every ratio needs them).
-pub(crate) const PHASES: [&str; 5] = ["create_order", "relay_on", "end_to_end", "drain", "pipeline"];
+pub(crate) const PHASES: [&str; 6] = ["create_order", "relay_on", "end_to_end", "drain", "pipeline", "saga"];
 
 pub(crate) async fn run(plan: &Plan, only: &[String], stack: &mut Stack, report: &mut Report) -> anyhow::Result<()> {
     stack.reset().await?;
@@ -31,7 +32,8 @@ pub(crate) async fn run(plan: &Plan, only: &[String], stack: &mut Stack, report:
             "relay_on" => create::relay_on(plan, stack, report, pg).await?,
             "end_to_end" => end_to_end::end_to_end(plan, stack, report).await?,
             "drain" => drain::drain(plan, stack, report, &ceilings).await?,
-            _ => pipeline::pipeline(plan, stack, report, &ceilings).await?,
+            "pipeline" => pipeline::pipeline(plan, stack, report, &ceilings).await?,
+            _ => saga::saga(plan, stack, report).await?,
         }
         stack.reset().await?;
     }

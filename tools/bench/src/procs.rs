@@ -21,7 +21,7 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join(name);
     if !path.exists() {
         bail!(
-            "{} not found: build it with `cargo build --release -p orders -p notifications -p bench`",
+            "{} not found: build it with `cargo build --release -p orders -p notifications -p payments -p inventory -p bench`",
             path.display()
         );
     }
@@ -33,7 +33,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Service {
-    /// Starts `name` (orders or notifications) with `env`, on free ports, and
+    /// Starts `name` (a Pulse binary) with `env`, on free ports, and
     /// waits until its health check answers SERVING.
     pub(crate) async fn start(name: &'static str, env: &[(&str, String)]) -> anyhow::Result<Self> {
         let prefix = name.to_uppercase();

@@ -5,6 +5,11 @@ use lapin::{ConnectionProperties, options::QueueDeleteOptions, types::ShortStrin
 
 /// Main queue of the bench's notifications consumer.
 pub(crate) const MAIN_QUEUE: &str = "bench.notifications.order-created";
+/// The saga participants' command queues (their prefix is the bench's too).
+pub(crate) const PAYMENTS_QUEUE: &str = "bench.payments.commands";
+pub(crate) const INVENTORY_QUEUE: &str = "bench.inventory.commands";
+/// Orders' saga reply queue.
+pub(crate) const REPLIES_QUEUE: &str = "bench.orders.saga-replies";
 /// Retry tiers the bench configures (milliseconds), so it knows their queue names.
 pub(crate) const RETRY_DELAYS_MS: &str = "1000,5000,30000";
 
@@ -14,10 +19,18 @@ pub(crate) async fn delete_consumer_queues(url: &str) -> anyhow::Result<()> {
         .split(',')
         .map(|ms| std::time::Duration::from_millis(ms.parse().expect("constant delays parse")))
         .collect();
-    let topology = inbox::Topology::new(contracts::EVENTS_EXCHANGE, MAIN_QUEUE, &[], &delays);
     let channel = connection.create_channel().await?;
-    for name in topology.queues() {
-        channel.queue_delete(ShortString::from(name), QueueDeleteOptions::default()).await?;
+    let default_delays = &inbox::DEFAULT_RETRY_DELAYS[..];
+    for (queue, delays) in [
+        (MAIN_QUEUE, &delays[..]),
+        (PAYMENTS_QUEUE, default_delays),
+        (INVENTORY_QUEUE, default_delays),
+        (REPLIES_QUEUE, default_delays),
+    ] {
+        let topology = inbox::Topology::new(contracts::EVENTS_EXCHANGE, queue, &[], delays);
+        for name in topology.queues() {
+            channel.queue_delete(ShortString::from(name), QueueDeleteOptions::default()).await?;
+        }
     }
     let _ = connection.close(200, ShortString::from("done")).await;
     Ok(())
@@ -27,13 +40,18 @@ pub(crate) async fn delete_consumer_queues(url: &str) -> anyhow::Result<()> {
 /// its health says SERVING once its database answers, which can be before it
 /// has declared its queues, and a relay publishing then finds no route.
 pub(crate) async fn wait_consumer(url: &str, limit: std::time::Duration) -> anyhow::Result<()> {
+    wait_consumer_of(url, MAIN_QUEUE, limit).await
+}
+
+/// Waits until a consumer is subscribed to `queue`.
+pub(crate) async fn wait_consumer_of(url: &str, queue: &str, limit: std::time::Duration) -> anyhow::Result<()> {
     let connection = infra::amqp::connect(url, ConnectionProperties::default()).await?;
     let deadline = tokio::time::Instant::now() + limit;
     let subscribed = loop {
         // A passive declare of a missing queue closes its channel: a new one each time.
         let channel = connection.create_channel().await?;
         let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-        let declared = channel.queue_declare(ShortString::from(MAIN_QUEUE), options, Default::default()).await;
+        let declared = channel.queue_declare(ShortString::from(queue), options, Default::default()).await;
         if declared.is_ok_and(|queue| queue.consumer_count() > 0) {
             break true;
         }
@@ -43,7 +61,7 @@ pub(crate) async fn wait_consumer(url: &str, limit: std::time::Duration) -> anyh
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     let _ = connection.close(200, ShortString::from("done")).await;
-    anyhow::ensure!(subscribed, "the notifications consumer did not subscribe to {MAIN_QUEUE} within {limit:?}");
+    anyhow::ensure!(subscribed, "no consumer subscribed to {queue} within {limit:?}");
     Ok(())
 }
 

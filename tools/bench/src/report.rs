@@ -22,6 +22,11 @@ impl Report {
         self.figures.iter().filter_map(|(key, value)| value.as_f64().map(|number| (key.as_str(), number)))
     }
 
+    /// The number recorded under `key`, if any.
+    pub(crate) fn number(&self, key: &str) -> Option<f64> {
+        self.figures.get(key).and_then(Value::as_f64)
+    }
+
     /// The rows recorded so far.
     pub(crate) fn rows(&self) -> &[(String, String, String)] {
         &self.rows

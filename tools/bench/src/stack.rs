@@ -1,5 +1,6 @@
-//! The system under test: its two databases and its two processes, reset
-//! between phases so each phase starts from empty tables and queues.
+//! The system under test: its databases and its processes (orders and
+//! notifications; payments and inventory too for the saga), reset between
+//! phases so each phase starts from empty tables and queues.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,8 @@ use crate::procs::Service;
 
 const ORDERS_DB: &str = "pulse_bench_orders";
 const NOTIFICATIONS_DB: &str = "pulse_bench_notifications";
+const PAYMENTS_DB: &str = "pulse_bench_payments";
+const INVENTORY_DB: &str = "pulse_bench_inventory";
 pub(crate) const CEILING_DB: &str = "pulse_bench_ceiling";
 /// The notifications consumer's queues get this prefix so a bench never
 /// touches the queues of a Pulse running on the same broker.
@@ -19,6 +22,8 @@ pub(crate) struct Stack {
     pub(crate) amqp: String,
     pub(crate) orders: Option<Service>,
     pub(crate) notifications: Option<Service>,
+    /// The saga's participants, running only in the saga phase.
+    participants: Vec<Service>,
     pub(crate) peak_rss_orders: f64,
     pub(crate) peak_rss_notifications: f64,
     /// The bench's own connections for progress checks, opened once: a fresh
@@ -39,6 +44,7 @@ impl Stack {
             amqp,
             orders: None,
             notifications: None,
+            participants: Vec::new(),
             peak_rss_orders: 0.0,
             peak_rss_notifications: 0.0,
             probe: None,
@@ -66,27 +72,97 @@ impl Stack {
     pub(crate) async fn reset(&mut self) -> anyhow::Result<()> {
         self.stop_orders().await?;
         self.stop_notifications().await?;
+        for participant in self.participants.drain(..) {
+            participant.stop().await?;
+        }
         if let Some(probe) = self.probe.take() {
             probe.orders.close().await.ok();
             probe.notifications.close().await.ok();
         }
         let mut admin = PgConnection::connect(&self.url("postgres")).await?;
-        for db in [ORDERS_DB, NOTIFICATIONS_DB, CEILING_DB, crate::floor::ORDERS_DB, crate::floor::NOTIFICATIONS_DB] {
+        for db in [
+            ORDERS_DB,
+            NOTIFICATIONS_DB,
+            PAYMENTS_DB,
+            INVENTORY_DB,
+            CEILING_DB,
+            crate::floor::ORDERS_DB,
+            crate::floor::NOTIFICATIONS_DB,
+        ] {
             sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&mut admin).await?;
         }
         admin.close().await?;
         crate::queues::delete_consumer_queues(&self.amqp).await
     }
 
+    /// Orders in `role`, without the saga: every phase but the saga's
+    /// measures the one hop from an order to its notification.
     pub(crate) async fn start_orders(&mut self, role: &str) -> anyhow::Result<()> {
+        self.start_orders_with(role, false).await
+    }
+
+    async fn start_orders_with(&mut self, role: &str, saga: bool) -> anyhow::Result<()> {
         let env = [
             ("ORDERS_DATABASE_URL", self.orders_url()),
             ("AMQP_URL", self.amqp.clone()),
             ("ORDERS_ROLE", role.to_owned()),
             ("ORDERS_DB_MAX_CONNECTIONS", "40".to_owned()),
+            ("ORDERS_QUEUE_PREFIX", QUEUE_PREFIX.to_owned()),
+            ("SAGA_ENABLED", saga.to_string()),
         ];
         self.orders = Some(Service::start("orders", &env).await?);
         Ok(())
+    }
+
+    /// The four services of the saga, `sku` stocked for far more orders than
+    /// a run makes and every customer's credit as large.
+    pub(crate) async fn start_saga(&mut self, sku: &str) -> anyhow::Result<()> {
+        self.start_notifications().await?;
+        let payments = [
+            ("PAYMENTS_DATABASE_URL", self.url(PAYMENTS_DB)),
+            ("AMQP_URL", self.amqp.clone()),
+            ("PAYMENTS_QUEUE_PREFIX", QUEUE_PREFIX.to_owned()),
+            ("PAYMENTS_DEFAULT_CREDIT", "100000000000.00".to_owned()),
+        ];
+        self.participants.push(Service::start("payments", &payments).await?);
+        let inventory = [
+            ("INVENTORY_DATABASE_URL", self.url(INVENTORY_DB)),
+            ("AMQP_URL", self.amqp.clone()),
+            ("INVENTORY_QUEUE_PREFIX", QUEUE_PREFIX.to_owned()),
+        ];
+        let inventory = Service::start("inventory", &inventory).await?;
+        let mut client = contracts::inventory::v1::inventory_service_client::InventoryServiceClient::connect(format!(
+            "http://{}",
+            inventory.addr
+        ))
+        .await?;
+        let stock = contracts::inventory::v1::SetStockRequest { sku: sku.to_owned(), on_hand: 1_000_000_000 };
+        client.set_stock(stock).await?;
+        self.participants.push(inventory);
+        for queue in [crate::queues::PAYMENTS_QUEUE, crate::queues::INVENTORY_QUEUE] {
+            crate::queues::wait_consumer_of(&self.amqp, queue, Duration::from_secs(30)).await?;
+        }
+        self.start_orders_with("all", true).await
+    }
+
+    /// Waits until none of `ids` is still CREATED (its saga running).
+    pub(crate) async fn wait_sagas_ended(&mut self, ids: &[uuid::Uuid], limit: Duration) -> anyhow::Result<()> {
+        let since = Instant::now();
+        loop {
+            let probe = self.probe().await?;
+            let running: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM orders WHERE order_id = ANY($1) AND status = 'CREATED'")
+                    .bind(ids)
+                    .fetch_one(&mut probe.orders)
+                    .await?;
+            if running == 0 {
+                return Ok(());
+            }
+            if since.elapsed() > limit {
+                anyhow::bail!("{running} sagas still running after {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// Starts the notifications service and waits until its consumer is subscribed.
