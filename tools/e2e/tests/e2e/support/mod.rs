@@ -40,7 +40,7 @@ impl SagaSystem {
         let notifications = Spec::notifications(&scratch).start().await;
         let payments = Spec::payments(&scratch).start().await;
         let inventory = Spec::inventory(&scratch).start().await;
-        let orders = orders(Spec::orders(&scratch)).start().await;
+        let orders = orders(Spec::orders(&scratch).env("SAGA_ENABLED", "true")).start().await;
         Self { orders, payments, inventory, notifications, scratch }
     }
 }

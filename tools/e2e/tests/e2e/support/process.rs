@@ -63,9 +63,12 @@ pub(crate) struct Spec {
 
 impl Spec {
     /// Orders (API and relay in one process unless `ORDERS_ROLE` is set) with
-    /// short relay intervals, on the test's database and vhost.
+    /// short relay intervals, on the test's database and vhost, without the
+    /// saga (no payments to answer it): its orders end at CREATED, with their
+    /// OrderCreated event, as `SAGA_ENABLED=false` documents.
     pub(crate) fn orders(scratch: &Scratch) -> Self {
         Self { kind: Kind::Orders, env: BTreeMap::new() }
+            .env("SAGA_ENABLED", "false")
             .env("ORDERS_DATABASE_URL", &scratch.orders_db_url())
             .env("AMQP_URL", &scratch.amqp_url())
             .env("ORDERS_METRICS_ADDR", "127.0.0.1:0")
