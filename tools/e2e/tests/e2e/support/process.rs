@@ -118,6 +118,10 @@ impl Spec {
     fn ready_names(&self) -> Vec<&'static str> {
         match self.kind {
             Kind::Orders if self.env.get("ORDERS_ROLE").is_some_and(|r| r == "api") => vec![""],
+            // With the saga, its reply consumer too: the participants' replies need its queue.
+            Kind::Orders if self.env.get("SAGA_ENABLED").is_some_and(|on| on == "true") => {
+                vec!["", "pulse.orders.v1.OutboxRelay", "pulse.orders.v1.SagaConsumer"]
+            }
             Kind::Orders => vec!["", "pulse.orders.v1.OutboxRelay"],
             Kind::Notifications => vec!["", "pulse.notifications.v1.Consumer"],
             Kind::Payments => vec!["", "pulse.payments.v1.Consumer", "pulse.payments.v1.OutboxRelay"],
