@@ -3,7 +3,7 @@ use std::{net::SocketAddr, time::Duration};
 use contracts::orders::v1::{CreateOrderRequest, order_service_client::OrderServiceClient};
 use infra::pg::PoolSettings;
 use orders::{
-    config::{Config, Role},
+    config::{Config, Role, SagaConfig},
     startup::App,
 };
 use outbox::RelayConfig;
@@ -37,6 +37,8 @@ pub(crate) struct Options {
     pub(crate) writers: Option<usize>,
     /// Serve TLS, and reach the app with this client configuration.
     pub(crate) tls: Option<(ServerTls, ClientTlsConfig)>,
+    /// Run the saga's reply consumer and timers with these settings (off unless given).
+    pub(crate) saga: Option<SagaConfig>,
 }
 
 /// The URL of the database `#[sqlx::test]` made for this test.
@@ -76,6 +78,11 @@ pub(crate) async fn spawn_app(pool: &PgPool, options: Options) -> TestApp {
         health_interval: Duration::from_secs(1),
         tls: options.tls.as_ref().map(|(server, _)| server.clone()),
         doorbell_interval: Duration::from_millis(2),
+        saga: options.saga.unwrap_or_else(|| {
+            let mut saga = SagaConfig::new(SecretString::from(testkit::amqp_url()), &testkit::unique("test.saga-off"));
+            saga.consumer_enabled = false;
+            saga
+        }),
     };
     let app = App::build(config).await.expect("app builds");
     let (addr, metrics_addr) = (app.grpc_addr(), app.metrics_addr());
