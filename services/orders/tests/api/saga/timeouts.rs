@@ -1,0 +1,71 @@
+//! Step deadlines: an unanswered step fails the order TIMED_OUT at once and
+//! its compensations are sent, and sent again, until answered; a late reply
+//! does not revive the order.
+
+use std::time::Duration;
+
+use contracts::{
+    events::v1::OrderFailed,
+    orders::v1::{FailureReason, OrderStatus},
+    payments::v1::{PaymentProcessed, PaymentRefunded, RefundPayment},
+};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{Saga, decoded, timers};
+
+#[sqlx::test(migrations = false)]
+async fn an_unanswered_payment_times_out_and_is_refunded_until_answered(pool: PgPool) {
+    let mut saga = Saga::start(&pool, timers(300, 700)).await;
+    let order = saga.create(&[("ABC-1", 1)]).await;
+    assert_eq!(saga.sent_keys(&order.order_id, 1).await, ["payment.process"]);
+
+    let failed = saga.next_sent(&order.order_id, Duration::from_secs(10)).await.expect("OrderFailed sent");
+    let failed: OrderFailed = decoded(&failed);
+    assert_eq!(failed.reason, FailureReason::TimedOut as i32, "{failed:?}");
+    let refund = saga.next_sent(&order.order_id, Duration::from_secs(10)).await.expect("RefundPayment sent");
+    let first: RefundPayment = decoded(&refund);
+    let done = saga.get(&order.order_id).await;
+    assert_eq!((done.status, done.failure), (OrderStatus::Failed as i32, FailureReason::TimedOut as i32));
+
+    // No reply: the refund is sent again, under a new event id.
+    let again = saga.next_sent(&order.order_id, Duration::from_secs(10)).await.expect("RefundPayment re-sent");
+    let second: RefundPayment = decoded(&again);
+    assert_ne!(first.event_id, second.event_id);
+
+    // The capture arrives late: the order stays FAILED.
+    let late = PaymentProcessed {
+        event_id: Uuid::now_v7().to_string(),
+        order_id: order.order_id.clone(),
+        payment_id: Uuid::now_v7().to_string(),
+        occurred_at: None,
+        correlation_id: "corr-saga".into(),
+    };
+    saga.reply(Uuid::parse_str(&late.event_id).unwrap(), &late).await;
+    let refunded = PaymentRefunded {
+        event_id: Uuid::now_v7().to_string(),
+        order_id: order.order_id.clone(),
+        payment_id: late.payment_id.clone(),
+        was_captured: true,
+        occurred_at: None,
+        correlation_id: "corr-saga".into(),
+    };
+    saga.reply(Uuid::parse_str(&refunded.event_id).unwrap(), &refunded).await;
+    let settled = testkit::eventually(Duration::from_secs(10), || async {
+        let resend: Option<Option<chrono::DateTime<chrono::Utc>>> =
+            sqlx::query_scalar("SELECT resend_at FROM sagas WHERE order_id = $1::uuid")
+                .bind(&order.order_id)
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        resend == Some(None)
+    })
+    .await;
+    assert!(settled, "the refund's reply ends the re-sends");
+    let done = saga.get(&order.order_id).await;
+    assert_eq!((done.status, done.failure), (OrderStatus::Failed as i32, FailureReason::TimedOut as i32));
+    // Whatever was re-sent before the reply landed, nothing follows it.
+    while saga.next_sent(&order.order_id, Duration::from_millis(200)).await.is_some() {}
+    assert!(saga.next_sent(&order.order_id, Duration::from_millis(1500)).await.is_none(), "no more refunds");
+    saga.stop().await;
+}
