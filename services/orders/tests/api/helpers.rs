@@ -21,6 +21,10 @@ pub(crate) struct TestApp {
     pub(crate) pool: PgPool,
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// With the relay on, a queue bound to `payment.process`, so the saga's
+    /// first command is routable (the relay publishes with `mandatory`)
+    /// while no Payments runs.
+    _commands: Option<(lapin::Connection, lapin::Consumer)>,
 }
 
 #[derive(Default)]
@@ -84,6 +88,14 @@ pub(crate) async fn spawn_app(pool: &PgPool, options: Options) -> TestApp {
             saga
         }),
     };
+    let commands = match options.relay {
+        true => {
+            let amqp = testkit::amqp_connection().await;
+            let sink = testkit::subscribe(&amqp, contracts::EVENTS_EXCHANGE, "payment.process").await;
+            Some((amqp, sink))
+        }
+        false => None,
+    };
     let app = App::build(config).await.expect("app builds");
     let (addr, metrics_addr) = (app.grpc_addr(), app.metrics_addr());
     let shutdown = CancellationToken::new();
@@ -92,7 +104,7 @@ pub(crate) async fn spawn_app(pool: &PgPool, options: Options) -> TestApp {
         Some((_, client_tls)) => OrderServiceClient::new(tls_channel(addr, client_tls).await.expect("client connects")),
         None => OrderServiceClient::connect(format!("http://{addr}")).await.expect("client connects"),
     };
-    TestApp { addr, metrics_addr, client, pool: pool.clone(), shutdown, handle }
+    TestApp { addr, metrics_addr, client, pool: pool.clone(), shutdown, handle, _commands: commands }
 }
 
 impl TestApp {
@@ -103,6 +115,14 @@ impl TestApp {
 
     pub(crate) async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&self.pool).await.unwrap()
+    }
+
+    /// The `OrderCreated` rows in the outbox (each order also has its `ProcessPayment`).
+    pub(crate) async fn events(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox_messages WHERE routing_key = 'order.created'")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
 }
 
