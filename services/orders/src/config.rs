@@ -9,7 +9,6 @@
 //! | `SAGA_TIMER_INTERVAL_MS` | `200` (how often the timer sweep looks for deadlines passed) |
 //! | `ORDERS_SAGA_CONSUMER_ENABLED` | `true` (off: this replica neither consumes replies nor sweeps timers) |
 //! | `ORDERS_QUEUE_PREFIX` | `pulse` (reply queue `<prefix>.orders.saga-replies`) |
-//! | `ORDERS_EXCHANGE` | `pulse.events` (the exchange the reply queue is bound to) |
 //!
 //! The reply consumer's retry tiers and dedup window follow the inbox's
 //! defaults and `INBOX_*` variables ([`inbox::variables::VARIABLES`]).
@@ -141,7 +140,6 @@ pub const VARIABLES: &[&str] = &[
     "ORDERS_SHUTDOWN_GRACE_MS",
     "ORDERS_SAGA_CONSUMER_ENABLED",
     "ORDERS_QUEUE_PREFIX",
-    "ORDERS_EXCHANGE",
     "SAGA_STEP_TIMEOUT_MS",
     "SAGA_COMPENSATION_RESEND_MS",
     "SAGA_TIMER_INTERVAL_MS",
@@ -165,7 +163,6 @@ impl Config {
         let amqp_url =
             p.check(secret_urls_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
         let mut saga = SagaConfig::new(amqp_url.clone(), &var_or("ORDERS_QUEUE_PREFIX", "pulse"));
-        saga.inbox.exchange = var_or("ORDERS_EXCHANGE", contracts::EVENTS_EXCHANGE);
         saga.step_timeout = p.check(millis_or("SAGA_STEP_TIMEOUT_MS", DEFAULT_STEP_TIMEOUT), DEFAULT_STEP_TIMEOUT);
         saga.resend_every = p.check(millis_or("SAGA_COMPENSATION_RESEND_MS", DEFAULT_RESEND), DEFAULT_RESEND);
         saga.timer_interval =

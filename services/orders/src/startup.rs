@@ -28,7 +28,8 @@ pub const RELAY_HEALTH_NAME: &str = "pulse.orders.v1.OutboxRelay";
 pub const CONSUMER_HEALTH_NAME: &str = "pulse.orders.v1.SagaConsumer";
 
 /// The pool's connections, beside the lane's `ORDERS_DB_MAX_CONNECTIONS`:
-/// migrations, the outbox doorbell, the tests' own queries.
+/// migrations, the outbox doorbell, the saga's reply consumer and timer
+/// sweep, the tests' own queries.
 const BACKGROUND_CONNECTIONS: u32 = 8;
 
 pub struct App {

@@ -10,6 +10,7 @@ use contracts::{
     payments::v1::{PaymentDeclined, PaymentProcessed, PaymentRefunded, ProcessPayment, RefundPayment},
 };
 use sqlx::PgPool;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use uuid::Uuid;
 
 use super::{Saga, decoded, timers};
@@ -81,6 +82,21 @@ async fn an_order_without_lines_completes_after_its_payment_alone(pool: PgPool) 
     saga.reply(event_id, &reply).await;
     assert_eq!(saga.sent_keys(&order.order_id, 1).await, ["order.completed"]);
     assert_eq!(saga.get(&order.order_id).await.status, OrderStatus::Completed as i32);
+
+    let metrics = saga.app.metrics_addr;
+    let sample = |name: &'static str, labels: &'static [(&'static str, &'static str)]| async move {
+        testkit::metric_sample(&testkit::scrape_metrics(metrics).await, name, labels)
+    };
+    assert_eq!(sample("orders_sagas_started_total", &[]).await, Some(1.0));
+    assert_eq!(sample("orders_sagas_completed_total", &[]).await, Some(1.0));
+    assert_eq!(sample("orders_sagas_failed_total", &[("reason", "TIMED_OUT")]).await, Some(0.0));
+    assert_eq!(sample("orders_saga_duration_seconds_count", &[]).await, Some(1.0));
+    let sampled = || async { sample("orders_sagas_in_flight", &[]).await == Some(0.0) };
+    assert!(testkit::eventually(Duration::from_secs(5), sampled).await, "nothing in flight once it completed");
+
+    let mut health = HealthClient::new(crate::helpers::channel(saga.app.addr).await);
+    let check = HealthCheckRequest { service: orders::startup::CONSUMER_HEALTH_NAME.into() };
+    assert_eq!(health.check(check).await.unwrap().into_inner().status, ServingStatus::Serving as i32);
     saga.stop().await;
 }
 
