@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use contracts::{
     events::v1::OrderFailed,
+    inventory::v1::InventoryReserved,
     orders::v1::{FailureReason, OrderStatus},
     payments::v1::{PaymentProcessed, PaymentRefunded, RefundPayment},
 };
@@ -67,5 +68,47 @@ async fn an_unanswered_payment_times_out_and_is_refunded_until_answered(pool: Pg
     // Whatever was re-sent before the reply landed, nothing follows it.
     while saga.next_sent(&order.order_id, Duration::from_millis(200)).await.is_some() {}
     assert!(saga.next_sent(&order.order_id, Duration::from_millis(1500)).await.is_none(), "no more refunds");
+    saga.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_unanswered_reservation_times_out_refunding_and_releasing(pool: PgPool) {
+    let mut saga = Saga::start(&pool, timers(1500, 30_000)).await;
+    let order = saga.create(&[("ABC-1", 2)]).await;
+    assert_eq!(saga.sent_keys(&order.order_id, 1).await, ["payment.process"]);
+    let processed = PaymentProcessed {
+        event_id: Uuid::now_v7().to_string(),
+        order_id: order.order_id.clone(),
+        payment_id: Uuid::now_v7().to_string(),
+        occurred_at: None,
+        correlation_id: "corr-saga".into(),
+    };
+    saga.reply(Uuid::parse_str(&processed.event_id).unwrap(), &processed).await;
+    assert_eq!(saga.sent_keys(&order.order_id, 1).await, ["inventory.reserve"]);
+
+    // No stock reply: the order fails and both steps are undone.
+    let keys = saga.sent_keys(&order.order_id, 3).await;
+    assert_eq!(keys, ["order.failed", "payment.refund", "inventory.release"]);
+    let done = saga.get(&order.order_id).await;
+    assert_eq!((done.status, done.failure), (OrderStatus::Failed as i32, FailureReason::TimedOut as i32));
+
+    // The reservation lands late: it does not revive the order.
+    let reserved = InventoryReserved {
+        event_id: Uuid::now_v7().to_string(),
+        order_id: order.order_id.clone(),
+        reservation_id: Uuid::now_v7().to_string(),
+        occurred_at: None,
+        correlation_id: "corr-saga".into(),
+    };
+    saga.reply(Uuid::parse_str(&reserved.event_id).unwrap(), &reserved).await;
+    assert!(saga.next_sent(&order.order_id, Duration::from_secs(1)).await.is_none(), "no OrderCompleted");
+    let done = saga.get(&order.order_id).await;
+    assert_eq!(done.status, OrderStatus::Failed as i32);
+    let stock: String = sqlx::query_scalar("SELECT stock FROM sagas WHERE order_id = $1::uuid")
+        .bind(&order.order_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stock, "RELEASING", "the release stays pending until InventoryReleased");
     saga.stop().await;
 }
