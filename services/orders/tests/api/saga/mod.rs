@@ -37,6 +37,8 @@ pub(crate) struct Saga {
     pub(crate) topology: Topology,
     pub(crate) broker: Broker,
     sent: lapin::Consumer,
+    /// Deliveries about other orders than the one waited for, kept for later.
+    stash: Vec<Delivery>,
     _amqp: lapin::Connection,
 }
 
@@ -60,7 +62,7 @@ impl Saga {
         let broker = Broker::connect(Duration::from_secs(10)).await;
         // Replies published before the consumer subscribed still reach its queue.
         broker.declare(&topology).await;
-        Self { app, topology, broker, sent, _amqp: amqp }
+        Self { app, topology, broker, sent, stash: Vec::new(), _amqp: amqp }
     }
 
     pub(crate) async fn create(&mut self, lines: &[(&str, u32)]) -> Order {
@@ -78,6 +80,12 @@ impl Saga {
 
     /// The next message about `order_id` the saga sent, within `within`.
     pub(crate) async fn next_sent(&mut self, order_id: &str, within: Duration) -> Option<Delivery> {
+        let about = |delivery: &Delivery| {
+            inbox::headers::text(delivery.properties.headers().as_ref(), "x-aggregate-id").as_deref() == Some(order_id)
+        };
+        if let Some(at) = self.stash.iter().position(about) {
+            return Some(self.stash.remove(at));
+        }
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let delivery = match tokio::time::timeout_at(deadline, self.sent.next()).await {
@@ -85,10 +93,10 @@ impl Saga {
                 Ok(Some(Err(err))) => panic!("consumer failed: {err}"),
                 Ok(None) | Err(_) => return None,
             };
-            let aggregate = inbox::headers::text(delivery.properties.headers().as_ref(), "x-aggregate-id");
-            if aggregate.as_deref() == Some(order_id) {
+            if about(&delivery) {
                 return Some(delivery);
             }
+            self.stash.push(delivery);
         }
     }
 

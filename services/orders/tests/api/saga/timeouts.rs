@@ -14,6 +14,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{Saga, decoded, timers};
+use crate::helpers::Options;
 
 #[sqlx::test(migrations = false)]
 async fn an_unanswered_payment_times_out_and_is_refunded_until_answered(pool: PgPool) {
@@ -110,5 +111,31 @@ async fn an_unanswered_reservation_times_out_refunding_and_releasing(pool: PgPoo
         .await
         .unwrap();
     assert_eq!(stock, "RELEASING", "the release stays pending until InventoryReleased");
+    saga.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn two_replicas_fire_a_deadline_once(pool: PgPool) {
+    let config = timers(600, 30_000);
+    let mut saga = Saga::start(&pool, config.clone()).await;
+    let other =
+        crate::helpers::spawn_app(&pool, Options { relay: true, saga: Some(config), ..Options::default() }).await;
+    let orders: Vec<String> = {
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(saga.create(&[]).await.order_id);
+        }
+        ids
+    };
+    for order_id in &orders {
+        assert_eq!(saga.sent_keys(order_id, 3).await, ["payment.process", "order.failed", "payment.refund"]);
+        assert!(saga.next_sent(order_id, Duration::from_millis(300)).await.is_none(), "fired once: {order_id}");
+    }
+    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE failure_reason = 'TIMED_OUT'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(failed, 5);
+    other.stop().await;
     saga.stop().await;
 }
