@@ -9,6 +9,8 @@
 //! only after the commit. Under light load a writer is free when a call
 //! arrives and the call is written alone, at once; the groups grow only when
 //! calls arrive faster than the writers commit, which is when they pay.
+//! "An order" here is everything CreateOrder writes for it: the order, its
+//! lines, its saga row and its two outbox rows ([`db::insert_orders`]).
 
 use std::{collections::HashMap, sync::Arc};
 

@@ -34,10 +34,7 @@ impl OrderService for OrdersApi {
         // The outbox row carries the correlation id and this call's trace context.
         let CallContext { correlation, trace } = CallContext::of(&request);
         let body = request.into_inner();
-        let row = self
-            .orders
-            .create(&body.customer_id, &body.amount, &body.currency, &body.request_id, &body.lines, &correlation, trace)
-            .await?;
+        let row = self.orders.create(&body, &correlation, trace).await?;
         Ok(Response::new(CreateOrderResponse {
             order_id: row.order_id.to_string(),
             event_id: row.event_id.to_string(),

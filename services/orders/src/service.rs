@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use chrono::{DurationRound, TimeDelta, Utc};
+use contracts::orders::v1::CreateOrderRequest;
 use infra::lane::Lane;
 use outbox::OutboxWriter;
 use telemetry::{DbTarget, correlation::CorrelationId, tracecontext::TraceParent};
@@ -48,17 +49,13 @@ impl Orders {
     /// `ProcessPayment` command in one transaction (shared with other calls'
     /// orders under load), or returns the order an earlier call with the
     /// same `request_id` created.
-    #[allow(clippy::too_many_arguments)]
     pub async fn create(
         &self,
-        customer_id: &str,
-        amount: &str,
-        currency: &str,
-        request_id: &str,
-        lines: &[contracts::orders::v1::OrderLine],
+        request: &CreateOrderRequest,
         correlation: &CorrelationId,
         trace: TraceParent,
     ) -> Result<OrderRow, OrdersError> {
+        let CreateOrderRequest { customer_id, amount, currency, request_id, lines } = request;
         let parsed = NewOrder::parse(customer_id, amount, currency, request_id);
         let lines = parse_lines(lines.iter().map(|l| (l.sku.as_str(), l.quantity)));
         let (order, lines) = match (parsed, lines) {
