@@ -149,3 +149,59 @@ fn routed<M: Routed>(order: &OrderRow, event_id: Uuid, traceparent: &str, messag
         headers,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use contracts::events::v1::OrderFailed;
+    use prost::Message;
+
+    use super::*;
+    use crate::db::OrderLine;
+
+    fn order() -> OrderRow {
+        let at = Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap();
+        OrderRow {
+            order_id: Uuid::now_v7(),
+            customer_id: "c-1".into(),
+            amount: "77.50".into(),
+            currency: "EUR".into(),
+            status: "CREATED".into(),
+            request_id: None,
+            event_id: Uuid::now_v7(),
+            correlation_id: "corr-1".into(),
+            created_at: at,
+            failure_reason: None,
+            failure_detail: None,
+            updated_at: at,
+            lines: vec![OrderLine { sku: "ABC-1".into(), quantity: 3 }],
+        }
+    }
+
+    #[test]
+    fn every_saga_message_is_keyed_by_its_order_and_carries_its_correlation() {
+        let order = order();
+        let trace = TraceParent::new_root();
+        let messages = SagaMessages { order: &order, at: order.created_at, traceparent: trace.to_string() };
+        let all = [
+            (process_payment(&order, Uuid::now_v7(), trace), "payment.process", "pulse.payments.v1.ProcessPayment"),
+            (messages.reserve_inventory(), "inventory.reserve", "pulse.inventory.v1.ReserveInventory"),
+            (messages.refund_payment(), "payment.refund", "pulse.payments.v1.RefundPayment"),
+            (messages.release_inventory(), "inventory.release", "pulse.inventory.v1.ReleaseInventory"),
+            (messages.completed(), "order.completed", "pulse.events.v1.OrderCompleted"),
+            (messages.failed(2, "sku ABC-1: unknown"), "order.failed", "pulse.events.v1.OrderFailed"),
+        ];
+        let mut ids = std::collections::HashSet::new();
+        for (message, key, kind) in &all {
+            assert_eq!((message.routing_key.as_str(), message.message_type.as_str()), (*key, *kind));
+            assert_eq!(message.aggregate_id, order.order_id.to_string(), "{key}");
+            assert_eq!(message.exchange, contracts::EVENTS_EXCHANGE);
+            assert_eq!(message.headers.get(correlation::HEADER).map(String::as_str), Some("corr-1"));
+            assert!(ids.insert(message.event_id), "{key}: a new event id");
+        }
+        let reserve = ReserveInventory::decode(all[1].0.payload.as_slice()).unwrap();
+        assert_eq!((reserve.event_id, reserve.lines.len()), (all[1].0.event_id.to_string(), 1));
+        let failed = OrderFailed::decode(all[5].0.payload.as_slice()).unwrap();
+        assert_eq!((failed.reason, failed.detail.as_str(), failed.amount.as_str()), (2, "sku ABC-1: unknown", "77.50"));
+    }
+}
