@@ -1,14 +1,16 @@
 -- The order saga: what an order holds (its lines), how it ended (status,
 -- failure, updated_at) and the saga that drives it (payment, then stock).
 -- Orders written before the saga keep status CREATED and have no saga row;
--- their updated_at reads as created_at.
+-- their updated_at reads as created_at. Nothing here rewrites or scans the
+-- existing rows (nullable columns without defaults, checks NOT VALID: every
+-- existing row is CREATED without a failure), so the upgrade is instant.
 ALTER TABLE orders
     ADD COLUMN failure_reason text,
     ADD COLUMN failure_detail text,
     ADD COLUMN updated_at     timestamptz,
-    ADD CONSTRAINT orders_status_known CHECK (status IN ('CREATED', 'COMPLETED', 'FAILED')),
+    ADD CONSTRAINT orders_status_known CHECK (status IN ('CREATED', 'COMPLETED', 'FAILED')) NOT VALID,
     ADD CONSTRAINT orders_failure_reason_known
-        CHECK (failure_reason IN ('PAYMENT_DECLINED', 'OUT_OF_STOCK', 'TIMED_OUT'));
+        CHECK (failure_reason IN ('PAYMENT_DECLINED', 'OUT_OF_STOCK', 'TIMED_OUT')) NOT VALID;
 
 CREATE TABLE order_lines (
     order_id uuid    NOT NULL REFERENCES orders (order_id),
