@@ -9,6 +9,7 @@
 //! | `SAGA_TIMER_INTERVAL_MS` | `200` (how often the timer sweep looks for deadlines passed) |
 //! | `ORDERS_SAGA_CONSUMER_ENABLED` | `true` (off: this replica neither consumes replies nor sweeps timers) |
 //! | `ORDERS_QUEUE_PREFIX` | `pulse` (reply queue `<prefix>.orders.saga-replies`) |
+//! | `ORDERS_EXCHANGE` | `pulse.events` (where orders publishes its events, commands and outcomes, and binds its reply queue) |
 //!
 //! The reply consumer's retry tiers and dedup window follow the inbox's
 //! defaults and `INBOX_*` variables ([`inbox::variables::VARIABLES`]).
@@ -85,7 +86,9 @@ pub struct SagaConfig {
     pub timer_interval: Duration,
     /// Whether this replica consumes replies and sweeps timers (`ORDERS_SAGA_CONSUMER_ENABLED`).
     pub consumer_enabled: bool,
-    /// The reply consumer: queue `<ORDERS_QUEUE_PREFIX>.orders.saga-replies`.
+    /// The reply consumer: queue `<ORDERS_QUEUE_PREFIX>.orders.saga-replies`
+    /// on `exchange`, which is also where orders publishes every message
+    /// (`ORDERS_EXCHANGE`; the relay must declare it).
     pub inbox: InboxConfig,
 }
 
@@ -140,6 +143,7 @@ pub const VARIABLES: &[&str] = &[
     "ORDERS_SHUTDOWN_GRACE_MS",
     "ORDERS_SAGA_CONSUMER_ENABLED",
     "ORDERS_QUEUE_PREFIX",
+    "ORDERS_EXCHANGE",
     "SAGA_STEP_TIMEOUT_MS",
     "SAGA_COMPENSATION_RESEND_MS",
     "SAGA_TIMER_INTERVAL_MS",
@@ -163,6 +167,7 @@ impl Config {
         let amqp_url =
             p.check(secret_urls_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
         let mut saga = SagaConfig::new(amqp_url.clone(), &var_or("ORDERS_QUEUE_PREFIX", "pulse"));
+        saga.inbox.exchange = var_or("ORDERS_EXCHANGE", contracts::EVENTS_EXCHANGE);
         saga.step_timeout = p.check(millis_or("SAGA_STEP_TIMEOUT_MS", DEFAULT_STEP_TIMEOUT), DEFAULT_STEP_TIMEOUT);
         saga.resend_every = p.check(millis_or("SAGA_COMPENSATION_RESEND_MS", DEFAULT_RESEND), DEFAULT_RESEND);
         saga.timer_interval =
@@ -181,7 +186,7 @@ impl Config {
         if let (true, Err(reason)) = (p.0.is_empty(), saga.inbox.validate()) {
             p.invalid("ORDERS_QUEUE_PREFIX", reason);
         }
-        let relay = RelayConfig::new(amqp_url, "pulse-orders", vec![contracts::EVENTS_EXCHANGE.to_owned()]);
+        let relay = RelayConfig::new(amqp_url, "pulse-orders", vec![saga.inbox.exchange.clone()]);
         let outbox = OutboxSettings::from_env(relay, p);
         let max_connections: u32 = p.check(parse_or("ORDERS_DB_MAX_CONNECTIONS", 32), 32);
         let writers: usize = p.check(parse_or("ORDERS_DB_WRITERS", DEFAULT_WRITERS), DEFAULT_WRITERS);

@@ -32,13 +32,13 @@ pub fn order_created(order: &OrderRow) -> OrderCreated {
     }
 }
 
-/// The outbox row for `order`, with correlation id and trace context as headers.
-pub fn outbox_message(order: &OrderRow, trace: TraceParent) -> OutboxMessage {
-    routed(order, order.event_id, &trace.to_string(), &order_created(order))
+/// The outbox row for `order` to `exchange`, with correlation id and trace context as headers.
+pub fn outbox_message(order: &OrderRow, exchange: &str, trace: TraceParent) -> OutboxMessage {
+    routed(order, exchange, order.event_id, &trace.to_string(), &order_created(order))
 }
 
-/// The first command of the order's saga, under its own `event_id`.
-pub fn process_payment(order: &OrderRow, event_id: Uuid, trace: TraceParent) -> OutboxMessage {
+/// The first command of the order's saga to `exchange`, under its own `event_id`.
+pub fn process_payment(order: &OrderRow, exchange: &str, event_id: Uuid, trace: TraceParent) -> OutboxMessage {
     let command = ProcessPayment {
         event_id: event_id.to_string(),
         order_id: order.order_id.to_string(),
@@ -48,13 +48,14 @@ pub fn process_payment(order: &OrderRow, event_id: Uuid, trace: TraceParent) -> 
         occurred_at: Some(db::timestamp(order.created_at)),
         correlation_id: order.correlation_id.clone(),
     };
-    routed(order, event_id, &trace.to_string(), &command)
+    routed(order, exchange, event_id, &trace.to_string(), &command)
 }
 
 /// The saga's later messages of one order, each under a new `event_id`,
-/// occurring at `at` and carrying the trace context `traceparent`.
+/// to `exchange`, occurring at `at` and carrying the trace context `traceparent`.
 pub struct SagaMessages<'a> {
     pub order: &'a OrderRow,
+    pub exchange: &'a str,
     pub at: DateTime<Utc>,
     pub traceparent: String,
 }
@@ -126,13 +127,19 @@ impl SagaMessages<'_> {
     }
 
     fn routed<M: Routed>(&self, event_id: Uuid, message: &M) -> OutboxMessage {
-        routed(self.order, event_id, &self.traceparent, message)
+        routed(self.order, self.exchange, event_id, &self.traceparent, message)
     }
 }
 
 /// An outbox row of `message` about `order`: the aggregate is the order, the
 /// headers its correlation id and `traceparent`.
-fn routed<M: Routed>(order: &OrderRow, event_id: Uuid, traceparent: &str, message: &M) -> OutboxMessage {
+fn routed<M: Routed>(
+    order: &OrderRow,
+    exchange: &str,
+    event_id: Uuid,
+    traceparent: &str,
+    message: &M,
+) -> OutboxMessage {
     let headers = BTreeMap::from([
         (correlation::HEADER.to_owned(), order.correlation_id.clone()),
         (telemetry::tracecontext::HEADER.to_owned(), traceparent.to_owned()),
@@ -141,7 +148,7 @@ fn routed<M: Routed>(order: &OrderRow, event_id: Uuid, traceparent: &str, messag
         event_id,
         aggregate_type: AGGREGATE_TYPE.to_owned(),
         aggregate_id: order.order_id.to_string(),
-        exchange: contracts::EVENTS_EXCHANGE.to_owned(),
+        exchange: exchange.to_owned(),
         routing_key: M::ROUTING_KEY.to_owned(),
         message_type: M::MESSAGE_TYPE.to_owned(),
         content_type: CONTENT_TYPE.to_owned(),
@@ -182,9 +189,14 @@ mod tests {
     fn every_saga_message_is_keyed_by_its_order_and_carries_its_correlation() {
         let order = order();
         let trace = TraceParent::new_root();
-        let messages = SagaMessages { order: &order, at: order.created_at, traceparent: trace.to_string() };
+        let exchange = contracts::EVENTS_EXCHANGE;
+        let messages = SagaMessages { order: &order, exchange, at: order.created_at, traceparent: trace.to_string() };
         let all = [
-            (process_payment(&order, Uuid::now_v7(), trace), "payment.process", "pulse.payments.v1.ProcessPayment"),
+            (
+                process_payment(&order, exchange, Uuid::now_v7(), trace),
+                "payment.process",
+                "pulse.payments.v1.ProcessPayment",
+            ),
             (messages.reserve_inventory(), "inventory.reserve", "pulse.inventory.v1.ReserveInventory"),
             (messages.refund_payment(), "payment.refund", "pulse.payments.v1.RefundPayment"),
             (messages.release_inventory(), "inventory.release", "pulse.inventory.v1.ReleaseInventory"),

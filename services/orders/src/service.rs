@@ -17,7 +17,7 @@ use crate::{
     error::OrdersError,
     group::GroupWriter,
     messaging,
-    saga::SagaMetrics,
+    saga::{SagaMetrics, Store},
 };
 
 #[derive(Clone)]
@@ -33,16 +33,20 @@ pub struct Orders {
     step_timeout: Duration,
     /// Counts the sagas started.
     metrics: SagaMetrics,
+    /// Where the order's messages are published (`ORDERS_EXCHANGE`).
+    exchange: String,
 }
 
 impl Orders {
     /// Starts `writers` writers for CreateOrder's inserts (see [`crate::group`]);
     /// call it inside the runtime.
-    /// `step_timeout` is how long a new order's payment may take (see [`crate::saga`]).
-    pub fn new(lane: Lane, outbox: OutboxWriter, writers: usize, step_timeout: Duration, metrics: SagaMetrics) -> Self {
+    /// `saga` gives how long a new order's payment may take, the exchange
+    /// its messages go to and the metrics (see [`crate::saga`]).
+    pub fn new(lane: Lane, outbox: OutboxWriter, writers: usize, saga: &Store) -> Self {
         let db = DbTarget::new(lane.options());
         let group = GroupWriter::spawn(lane.clone(), writers, db.clone(), outbox);
-        Self { lane, group, db, step_timeout, metrics }
+        let (step_timeout, metrics, exchange) = (saga.timing.step_timeout, saga.metrics.clone(), saga.exchange.clone());
+        Self { lane, group, db, step_timeout, metrics, exchange }
     }
 
     /// Stores the order, its lines, its saga and its `OrderCreated` event and
@@ -85,8 +89,8 @@ impl Orders {
             lines: lines.clone(),
         };
         let rows = NewOrderRows {
-            created: messaging::outbox_message(&draft, trace),
-            process_payment: messaging::process_payment(&draft, Uuid::now_v7(), trace),
+            created: messaging::outbox_message(&draft, &self.exchange, trace),
+            process_payment: messaging::process_payment(&draft, &self.exchange, Uuid::now_v7(), trace),
             deadline_at: now + TimeDelta::from_std(self.step_timeout).map_err(anyhow::Error::from)?,
             order: draft,
         };

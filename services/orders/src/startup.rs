@@ -63,11 +63,12 @@ impl App {
         )?;
         let metrics = SagaMetrics::new(&registry);
         let timing = Timing { step_timeout: config.saga.step_timeout, resend_every: config.saga.resend_every };
-        let store = Store::new(timing, metrics.clone(), config.relay.notify_channel.clone());
+        let exchange = config.saga.inbox.exchange.clone();
+        let store = Store::new(timing, metrics, config.relay.notify_channel.clone(), exchange);
         let mut lane = None;
         if config.role != Role::Relay {
             let opened = Lane::open(pool.connect_options().as_ref().clone(), &config.pool).await?;
-            let orders = Orders::new(opened.clone(), writer.clone(), config.writers, timing.step_timeout, metrics);
+            let orders = Orders::new(opened.clone(), writer.clone(), config.writers, &store);
             let api = OrdersApi::new(orders);
             router =
                 router.add_service(OrderServiceServer::new(api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES));

@@ -34,6 +34,8 @@ pub struct Store {
     /// The channel relays LISTEN on; notified in the transaction, so relays
     /// in every process wake when it commits. None leaves them to their poll.
     pub notify_channel: Option<String>,
+    /// Where the messages go (`ORDERS_EXCHANGE`).
+    pub exchange: String,
     writer: OutboxWriter,
 }
 
@@ -50,8 +52,8 @@ struct SagaRow {
 }
 
 impl Store {
-    pub fn new(timing: Timing, metrics: SagaMetrics, notify_channel: Option<String>) -> Self {
-        Self { timing, metrics, notify_channel, writer: OutboxWriter::new() }
+    pub fn new(timing: Timing, metrics: SagaMetrics, notify_channel: Option<String>, exchange: String) -> Self {
+        Self { timing, metrics, notify_channel, exchange, writer: OutboxWriter::new() }
     }
 
     /// Applies `input` to the saga of `order_id` inside `tx`; `traceparent`
@@ -121,7 +123,8 @@ impl Store {
         let Some(order) = db::with_lines(tx, order).await? else {
             return Err(sqlx::Error::RowNotFound);
         };
-        let messages = SagaMessages { order: &order, at: now, traceparent: traceparent.to_owned() };
+        let messages =
+            SagaMessages { order: &order, exchange: &self.exchange, at: now, traceparent: traceparent.to_owned() };
         for effect in effects {
             let message = match effect {
                 Effect::ReserveInventory => messages.reserve_inventory(),

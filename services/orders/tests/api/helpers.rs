@@ -60,8 +60,8 @@ pub(crate) fn database_url(pool: &PgPool, addr: Option<SocketAddr>) -> String {
 pub(crate) async fn spawn_app(pool: &PgPool, options: Options) -> TestApp {
     telemetry::init_for_tests();
     let amqp = options.amqp_url.unwrap_or_else(testkit::amqp_url);
-    let mut relay =
-        RelayConfig::new(SecretString::from(amqp), "pulse-orders", vec![contracts::EVENTS_EXCHANGE.to_owned()]);
+    let exchange = options.saga.as_ref().map_or(contracts::EVENTS_EXCHANGE.to_owned(), |s| s.inbox.exchange.clone());
+    let mut relay = RelayConfig::new(SecretString::from(amqp), "pulse-orders", vec![exchange]);
     relay.poll_interval = Duration::from_millis(200);
     relay.rebalance_interval = Duration::from_millis(200);
     relay.backoff_initial = Duration::from_millis(50);

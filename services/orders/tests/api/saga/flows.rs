@@ -194,7 +194,7 @@ async fn a_reply_for_an_unknown_order_is_dead_lettered_naming_the_order(pool: Pg
     let stranger = Uuid::now_v7().to_string();
     let (event_id, reply) = processed(&stranger);
     saga.reply(event_id, &reply).await;
-    // Other tests' replies reach this queue too (for orders it does not know): look for ours.
+    // Look for ours among whatever else the queue holds.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut found = None;
     while found.is_none() && tokio::time::Instant::now() < deadline {

@@ -1,6 +1,8 @@
 //! The order saga end to end: the app in-process with its relay, reply
 //! consumer and timers; the test plays Payments and Inventory, reading the
-//! commands from a queue of its own and publishing replies to `pulse.events`.
+//! commands from a queue of its own and publishing replies, all on an
+//! exchange of the test's own (`ORDERS_EXCHANGE`), so no other test's
+//! services see them.
 
 mod flows;
 mod timeouts;
@@ -22,7 +24,7 @@ use lapin::{
 use orders::config::SagaConfig;
 use secrecy::SecretString;
 use sqlx::PgPool;
-use testkit::consumer::{Broker, relay_properties};
+use testkit::consumer::{Broker, Sweep, relay_properties};
 use uuid::Uuid;
 
 use crate::helpers::{Options, TestApp, order, spawn_app};
@@ -36,6 +38,7 @@ pub(crate) struct Saga {
     pub(crate) app: TestApp,
     pub(crate) topology: Topology,
     pub(crate) broker: Broker,
+    _sweep: Sweep,
     sent: lapin::Consumer,
     /// Deliveries about other orders than the one waited for, kept for later.
     stash: Vec<Delivery>,
@@ -43,8 +46,10 @@ pub(crate) struct Saga {
 }
 
 /// Timers of a test: a long step timeout unless the test is about timeouts.
+/// The exchange and queues are the test's own.
 pub(crate) fn timers(step_timeout_ms: u64, resend_ms: u64) -> SagaConfig {
     let mut saga = SagaConfig::new(SecretString::from(testkit::amqp_url()), &testkit::unique("test.saga"));
+    saga.inbox.exchange = testkit::unique("test.saga.events");
     saga.step_timeout = Duration::from_millis(step_timeout_ms);
     saga.resend_every = Duration::from_millis(resend_ms);
     saga.timer_interval = Duration::from_millis(50);
@@ -57,12 +62,13 @@ impl Saga {
     pub(crate) async fn start(pool: &PgPool, saga: SagaConfig) -> Self {
         let topology = saga.inbox.topology();
         let amqp = testkit::amqp_connection().await;
-        let sent = watch(&amqp).await;
+        let sent = watch(&amqp, &topology.exchange).await;
         let app = spawn_app(pool, Options { relay: true, saga: Some(saga), ..Options::default() }).await;
         let broker = Broker::connect(Duration::from_secs(10)).await;
         // Replies published before the consumer subscribed still reach its queue.
         broker.declare(&topology).await;
-        Self { app, topology, broker, sent, stash: Vec::new(), _amqp: amqp }
+        let _sweep = Sweep(topology.clone());
+        Self { app, topology, broker, _sweep, sent, stash: Vec::new(), _amqp: amqp }
     }
 
     pub(crate) async fn create(&mut self, lines: &[(&str, u32)]) -> Order {
@@ -118,14 +124,14 @@ impl Saga {
 
     pub(crate) async fn stop(self) {
         self.app.stop().await;
-        self.broker.delete_queues(&self.topology).await;
+        self.broker.delete(&self.topology).await;
     }
 }
 
-/// An exclusive queue bound to every key of [`WATCHED`] on `pulse.events`.
-async fn watch(amqp: &lapin::Connection) -> lapin::Consumer {
+/// An exclusive queue bound to every key of [`WATCHED`] on `exchange` (declared here first).
+async fn watch(amqp: &lapin::Connection, exchange: &str) -> lapin::Consumer {
     let channel = amqp.create_channel().await.unwrap();
-    let exchange = ShortString::from(contracts::EVENTS_EXCHANGE);
+    let exchange = ShortString::from(exchange);
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     channel.exchange_declare(exchange.clone(), ExchangeKind::Topic, durable, FieldTable::default()).await.unwrap();
     let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
