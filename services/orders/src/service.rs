@@ -39,9 +39,8 @@ pub struct Orders {
 
 impl Orders {
     /// Starts `writers` writers for CreateOrder's inserts (see [`crate::group`]);
-    /// call it inside the runtime.
-    /// `saga` gives how long a new order's payment may take, the exchange
-    /// its messages go to and the metrics (see [`crate::saga`]).
+    /// call it inside the runtime. `saga` gives how long a new order's
+    /// payment may take, the exchange its messages go to and the metrics.
     pub fn new(lane: Lane, outbox: OutboxWriter, writers: usize, saga: &Store) -> Self {
         let db = DbTarget::new(lane.options());
         let group = GroupWriter::spawn(lane.clone(), writers, db.clone(), outbox);
@@ -71,6 +70,7 @@ impl Orders {
                 return Err(OrdersError::InvalidArgument(violations));
             }
         };
+        // Postgres keeps microseconds: truncate so the event's occurred_at equals the row's created_at.
         let now = Utc::now().duration_trunc(TimeDelta::microseconds(1)).map_err(anyhow::Error::from)?;
         let draft = OrderRow {
             order_id: Uuid::now_v7(),
@@ -81,7 +81,6 @@ impl Orders {
             request_id: order.request_id,
             event_id: Uuid::now_v7(),
             correlation_id: correlation.as_str().to_owned(),
-            // Postgres keeps microseconds: truncate so the event's occurred_at equals the row's created_at.
             created_at: now,
             failure_reason: None,
             failure_detail: None,

@@ -53,3 +53,21 @@ async fn lines_are_stored_with_the_saga_and_its_first_command(pool: PgPool) {
     assert_eq!(step, "PAYMENT");
     app.stop().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_retry_must_carry_the_same_lines(pool: PgPool) {
+    let mut app = spawn_app(&pool, Options::default()).await;
+    let request = |lines: Vec<OrderLine>| contracts::orders::v1::CreateOrderRequest {
+        request_id: "0190a0a0-0000-7000-8000-000000000001".into(),
+        lines,
+        ..order("c-1", "5.00", "EUR")
+    };
+    let first = app.client.create_order(request(vec![line("ABC-1", 2)])).await.unwrap().into_inner();
+    let again = app.client.create_order(request(vec![line("ABC-1", 2)])).await.unwrap().into_inner();
+    assert_eq!(again.order_id, first.order_id, "the same order");
+    assert_eq!(again.order.unwrap().lines, [line("ABC-1", 2)]);
+    let other = app.client.create_order(request(vec![line("ABC-1", 3)])).await.unwrap_err();
+    assert_eq!((other.code(), bad_fields(&other)), (Code::InvalidArgument, vec!["request_id".to_owned()]));
+    assert_eq!((app.count("orders").await, app.count("sagas").await, app.count("outbox_messages").await), (1, 1, 2));
+    app.stop().await;
+}
