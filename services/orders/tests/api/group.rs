@@ -34,6 +34,16 @@ async fn concurrent_orders_share_transactions_each_with_its_own_event(pool: PgPo
     .unwrap();
     assert_eq!(rows.len(), CALLS, "every order has its event");
     assert_eq!(app.events().await, CALLS as i64, "and no other event exists");
+    // Each order's saga and ProcessPayment, committed with it.
+    let saga_rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders o JOIN sagas s ON s.order_id = o.order_id AND s.xmin = o.xmin
+         JOIN outbox_messages m ON m.aggregate_id = o.order_id::text AND m.routing_key = 'payment.process'
+         AND m.xmin = o.xmin",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(saga_rows, CALLS as i64, "every order has its saga and first command in its transaction");
     for (order_id, customer, amount, payload, order_tx, event_tx) in &rows {
         assert!(ids.contains(&order_id.to_string()), "{order_id} is an order a caller was given");
         assert_eq!(order_tx, event_tx, "{order_id} committed with its own event");
