@@ -1,9 +1,24 @@
 //! Configuration from the environment; every default works against the local services.
+//!
+//! The saga's variables (see `docs/saga.md`):
+//!
+//! | variable | default |
+//! |---|---|
+//! | `SAGA_STEP_TIMEOUT_MS` | `30000` (a step without a reply by then fails the order TIMED_OUT) |
+//! | `SAGA_COMPENSATION_RESEND_MS` | `30000` (an unanswered refund or release is sent again this often) |
+//! | `SAGA_TIMER_INTERVAL_MS` | `200` (how often the timer sweep looks for deadlines passed) |
+//! | `ORDERS_SAGA_CONSUMER_ENABLED` | `true` (off: this replica neither consumes replies nor sweeps timers) |
+//! | `ORDERS_QUEUE_PREFIX` | `pulse` (reply queue `<prefix>.orders.saga-replies`) |
+//! | `ORDERS_EXCHANGE` | `pulse.events` (where orders publishes its events, commands and outcomes, and binds its reply queue) |
+//!
+//! The reply consumer's retry tiers and dedup window follow the inbox's
+//! defaults and `INBOX_*` variables ([`inbox::variables::VARIABLES`]).
 
 use std::{net::SocketAddr, time::Duration};
 
+use inbox::InboxConfig;
 use infra::{
-    config::{ConfigErrors, addr_or, millis_or, parse_or, secret_url_or, secret_urls_or},
+    config::{ConfigErrors, addr_or, bool_or, millis_or, parse_or, secret_url_or, secret_urls_or, var_or},
     pg::PoolSettings,
 };
 use outbox::{OutboxSettings, RelayConfig};
@@ -56,7 +71,58 @@ pub struct Config {
     pub tls: Option<ServerTls>,
     /// At most one cross-process NOTIFY per this interval (see `outbox::OutboxWriter`).
     pub doorbell_interval: Duration,
+    /// The order saga: its timers and its reply consumer.
+    pub saga: SagaConfig,
 }
+
+/// The saga's settings (see [`crate::saga`]).
+#[derive(Debug, Clone)]
+pub struct SagaConfig {
+    /// How long a step waits for its reply (`SAGA_STEP_TIMEOUT_MS`).
+    pub step_timeout: Duration,
+    /// How often unanswered compensations are sent again (`SAGA_COMPENSATION_RESEND_MS`).
+    pub resend_every: Duration,
+    /// The timer sweep's tick (`SAGA_TIMER_INTERVAL_MS`).
+    pub timer_interval: Duration,
+    /// Whether this replica consumes replies and sweeps timers (`ORDERS_SAGA_CONSUMER_ENABLED`).
+    pub consumer_enabled: bool,
+    /// The reply consumer: queue `<ORDERS_QUEUE_PREFIX>.orders.saga-replies`
+    /// on `exchange`, which is also where orders publishes every message
+    /// (`ORDERS_EXCHANGE`; the relay must declare it).
+    pub inbox: InboxConfig,
+}
+
+impl SagaConfig {
+    /// The defaults, consuming `<queue_prefix>.orders.saga-replies` on `amqp_url`.
+    pub fn new(amqp_url: SecretString, queue_prefix: &str) -> Self {
+        let mut inbox = InboxConfig::new(
+            amqp_url,
+            contracts::EVENTS_EXCHANGE.to_owned(),
+            queue_name(queue_prefix),
+            crate::saga::replies::ROUTING_KEYS.iter().map(|key| (*key).to_owned()).collect(),
+        );
+        inbox.connection_name = "orders-saga".to_owned();
+        Self {
+            step_timeout: DEFAULT_STEP_TIMEOUT,
+            resend_every: DEFAULT_RESEND,
+            timer_interval: DEFAULT_TIMER_INTERVAL,
+            consumer_enabled: true,
+            inbox,
+        }
+    }
+}
+
+/// The reply consumer's main queue for a prefix; its retry and dead-letter queues are named after it.
+pub fn queue_name(prefix: &str) -> String {
+    format!("{prefix}.orders.saga-replies")
+}
+
+/// `SAGA_STEP_TIMEOUT_MS` unless set.
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// `SAGA_COMPENSATION_RESEND_MS` unless set.
+pub const DEFAULT_RESEND: Duration = Duration::from_secs(30);
+/// `SAGA_TIMER_INTERVAL_MS` unless set.
+pub const DEFAULT_TIMER_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Every variable orders reads with its own prefix (`ORDERS_`); the outbox's
 /// (`OUTBOX_`) are [`outbox::config::VARIABLES`]. Any other name with either
@@ -75,16 +141,22 @@ pub const VARIABLES: &[&str] = &[
     "ORDERS_DB_WRITERS",
     "ORDERS_ROLE",
     "ORDERS_SHUTDOWN_GRACE_MS",
+    "ORDERS_SAGA_CONSUMER_ENABLED",
+    "ORDERS_QUEUE_PREFIX",
+    "ORDERS_EXCHANGE",
+    "SAGA_STEP_TIMEOUT_MS",
+    "SAGA_COMPENSATION_RESEND_MS",
+    "SAGA_TIMER_INTERVAL_MS",
     // Read by the example clients (clients/), often set in the same shell: not a typo.
     "ORDERS_ADDR",
 ];
 
 /// The prefixes of [`known_variables`].
-pub const PREFIXES: &[&str] = &["ORDERS_", outbox::config::PREFIX];
+pub const PREFIXES: &[&str] = &["ORDERS_", "SAGA_", outbox::config::PREFIX, inbox::variables::PREFIX];
 
-/// [`VARIABLES`] and the outbox's.
+/// [`VARIABLES`], the outbox's and the inbox's.
 pub fn known_variables() -> Vec<&'static str> {
-    VARIABLES.iter().chain(outbox::config::VARIABLES).copied().collect()
+    VARIABLES.iter().chain(outbox::config::VARIABLES).chain(inbox::variables::VARIABLES).copied().collect()
 }
 
 impl Config {
@@ -94,7 +166,27 @@ impl Config {
         let p = &mut problems;
         let amqp_url =
             p.check(secret_urls_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
-        let relay = RelayConfig::new(amqp_url, "pulse-orders", vec![contracts::EVENTS_EXCHANGE.to_owned()]);
+        let mut saga = SagaConfig::new(amqp_url.clone(), &var_or("ORDERS_QUEUE_PREFIX", "pulse"));
+        saga.inbox.exchange = var_or("ORDERS_EXCHANGE", contracts::EVENTS_EXCHANGE);
+        saga.step_timeout = p.check(millis_or("SAGA_STEP_TIMEOUT_MS", DEFAULT_STEP_TIMEOUT), DEFAULT_STEP_TIMEOUT);
+        saga.resend_every = p.check(millis_or("SAGA_COMPENSATION_RESEND_MS", DEFAULT_RESEND), DEFAULT_RESEND);
+        saga.timer_interval =
+            p.check(millis_or("SAGA_TIMER_INTERVAL_MS", DEFAULT_TIMER_INTERVAL), DEFAULT_TIMER_INTERVAL);
+        for (name, value) in [
+            ("SAGA_STEP_TIMEOUT_MS", saga.step_timeout),
+            ("SAGA_COMPENSATION_RESEND_MS", saga.resend_every),
+            ("SAGA_TIMER_INTERVAL_MS", saga.timer_interval),
+        ] {
+            if value.is_zero() {
+                p.invalid(name, "must be at least 1 ms");
+            }
+        }
+        saga.consumer_enabled = p.check(bool_or("ORDERS_SAGA_CONSUMER_ENABLED", true), true);
+        saga.inbox.apply_env(p);
+        if let (true, Err(reason)) = (p.0.is_empty(), saga.inbox.validate()) {
+            p.invalid("ORDERS_QUEUE_PREFIX", reason);
+        }
+        let relay = RelayConfig::new(amqp_url, "pulse-orders", vec![saga.inbox.exchange.clone()]);
         let outbox = OutboxSettings::from_env(relay, p);
         let max_connections: u32 = p.check(parse_or("ORDERS_DB_MAX_CONNECTIONS", 32), 32);
         let writers: usize = p.check(parse_or("ORDERS_DB_WRITERS", DEFAULT_WRITERS), DEFAULT_WRITERS);
@@ -123,6 +215,7 @@ impl Config {
             health_interval: Duration::from_secs(1),
             tls: p.check(ServerTls::from_env("ORDERS"), None),
             doorbell_interval: outbox.doorbell_interval,
+            saga,
         };
         problems.or_value(config)
     }

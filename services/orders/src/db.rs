@@ -17,13 +17,14 @@ pub async fn connect_and_migrate(url: &SecretString, settings: &PoolSettings) ->
     Ok(pool)
 }
 
-/// The outbox's schema, then this service's own migrations. Version 1 of
+/// The outbox's and the inbox's schemas, then this service's own migrations. Version 1 of
 /// those (the outbox's tables) now comes with the outbox crate: databases
 /// that applied it still list it, which must not fail the start.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     // One connection for both: a second would stay open in the pool.
     let mut conn = pool.acquire().await.context("cannot connect to the database")?;
     outbox::schema::apply(&mut conn).await.context("cannot apply the outbox schema")?;
+    inbox::schema::apply(&mut conn).await.context("cannot apply the inbox schema")?;
     platform::db::migrate_tolerating(&mut conn, sqlx::migrate!("../../migrations/orders"), &[1]).await
 }
 
@@ -40,6 +41,33 @@ pub struct OrderRow {
     pub event_id: Uuid,
     pub correlation_id: String,
     pub created_at: DateTime<Utc>,
+    /// Set when the status is FAILED: `PAYMENT_DECLINED`, `OUT_OF_STOCK` or `TIMED_OUT`.
+    pub failure_reason: Option<String>,
+    pub failure_detail: Option<String>,
+    /// When the status last changed (`created_at` until then).
+    pub updated_at: DateTime<Utc>,
+    /// The order's lines, read by a query of their own.
+    #[sqlx(skip)]
+    pub lines: Vec<OrderLine>,
+}
+
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderLine {
+    pub sku: String,
+    pub quantity: u32,
+}
+
+/// What CreateOrder writes for one order in one statement: the order, its
+/// lines, its saga (with the step timer), and two outbox rows, `OrderCreated`
+/// (under the order's `event_id`) and `ProcessPayment`.
+#[derive(Debug, Clone)]
+pub struct NewOrderRows {
+    pub order: OrderRow,
+    pub created: OutboxMessage,
+    pub process_payment: OutboxMessage,
+    /// When the payment step times out.
+    pub deadline_at: DateTime<Utc>,
 }
 
 /// A stored time as protobuf carries it: the API's `created_at` and the
@@ -58,85 +86,120 @@ pub const ORDERS_PKEY: &str = "orders_pkey";
 pub const STATUS_CREATED: &str = "CREATED";
 
 const COLUMNS: &str = "order_id, customer_id, amount::text AS amount, currency::text AS currency, status, \
-                       request_id, event_id, correlation_id, created_at";
+                       request_id, event_id, correlation_id, created_at, failure_reason, failure_detail, \
+                       COALESCE(updated_at, created_at) AS updated_at";
 
-/// Inserts the order and its outbox message in one statement (so one round
-/// trip and one implicit transaction), or returns None when the order's
-/// `request_id` is already taken: then neither is written (the earlier order
-/// wins; a concurrent twin waits for it to commit first).
-pub async fn insert_order_with_event(
-    conn: &mut PgConnection,
-    order: &OrderRow,
-    event: &OutboxMessage,
-) -> Result<Option<(OrderRow, Appended)>, sqlx::Error> {
-    let mut statement = WithEvents::new();
-    let query = statement.caller();
-    query.push(
-        "new_order AS (INSERT INTO orders (order_id, customer_id, amount, currency, status, request_id, event_id, \
-         correlation_id, created_at) VALUES (",
-    );
-    let mut values = query.separated(", ");
-    values.push_bind(order.order_id);
-    values.push_bind(order.customer_id.as_str());
-    values.push_bind(order.amount.as_str());
-    values.push_unseparated("::numeric");
-    values.push_bind(order.currency.as_str());
-    values.push_bind(order.status.as_str());
-    values.push_bind(order.request_id);
-    values.push_bind(order.event_id);
-    values.push_bind(order.correlation_id.as_str());
-    values.push_bind(order.created_at);
-    query.push(format_args!(") ON CONFLICT (request_id) DO NOTHING RETURNING {COLUMNS})"));
-    statement.event("new_order", event).fetch_optional(conn).await
-}
-
-/// [`insert_order_with_event`] for several orders in one statement (one
-/// transaction, one commit): every order with its own event. Returns the
-/// orders written, each with its outbox row; an order whose `request_id` is
+/// Writes every order of `orders` with its lines, its saga and its two
+/// outbox rows in one statement (so one round trip and one transaction).
+/// Returns the orders written, each with the receipt of its outbox rows
+/// (both in the same partition, the order's); an order whose `request_id` is
 /// already taken (also by an earlier order of the same call) is left out,
-/// and so is its event.
-pub async fn insert_orders_with_events(
+/// and nothing of it is written: the earlier order wins, and a concurrent
+/// twin waits for it to commit first.
+pub async fn insert_orders(
     conn: &mut PgConnection,
-    orders: &[(&OrderRow, &OutboxMessage)],
+    orders: &[&NewOrderRows],
 ) -> Result<Vec<(OrderRow, Appended)>, sqlx::Error> {
-    let text = |f: fn(&OrderRow) -> &str| orders.iter().map(|(o, _)| f(o)).collect::<Vec<_>>();
+    let text = |f: fn(&OrderRow) -> &str| orders.iter().map(|o| f(&o.order)).collect::<Vec<_>>();
+    let lines: Vec<(Uuid, i16, &str, i64)> = orders
+        .iter()
+        .flat_map(|o| {
+            o.order
+                .lines
+                .iter()
+                .enumerate()
+                .map(|(n, line)| (o.order.order_id, n as i16, line.sku.as_str(), i64::from(line.quantity)))
+        })
+        .collect();
     let mut statement = WithEvents::new();
     let query = statement.caller();
     query.push("input AS (SELECT * FROM unnest(");
-    query.push_bind(orders.iter().map(|(o, _)| o.order_id).collect::<Vec<_>>()).push("::uuid[], ");
+    query.push_bind(orders.iter().map(|o| o.order.order_id).collect::<Vec<_>>()).push("::uuid[], ");
     query.push_bind(text(|o| &o.customer_id)).push("::text[], ");
     query.push_bind(text(|o| &o.amount)).push("::text[], ");
     query.push_bind(text(|o| &o.currency)).push("::text[], ");
     query.push_bind(text(|o| &o.status)).push("::text[], ");
-    query.push_bind(orders.iter().map(|(o, _)| o.request_id).collect::<Vec<_>>()).push("::uuid[], ");
-    query.push_bind(orders.iter().map(|(o, _)| o.event_id).collect::<Vec<_>>()).push("::uuid[], ");
+    query.push_bind(orders.iter().map(|o| o.order.request_id).collect::<Vec<_>>()).push("::uuid[], ");
+    query.push_bind(orders.iter().map(|o| o.order.event_id).collect::<Vec<_>>()).push("::uuid[], ");
     query.push_bind(text(|o| &o.correlation_id)).push("::text[], ");
-    query.push_bind(orders.iter().map(|(o, _)| o.created_at).collect::<Vec<_>>()).push("::timestamptz[]");
+    query.push_bind(orders.iter().map(|o| o.order.created_at).collect::<Vec<_>>()).push("::timestamptz[], ");
+    query.push_bind(orders.iter().map(|o| o.process_payment.event_id).collect::<Vec<_>>()).push("::uuid[], ");
+    query.push_bind(orders.iter().map(|o| o.deadline_at).collect::<Vec<_>>()).push("::timestamptz[], ");
+    query.push_bind(orders.iter().map(|o| !o.order.lines.is_empty()).collect::<Vec<_>>()).push("::bool[]");
     query.push(format_args!(
         ") WITH ORDINALITY AS t(order_id, customer_id, amount, currency, status, request_id, event_id, \
-         correlation_id, created_at, n)), \
+         correlation_id, created_at, command_id, deadline_at, has_lines, n)), \
          new_order AS (INSERT INTO orders (order_id, customer_id, amount, currency, status, request_id, event_id, \
-         correlation_id, created_at) \
+         correlation_id, created_at, updated_at) \
          SELECT order_id, customer_id, amount::numeric, currency, status, request_id, event_id, correlation_id, \
-         created_at FROM input ORDER BY n \
-         ON CONFLICT (request_id) DO NOTHING RETURNING {COLUMNS})"
+         created_at, created_at FROM input ORDER BY n \
+         ON CONFLICT (request_id) DO NOTHING RETURNING {COLUMNS}), \
+         new_lines AS (INSERT INTO order_lines (order_id, line_no, sku, quantity) \
+         SELECT l.order_id, l.line_no, l.sku, l.quantity FROM unnest("
     ));
-    let events: Vec<&OutboxMessage> = orders.iter().map(|(_, e)| *e).collect();
-    statement.events("new_order", &events).fetch_all(conn).await
+    query.push_bind(lines.iter().map(|l| l.0).collect::<Vec<_>>()).push("::uuid[], ");
+    query.push_bind(lines.iter().map(|l| l.1).collect::<Vec<_>>()).push("::int2[], ");
+    query.push_bind(lines.iter().map(|l| l.2).collect::<Vec<_>>()).push("::text[], ");
+    query.push_bind(lines.iter().map(|l| l.3).collect::<Vec<_>>()).push("::int8[]");
+    query.push(
+        ") AS l(order_id, line_no, sku, quantity) WHERE l.order_id IN (SELECT order_id FROM new_order)), \
+         new_saga AS (INSERT INTO sagas (order_id, step, payment, stock, has_lines, deadline_at, started_at, \
+         updated_at) SELECT i.order_id, 'PAYMENT', 'REQUESTED', 'NOT_REQUESTED', i.has_lines, i.deadline_at, \
+         i.created_at, i.created_at FROM input i JOIN new_order USING (order_id)), \
+         emitted AS (SELECT o.order_id, o.customer_id, o.amount, o.currency, o.status, o.request_id, m.event_id, \
+         o.correlation_id, o.created_at, o.failure_reason, o.failure_detail, o.updated_at \
+         FROM new_order o JOIN input i USING (order_id) \
+         CROSS JOIN LATERAL (VALUES (o.event_id), (i.command_id)) AS m(event_id))",
+    );
+    let events: Vec<&OutboxMessage> = orders.iter().flat_map(|o| [&o.created, &o.process_payment]).collect();
+    let written: Vec<(OrderRow, Appended)> = statement.events("emitted", &events).fetch_all(conn).await?;
+    // Each order comes back once per message: keep the row of its OrderCreated.
+    Ok(written
+        .into_iter()
+        .filter_map(|(mut row, appended)| {
+            let draft = orders.iter().find(|o| o.created.event_id == row.event_id)?;
+            row.lines = draft.order.lines.clone();
+            Some((row, appended))
+        })
+        .collect())
 }
 
+/// The order created with `request_id`, with its lines.
 pub async fn find_by_request_id(conn: &mut PgConnection, request_id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE request_id = $1"))
+    let found: Option<OrderRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE request_id = $1"))
         .bind(request_id)
-        .fetch_optional(conn)
+        .fetch_optional(&mut *conn)
+        .await?;
+    with_lines(conn, found).await
+}
+
+/// The order `order_id`, with its lines.
+pub async fn find(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
+    let found: Option<OrderRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1"))
+        .bind(order_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    with_lines(conn, found).await
+}
+
+/// The order `order_id`, its row locked until the transaction ends.
+pub async fn find_for_update(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1 FOR UPDATE"))
+        .bind(order_id)
+        .fetch_optional(&mut *conn)
         .await
 }
 
-pub async fn find(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1"))
-        .bind(order_id)
-        .fetch_optional(conn)
-        .await
+/// `order` with its lines read, in line order.
+pub async fn with_lines(conn: &mut PgConnection, order: Option<OrderRow>) -> Result<Option<OrderRow>, sqlx::Error> {
+    let Some(mut order) = order else { return Ok(None) };
+    let lines: Vec<(String, i64)> =
+        sqlx::query_as("SELECT sku, quantity FROM order_lines WHERE order_id = $1 ORDER BY line_no")
+            .bind(order.order_id)
+            .fetch_all(conn)
+            .await?;
+    order.lines = lines.into_iter().map(|(sku, quantity)| OrderLine { sku, quantity: quantity as u32 }).collect();
+    Ok(Some(order))
 }
 
 /// The orders among `order_ids` that are stored.

@@ -9,17 +9,19 @@
 //! only after the commit. Under light load a writer is free when a call
 //! arrives and the call is written alone, at once; the groups grow only when
 //! calls arrive faster than the writers commit, which is when they pay.
+//! "An order" here is everything CreateOrder writes for it: the order, its
+//! lines, its saga row and its two outbox rows ([`db::insert_orders`]).
 
 use std::{collections::HashMap, sync::Arc};
 
 use infra::lane::{Lane, LaneConnection};
-use outbox::{Appended, OutboxMessage, OutboxWriter};
+use outbox::{Appended, OutboxWriter};
 use telemetry::DbTarget;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::{Instrument, Span};
 use uuid::Uuid;
 
-use crate::db::{self, OrderRow};
+use crate::db::{self, NewOrderRows, OrderRow};
 
 /// The most calls one statement writes.
 pub const MAX_GROUP: usize = 64;
@@ -37,8 +39,8 @@ pub(crate) struct GroupWriter {
 }
 
 struct Call {
-    order: OrderRow,
-    event: OutboxMessage,
+    /// The order and everything written with it.
+    rows: NewOrderRows,
     /// The caller's span, parent of the statement's span.
     span: Span,
     reply: oneshot::Sender<Result<Inserted, sqlx::Error>>,
@@ -56,11 +58,11 @@ impl GroupWriter {
         Self { queue }
     }
 
-    /// Writes `order` with `event`, alone or with other calls' orders, and
-    /// returns once that transaction has committed (or failed).
-    pub(crate) async fn insert(&self, order: OrderRow, event: OutboxMessage) -> Result<Inserted, sqlx::Error> {
+    /// Writes `rows`, alone or with other calls' orders, and returns once
+    /// that transaction has committed (or failed).
+    pub(crate) async fn insert(&self, rows: NewOrderRows) -> Result<Inserted, sqlx::Error> {
         let (reply, answer) = oneshot::channel();
-        self.queue.send(Call { order, event, span: Span::current(), reply }).map_err(|_| sqlx::Error::PoolClosed)?;
+        self.queue.send(Call { rows, span: Span::current(), reply }).map_err(|_| sqlx::Error::PoolClosed)?;
         answer.await.map_err(|_| sqlx::Error::WorkerCrashed)?
     }
 }
@@ -169,15 +171,12 @@ async fn write_together(
 /// Inserts `group`'s orders and events on `conn`; gives back the orders
 /// written, by `order_id` (none for a `request_id` already taken).
 async fn insert(mut conn: LaneConnection, group: &[Call], db: &DbTarget) -> Result<Written, sqlx::Error> {
+    let rows: Vec<&NewOrderRows> = group.iter().map(|call| &call.rows).collect();
     let written = if let [call] = group {
-        db::insert_order_with_event(&mut conn, &call.order, &call.event)
-            .instrument(statement_span(db, call, 1))
-            .await
-            .map(|row| row.into_iter().collect())
+        db::insert_orders(&mut conn, &rows).instrument(statement_span(db, call, 1)).await
     } else {
         let spans: Vec<Span> = group.iter().map(|call| statement_span(db, call, group.len())).collect();
-        let pairs: Vec<(&OrderRow, &OutboxMessage)> = group.iter().map(|call| (&call.order, &call.event)).collect();
-        let written = db::insert_orders_with_events(&mut conn, &pairs).await;
+        let written = db::insert_orders(&mut conn, &rows).await;
         drop(spans);
         written
     };
@@ -201,7 +200,7 @@ fn wake_relay(outbox: &OutboxWriter, rows: &Written) {
 /// Answers each call with its order as written, or None when its `request_id` was taken.
 fn answer(group: Vec<Call>, mut rows: Written) {
     for call in group {
-        let inserted = rows.remove(&call.order.order_id).map(|(row, _)| row);
+        let inserted = rows.remove(&call.rows.order.order_id).map(|(row, _)| row);
         let _ = call.reply.send(Ok(inserted));
     }
 }
@@ -211,7 +210,7 @@ fn answer(group: Vec<Call>, mut rows: Written) {
 /// theirs; a caller that gave up is dropped, so nothing is written for it.
 /// None when the database cannot be read either: then every call has heard so.
 async fn read_back(lane: &Lane, group: Vec<Call>) -> Option<Vec<Call>> {
-    let ids: Vec<Uuid> = group.iter().map(|call| call.order.order_id).collect();
+    let ids: Vec<Uuid> = group.iter().map(|call| call.rows.order.order_id).collect();
     let found = lane
         .read(|conn| {
             let ids = ids.clone();
@@ -227,8 +226,9 @@ async fn read_back(lane: &Lane, group: Vec<Call>) -> Option<Vec<Call>> {
     };
     let mut waiting = Vec::new();
     for call in group {
-        match found.remove(&call.order.order_id) {
-            Some(row) => {
+        match found.remove(&call.rows.order.order_id) {
+            Some(mut row) => {
+                row.lines = call.rows.order.lines.clone();
                 tracing::info!(order_id = %row.order_id, "order found written after its connection died");
                 let _ = call.reply.send(Ok(Some(row)));
             }

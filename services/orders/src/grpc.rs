@@ -2,8 +2,8 @@
 //! context and correlation id come from [`platform::rpc::RpcLayer`].
 
 use contracts::orders::v1::{
-    CreateOrderRequest, CreateOrderResponse, GetOrderRequest, GetOrderResponse, Order, OrderStatus,
-    order_service_server::OrderService,
+    CreateOrderRequest, CreateOrderResponse, FailureReason, GetOrderRequest, GetOrderResponse, Order, OrderLine,
+    OrderStatus, order_service_server::OrderService,
 };
 use platform::rpc::CallContext;
 use tonic::{Request, Response, Status};
@@ -34,10 +34,7 @@ impl OrderService for OrdersApi {
         // The outbox row carries the correlation id and this call's trace context.
         let CallContext { correlation, trace } = CallContext::of(&request);
         let body = request.into_inner();
-        let row = self
-            .orders
-            .create(&body.customer_id, &body.amount, &body.currency, &body.request_id, &correlation, trace)
-            .await?;
+        let row = self.orders.create(&body, &correlation, trace).await?;
         Ok(Response::new(CreateOrderResponse {
             order_id: row.order_id.to_string(),
             event_id: row.event_id.to_string(),
@@ -60,15 +57,16 @@ fn order(row: OrderRow) -> Order {
         customer_id: row.customer_id,
         amount: row.amount,
         currency: row.currency,
-        status: match row.status.as_str() {
-            "CREATED" => OrderStatus::Created,
-            _ => OrderStatus::Unspecified,
-        } as i32,
+        status: OrderStatus::from_str_name(&format!("ORDER_STATUS_{}", row.status)).unwrap_or(OrderStatus::Unspecified)
+            as i32,
         correlation_id: row.correlation_id,
         created_at: Some(db::timestamp(row.created_at)),
         request_id: row.request_id.map(|id| id.to_string()).unwrap_or_default(),
-        lines: Vec::new(),
-        failure: 0,
-        updated_at: Some(db::timestamp(row.created_at)),
+        lines: row.lines.into_iter().map(|l| OrderLine { sku: l.sku, quantity: l.quantity }).collect(),
+        failure: row
+            .failure_reason
+            .and_then(|reason| FailureReason::from_str_name(&format!("FAILURE_REASON_{reason}")))
+            .unwrap_or(FailureReason::Unspecified) as i32,
+        updated_at: Some(db::timestamp(row.updated_at)),
     }
 }

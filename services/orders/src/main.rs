@@ -10,9 +10,10 @@ use orders::{
 };
 
 const AFTER_HELP: &str = "\
-Configuration comes from the environment (ORDERS_*, OUTBOX_*, AMQP_URL, RUST_LOG,
-LOG_FORMAT, OTEL_*); docs/configuration.md lists every variable and its default.
-A variable starting with ORDERS_ or OUTBOX_ that orders does not read is warned about.
+Configuration comes from the environment (ORDERS_*, SAGA_*, OUTBOX_*, INBOX_*, AMQP_URL,
+RUST_LOG, LOG_FORMAT, OTEL_*); docs/configuration.md lists every variable and its default.
+A variable starting with ORDERS_, SAGA_, OUTBOX_ or INBOX_ that orders does not read is
+warned about.
 
 exit status: 0 stopped cleanly (or the command succeeded); 1 could not start, stopped with
 an error, or (outbox) could not reach the database; 2 invalid configuration (every problem

@@ -1,7 +1,10 @@
 //! What the RPCs do, apart from their wire format.
 
+use std::time::Duration;
+
 use anyhow::anyhow;
 use chrono::{DurationRound, TimeDelta, Utc};
+use contracts::orders::v1::CreateOrderRequest;
 use infra::lane::Lane;
 use outbox::OutboxWriter;
 use telemetry::{DbTarget, correlation::CorrelationId, tracecontext::TraceParent};
@@ -9,11 +12,12 @@ use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 use crate::{
-    db::{self, OrderRow},
-    domain::{Amount, Currency, FieldViolation, NewOrder},
+    db::{self, NewOrderRows, OrderRow},
+    domain::{Amount, Currency, FieldViolation, NewOrder, parse_lines},
     error::OrdersError,
     group::GroupWriter,
     messaging,
+    saga::{SagaMetrics, Store},
 };
 
 #[derive(Clone)]
@@ -25,33 +29,49 @@ pub struct Orders {
     group: GroupWriter,
     /// Where the lane connects, for the statements' spans.
     db: DbTarget,
+    /// How long the saga's first step (the payment) may take.
+    step_timeout: Duration,
+    /// Counts the sagas started.
+    metrics: SagaMetrics,
+    /// Where the order's messages are published (`ORDERS_EXCHANGE`).
+    exchange: String,
 }
 
 impl Orders {
     /// Starts `writers` writers for CreateOrder's inserts (see [`crate::group`]);
-    /// call it inside the runtime.
-    pub fn new(lane: Lane, outbox: OutboxWriter, writers: usize) -> Self {
+    /// call it inside the runtime. `saga` gives how long a new order's
+    /// payment may take, the exchange its messages go to and the metrics.
+    pub fn new(lane: Lane, outbox: OutboxWriter, writers: usize, saga: &Store) -> Self {
         let db = DbTarget::new(lane.options());
         let group = GroupWriter::spawn(lane.clone(), writers, db.clone(), outbox);
-        Self { lane, group, db }
+        let (step_timeout, metrics, exchange) = (saga.timing.step_timeout, saga.metrics.clone(), saga.exchange.clone());
+        Self { lane, group, db, step_timeout, metrics, exchange }
     }
 
-    /// Stores the order and its `OrderCreated` event in one transaction
-    /// (shared with other calls' orders under load), or returns the order an
-    /// earlier call with the same `request_id` created.
+    /// Stores the order, its lines, its saga and its `OrderCreated` event and
+    /// `ProcessPayment` command in one transaction (shared with other calls'
+    /// orders under load), or returns the order an earlier call with the
+    /// same `request_id` created.
     pub async fn create(
         &self,
-        customer_id: &str,
-        amount: &str,
-        currency: &str,
-        request_id: &str,
+        request: &CreateOrderRequest,
         correlation: &CorrelationId,
         trace: TraceParent,
     ) -> Result<OrderRow, OrdersError> {
-        let order = NewOrder::parse(customer_id, amount, currency, request_id).map_err(|violations| {
-            tracing::info!(fields = ?violations.iter().map(|v| v.field).collect::<Vec<_>>(), "order rejected");
-            OrdersError::InvalidArgument(violations)
-        })?;
+        let CreateOrderRequest { customer_id, amount, currency, request_id, lines } = request;
+        let parsed = NewOrder::parse(customer_id, amount, currency, request_id);
+        let lines = parse_lines(lines.iter().map(|l| (l.sku.as_str(), l.quantity)));
+        let (order, lines) = match (parsed, lines) {
+            (Ok(order), Ok(lines)) => (order, lines),
+            (order, lines) => {
+                let violations: Vec<FieldViolation> =
+                    order.err().into_iter().flatten().chain(lines.err().into_iter().flatten()).collect();
+                tracing::info!(fields = ?violations.iter().map(|v| v.field).collect::<Vec<_>>(), "order rejected");
+                return Err(OrdersError::InvalidArgument(violations));
+            }
+        };
+        // Postgres keeps microseconds: truncate so the event's occurred_at equals the row's created_at.
+        let now = Utc::now().duration_trunc(TimeDelta::microseconds(1)).map_err(anyhow::Error::from)?;
         let draft = OrderRow {
             order_id: Uuid::now_v7(),
             customer_id: order.customer_id.as_str().to_owned(),
@@ -61,20 +81,29 @@ impl Orders {
             request_id: order.request_id,
             event_id: Uuid::now_v7(),
             correlation_id: correlation.as_str().to_owned(),
-            // Postgres keeps microseconds: truncate so the event's occurred_at equals the row's created_at.
-            created_at: Utc::now().duration_trunc(TimeDelta::microseconds(1)).map_err(anyhow::Error::from)?,
+            created_at: now,
+            failure_reason: None,
+            failure_detail: None,
+            updated_at: now,
+            lines: lines.clone(),
         };
-        let event = messaging::outbox_message(&draft, trace);
+        let rows = NewOrderRows {
+            created: messaging::outbox_message(&draft, &self.exchange, trace),
+            process_payment: messaging::process_payment(&draft, &self.exchange, Uuid::now_v7(), trace),
+            deadline_at: now + TimeDelta::from_std(self.step_timeout).map_err(anyhow::Error::from)?,
+            order: draft,
+        };
         // The writer has already woken the relay.
-        let Some(row) = self.group.insert(draft, event).await? else {
-            return self.replay(&order).await;
+        let Some(row) = self.group.insert(rows).await? else {
+            return self.replay(&order, &lines).await;
         };
+        self.metrics.started(1);
         tracing::info!(order_id = %row.order_id, event_id = %row.event_id, "order created");
         Ok(row)
     }
 
     /// The answer to a retry: the stored order, if the retry asks for the same thing.
-    async fn replay(&self, order: &NewOrder) -> Result<OrderRow, OrdersError> {
+    async fn replay(&self, order: &NewOrder, lines: &[db::OrderLine]) -> Result<OrderRow, OrdersError> {
         let request_id = order.request_id.ok_or_else(|| anyhow!("insert conflicted without a request_id"))?;
         let found = self
             .lane
@@ -84,7 +113,8 @@ impl Orders {
         let same = existing.customer_id == order.customer_id.as_str()
             && Amount::parse_with_decimals(&existing.amount, Currency::MAX_MINOR_UNIT)
                 .is_ok_and(|stored| stored.same_value(order.amount))
-            && existing.currency == order.currency.code();
+            && existing.currency == order.currency.code()
+            && existing.lines == lines;
         if !same {
             return Err(OrdersError::InvalidArgument(vec![FieldViolation::new(
                 "request_id",

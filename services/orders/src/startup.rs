@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use contracts::orders::v1::{SERVICE_NAME, order_service_server::OrderServiceServer};
+use inbox::Inbox;
 use infra::{lane::Lane, pg::PoolSettings};
 use outbox::{OutboxWriter, Relay};
 use platform::{grpc, run::Service};
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{Config, Role},
     grpc::OrdersApi,
+    saga::{self, ReplyHandler, SagaMetrics, Store, state::Timing},
     service::Orders,
 };
 
@@ -22,9 +24,13 @@ use crate::{
 /// broker (the API stays SERVING and keeps taking orders meanwhile).
 pub const RELAY_HEALTH_NAME: &str = "pulse.orders.v1.OutboxRelay";
 
+/// Health name that follows the saga reply consumer's broker connection.
+pub const CONSUMER_HEALTH_NAME: &str = "pulse.orders.v1.SagaConsumer";
+
 /// The pool's connections, beside the lane's `ORDERS_DB_MAX_CONNECTIONS`:
-/// migrations, the outbox doorbell, the tests' own queries.
-const BACKGROUND_CONNECTIONS: u32 = 4;
+/// migrations, the outbox doorbell, the saga's reply consumer and timer
+/// sweep, the tests' own queries.
+const BACKGROUND_CONNECTIONS: u32 = 8;
 
 pub struct App {
     service: Service,
@@ -55,10 +61,15 @@ impl App {
             &registry,
             config.tls.as_ref(),
         )?;
+        let metrics = SagaMetrics::new(&registry);
+        let timing = Timing { step_timeout: config.saga.step_timeout, resend_every: config.saga.resend_every };
+        let exchange = config.saga.inbox.exchange.clone();
+        let store = Store::new(timing, metrics, config.relay.notify_channel.clone(), exchange);
         let mut lane = None;
         if config.role != Role::Relay {
             let opened = Lane::open(pool.connect_options().as_ref().clone(), &config.pool).await?;
-            let api = OrdersApi::new(Orders::new(opened.clone(), writer.clone(), config.writers));
+            let orders = Orders::new(opened.clone(), writer.clone(), config.writers, &store);
+            let api = OrdersApi::new(orders);
             router =
                 router.add_service(OrderServiceServer::new(api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES));
             lane = Some(opened);
@@ -67,6 +78,11 @@ impl App {
             Relay::new(options.clone(), config.relay.clone(), Some(writer.local_relay())).with_metrics(&registry)
         });
 
+        // The saga's reply consumer and timers run beside the API, never in a relay-only replica.
+        let inbox = (config.role != Role::Relay && config.saga.consumer_enabled)
+            .then(|| Inbox::new(pool.clone(), ReplyHandler::new(store.clone()), config.saga.inbox.clone()))
+            .transpose()?
+            .map(|inbox| inbox.with_metrics(&registry));
         let interval = config.health_interval;
         let mut service = Service::bind("orders", router, health, registry, config.grpc_addr, config.metrics_addr)
             .await?
@@ -79,6 +95,13 @@ impl App {
             service = service.task("outbox doorbell", move |stop| async move {
                 let _ = writer.spawn_doorbell(pool, &channel, interval, stop).await;
             });
+        }
+        if let Some(inbox) = inbox {
+            let (sweep_pool, interval) = (pool.clone(), config.saga.timer_interval);
+            service = service
+                .mirror(CONSUMER_HEALTH_NAME, inbox.connected(), |connected| *connected)
+                .task("saga reply consumer", |stop| inbox.run(stop))
+                .task("saga timers", move |stop| saga::timers::run(sweep_pool, store, interval, stop));
         }
         if let Some(relay) = relay {
             // The relay stops after the API: orders accepted at the last moment still get relayed.

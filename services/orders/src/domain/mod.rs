@@ -1,6 +1,9 @@
 //! Orders as the service understands them: validated values with `parse`
 //! constructors, so nothing unchecked reaches the database.
 
+mod lines;
+
+pub use lines::{MAX_LINES, MAX_SKU_CHARS, parse_lines};
 pub use platform::values::{Amount, Currency, CustomerId};
 use uuid::Uuid;
 

@@ -59,11 +59,14 @@ async fn every_configuration_problem_is_printed_at_once_and_exits_2() {
         ("OUTBOX_GATHER_MS", "5000"),
         ("OUTBOX_BATCH_SIZE", "many"),
         ("ORDERS_DATABASE_URL", "not a url"),
+        ("SAGA_STEP_TIMEOUT_MS", "0"),
+        ("SAGA_COMPENSATION_RESEND_MS", "soon"),
+        ("ORDERS_SAGA_CONSUMER_ENABLED", "maybe"),
     ];
     let out = orders(&[], &[&bad[..], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")]].concat()).await;
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
-    assert!(stderr.starts_with("orders: invalid configuration (6 problems):"), "{stderr}");
+    assert!(stderr.starts_with("orders: invalid configuration (9 problems):"), "{stderr}");
     for (name, _) in bad {
         let lines = stderr.lines().filter(|line| line.contains(&format!("environment variable {name} is invalid")));
         assert_eq!(lines.count(), 1, "{name} named once in {stderr}");

@@ -3,7 +3,7 @@ use std::{net::SocketAddr, time::Duration};
 use contracts::orders::v1::{CreateOrderRequest, order_service_client::OrderServiceClient};
 use infra::pg::PoolSettings;
 use orders::{
-    config::{Config, Role},
+    config::{Config, Role, SagaConfig},
     startup::App,
 };
 use outbox::RelayConfig;
@@ -21,6 +21,10 @@ pub(crate) struct TestApp {
     pub(crate) pool: PgPool,
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// With the relay on, a queue bound to `payment.process`, so the saga's
+    /// first command is routable (the relay publishes with `mandatory`)
+    /// while no Payments runs.
+    _commands: Option<(lapin::Connection, lapin::Consumer)>,
 }
 
 #[derive(Default)]
@@ -37,6 +41,8 @@ pub(crate) struct Options {
     pub(crate) writers: Option<usize>,
     /// Serve TLS, and reach the app with this client configuration.
     pub(crate) tls: Option<(ServerTls, ClientTlsConfig)>,
+    /// Run the saga's reply consumer and timers with these settings (off unless given).
+    pub(crate) saga: Option<SagaConfig>,
 }
 
 /// The URL of the database `#[sqlx::test]` made for this test.
@@ -54,8 +60,8 @@ pub(crate) fn database_url(pool: &PgPool, addr: Option<SocketAddr>) -> String {
 pub(crate) async fn spawn_app(pool: &PgPool, options: Options) -> TestApp {
     telemetry::init_for_tests();
     let amqp = options.amqp_url.unwrap_or_else(testkit::amqp_url);
-    let mut relay =
-        RelayConfig::new(SecretString::from(amqp), "pulse-orders", vec![contracts::EVENTS_EXCHANGE.to_owned()]);
+    let exchange = options.saga.as_ref().map_or(contracts::EVENTS_EXCHANGE.to_owned(), |s| s.inbox.exchange.clone());
+    let mut relay = RelayConfig::new(SecretString::from(amqp), "pulse-orders", vec![exchange]);
     relay.poll_interval = Duration::from_millis(200);
     relay.rebalance_interval = Duration::from_millis(200);
     relay.backoff_initial = Duration::from_millis(50);
@@ -76,6 +82,19 @@ pub(crate) async fn spawn_app(pool: &PgPool, options: Options) -> TestApp {
         health_interval: Duration::from_secs(1),
         tls: options.tls.as_ref().map(|(server, _)| server.clone()),
         doorbell_interval: Duration::from_millis(2),
+        saga: options.saga.unwrap_or_else(|| {
+            let mut saga = SagaConfig::new(SecretString::from(testkit::amqp_url()), &testkit::unique("test.saga-off"));
+            saga.consumer_enabled = false;
+            saga
+        }),
+    };
+    let commands = match options.relay {
+        true => {
+            let amqp = testkit::amqp_connection().await;
+            let sink = testkit::subscribe(&amqp, contracts::EVENTS_EXCHANGE, "payment.process").await;
+            Some((amqp, sink))
+        }
+        false => None,
     };
     let app = App::build(config).await.expect("app builds");
     let (addr, metrics_addr) = (app.grpc_addr(), app.metrics_addr());
@@ -85,7 +104,7 @@ pub(crate) async fn spawn_app(pool: &PgPool, options: Options) -> TestApp {
         Some((_, client_tls)) => OrderServiceClient::new(tls_channel(addr, client_tls).await.expect("client connects")),
         None => OrderServiceClient::connect(format!("http://{addr}")).await.expect("client connects"),
     };
-    TestApp { addr, metrics_addr, client, pool: pool.clone(), shutdown, handle }
+    TestApp { addr, metrics_addr, client, pool: pool.clone(), shutdown, handle, _commands: commands }
 }
 
 impl TestApp {
@@ -96,6 +115,14 @@ impl TestApp {
 
     pub(crate) async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&self.pool).await.unwrap()
+    }
+
+    /// The `OrderCreated` rows in the outbox (each order also has its `ProcessPayment`).
+    pub(crate) async fn events(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox_messages WHERE routing_key = 'order.created'")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
 }
 

@@ -117,7 +117,7 @@ async fn orders_are_taken_while_the_broker_is_cut_and_published_once_when_it_ret
     assert_eq!(status_of("pulse.orders.v1.OrderService").await, SERVING, "the API stays SERVING");
     assert_eq!(status_of("").await, SERVING);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(app.count("outbox_messages").await, 5, "events wait in the outbox");
+    assert_eq!(app.events().await, 5, "events wait in the outbox");
     assert!(deliveries_of(&mut consumer, &event_ids, Duration::from_millis(300)).await.is_empty());
 
     proxy.restore();

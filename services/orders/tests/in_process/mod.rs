@@ -75,7 +75,17 @@ pub(crate) fn orders_config(database_url: &str, role: Role) -> Config {
         health_interval: Duration::from_secs(1),
         tls: None,
         doorbell_interval: Duration::from_millis(2),
+        saga: saga_off(),
     }
+}
+
+/// Saga settings whose consumer and timers are off: the order flow tests
+/// here never answer the saga's commands.
+pub(crate) fn saga_off() -> orders::config::SagaConfig {
+    let mut saga =
+        orders::config::SagaConfig::new(SecretString::from(testkit::amqp_url()), &testkit::unique("test.saga-off"));
+    saga.consumer_enabled = false;
+    saga
 }
 
 /// What a test made and must remove: consumer queues (never the shared
