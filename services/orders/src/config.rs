@@ -4,6 +4,7 @@
 //!
 //! | variable | default |
 //! |---|---|
+//! | `SAGA_ENABLED` | `true` (off: an order writes only its OrderCreated event and stays CREATED; for a deployment without Payments and Inventory) |
 //! | `SAGA_STEP_TIMEOUT_MS` | `30000` (a step without a reply by then fails the order TIMED_OUT) |
 //! | `SAGA_COMPENSATION_RESEND_MS` | `30000` (an unanswered refund or release is sent again this often) |
 //! | `SAGA_TIMER_INTERVAL_MS` | `200` (how often the timer sweep looks for deadlines passed) |
@@ -78,6 +79,9 @@ pub struct Config {
 /// The saga's settings (see [`crate::saga`]).
 #[derive(Debug, Clone)]
 pub struct SagaConfig {
+    /// Whether CreateOrder starts the saga (`SAGA_ENABLED`); off, an order
+    /// writes only its `OrderCreated` and no replica consumes replies.
+    pub enabled: bool,
     /// How long a step waits for its reply (`SAGA_STEP_TIMEOUT_MS`).
     pub step_timeout: Duration,
     /// How often unanswered compensations are sent again (`SAGA_COMPENSATION_RESEND_MS`).
@@ -103,6 +107,7 @@ impl SagaConfig {
         );
         inbox.connection_name = "orders-saga".to_owned();
         Self {
+            enabled: true,
             step_timeout: DEFAULT_STEP_TIMEOUT,
             resend_every: DEFAULT_RESEND,
             timer_interval: DEFAULT_TIMER_INTERVAL,
@@ -144,6 +149,7 @@ pub const VARIABLES: &[&str] = &[
     "ORDERS_SAGA_CONSUMER_ENABLED",
     "ORDERS_QUEUE_PREFIX",
     "ORDERS_EXCHANGE",
+    "SAGA_ENABLED",
     "SAGA_STEP_TIMEOUT_MS",
     "SAGA_COMPENSATION_RESEND_MS",
     "SAGA_TIMER_INTERVAL_MS",
@@ -181,6 +187,7 @@ impl Config {
                 p.invalid(name, "must be at least 1 ms");
             }
         }
+        saga.enabled = p.check(bool_or("SAGA_ENABLED", true), true);
         saga.consumer_enabled = p.check(bool_or("ORDERS_SAGA_CONSUMER_ENABLED", true), true);
         saga.inbox.apply_env(p);
         if let (true, Err(reason)) = (p.0.is_empty(), saga.inbox.validate()) {

@@ -59,12 +59,19 @@ pub struct OrderLine {
 }
 
 /// What CreateOrder writes for one order in one statement: the order, its
-/// lines, its saga (with the step timer), and two outbox rows, `OrderCreated`
-/// (under the order's `event_id`) and `ProcessPayment`.
+/// lines, its `OrderCreated` (under the order's `event_id`) and, with the
+/// saga on, its saga row (with the step timer) and its `ProcessPayment`.
 #[derive(Debug, Clone)]
 pub struct NewOrderRows {
     pub order: OrderRow,
     pub created: OutboxMessage,
+    /// None when the saga is off (`SAGA_ENABLED=false`).
+    pub saga: Option<SagaStart>,
+}
+
+/// The saga's first step, written with its order.
+#[derive(Debug, Clone)]
+pub struct SagaStart {
     pub process_payment: OutboxMessage,
     /// When the payment step times out.
     pub deadline_at: DateTime<Utc>,
@@ -123,8 +130,11 @@ pub async fn insert_orders(
     query.push_bind(orders.iter().map(|o| o.order.event_id).collect::<Vec<_>>()).push("::uuid[], ");
     query.push_bind(text(|o| &o.correlation_id)).push("::text[], ");
     query.push_bind(orders.iter().map(|o| o.order.created_at).collect::<Vec<_>>()).push("::timestamptz[], ");
-    query.push_bind(orders.iter().map(|o| o.process_payment.event_id).collect::<Vec<_>>()).push("::uuid[], ");
-    query.push_bind(orders.iter().map(|o| o.deadline_at).collect::<Vec<_>>()).push("::timestamptz[], ");
+    let commands: Vec<Option<Uuid>> =
+        orders.iter().map(|o| o.saga.as_ref().map(|s| s.process_payment.event_id)).collect();
+    query.push_bind(commands).push("::uuid[], ");
+    query.push_bind(orders.iter().map(|o| o.saga.as_ref().map(|s| s.deadline_at)).collect::<Vec<_>>());
+    query.push("::timestamptz[], ");
     query.push_bind(orders.iter().map(|o| !o.order.lines.is_empty()).collect::<Vec<_>>()).push("::bool[]");
     query.push(format_args!(
         ") WITH ORDINALITY AS t(order_id, customer_id, amount, currency, status, request_id, event_id, \
@@ -145,13 +155,16 @@ pub async fn insert_orders(
         ") AS l(order_id, line_no, sku, quantity) WHERE l.order_id IN (SELECT order_id FROM new_order)), \
          new_saga AS (INSERT INTO sagas (order_id, step, payment, stock, has_lines, deadline_at, started_at, \
          updated_at) SELECT i.order_id, 'PAYMENT', 'REQUESTED', 'NOT_REQUESTED', i.has_lines, i.deadline_at, \
-         i.created_at, i.created_at FROM input i JOIN new_order USING (order_id)), \
+         i.created_at, i.created_at FROM input i JOIN new_order USING (order_id) WHERE i.command_id IS NOT NULL), \
          emitted AS (SELECT o.order_id, o.customer_id, o.amount, o.currency, o.status, o.request_id, m.event_id, \
          o.correlation_id, o.created_at, o.failure_reason, o.failure_detail, o.updated_at \
          FROM new_order o JOIN input i USING (order_id) \
-         CROSS JOIN LATERAL (VALUES (o.event_id), (i.command_id)) AS m(event_id))",
+         CROSS JOIN LATERAL (VALUES (o.event_id), (i.command_id)) AS m(event_id) WHERE m.event_id IS NOT NULL)",
     );
-    let events: Vec<&OutboxMessage> = orders.iter().flat_map(|o| [&o.created, &o.process_payment]).collect();
+    let events: Vec<&OutboxMessage> = orders
+        .iter()
+        .flat_map(|o| std::iter::once(&o.created).chain(o.saga.as_ref().map(|s| &s.process_payment)))
+        .collect();
     let written: Vec<(OrderRow, Appended)> = statement.events("emitted", &events).fetch_all(conn).await?;
     // Each order comes back once per message: keep the row of its OrderCreated.
     Ok(written

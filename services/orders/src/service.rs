@@ -29,8 +29,9 @@ pub struct Orders {
     group: GroupWriter,
     /// Where the lane connects, for the statements' spans.
     db: DbTarget,
-    /// How long the saga's first step (the payment) may take.
-    step_timeout: Duration,
+    /// How long the saga's first step (the payment) may take; None when the
+    /// saga is off (`SAGA_ENABLED=false`) and an order writes only its event.
+    step_timeout: Option<Duration>,
     /// Counts the sagas started.
     metrics: SagaMetrics,
     /// Where the order's messages are published (`ORDERS_EXCHANGE`).
@@ -45,7 +46,13 @@ impl Orders {
         let db = DbTarget::new(lane.options());
         let group = GroupWriter::spawn(lane.clone(), writers, db.clone(), outbox);
         let (step_timeout, metrics, exchange) = (saga.timing.step_timeout, saga.metrics.clone(), saga.exchange.clone());
-        Self { lane, group, db, step_timeout, metrics, exchange }
+        Self { lane, group, db, step_timeout: Some(step_timeout), metrics, exchange }
+    }
+
+    /// Orders end at CREATED with their `OrderCreated` alone: no saga row, no
+    /// `ProcessPayment` (`SAGA_ENABLED=false`).
+    pub fn without_saga(self) -> Self {
+        Self { step_timeout: None, ..self }
     }
 
     /// Stores the order, its lines, its saga and its `OrderCreated` event and
@@ -89,15 +96,22 @@ impl Orders {
         };
         let rows = NewOrderRows {
             created: messaging::outbox_message(&draft, &self.exchange, trace),
-            process_payment: messaging::process_payment(&draft, &self.exchange, Uuid::now_v7(), trace),
-            deadline_at: now + TimeDelta::from_std(self.step_timeout).map_err(anyhow::Error::from)?,
+            saga: match self.step_timeout {
+                Some(timeout) => Some(db::SagaStart {
+                    process_payment: messaging::process_payment(&draft, &self.exchange, Uuid::now_v7(), trace),
+                    deadline_at: now + TimeDelta::from_std(timeout).map_err(anyhow::Error::from)?,
+                }),
+                None => None,
+            },
             order: draft,
         };
         // The writer has already woken the relay.
         let Some(row) = self.group.insert(rows).await? else {
             return self.replay(&order, &lines).await;
         };
-        self.metrics.started(1);
+        if self.step_timeout.is_some() {
+            self.metrics.started(1);
+        }
         tracing::info!(order_id = %row.order_id, event_id = %row.event_id, "order created");
         Ok(row)
     }

@@ -68,7 +68,10 @@ impl App {
         let mut lane = None;
         if config.role != Role::Relay {
             let opened = Lane::open(pool.connect_options().as_ref().clone(), &config.pool).await?;
-            let orders = Orders::new(opened.clone(), writer.clone(), config.writers, &store);
+            let mut orders = Orders::new(opened.clone(), writer.clone(), config.writers, &store);
+            if !config.saga.enabled {
+                orders = orders.without_saga();
+            }
             let api = OrdersApi::new(orders);
             router =
                 router.add_service(OrderServiceServer::new(api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES));
@@ -79,7 +82,7 @@ impl App {
         });
 
         // The saga's reply consumer and timers run beside the API, never in a relay-only replica.
-        let inbox = (config.role != Role::Relay && config.saga.consumer_enabled)
+        let inbox = (config.role != Role::Relay && config.saga.enabled && config.saga.consumer_enabled)
             .then(|| Inbox::new(pool.clone(), ReplyHandler::new(store.clone()), config.saga.inbox.clone()))
             .transpose()?
             .map(|inbox| inbox.with_metrics(&registry));

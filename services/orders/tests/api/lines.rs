@@ -71,3 +71,25 @@ async fn a_retry_must_carry_the_same_lines(pool: PgPool) {
     assert_eq!((app.count("orders").await, app.count("sagas").await, app.count("outbox_messages").await), (1, 1, 2));
     app.stop().await;
 }
+
+/// `SAGA_ENABLED=false`: the order and its lines, its OrderCreated alone; no
+/// saga row, no ProcessPayment, and the order stays CREATED.
+#[sqlx::test(migrations = false)]
+async fn without_the_saga_an_order_writes_only_its_event(pool: PgPool) {
+    let mut saga = orders::config::SagaConfig::new(
+        secrecy::SecretString::from(testkit::amqp_url()),
+        &testkit::unique("test.saga"),
+    );
+    saga.enabled = false;
+    let mut app = spawn_app(&pool, Options { saga: Some(saga), ..Options::default() }).await;
+    let request =
+        contracts::orders::v1::CreateOrderRequest { lines: vec![line("ABC-1", 3)], ..order("c-1", "9.99", "EUR") };
+    let created = app.client.create_order(request).await.unwrap().into_inner();
+    let keys: Vec<String> =
+        sqlx::query_scalar("SELECT routing_key FROM outbox_messages ORDER BY id").fetch_all(&app.pool).await.unwrap();
+    assert_eq!(keys, ["order.created"]);
+    assert_eq!((app.count("orders").await, app.count("order_lines").await, app.count("sagas").await), (1, 1, 0));
+    let got = app.client.get_order(GetOrderRequest { order_id: created.order_id }).await.unwrap().into_inner();
+    assert_eq!(got.order.unwrap().status(), contracts::orders::v1::OrderStatus::Created);
+    app.stop().await;
+}
