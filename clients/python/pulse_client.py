@@ -266,7 +266,7 @@ def run_saga(stubs, args, orders_channel):
             except grpc.FutureTimeoutError:
                 if args.saga == "on":
                     raise Failure(f"cannot connect to {addr} within {wait}s (--saga needs payments and inventory)") from None
-                log(f"no answer from {addr} within {wait}s: saga skipped (--saga requires it)")
+                log(f"no answer from {addr} within {wait}s: saga skipped (pass --saga to require it)")
                 return
         if args.health_check:
             check_health(payments_channel, args.payments, ["", PAYMENT_SERVICE], 5)
@@ -333,7 +333,8 @@ class Saga:
             time.sleep(0.2)
             polls += 1
             order = self.call("GetOrder", self.orders.GetOrder, get, deadline).order
-        log(f"GetOrder after {time.monotonic() - started:.2f}s ({polls} polls): {self.describe(order)}")
+        waited = time.monotonic() - started
+        log(f"GetOrder: order {order.order_id} after {waited:.2f}s ({polls} polls): {self.describe(order)}")
         if (order.status, order.failure) != (status, failure):
             expected = f"{pb.OrderStatus.Name(status)} / {pb.FailureReason.Name(failure)}"
             raise Failure(f"order {order.order_id} ended {self.describe(order)}, expected {expected}")
