@@ -265,7 +265,8 @@ def run_saga(stubs, args, orders_channel):
                 grpc.channel_ready_future(channel).result(timeout=wait)
             except grpc.FutureTimeoutError:
                 if args.saga == "on":
-                    raise Failure(f"cannot connect to {addr} within {wait}s (--saga needs payments and inventory)") from None
+                    needs = "--saga needs payments and inventory"
+                    raise Failure(f"cannot connect to {addr} within {wait}s ({needs})") from None
                 log(f"no answer from {addr} within {wait}s: saga skipped (pass --saga to require it)")
                 return
         if args.health_check:
@@ -294,8 +295,9 @@ class Saga:
     def run(self):
         deadline = time.monotonic() + self.args.timeout
         inventory, payments, orders = self.pb["inventory"], self.pb["payments"], self.pb["orders"]
-        stock = self.call("SetStock", self.inventory.SetStock, inventory.SetStockRequest(sku=self.sku, on_hand=5), deadline)
-        log(f"SetStock: {stock.stock.sku}: {stock.stock.on_hand} on hand, {stock.stock.reserved} reserved")
+        request = inventory.SetStockRequest(sku=self.sku, on_hand=5)
+        stock = self.call("SetStock", self.inventory.SetStock, request, deadline).stock
+        log(f"SetStock: {stock.sku}: {stock.on_hand} on hand, {stock.reserved} reserved")
         request = payments.SetCustomerCreditRequest(customer_id=self.customer, currency="EUR", amount="50.00")
         credit = self.call("SetCustomerCredit", self.payments.SetCustomerCredit, request, deadline).credit
         log(f"SetCustomerCredit: {credit.customer_id}: limit {credit.limit} {credit.currency}, used {credit.used}")
@@ -364,7 +366,9 @@ def main():
         default=os.environ.get("NOTIFICATIONS_ADDR", "localhost:50052"),
         help="host:port [NOTIFICATIONS_ADDR]",
     )
-    parser.add_argument("--payments", default=os.environ.get("PAYMENTS_ADDR", "localhost:50053"), help="host:port [PAYMENTS_ADDR]")
+    parser.add_argument(
+        "--payments", default=os.environ.get("PAYMENTS_ADDR", "localhost:50053"), help="host:port [PAYMENTS_ADDR]"
+    )
     parser.add_argument(
         "--inventory", default=os.environ.get("INVENTORY_ADDR", "localhost:50054"), help="host:port [INVENTORY_ADDR]"
     )
