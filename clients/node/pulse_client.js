@@ -1,14 +1,25 @@
 #!/usr/bin/env node
 // Pulse from Node.js: loads proto/ at run time (@grpc/proto-loader, nothing
-// generated or committed) and takes one order end to end, printing each step:
+// generated or committed), takes one order end to end, then runs the order
+// saga (payment, then stock) to COMPLETED and to FAILED, printing each step:
 //   1. grpc.health.v1.Health/Check is SERVING on both services, for "" and for
 //      each service's full name (health.proto from the grpc-health-check package);
 //   2. CreateOrder with an x-correlation-id, which must come back in the body
 //      and in the response metadata, and a request_id, so a retry cannot make
 //      a second order;
 //   3. ListNotifications is polled until the order's notification appears
-//      (bounded), which must carry the order's event id and correlation id.
-// Exits 0 when all of that holds, 1 otherwise.
+//      (bounded), which must carry the order's event id and correlation id
+//      ("all checks passed"); an order's saga outcome may add a second one;
+//   4. the saga, when PaymentService and InventoryService answer: SetStock(
+//      "<prefix>-SKU", 5) and SetCustomerCredit(customer, EUR, 50.00) for a
+//      prefix new at every run, then an order of 12.34 EUR for 2 of that sku,
+//      polled with GetOrder until COMPLETED (the credit then uses 12.34 and
+//      the stock holds 2 reserved), and one of 80.00 EUR, polled until FAILED
+//      with FAILURE_REASON_PAYMENT_DECLINED, leaving credit and stock as they
+//      were ("saga checks passed"). By default the saga runs when both
+//      addresses answer within 2 s and is skipped otherwise; --saga requires
+//      it (waiting up to the timeout for them), --no-saga skips it.
+// Exits 0 when all of that holds, 1 otherwise, 2 on bad usage.
 //
 // Retry policy (callWithRetry): a call answered UNAVAILABLE is retried, up to
 // --attempts calls in all and within the timeout, after the delay the server's
@@ -18,8 +29,11 @@
 // --no-health-check skips step 1.
 //
 //   npm ci && node pulse_client.js [--orders host:port] [--notifications host:port]
-// Addresses default to ORDERS_ADDR [localhost:50051] and NOTIFICATIONS_ADDR
-// [localhost:50052]; PULSE_CLIENT_TIMEOUT_SECS [30] bounds every wait.
+//     [--payments host:port] [--inventory host:port] [--saga | --no-saga]
+// Addresses default to ORDERS_ADDR [localhost:50051], NOTIFICATIONS_ADDR
+// [localhost:50052], PAYMENTS_ADDR [localhost:50053] and INVENTORY_ADDR
+// [localhost:50054]; PULSE_CLIENT_TIMEOUT_SECS [30] bounds every wait (and
+// each saga order's).
 'use strict';
 
 const crypto = require('node:crypto');
@@ -32,6 +46,9 @@ const protoLoader = require('@grpc/proto-loader');
 
 const ORDER_SERVICE = 'pulse.orders.v1.OrderService';
 const NOTIFICATION_SERVICE = 'pulse.notifications.v1.NotificationService';
+const PAYMENT_SERVICE = 'pulse.payments.v1.PaymentService';
+const INVENTORY_SERVICE = 'pulse.inventory.v1.InventoryService';
+const SAGA_PROBE_SECS = 2;
 const SERVING = 'SERVING';
 
 class Failure extends Error {}
@@ -252,8 +269,12 @@ async function run(args) {
     for (const n of found) {
       log(`ListNotifications: ${n.notification_id}: '${n.message}' (correlation ${n.correlation_id})`);
     }
-    if (found.length !== 1) throw new Failure(`expected exactly one notification, got ${found.length}`);
-    const [notification] = found;
+    // The order's creation comes first; its saga's outcome may have added one more.
+    const ofCreation = found.filter((n) => n.event_id === order.event_id);
+    if (ofCreation.length > 1) {
+      throw new Failure(`expected exactly one notification of event ${order.event_id}, got ${ofCreation.length}`);
+    }
+    const notification = ofCreation[0] ?? found[0];
     if (notification.event_id !== order.event_id || notification.correlation_id !== correlationId) {
       throw new Failure(
         `notification carries event ${notification.event_id} / correlation ${notification.correlation_id}, ` +
@@ -262,8 +283,115 @@ async function run(args) {
     }
     const waited = ((Date.now() - started) / 1000).toFixed(2);
     log(`notification arrived after ${waited}s (${polls} polls): all checks passed`);
+    if (args.saga !== 'off') await runSaga({ pulse, health, args, orders, make });
   } finally {
     for (const client of clients) client.close();
+  }
+}
+
+// Step 4 of the header, when payments and inventory answer (or --saga).
+async function runSaga({ pulse, health, args, orders, make }) {
+  const timeoutSecs = Number(args.timeout);
+  const wait = args.saga === 'on' ? timeoutSecs : Math.min(SAGA_PROBE_SECS, timeoutSecs);
+  const targets = [
+    [args.payments, PAYMENT_SERVICE],
+    [args.inventory, INVENTORY_SERVICE],
+  ].map(([addr, name]) => ({ addr, name, health: make(health.grpc.health.v1.Health, addr) }));
+  for (const { addr, health: client } of targets) {
+    try {
+      await waitForReady(client, addr, wait);
+    } catch (err) {
+      if (args.saga === 'on') throw new Failure(`${err.message} (--saga needs payments and inventory)`);
+      log(`no answer from ${addr} within ${wait}s: saga skipped (pass --saga to require it)`);
+      return;
+    }
+  }
+  if (!args['no-health-check']) {
+    for (const { addr, name, health: client } of targets) await checkHealth(client, addr, ['', name]);
+  }
+  // New at every run, so that a second run starts from a fresh stock and credit.
+  const prefix = `node-${crypto.randomUUID().replaceAll('-', '').slice(0, 12)}`;
+  const saga = {
+    orders,
+    payments: make(pulse.pulse.payments.v1.PaymentService, args.payments),
+    inventory: make(pulse.pulse.inventory.v1.InventoryService, args.inventory),
+    sku: `${prefix}-SKU`,
+    customer: `${prefix}-customer`,
+    timeoutSecs,
+    // One unary call, retried on UNAVAILABLE until `deadline`; resolves with the response.
+    call: async (client, method, request, deadline, metadata = new grpc.Metadata()) => {
+      const attempts = Number(args.attempts);
+      const call = () => unary(client, method, request, { metadata, timeoutSecs: 10 });
+      return (await callWithRetry(method, call, attempts, deadline)).response;
+    },
+  };
+  const deadline = Date.now() + timeoutSecs * 1000;
+  const { stock } = await saga.call(saga.inventory, 'SetStock', { sku: saga.sku, on_hand: 5 }, deadline);
+  log(`SetStock: ${stock.sku}: ${stock.on_hand} on hand, ${stock.reserved} reserved`);
+  const limit = { customer_id: saga.customer, currency: 'EUR', amount: '50.00' };
+  const { credit } = await saga.call(saga.payments, 'SetCustomerCredit', limit, deadline);
+  log(`SetCustomerCredit: ${credit.customer_id}: limit ${credit.limit} ${credit.currency}, used ${credit.used}`);
+  await sagaOrder(saga, '12.34', 'ORDER_STATUS_COMPLETED', 'FAILURE_REASON_UNSPECIFIED');
+  await expectHeld(saga, '12.34', 2);
+  await sagaOrder(saga, '80.00', 'ORDER_STATUS_FAILED', 'FAILURE_REASON_PAYMENT_DECLINED');
+  await expectHeld(saga, '12.34', 2);
+  log('saga checks passed');
+}
+
+function describeOrder(order) {
+  const lines = order.lines.map((line) => `${line.quantity} x ${line.sku}`).join(', ');
+  const failure = order.failure !== 'FAILURE_REASON_UNSPECIFIED' ? ` (${order.failure})` : '';
+  return `${order.amount} ${order.currency} for ${lines}: ${order.status}${failure}`;
+}
+
+// Creates an order of `amount` EUR for 2 of the saga's sku, polls GetOrder
+// (bounded by the timeout) until it leaves CREATED, checks how it ended.
+async function sagaOrder(saga, amount, status, failure) {
+  const deadline = Date.now() + saga.timeoutSecs * 1000;
+  const metadata = new grpc.Metadata();
+  metadata.set('x-correlation-id', `node-client-${crypto.randomUUID()}`);
+  const request = {
+    customer_id: saga.customer,
+    amount,
+    currency: 'EUR',
+    request_id: crypto.randomUUID(),
+    lines: [{ sku: saga.sku, quantity: 2 }],
+  };
+  let { order } = await saga.call(saga.orders, 'CreateOrder', request, deadline, metadata);
+  log(`CreateOrder: order ${order.order_id}, ${describeOrder(order)}`);
+  if (order.status !== 'ORDER_STATUS_CREATED') {
+    throw new Failure(`CreateOrder answered ${order.status}, expected ORDER_STATUS_CREATED`);
+  }
+  const started = Date.now();
+  let polls = 0;
+  while (order.status === 'ORDER_STATUS_CREATED') {
+    if (Date.now() - started > saga.timeoutSecs * 1000) {
+      throw new Failure(`order ${order.order_id} still CREATED after ${saga.timeoutSecs}s (${polls} polls)`);
+    }
+    await sleep(200);
+    polls += 1;
+    ({ order } = await saga.call(saga.orders, 'GetOrder', { order_id: order.order_id }, deadline));
+  }
+  const waited = ((Date.now() - started) / 1000).toFixed(2);
+  log(`GetOrder: order ${order.order_id} after ${waited}s (${polls} polls): ${describeOrder(order)}`);
+  if (order.status !== status || order.failure !== failure) {
+    throw new Failure(`order ${order.order_id} ended ${describeOrder(order)}, expected ${status} / ${failure}`);
+  }
+}
+
+// The saga's customer uses `used` EUR of 50.00, its sku holds `reserved` of 5.
+async function expectHeld(saga, used, reserved) {
+  const deadline = Date.now() + saga.timeoutSecs * 1000;
+  const asked = { customer_id: saga.customer, currency: 'EUR' };
+  const { credit } = await saga.call(saga.payments, 'GetCustomerCredit', asked, deadline);
+  log(`GetCustomerCredit: ${credit.customer_id}: limit ${credit.limit} ${credit.currency}, used ${credit.used}`);
+  if (credit.limit !== '50.00' || credit.used !== used) {
+    throw new Failure(`credit limit ${credit.limit}, used ${credit.used}; expected 50.00, used ${used}`);
+  }
+  const { stock } = await saga.call(saga.inventory, 'GetStock', { sku: saga.sku }, deadline);
+  log(`GetStock: ${stock.sku}: ${stock.on_hand} on hand, ${stock.reserved} reserved, ${stock.available} available`);
+  if (stock.on_hand !== 5 || stock.reserved !== reserved) {
+    throw new Failure(`stock ${stock.on_hand} on hand, ${stock.reserved} reserved; expected 5, ${reserved} reserved`);
   }
 }
 
@@ -272,6 +400,10 @@ async function main() {
     options: {
       orders: { type: 'string', default: process.env.ORDERS_ADDR || 'localhost:50051' },
       notifications: { type: 'string', default: process.env.NOTIFICATIONS_ADDR || 'localhost:50052' },
+      payments: { type: 'string', default: process.env.PAYMENTS_ADDR || 'localhost:50053' },
+      inventory: { type: 'string', default: process.env.INVENTORY_ADDR || 'localhost:50054' },
+      saga: { type: 'boolean', default: false },
+      'no-saga': { type: 'boolean', default: false },
       'proto-dir': {
         type: 'string',
         default: process.env.PULSE_PROTO_DIR || path.join(__dirname, '..', '..', 'proto'),
@@ -284,8 +416,12 @@ async function main() {
       currency: { type: 'string', default: 'USD' },
     },
   });
+  if (values.saga && values['no-saga']) {
+    log('usage: --saga and --no-saga exclude each other');
+    return 2;
+  }
   try {
-    await run(values);
+    await run({ ...values, saga: values.saga ? 'on' : values['no-saga'] ? 'off' : 'auto' });
     return 0;
   } catch (err) {
     const detail = err instanceof Failure ? err.message : `${err.code !== undefined ? `gRPC ${err.code}: ` : ''}${err.message}`;

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Pulse from Python: stubs generated from proto/ at run time, one order end to end.
+"""Pulse from Python: stubs generated from proto/ at run time, one order end to
+end, then the order saga (payment, then stock) to COMPLETED and to FAILED.
 
 What it does, printing each step:
   1. generates Python stubs for proto/pulse/**/*.proto with grpcio-tools into a
@@ -9,7 +10,17 @@ What it does, printing each step:
   3. creates an order with an x-correlation-id and a request_id (so that a
      retry cannot make a second order) and checks the id comes back;
   4. polls ListNotifications until the order's notification appears (bounded
-     by --timeout) and checks it carries the order's event and correlation id.
+     by --timeout) and checks it carries the order's event and correlation id
+     ("all checks passed"); an order's saga outcome may add a second one;
+  5. the saga, when PaymentService and InventoryService answer: SetStock(
+     "<prefix>-SKU", 5) and SetCustomerCredit(customer, EUR, 50.00) for a
+     prefix new at every run, then an order of 12.34 EUR for 2 of that sku,
+     polled with GetOrder until COMPLETED (the credit then uses 12.34 and the
+     stock holds 2 reserved), and one of 80.00 EUR, polled until FAILED with
+     FAILURE_REASON_PAYMENT_DECLINED, leaving credit and stock as they were
+     ("saga checks passed"). By default the saga runs when both addresses
+     answer within 2 s and is skipped otherwise; --saga requires it (waiting
+     up to --timeout for them), --no-saga skips it.
 Exits 0 when all of that holds, 1 when something does not, 2 on bad usage.
 
 Retry policy (call_with_retry): a call answered UNAVAILABLE is retried, up to
@@ -20,8 +31,10 @@ exponential backoff from 0.2 s to 5 s. Every other code fails at once: retrying
 INVALID_ARGUMENT or NOT_FOUND cannot succeed. --no-health-check skips step 2.
 
 Needs: pip install grpcio-tools grpcio-health-checking (ensure-tools.sh puts
-them in $PULSE_TOOLS/venv). Addresses: --orders / --notifications, else
-ORDERS_ADDR [localhost:50051] and NOTIFICATIONS_ADDR [localhost:50052].
+them in $PULSE_TOOLS/venv). Addresses: --orders / --notifications /
+--payments / --inventory, else ORDERS_ADDR [localhost:50051],
+NOTIFICATIONS_ADDR [localhost:50052], PAYMENTS_ADDR [localhost:50053] and
+INVENTORY_ADDR [localhost:50054].
 """
 
 import argparse
@@ -44,6 +57,9 @@ except ImportError as err:  # pragma: no cover - depends on the machine
 REPO_PROTO = pathlib.Path(__file__).resolve().parents[2] / "proto"
 ORDER_SERVICE = "pulse.orders.v1.OrderService"
 NOTIFICATION_SERVICE = "pulse.notifications.v1.NotificationService"
+PAYMENT_SERVICE = "pulse.payments.v1.PaymentService"
+INVENTORY_SERVICE = "pulse.inventory.v1.InventoryService"
+SAGA_PROBE_SECS = 2.0
 
 
 class Failure(Exception):
@@ -75,6 +91,10 @@ def generate_stubs(proto_root, out_dir):
         "orders_grpc": load("pulse.orders.v1.orders_pb2_grpc"),
         "notifications": load("pulse.notifications.v1.notifications_pb2"),
         "notifications_grpc": load("pulse.notifications.v1.notifications_pb2_grpc"),
+        "payments": load("pulse.payments.v1.payments_pb2"),
+        "payments_grpc": load("pulse.payments.v1.payments_pb2_grpc"),
+        "inventory": load("pulse.inventory.v1.inventory_pb2"),
+        "inventory_grpc": load("pulse.inventory.v1.inventory_pb2_grpc"),
     }
 
 
@@ -219,28 +239,147 @@ def run(args):
             waited = time.monotonic() - started
             for n in found:
                 log(f"ListNotifications: {n.notification_id}: {n.message!r} (correlation {n.correlation_id})")
-            if len(found) != 1:
-                raise Failure(f"expected exactly one notification, got {len(found)}")
-            notification = found[0]
+            # The order's creation comes first; its saga's outcome may have added one more.
+            created = [n for n in found if n.event_id == response.event_id]
+            if len(created) > 1:
+                raise Failure(f"expected exactly one notification of event {response.event_id}, got {len(created)}")
+            notification = created[0] if created else found[0]
             if notification.event_id != response.event_id or notification.correlation_id != correlation_id:
                 raise Failure(
                     f"notification carries event {notification.event_id} / correlation {notification.correlation_id}, "
                     f"expected {response.event_id} / {correlation_id}"
                 )
             log(f"notification arrived after {waited:.2f}s ({polls} polls): all checks passed")
+            if args.saga != "off":
+                run_saga(stubs, args, orders_channel)
+
+
+def run_saga(stubs, args, orders_channel):
+    """Step 5 of the module docstring, when payments and inventory answer (or --saga)."""
+    wait = args.timeout if args.saga == "on" else min(SAGA_PROBE_SECS, args.timeout)
+    with grpc.insecure_channel(args.payments) as payments_channel, grpc.insecure_channel(
+        args.inventory
+    ) as inventory_channel:
+        for channel, addr in ((payments_channel, args.payments), (inventory_channel, args.inventory)):
+            try:
+                grpc.channel_ready_future(channel).result(timeout=wait)
+            except grpc.FutureTimeoutError:
+                if args.saga == "on":
+                    needs = "--saga needs payments and inventory"
+                    raise Failure(f"cannot connect to {addr} within {wait}s ({needs})") from None
+                log(f"no answer from {addr} within {wait}s: saga skipped (pass --saga to require it)")
+                return
+        if args.health_check:
+            check_health(payments_channel, args.payments, ["", PAYMENT_SERVICE], 5)
+            check_health(inventory_channel, args.inventory, ["", INVENTORY_SERVICE], 5)
+        Saga(stubs, args, orders_channel, payments_channel, inventory_channel).run()
+
+
+class Saga:
+    """One order of a new customer and sku to COMPLETED, one to FAILED (PAYMENT_DECLINED)."""
+
+    def __init__(self, stubs, args, orders_channel, payments_channel, inventory_channel):
+        self.pb, self.args = stubs, args
+        self.orders = stubs["orders_grpc"].OrderServiceStub(orders_channel)
+        self.payments = stubs["payments_grpc"].PaymentServiceStub(payments_channel)
+        self.inventory = stubs["inventory_grpc"].InventoryServiceStub(inventory_channel)
+        # New at every run, so that a second run starts from a fresh stock and credit.
+        prefix = f"py-{uuid.uuid4().hex[:12]}"
+        self.sku, self.customer = f"{prefix}-SKU", f"{prefix}-customer"
+
+    def call(self, what, method, request, deadline, metadata=()):
+        return call_with_retry(
+            what, lambda: method(request, metadata=metadata, timeout=10), self.args.attempts, deadline
+        )
+
+    def run(self):
+        deadline = time.monotonic() + self.args.timeout
+        inventory, payments, orders = self.pb["inventory"], self.pb["payments"], self.pb["orders"]
+        request = inventory.SetStockRequest(sku=self.sku, on_hand=5)
+        stock = self.call("SetStock", self.inventory.SetStock, request, deadline).stock
+        log(f"SetStock: {stock.sku}: {stock.on_hand} on hand, {stock.reserved} reserved")
+        request = payments.SetCustomerCreditRequest(customer_id=self.customer, currency="EUR", amount="50.00")
+        credit = self.call("SetCustomerCredit", self.payments.SetCustomerCredit, request, deadline).credit
+        log(f"SetCustomerCredit: {credit.customer_id}: limit {credit.limit} {credit.currency}, used {credit.used}")
+        self.order("12.34", orders.ORDER_STATUS_COMPLETED, orders.FAILURE_REASON_UNSPECIFIED)
+        self.expect_held(used="12.34", reserved=2)
+        self.order("80.00", orders.ORDER_STATUS_FAILED, orders.FAILURE_REASON_PAYMENT_DECLINED)
+        self.expect_held(used="12.34", reserved=2)
+        log("saga checks passed")
+
+    def describe(self, order):
+        pb = self.pb["orders"]
+        lines = ", ".join(f"{line.quantity} x {line.sku}" for line in order.lines)
+        failure = f" ({pb.FailureReason.Name(order.failure)})" if order.failure else ""
+        return f"{order.amount} {order.currency} for {lines}: {pb.OrderStatus.Name(order.status)}{failure}"
+
+    def order(self, amount, status, failure):
+        """Creates an order of amount EUR for 2 of the sku, polls GetOrder
+        (bounded by --timeout) until it leaves CREATED, checks how it ended."""
+        pb = self.pb["orders"]
+        deadline = time.monotonic() + self.args.timeout
+        request = pb.CreateOrderRequest(
+            customer_id=self.customer, amount=amount, currency="EUR", request_id=str(uuid.uuid4()),
+            lines=[pb.OrderLine(sku=self.sku, quantity=2)],
+        )
+        metadata = [("x-correlation-id", f"py-client-{uuid.uuid4()}")]
+        order = self.call("CreateOrder", self.orders.CreateOrder, request, deadline, metadata).order
+        log(f"CreateOrder: order {order.order_id}, {self.describe(order)}")
+        if order.status != pb.ORDER_STATUS_CREATED:
+            raise Failure(f"CreateOrder answered {pb.OrderStatus.Name(order.status)}, expected ORDER_STATUS_CREATED")
+        get = pb.GetOrderRequest(order_id=order.order_id)
+        started, polls = time.monotonic(), 0
+        while order.status == pb.ORDER_STATUS_CREATED:
+            if time.monotonic() - started > self.args.timeout:
+                raise Failure(f"order {order.order_id} still CREATED after {self.args.timeout}s ({polls} polls)")
+            time.sleep(0.2)
+            polls += 1
+            order = self.call("GetOrder", self.orders.GetOrder, get, deadline).order
+        waited = time.monotonic() - started
+        log(f"GetOrder: order {order.order_id} after {waited:.2f}s ({polls} polls): {self.describe(order)}")
+        if (order.status, order.failure) != (status, failure):
+            expected = f"{pb.OrderStatus.Name(status)} / {pb.FailureReason.Name(failure)}"
+            raise Failure(f"order {order.order_id} ended {self.describe(order)}, expected {expected}")
+
+    def expect_held(self, used, reserved):
+        """The customer's credit uses `used` EUR of 50.00, the sku holds `reserved` of 5."""
+        deadline = time.monotonic() + self.args.timeout
+        request = self.pb["payments"].GetCustomerCreditRequest(customer_id=self.customer, currency="EUR")
+        credit = self.call("GetCustomerCredit", self.payments.GetCustomerCredit, request, deadline).credit
+        log(f"GetCustomerCredit: {credit.customer_id}: limit {credit.limit} {credit.currency}, used {credit.used}")
+        if (credit.limit, credit.used) != ("50.00", used):
+            raise Failure(f"credit limit {credit.limit}, used {credit.used}; expected 50.00, used {used}")
+        request = self.pb["inventory"].GetStockRequest(sku=self.sku)
+        stock = self.call("GetStock", self.inventory.GetStock, request, deadline).stock
+        log(f"GetStock: {stock.sku}: {stock.on_hand} on hand, {stock.reserved} reserved, {stock.available} available")
+        if (stock.on_hand, stock.reserved) != (5, reserved):
+            raise Failure(f"stock {stock.on_hand} on hand, {stock.reserved} reserved; expected 5, {reserved} reserved")
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Creates an order on Pulse and waits for its notification.")
+    parser = argparse.ArgumentParser(
+        description="Creates an order on Pulse and waits for its notification, then runs the order saga."
+    )
     parser.add_argument("--orders", default=os.environ.get("ORDERS_ADDR", "localhost:50051"), help="host:port [ORDERS_ADDR]")
     parser.add_argument(
         "--notifications",
         default=os.environ.get("NOTIFICATIONS_ADDR", "localhost:50052"),
         help="host:port [NOTIFICATIONS_ADDR]",
     )
+    parser.add_argument(
+        "--payments", default=os.environ.get("PAYMENTS_ADDR", "localhost:50053"), help="host:port [PAYMENTS_ADDR]"
+    )
+    parser.add_argument(
+        "--inventory", default=os.environ.get("INVENTORY_ADDR", "localhost:50054"), help="host:port [INVENTORY_ADDR]"
+    )
+    saga = parser.add_mutually_exclusive_group()
+    saga.add_argument("--saga", dest="saga", action="store_const", const="on",
+                      help="require the saga (default: run it when payments and inventory answer within 2 s)")
+    saga.add_argument("--no-saga", dest="saga", action="store_const", const="off", help="skip the saga")
+    parser.set_defaults(saga="auto")
     parser.add_argument("--proto-dir", default=os.environ.get("PULSE_PROTO_DIR", str(REPO_PROTO)), help="the proto/ directory")
     parser.add_argument("--timeout", type=float, default=float(os.environ.get("PULSE_CLIENT_TIMEOUT_SECS", "30")),
-                        help="seconds to wait for the servers and for the notification")
+                        help="seconds to wait for the servers, for the notification and for each saga order")
     parser.add_argument("--attempts", type=int, default=10, help="calls in all for one request answered UNAVAILABLE")
     parser.add_argument("--no-health-check", dest="health_check", action="store_false",
                         help="skip the health checks (e.g. to see a retry while a database is away)")

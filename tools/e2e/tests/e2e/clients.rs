@@ -2,12 +2,12 @@
 //! `proto/` at run time) against the real processes. Their dependencies come
 //! from `build-support/scripts/ensure-tools.sh`, under `$PULSE_TOOLS`.
 
-use std::{path::PathBuf, process::Stdio, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::Stdio, sync::Arc, time::Duration};
 
 use testkit::FaultProxy;
 use tokio::process::Command;
 
-use crate::support::{System, db, process::Spec, scratch::Scratch};
+use crate::support::{SagaSystem, System, db, process::Spec, saga, scratch::Scratch};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the repository root")
@@ -22,16 +22,37 @@ fn installed(path: PathBuf) -> PathBuf {
     path
 }
 
-/// Runs a client against `system` (bounded); fails the test, with its
-/// output, unless it exits 0. Returns what it printed.
-async fn run_client(system: &System, mut command: Command) -> String {
+/// The Python client's command, its interpreter from `$PULSE_TOOLS`.
+fn python_client() -> Command {
+    let mut command = Command::new(installed(tools_dir().join("venv/bin/python")));
+    command.arg("clients/python/pulse_client.py");
     command
-        .current_dir(repo_root())
-        .env("ORDERS_ADDR", system.orders.addr().to_string())
-        .env("NOTIFICATIONS_ADDR", system.notifications.addr().to_string())
-        .env("PULSE_CLIENT_TIMEOUT_SECS", "30")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+}
+
+/// The Node client's command.
+fn node_client() -> Command {
+    let mut command = Command::new("node");
+    // Dependencies from `npm ci` in clients/node when present, else ensure-tools.sh's copy.
+    if !repo_root().join("clients/node/node_modules").is_dir() {
+        command.env("NODE_PATH", installed(tools_dir().join("node-client/node_modules")));
+    }
+    command.arg("clients/node/pulse_client.js");
+    command
+}
+
+/// The environment that points a client at `system`'s orders and notifications.
+fn addrs_of(system: &System) -> [(&'static str, SocketAddr); 2] {
+    [("ORDERS_ADDR", system.orders.addr()), ("NOTIFICATIONS_ADDR", system.notifications.addr())]
+}
+
+/// Runs a client with `addrs` (`ORDERS_ADDR` and the like) in its
+/// environment (bounded); fails the test, with its output, unless it exits
+/// 0. Returns what it printed.
+async fn run_client(addrs: &[(&str, SocketAddr)], mut command: Command) -> String {
+    for (name, addr) in addrs {
+        command.env(name, addr.to_string());
+    }
+    command.current_dir(repo_root()).env("PULSE_CLIENT_TIMEOUT_SECS", "30").stdin(Stdio::null()).kill_on_drop(true);
     let output = tokio::time::timeout(Duration::from_secs(120), command.output())
         .await
         .expect("the client finishes within 120 s")
@@ -55,12 +76,15 @@ async fn assert_order_notified(system: &System, customer: &str) {
     db::assert_one_notification_each(&notifications_db, &ids, Duration::from_secs(5)).await;
 }
 
+// Without payments and inventory the clients skip the saga; `--no-saga` says
+// so, and keeps them off whatever may answer on the default addresses.
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_client_creates_an_order_and_sees_its_notification() {
     let system = System::start().await;
-    let mut command = Command::new(installed(tools_dir().join("venv/bin/python")));
-    command.arg("clients/python/pulse_client.py").args(["--customer", "c-python-e2e"]);
-    let printed = run_client(&system, command).await;
+    let mut command = python_client();
+    command.args(["--customer", "c-python-e2e", "--no-saga"]);
+    let printed = run_client(&addrs_of(&system), command).await;
     assert!(printed.contains("all checks passed"), "{printed}");
     assert_order_notified(&system, "c-python-e2e").await;
 }
@@ -68,15 +92,57 @@ async fn the_python_client_creates_an_order_and_sees_its_notification() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_node_client_creates_an_order_and_sees_its_notification() {
     let system = System::start().await;
-    let mut command = Command::new("node");
-    // Dependencies from `npm ci` in clients/node when present, else ensure-tools.sh's copy.
-    if !repo_root().join("clients/node/node_modules").is_dir() {
-        command.env("NODE_PATH", installed(tools_dir().join("node-client/node_modules")));
-    }
-    command.arg("clients/node/pulse_client.js").args(["--customer", "c-node-e2e"]);
-    let printed = run_client(&system, command).await;
+    let mut command = node_client();
+    command.args(["--customer", "c-node-e2e", "--no-saga"]);
+    let printed = run_client(&addrs_of(&system), command).await;
     assert!(printed.contains("all checks passed"), "{printed}");
     assert_order_notified(&system, "c-node-e2e").await;
+}
+
+/// What follows `label` in the client's output up to the next colon: the
+/// sku of `SetStock: <sku>: ...`, the customer of `SetCustomerCredit: ...`.
+fn printed_name<'a>(printed: &'a str, label: &str) -> &'a str {
+    let (_, rest) = printed.split_once(label).unwrap_or_else(|| panic!("no {label:?} in:\n{printed}"));
+    rest.split(':').next().unwrap_or_default().trim()
+}
+
+/// Runs a client with `--saga` against the four processes: it passes its
+/// order checks and its saga checks (one order COMPLETED, one FAILED
+/// PAYMENT_DECLINED), and the participants' own APIs agree: 12.34 of the
+/// customer's 50.00 EUR used, 2 of the sku's 5 reserved.
+async fn assert_client_runs_the_saga(mut command: Command) {
+    let system = SagaSystem::start(|spec| spec).await;
+    let (payments, inventory) = (system.payments.addr(), system.inventory.addr());
+    let addrs = [
+        ("ORDERS_ADDR", system.orders.addr()),
+        ("NOTIFICATIONS_ADDR", system.notifications.addr()),
+        ("PAYMENTS_ADDR", payments),
+        ("INVENTORY_ADDR", inventory),
+    ];
+    command.arg("--saga");
+    let printed = run_client(&addrs, command).await;
+    assert!(printed.contains("all checks passed"), "{printed}");
+    assert!(printed.contains("ORDER_STATUS_COMPLETED"), "{printed}");
+    assert!(printed.contains("ORDER_STATUS_FAILED (FAILURE_REASON_PAYMENT_DECLINED)"), "{printed}");
+    assert!(printed.contains("saga checks passed"), "{printed}");
+    let customer = printed_name(&printed, "SetCustomerCredit: ");
+    assert_eq!(saga::credit(payments, customer).await, (5_000, 1_234), "{customer}: limit and used, in cents");
+    let sku = printed_name(&printed, "SetStock: ");
+    assert_eq!(saga::stock(inventory, sku).await, (5, 2), "{sku}: on hand and reserved");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_client_runs_an_order_saga_to_completed_and_failed() {
+    let mut command = python_client();
+    command.args(["--customer", "c-python-saga"]);
+    assert_client_runs_the_saga(command).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_node_client_runs_an_order_saga_to_completed_and_failed() {
+    let mut command = node_client();
+    command.args(["--customer", "c-node-saga"]);
+    assert_client_runs_the_saga(command).await;
 }
 
 /// Both services, orders reaching its database through a proxy that is cut
@@ -118,20 +184,17 @@ async fn assert_retried_as_told(system: &System, printed: &str, customer: &str) 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_client_retries_unavailable_after_the_retry_info_delay() {
     let system = system_with_orders_database_away(Duration::from_secs(3)).await;
-    let mut command = Command::new(installed(tools_dir().join("venv/bin/python")));
-    command.arg("clients/python/pulse_client.py").args(["--customer", "c-python-retry", "--no-health-check"]);
-    let printed = run_client(&system, command).await;
+    let mut command = python_client();
+    command.args(["--customer", "c-python-retry", "--no-health-check", "--no-saga"]);
+    let printed = run_client(&addrs_of(&system), command).await;
     assert_retried_as_told(&system, &printed, "c-python-retry").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_node_client_retries_unavailable_after_the_retry_info_delay() {
     let system = system_with_orders_database_away(Duration::from_secs(3)).await;
-    let mut command = Command::new("node");
-    if !repo_root().join("clients/node/node_modules").is_dir() {
-        command.env("NODE_PATH", installed(tools_dir().join("node-client/node_modules")));
-    }
-    command.arg("clients/node/pulse_client.js").args(["--customer", "c-node-retry", "--no-health-check"]);
-    let printed = run_client(&system, command).await;
+    let mut command = node_client();
+    command.args(["--customer", "c-node-retry", "--no-health-check", "--no-saga"]);
+    let printed = run_client(&addrs_of(&system), command).await;
     assert_retried_as_told(&system, &printed, "c-node-retry").await;
 }
