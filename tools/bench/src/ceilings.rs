@@ -29,7 +29,7 @@ pub(crate) async fn pg_two_inserts(
 ) -> anyhow::Result<(f64, serde_json::Value)> {
     let pool = PgPoolOptions::new().max_connections(concurrency as u32).connect(url).await?;
     orders::db::migrate(&pool).await?;
-    sqlx::query("TRUNCATE orders, outbox_messages").execute(&pool).await?;
+    sqlx::query("TRUNCATE orders, outbox_messages CASCADE").execute(&pool).await?;
     let cpu_before = CpuSnapshot::take();
     let started = Instant::now();
     let workers = (0..concurrency).map(|_| {
