@@ -1,17 +1,14 @@
 //! An order's lines as CreateOrder accepts them: at most [`MAX_LINES`], each
-//! a sku of 1 to [`MAX_SKU_CHARS`] characters and a quantity above zero.
+//! a sku ([`Sku`]) and a quantity above zero.
 
 use std::sync::LazyLock;
 
-use platform::errors::FieldViolation;
+use platform::{errors::FieldViolation, values::Sku};
 
 use crate::db::OrderLine;
 
 /// The most lines one order may have.
 pub const MAX_LINES: usize = 100;
-
-/// The longest sku, in characters.
-pub const MAX_SKU_CHARS: usize = 64;
 
 /// `lines[i].sku` and `lines[i].quantity` for every line an order may have,
 /// made once: a violation names its field with a `&'static str`.
@@ -33,7 +30,7 @@ pub fn parse_lines<'a>(
     let mut parsed = Vec::with_capacity(lines.len());
     for (i, (sku, quantity)) in lines.enumerate() {
         let (sku_field, quantity_field) = &FIELDS[i];
-        if let Err(problem) = check_sku(sku) {
+        if let Err(problem) = Sku::parse(sku) {
             violations.push(FieldViolation::new(sku_field.as_str(), problem));
         }
         if quantity == 0 {
@@ -42,23 +39,6 @@ pub fn parse_lines<'a>(
         parsed.push(OrderLine { sku: sku.to_owned(), quantity });
     }
     if violations.is_empty() { Ok(parsed) } else { Err(violations) }
-}
-
-fn check_sku(sku: &str) -> Result<(), String> {
-    let chars = sku.chars().count();
-    if chars == 0 {
-        return Err("must not be empty".into());
-    }
-    if chars > MAX_SKU_CHARS {
-        return Err(format!("must be at most {MAX_SKU_CHARS} characters, got {chars}"));
-    }
-    if sku.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
-    }
-    if sku.starts_with(char::is_whitespace) || sku.ends_with(char::is_whitespace) {
-        return Err("must not start or end with white space".into());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

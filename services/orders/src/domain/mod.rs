@@ -3,7 +3,7 @@
 
 mod lines;
 
-pub use lines::{MAX_LINES, MAX_SKU_CHARS, parse_lines};
+pub use lines::{MAX_LINES, parse_lines};
 pub use platform::values::{Amount, Currency, CustomerId};
 use uuid::Uuid;
 

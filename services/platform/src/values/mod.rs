@@ -4,9 +4,11 @@
 
 mod amount;
 mod currency;
+mod sku;
 
 pub use amount::Amount;
 pub use currency::Currency;
+pub use sku::Sku;
 
 /// A customer id: 1 to 128 characters, at least one of them visible, no
 /// control characters, no white space or invisible characters at either end
