@@ -4,6 +4,7 @@
 //! lost), and the addresses of the local services the tests run against.
 
 pub mod consumer;
+pub mod otlp;
 pub mod pki;
 pub mod schema;
 

@@ -18,4 +18,5 @@ mod postgres_restart;
 mod postgres_tls;
 mod relay_failover;
 mod saga;
+mod saga_trace;
 mod support;

@@ -36,11 +36,16 @@ impl SagaSystem {
     /// The consumers first (each declares its queue), then orders; `orders`
     /// adjusts the orders process (a short step timeout, say).
     pub(crate) async fn start(orders: impl FnOnce(Spec) -> Spec) -> Self {
+        Self::start_with(|spec| spec, orders).await
+    }
+
+    /// [`Self::start`], with `every` adjusting all four processes first.
+    pub(crate) async fn start_with(every: impl Fn(Spec) -> Spec, orders: impl FnOnce(Spec) -> Spec) -> Self {
         let scratch = Scratch::new().await;
-        let notifications = Spec::notifications(&scratch).start().await;
-        let payments = Spec::payments(&scratch).start().await;
-        let inventory = Spec::inventory(&scratch).start().await;
-        let orders = orders(Spec::orders(&scratch).env("SAGA_ENABLED", "true")).start().await;
+        let notifications = every(Spec::notifications(&scratch)).start().await;
+        let payments = every(Spec::payments(&scratch)).start().await;
+        let inventory = every(Spec::inventory(&scratch)).start().await;
+        let orders = orders(every(Spec::orders(&scratch)).env("SAGA_ENABLED", "true")).start().await;
         Self { orders, payments, inventory, notifications, scratch }
     }
 }
