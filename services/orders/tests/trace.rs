@@ -23,10 +23,7 @@ use contracts::{
     notifications::v1::{ListNotificationsRequest, notification_service_client::NotificationServiceClient},
     orders::v1::{CreateOrderRequest, GetOrderRequest, order_service_client::OrderServiceClient},
 };
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::trace_service_server::TraceServiceServer,
-    trace::v1::{Span, span::SpanKind},
-};
+use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
 use spans::*;
 use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
@@ -41,15 +38,7 @@ const ORDERS: usize = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_create_order_is_one_trace_across_both_services() {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = listener.local_addr().unwrap();
-    let server = TraceServiceServer::new(receiver.clone());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(server)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let (receiver, otlp) = Receiver::start().await;
     let guard = Arc::new(telemetry::init_with_otlp("pulse-trace-test", Some(format!("http://{otlp}"))));
     assert!(telemetry::otel_active());
 
@@ -138,7 +127,7 @@ async fn one_create_order_is_one_trace_across_both_services() {
         let flushing = Arc::clone(&guard);
         tokio::task::spawn_blocking(move || flushing.flush()).await.unwrap();
         let in_trace: Vec<Span> =
-            receiver.spans.lock().unwrap().iter().filter(|s| hex(&s.trace_id) == trace_id).cloned().collect();
+            receiver.collected().into_iter().map(|c| c.span).filter(|s| hex(&s.trace_id) == trace_id).collect();
         if complete(&in_trace) {
             break in_trace;
         }
