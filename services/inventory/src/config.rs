@@ -23,11 +23,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use inbox::InboxConfig;
 use infra::{
-    config::{ConfigErrors, addr_or, millis_or, parse_or, secret_url_or, secret_urls_or, var_or},
+    config::{ConfigErrors, addr_or, names_or_none, secret_url_or, secret_urls_or, var_or},
     pg::PoolSettings,
 };
 use outbox::{OutboxSettings, RelayConfig};
-use platform::tls::ServerTls;
+use platform::{consumer::Settings, tls::ServerTls};
 use secrecy::SecretString;
 
 /// Everything the service needs; tests build one directly.
@@ -91,6 +91,9 @@ pub const VARIABLES: &[&str] = &[
     "INVENTORY_MAX_ATTEMPTS",
 ];
 
+/// The prefix of inventory's own variables, without its underscore.
+pub const PREFIX: &str = "INVENTORY";
+
 /// The prefixes of [`known_variables`].
 pub const PREFIXES: &[&str] = &["INVENTORY_", inbox::variables::PREFIX, outbox::config::PREFIX];
 
@@ -109,25 +112,18 @@ impl Config {
         let p = &mut problems;
         let amqp_url =
             p.check(secret_urls_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
-        let exchange = var_or("INVENTORY_EXCHANGE", contracts::EVENTS_EXCHANGE);
-        let mut inbox = InboxConfig::new(
+        let mut inbox = InboxConfig::for_service(
+            PREFIX,
+            "inventory",
             amqp_url.clone(),
-            exchange.clone(),
-            queue_name(&var_or("INVENTORY_QUEUE_PREFIX", "pulse")),
+            contracts::EVENTS_EXCHANGE,
+            queue_name,
             routing_keys(),
         );
-        inbox.connection_name = "inventory".to_owned();
-        inbox.prefetch = p.check(parse_or("INVENTORY_PREFETCH", inbox.prefetch), inbox.prefetch);
-        inbox.batch_size = p.check(parse_or("INVENTORY_BATCH_SIZE", inbox.batch_size), inbox.batch_size);
-        inbox.max_attempts = p.check(parse_or("INVENTORY_MAX_ATTEMPTS", inbox.max_attempts), inbox.max_attempts);
-        inbox.apply_env(p);
-        // Checked on what the variables gave only: a bad variable is named above already.
-        if let (true, Err(reason)) = (p.0.is_empty(), inbox.validate()) {
-            p.invalid("INVENTORY_* consumer settings", reason);
-        }
-        let relay = OutboxSettings::from_env(RelayConfig::new(amqp_url, "pulse-inventory", vec![exchange]), p).relay;
+        inbox.apply_service_env(PREFIX, p);
+        let exchanges = vec![inbox.exchange.clone()];
+        let relay = OutboxSettings::from_env(RelayConfig::new(amqp_url, "pulse-inventory", exchanges), p).relay;
 
-        let defaults = PoolSettings::default();
         let any_port = SocketAddr::from(([0, 0, 0, 0], 0));
         let config = Self {
             grpc_addr: p.check(addr_or("INVENTORY_GRPC_ADDR", "0.0.0.0:50054"), any_port),
@@ -136,44 +132,31 @@ impl Config {
                 secret_url_or("INVENTORY_DATABASE_URL", "postgres://postgres:postgres@localhost:5432/pulse_inventory"),
                 SecretString::default(),
             ),
-            pool: PoolSettings {
-                max_connections: p.check(
-                    parse_or("INVENTORY_DB_MAX_CONNECTIONS", defaults.max_connections),
-                    defaults.max_connections,
-                ),
-                min_connections: p.check(
-                    parse_or("INVENTORY_DB_MIN_CONNECTIONS", defaults.min_connections),
-                    defaults.min_connections,
-                ),
-                acquire_timeout: p.check(
-                    millis_or("INVENTORY_DB_ACQUIRE_TIMEOUT_MS", defaults.acquire_timeout),
-                    defaults.acquire_timeout,
-                ),
-            },
+            pool: PoolSettings::from_env(PREFIX, p),
             inbox,
             relay,
             health_interval: Duration::from_secs(1),
-            tls: p.check(ServerTls::from_env("INVENTORY"), None),
+            tls: p.check(ServerTls::from_env(PREFIX), None),
             admin_token_file: Some(var_or(ADMIN_TOKEN_FILE, "")).filter(|p| !p.trim().is_empty()).map(PathBuf::from),
-            admin_client_names: var_or("INVENTORY_ADMIN_CLIENT_NAMES", "")
-                .split(',')
-                .map(str::trim)
-                .filter(|name| !name.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            admin_client_names: names_or_none("INVENTORY_ADMIN_CLIENT_NAMES"),
         };
         problems.or_value(config)
     }
-}
 
-/// The admin token in `path`, surrounding whitespace removed. The error names
-/// the file, never its content.
-pub fn read_admin_token(path: &std::path::Path) -> anyhow::Result<SecretString> {
-    let raw = std::fs::read_to_string(path)
-        .map_err(|err| anyhow::anyhow!("cannot read {ADMIN_TOKEN_FILE} {}: {err}", path.display()))?;
-    let token = raw.trim();
-    anyhow::ensure!(!token.is_empty(), "{ADMIN_TOKEN_FILE} {} is empty", path.display());
-    Ok(SecretString::from(token.to_owned()))
+    /// The settings of the kit's parts ([`platform::consumer`]).
+    pub fn kit_settings(&self) -> Settings<'_> {
+        Settings {
+            grpc_addr: self.grpc_addr,
+            metrics_addr: self.metrics_addr,
+            database_url: &self.database_url,
+            pool: &self.pool,
+            health_interval: self.health_interval,
+            tls: self.tls.as_ref(),
+            admin_client_names: &self.admin_client_names,
+            inbox: &self.inbox,
+            relay: Some(&self.relay),
+        }
+    }
 }
 
 #[cfg(test)]

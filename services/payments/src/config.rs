@@ -28,13 +28,13 @@ use contracts::{
 use inbox::InboxConfig;
 use infra::{
     config::{
-        ConfigError, ConfigErrors, addr_or, millis_or, parse_or, secret_from_file, secret_url_or, secret_urls_or,
+        ConfigError, ConfigErrors, addr_or, names_or_none, parse_or, secret_from_file, secret_url_or, secret_urls_or,
         var_or,
     },
     pg::PoolSettings,
 };
 use outbox::{OutboxSettings, RelayConfig};
-use platform::tls::ServerTls;
+use platform::{consumer::Settings, tls::ServerTls};
 use secrecy::SecretString;
 
 use crate::money::DefaultCredit;
@@ -100,6 +100,9 @@ pub const VARIABLES: &[&str] = &[
     "PAYMENTS_DEFAULT_CREDIT",
 ];
 
+/// The prefix of payments' own variables, without its underscore.
+pub const PREFIX: &str = "PAYMENTS";
+
 /// The prefixes of [`known_variables`].
 pub const PREFIXES: &[&str] = &["PAYMENTS_", inbox::variables::PREFIX, outbox::config::PREFIX];
 
@@ -115,25 +118,19 @@ impl Config {
         let p = &mut problems;
         let amqp_url =
             p.check(secret_urls_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
-        let exchange = var_or("PAYMENTS_EXCHANGE", contracts::EVENTS_EXCHANGE);
-        let mut inbox = InboxConfig::new(
+        let mut inbox = InboxConfig::for_service(
+            PREFIX,
+            "payments",
             amqp_url.clone(),
-            exchange.clone(),
-            queue_name(&var_or("PAYMENTS_QUEUE_PREFIX", "pulse")),
+            contracts::EVENTS_EXCHANGE,
+            queue_name,
             routing_keys(),
         );
-        inbox.connection_name = "payments".to_owned();
-        inbox.prefetch = p.check(parse_or("PAYMENTS_PREFETCH", inbox.prefetch), inbox.prefetch);
-        inbox.batch_size = p.check(parse_or("PAYMENTS_BATCH_SIZE", inbox.batch_size), inbox.batch_size);
-        inbox.max_attempts = p.check(parse_or("PAYMENTS_MAX_ATTEMPTS", inbox.max_attempts), inbox.max_attempts);
         let window = inbox.dedup_window.as_secs();
         inbox.dedup_window = Duration::from_secs(p.check(parse_or("PAYMENTS_DEDUP_WINDOW_SECS", window), window));
-        inbox.apply_env(p);
-        // Checked on what the variables gave only: a bad variable is named above already.
-        if let (true, Err(reason)) = (p.0.is_empty(), inbox.validate()) {
-            p.invalid("PAYMENTS_* consumer settings", reason);
-        }
-        let relay = OutboxSettings::from_env(RelayConfig::new(amqp_url, "pulse-payments", vec![exchange]), p).relay;
+        inbox.apply_service_env(PREFIX, p);
+        let exchanges = vec![inbox.exchange.clone()];
+        let relay = OutboxSettings::from_env(RelayConfig::new(amqp_url, "pulse-payments", exchanges), p).relay;
         let default_credit = p.check(
             DefaultCredit::parse(&var_or("PAYMENTS_DEFAULT_CREDIT", "1000.00")).map_err(|reason| {
                 ConfigError::Invalid {
@@ -144,7 +141,6 @@ impl Config {
             DefaultCredit::default(),
         );
 
-        let defaults = PoolSettings::default();
         let any_port = SocketAddr::from(([0, 0, 0, 0], 0));
         let config = Self {
             grpc_addr: p.check(addr_or("PAYMENTS_GRPC_ADDR", "0.0.0.0:50053"), any_port),
@@ -153,30 +149,31 @@ impl Config {
                 secret_url_or("PAYMENTS_DATABASE_URL", "postgres://postgres:postgres@localhost:5432/pulse_payments"),
                 SecretString::default(),
             ),
-            pool: PoolSettings {
-                max_connections: p
-                    .check(parse_or("PAYMENTS_DB_MAX_CONNECTIONS", defaults.max_connections), defaults.max_connections),
-                min_connections: p
-                    .check(parse_or("PAYMENTS_DB_MIN_CONNECTIONS", defaults.min_connections), defaults.min_connections),
-                acquire_timeout: p.check(
-                    millis_or("PAYMENTS_DB_ACQUIRE_TIMEOUT_MS", defaults.acquire_timeout),
-                    defaults.acquire_timeout,
-                ),
-            },
+            pool: PoolSettings::from_env(PREFIX, p),
             inbox,
             relay,
             default_credit,
             health_interval: Duration::from_secs(1),
-            tls: p.check(ServerTls::from_env("PAYMENTS"), None),
+            tls: p.check(ServerTls::from_env(PREFIX), None),
             admin_token: p.check(secret_from_file("PAYMENTS_ADMIN_TOKEN"), None),
-            admin_client_names: var_or("PAYMENTS_ADMIN_CLIENT_NAMES", "")
-                .split(',')
-                .map(str::trim)
-                .filter(|name| !name.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            admin_client_names: names_or_none("PAYMENTS_ADMIN_CLIENT_NAMES"),
         };
         problems.or_value(config)
+    }
+
+    /// The settings of the kit's parts ([`platform::consumer`]).
+    pub fn kit_settings(&self) -> Settings<'_> {
+        Settings {
+            grpc_addr: self.grpc_addr,
+            metrics_addr: self.metrics_addr,
+            database_url: &self.database_url,
+            pool: &self.pool,
+            health_interval: self.health_interval,
+            tls: self.tls.as_ref(),
+            admin_client_names: &self.admin_client_names,
+            inbox: &self.inbox,
+            relay: Some(&self.relay),
+        }
     }
 }
 
