@@ -19,39 +19,27 @@
 //! | `INVENTORY_ADMIN_CLIENT_NAMES` | empty (no client certificate is an admin credential) |
 //! | `OUTBOX_*`, `INBOX_*` | the outbox relay's and the inbox's own (docs/configuration.md) |
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use inbox::InboxConfig;
-use infra::{
-    config::{ConfigErrors, addr_or, names_or_none, secret_url_or, secret_urls_or, var_or},
-    pg::PoolSettings,
-};
+use infra::config::{ConfigErrors, secret_urls_or, var_or};
 use outbox::{OutboxSettings, RelayConfig};
-use platform::{consumer::Settings, tls::ServerTls};
+use platform::consumer::ServerConfig;
 use secrecy::SecretString;
 
 /// Everything the service needs; tests build one directly.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Port 0 binds an ephemeral port (see [`crate::App::grpc_addr`]).
-    pub grpc_addr: SocketAddr,
-    /// `GET /metrics` (Prometheus text); port 0 binds an ephemeral port.
-    pub metrics_addr: SocketAddr,
-    pub database_url: SecretString,
-    pub pool: PoolSettings,
+    /// Ports, database, health probe, TLS and the console's client names
+    /// (`INVENTORY_*`, read alike by every consumer service).
+    pub server: ServerConfig,
     /// The consumer of the commands: broker URL, exchange, queue names, retry tiers.
     pub inbox: InboxConfig,
     /// The relay of the replies (same broker; publishes to the exchange of `inbox`).
     pub relay: RelayConfig,
-    /// How often the health check probes the database.
-    pub health_interval: Duration,
-    /// TLS on the gRPC port (`INVENTORY_TLS_*`); None serves plaintext.
-    pub tls: Option<ServerTls>,
     /// The file holding the dead-letter console's bearer token; None refuses
     /// every console call PERMISSION_DENIED.
     pub admin_token_file: Option<PathBuf>,
-    /// With mutual TLS, the client certificate names the console also accepts.
-    pub admin_client_names: Vec<String>,
 }
 
 /// The commands queue for a prefix; the retry and dead-letter queues are named after it.
@@ -124,38 +112,13 @@ impl Config {
         let exchanges = vec![inbox.exchange.clone()];
         let relay = OutboxSettings::from_env(RelayConfig::new(amqp_url, "pulse-inventory", exchanges), p).relay;
 
-        let any_port = SocketAddr::from(([0, 0, 0, 0], 0));
         let config = Self {
-            grpc_addr: p.check(addr_or("INVENTORY_GRPC_ADDR", "0.0.0.0:50054"), any_port),
-            metrics_addr: p.check(addr_or("INVENTORY_METRICS_ADDR", "0.0.0.0:9467"), any_port),
-            database_url: p.check(
-                secret_url_or("INVENTORY_DATABASE_URL", "postgres://postgres:postgres@localhost:5432/pulse_inventory"),
-                SecretString::default(),
-            ),
-            pool: PoolSettings::from_env(PREFIX, p),
+            server: ServerConfig::from_env(PREFIX, "0.0.0.0:50054", "0.0.0.0:9467", p),
             inbox,
             relay,
-            health_interval: Duration::from_secs(1),
-            tls: p.check(ServerTls::from_env(PREFIX), None),
             admin_token_file: Some(var_or(ADMIN_TOKEN_FILE, "")).filter(|p| !p.trim().is_empty()).map(PathBuf::from),
-            admin_client_names: names_or_none("INVENTORY_ADMIN_CLIENT_NAMES"),
         };
         problems.or_value(config)
-    }
-
-    /// The settings of the kit's parts ([`platform::consumer`]).
-    pub fn kit_settings(&self) -> Settings<'_> {
-        Settings {
-            grpc_addr: self.grpc_addr,
-            metrics_addr: self.metrics_addr,
-            database_url: &self.database_url,
-            pool: &self.pool,
-            health_interval: self.health_interval,
-            tls: self.tls.as_ref(),
-            admin_client_names: &self.admin_client_names,
-            inbox: &self.inbox,
-            relay: Some(&self.relay),
-        }
     }
 }
 

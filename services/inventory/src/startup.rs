@@ -31,12 +31,11 @@ const SPEC: Spec = Spec {
 /// Creates the database if needed, applies the schemas, binds the gRPC port
 /// and the metrics port, and prepares the consumer and the relay.
 pub async fn build(config: Config) -> anyhow::Result<App> {
-    let settings = config.kit_settings();
-    let kit = Kit::start(SPEC, &settings, crate::db::schemas()).await?;
+    let kit = Kit::start(SPEC, &config.server, &config.inbox, crate::db::schemas()).await?;
     let handler = CommandHandler::new(&config.inbox.exchange, config.relay.notify_channel.clone(), kit.registry());
     let admin_token = config.admin_token_file.as_deref().map(|path| read_admin_token(ADMIN_TOKEN_FILE, path));
     let api = InventoryApi::new(kit.pool().clone());
-    kit.serve(&settings, Some(handler), admin_token.transpose()?, |router| {
+    kit.serve(Some(&config.relay), Some(handler), admin_token.transpose()?, |router| {
         router
             .add_service(InventoryServiceServer::new(api).max_decoding_message_size(platform::grpc::MAX_MESSAGE_BYTES))
     })

@@ -26,14 +26,9 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use inbox::InboxConfig;
-use infra::{
-    config::{
-        ConfigError, ConfigErrors, addr_or, bool_or, millis_up_to_or, names_or_none, parse_or, rate_or, secret_url_or,
-        secret_urls_or, var_or,
-    },
-    pg::PoolSettings,
-};
-use platform::{consumer::Settings, tls::ServerTls};
+use infra::config::{ConfigError, ConfigErrors, bool_or, millis_up_to_or, parse_or, rate_or, secret_urls_or, var_or};
+use infra::pg::PoolSettings;
+use platform::{consumer::ServerConfig, tls::ServerTls};
 use secrecy::SecretString;
 
 /// Everything the service needs; tests build one directly.
@@ -142,40 +137,34 @@ impl Config {
         // NOTIFICATIONS_MAX_ATTEMPTS, read here, wins over the count the retry delays imply.
         inbox.apply_service_env(PREFIX, p);
 
-        let any_port = SocketAddr::from(([0, 0, 0, 0], 0));
+        // Flat fields (other crates' tests build this configuration): read as every consumer service does.
+        let ServerConfig { grpc_addr, metrics_addr, database_url, pool, health_interval, tls, admin_client_names } =
+            ServerConfig::from_env(PREFIX, "0.0.0.0:50052", "0.0.0.0:9465", p);
         let config = Self {
-            grpc_addr: p.check(addr_or("NOTIFICATIONS_GRPC_ADDR", "0.0.0.0:50052"), any_port),
-            metrics_addr: p.check(addr_or("NOTIFICATIONS_METRICS_ADDR", "0.0.0.0:9465"), any_port),
-            database_url: p.check(
-                secret_url_or(
-                    "NOTIFICATIONS_DATABASE_URL",
-                    "postgres://postgres:postgres@localhost:5432/pulse_notifications",
-                ),
-                SecretString::default(),
-            ),
-            pool: PoolSettings::from_env(PREFIX, p),
+            grpc_addr,
+            metrics_addr,
+            database_url,
+            pool,
             consumer_enabled: p.check(bool_or("NOTIFICATIONS_CONSUMER_ENABLED", true), true),
             inbox,
-            health_interval: Duration::from_secs(1),
-            tls: p.check(ServerTls::from_env(PREFIX), None),
+            health_interval,
+            tls,
             admin_token_file: Some(var_or(ADMIN_TOKEN_FILE, "")).filter(|p| !p.trim().is_empty()).map(PathBuf::from),
-            admin_client_names: names_or_none("NOTIFICATIONS_ADMIN_CLIENT_NAMES"),
+            admin_client_names,
         };
         problems.or_value(config)
     }
 
-    /// The settings of the kit's parts ([`platform::consumer`]); no relay.
-    pub fn kit_settings(&self) -> Settings<'_> {
-        Settings {
+    /// The settings the kit's parts read ([`platform::consumer::Kit`]).
+    pub fn server(&self) -> ServerConfig {
+        ServerConfig {
             grpc_addr: self.grpc_addr,
             metrics_addr: self.metrics_addr,
-            database_url: &self.database_url,
-            pool: &self.pool,
+            database_url: self.database_url.clone(),
+            pool: self.pool.clone(),
             health_interval: self.health_interval,
-            tls: self.tls.as_ref(),
-            admin_client_names: &self.admin_client_names,
-            inbox: &self.inbox,
-            relay: None,
+            tls: self.tls.clone(),
+            admin_client_names: self.admin_client_names.clone(),
         }
     }
 }

@@ -27,12 +27,11 @@ const SPEC: Spec = Spec {
 /// Creates the database if needed, applies migrations, binds the gRPC port
 /// and the metrics port, and prepares the consumer (unless it is disabled).
 pub async fn build(config: Config) -> anyhow::Result<App> {
-    let settings = config.kit_settings();
-    let kit = Kit::start(SPEC, &settings, crate::db::schemas()).await?;
+    let kit = Kit::start(SPEC, &config.server(), &config.inbox, crate::db::schemas()).await?;
     let handler = config.consumer_enabled.then_some(OrderEventsHandler);
     let admin_token = config.admin_token_file.as_deref().map(read_admin_token).transpose()?;
     let api = NotificationApi::new(kit.pool().clone());
-    kit.serve(&settings, handler, admin_token, |router| {
+    kit.serve(None, handler, admin_token, |router| {
         router.add_service(
             NotificationServiceServer::new(api).max_decoding_message_size(platform::grpc::MAX_MESSAGE_BYTES),
         )

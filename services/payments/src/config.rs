@@ -19,22 +19,16 @@
 //! | `PAYMENTS_TLS_CERT_FILE` / `_KEY_FILE` / `_CLIENT_CA_FILE` | unset (plaintext) |
 //! | `INBOX_*`, `OUTBOX_*` | the inbox's and the outbox's own |
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use contracts::{
     Routed,
     payments::v1::{ProcessPayment, RefundPayment},
 };
 use inbox::InboxConfig;
-use infra::{
-    config::{
-        ConfigError, ConfigErrors, addr_or, names_or_none, parse_or, secret_from_file, secret_url_or, secret_urls_or,
-        var_or,
-    },
-    pg::PoolSettings,
-};
+use infra::config::{ConfigError, ConfigErrors, parse_or, secret_from_file, secret_urls_or, var_or};
 use outbox::{OutboxSettings, RelayConfig};
-use platform::{consumer::Settings, tls::ServerTls};
+use platform::consumer::ServerConfig;
 use secrecy::SecretString;
 
 use crate::money::DefaultCredit;
@@ -42,27 +36,18 @@ use crate::money::DefaultCredit;
 /// Everything the service needs; tests build one directly.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Port 0 binds an ephemeral port (see [`crate::App::grpc_addr`]).
-    pub grpc_addr: SocketAddr,
-    /// `GET /metrics` (Prometheus text); port 0 binds an ephemeral port.
-    pub metrics_addr: SocketAddr,
-    pub database_url: SecretString,
-    pub pool: PoolSettings,
+    /// Ports, database, health probe, TLS and the console's client names
+    /// (`PAYMENTS_*`, read alike by every consumer service).
+    pub server: ServerConfig,
     /// The consumer of the commands: broker URL, exchange, queue names, retry tiers.
     pub inbox: InboxConfig,
     /// The relay of the replies (to the consumer's exchange).
     pub relay: RelayConfig,
     /// The limit of a customer whose credit was never set.
     pub default_credit: DefaultCredit,
-    /// How often the health check probes the database.
-    pub health_interval: Duration,
-    /// TLS on the gRPC port (`PAYMENTS_TLS_*`); None serves plaintext.
-    pub tls: Option<ServerTls>,
     /// The dead-letter console's bearer token (`PAYMENTS_ADMIN_TOKEN_FILE`);
     /// None refuses every console call PERMISSION_DENIED.
     pub admin_token: Option<SecretString>,
-    /// With mutual TLS, the client certificate names the console also accepts.
-    pub admin_client_names: Vec<String>,
 }
 
 /// The consumer's main queue for a prefix; the retry and dead-letter queues are named after it.
@@ -141,39 +126,14 @@ impl Config {
             DefaultCredit::default(),
         );
 
-        let any_port = SocketAddr::from(([0, 0, 0, 0], 0));
         let config = Self {
-            grpc_addr: p.check(addr_or("PAYMENTS_GRPC_ADDR", "0.0.0.0:50053"), any_port),
-            metrics_addr: p.check(addr_or("PAYMENTS_METRICS_ADDR", "0.0.0.0:9466"), any_port),
-            database_url: p.check(
-                secret_url_or("PAYMENTS_DATABASE_URL", "postgres://postgres:postgres@localhost:5432/pulse_payments"),
-                SecretString::default(),
-            ),
-            pool: PoolSettings::from_env(PREFIX, p),
+            server: ServerConfig::from_env(PREFIX, "0.0.0.0:50053", "0.0.0.0:9466", p),
             inbox,
             relay,
             default_credit,
-            health_interval: Duration::from_secs(1),
-            tls: p.check(ServerTls::from_env(PREFIX), None),
             admin_token: p.check(secret_from_file("PAYMENTS_ADMIN_TOKEN"), None),
-            admin_client_names: names_or_none("PAYMENTS_ADMIN_CLIENT_NAMES"),
         };
         problems.or_value(config)
-    }
-
-    /// The settings of the kit's parts ([`platform::consumer`]).
-    pub fn kit_settings(&self) -> Settings<'_> {
-        Settings {
-            grpc_addr: self.grpc_addr,
-            metrics_addr: self.metrics_addr,
-            database_url: &self.database_url,
-            pool: &self.pool,
-            health_interval: self.health_interval,
-            tls: self.tls.as_ref(),
-            admin_client_names: &self.admin_client_names,
-            inbox: &self.inbox,
-            relay: Some(&self.relay),
-        }
     }
 }
 

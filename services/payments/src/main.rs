@@ -52,5 +52,5 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let config = Config::from_env()?;
     warn_unknown_variables(config::PREFIXES, &config::known_variables(), &[]);
-    platform::consumer::run(command, &config.inbox, config.grpc_addr, build(config.clone())).await
+    platform::consumer::run(command, &config.inbox, config.server.grpc_addr, build(config.clone())).await
 }

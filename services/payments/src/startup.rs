@@ -26,8 +26,7 @@ const SPEC: Spec = Spec {
 /// Creates the database if needed, applies the migrations, binds the gRPC
 /// and metrics ports, and prepares the consumer and the relay.
 pub async fn build(config: Config) -> anyhow::Result<App> {
-    let settings = config.kit_settings();
-    let kit = Kit::start(SPEC, &settings, crate::db::schemas()).await?;
+    let kit = Kit::start(SPEC, &config.server, &config.inbox, crate::db::schemas()).await?;
     let handler = CommandHandler::new(
         config.inbox.exchange.clone(),
         config.default_credit,
@@ -35,7 +34,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         kit.registry(),
     );
     let api = PaymentApi::new(kit.pool().clone(), config.default_credit);
-    kit.serve(&settings, Some(handler), config.admin_token.clone(), |router| {
+    kit.serve(Some(&config.relay), Some(handler), config.admin_token.clone(), |router| {
         router.add_service(PaymentServiceServer::new(api).max_decoding_message_size(platform::grpc::MAX_MESSAGE_BYTES))
     })
     .await

@@ -1,13 +1,13 @@
 //! A consumer service ([`platform::consumer::App`]) run in-process by its
-//! tests: its database on the `#[sqlx::test]` server, pool and relay settings
-//! sized for tests, and the running service with its clean stop.
+//! tests: its database on the `#[sqlx::test]` server, server and relay
+//! settings sized for tests, and the running service with its clean stop.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use inbox::InboxStats;
 use infra::pg::PoolSettings;
 use outbox::RelayConfig;
-use platform::consumer::App;
+use platform::consumer::{App, ServerConfig};
 use secrecy::SecretString;
 use sqlx::{PgPool, postgres::PgConnectOptions};
 use tokio::{sync::watch, task::JoinHandle};
@@ -28,6 +28,20 @@ pub async fn pool(options: &PgConnectOptions) -> PgPool {
 /// A small pool (8 connections, 1 kept open) whose requests wait `acquire_timeout` at most.
 pub fn pool_settings(acquire_timeout: Duration) -> PoolSettings {
     PoolSettings { max_connections: 8, min_connections: 1, acquire_timeout }
+}
+
+/// Ephemeral ports on 127.0.0.1, `database_url`, a [`pool_settings`] pool,
+/// health probed every 200 ms, plaintext, no console client names.
+pub fn server_config(database_url: &str, acquire_timeout: Duration) -> ServerConfig {
+    ServerConfig {
+        grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        database_url: SecretString::from(database_url.to_owned()),
+        pool: pool_settings(acquire_timeout),
+        health_interval: Duration::from_millis(200),
+        tls: None,
+        admin_client_names: Vec::new(),
+    }
 }
 
 /// A relay publishing to `exchange` that polls and rebalances every 200 ms

@@ -19,7 +19,6 @@ use lapin::{
     types::{FieldTable, ShortString},
 };
 use prost::Message;
-use secrecy::SecretString;
 use sqlx::{PgPool, postgres::PgConnectOptions};
 use tonic::transport::Channel as GrpcChannel;
 use uuid::Uuid;
@@ -38,16 +37,10 @@ pub(crate) fn test_config(db: &PgConnectOptions) -> Config {
     inbox.routing_keys = inventory::config::routing_keys();
     let relay = testkit::service::relay_config(&amqp_url, "pulse-inventory", &inbox.exchange);
     Config {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        database_url: SecretString::from(database_url(db)),
-        pool: testkit::service::pool_settings(Duration::from_millis(2000)),
+        server: testkit::service::server_config(&database_url(db), Duration::from_millis(2000)),
         inbox,
         relay,
-        health_interval: Duration::from_millis(200),
-        tls: None,
         admin_token_file: None,
-        admin_client_names: Vec::new(),
     }
 }
 

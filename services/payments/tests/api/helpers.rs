@@ -18,7 +18,6 @@ use lapin::{
 };
 use payments::{Config, money::DefaultCredit};
 use prost::Message;
-use secrecy::SecretString;
 use sqlx::PgPool;
 use tonic::transport::Channel as GrpcChannel;
 use uuid::Uuid;
@@ -37,17 +36,11 @@ pub(crate) fn test_config(database_url: &str) -> Config {
     inbox.routing_keys = payments::config::routing_keys();
     let relay = testkit::service::relay_config(&amqp_url, "payments-test", &inbox.exchange);
     Config {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        database_url: SecretString::from(database_url.to_owned()),
-        pool: testkit::service::pool_settings(Duration::from_millis(1000)),
+        server: testkit::service::server_config(database_url, Duration::from_millis(1000)),
         inbox,
         relay,
         default_credit: DefaultCredit::default(),
-        health_interval: Duration::from_millis(200),
-        tls: None,
         admin_token: None,
-        admin_client_names: Vec::new(),
     }
 }
 

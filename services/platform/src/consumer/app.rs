@@ -8,14 +8,14 @@ use inbox::{
     Handler, Inbox, InboxStats,
     admin::{self, DeadLetterConsole},
 };
-use outbox::Relay;
+use outbox::{Relay, RelayConfig};
 use secrecy::SecretString;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
-use super::{Kit, Settings, admin_auth};
+use super::{Kit, admin_auth};
 use crate::{
     grpc::{GrpcRouter, set_status},
     run::Service,
@@ -29,47 +29,45 @@ impl Kit {
     /// reflection, what `api` adds (the service's own API) and the
     /// dead-letter console (`admin_token` its bearer token). With a
     /// `handler`, the consumer runs (None: a replica that only serves the API);
-    /// with `settings.relay`, the outbox relay runs too. Every health name is
+    /// with a `relay`, the outbox relay runs too. Every health name is
     /// NOT_SERVING until its watcher has seen the database or the broker.
     pub async fn serve<H: Handler>(
         self,
-        settings: &Settings<'_>,
+        relay: Option<&RelayConfig>,
         handler: Option<H>,
         admin_token: Option<SecretString>,
         api: impl FnOnce(GrpcRouter) -> GrpcRouter,
     ) -> anyhow::Result<App> {
-        let Self { spec, pool, db_options, registry } = self;
+        let Self { spec, server, inbox: config, pool, db_options, registry } = self;
         let inbox = match handler {
-            Some(handler) => Some(Inbox::new(pool.clone(), handler, settings.inbox.clone())?.with_metrics(&registry)),
+            Some(handler) => Some(Inbox::new(pool.clone(), handler, config.clone())?.with_metrics(&registry)),
             None => None,
         };
         let (consumer_connected, stats) = match &inbox {
             Some(inbox) => (inbox.connected(), inbox.stats()),
             None => (watch::channel(false).1, Arc::default()),
         };
-        let relay =
-            settings.relay.map(|config| Relay::new(db_options.clone(), config.clone(), None).with_metrics(&registry));
+        let relay = relay.map(|relay| Relay::new(db_options.clone(), relay.clone(), None).with_metrics(&registry));
 
-        let auth = admin_auth(&spec, settings, admin_token);
+        let auth = admin_auth(&spec, &server, admin_token);
         let (router, reporter) = crate::grpc::router_with_health_and_reflection(
             &[spec.service_name, admin::v1::SERVICE_NAME],
             &[spec.descriptor_set, admin::FILE_DESCRIPTOR_SET],
             &registry,
-            settings.tls,
+            server.tls.as_ref(),
         )?;
         let router =
-            api(router).add_service(DeadLetterConsole::<H>::new(pool.clone(), settings.inbox).into_service_with(auth));
+            api(router).add_service(DeadLetterConsole::<H>::new(pool.clone(), &config).into_service_with(auth));
         let mut names = vec!["", spec.service_name, spec.consumer_health_name];
         if relay.is_some() {
             names.push(spec.relay_health_name);
         }
         set_status(&reporter, &names, ServingStatus::NotServing).await;
 
-        let mut service =
-            Service::bind(spec.name, router, reporter, registry, settings.grpc_addr, settings.metrics_addr)
-                .await?
-                .ready_with_database(db_options, &["", spec.service_name], settings.health_interval, PROBE_TIMEOUT)
-                .mirror(spec.consumer_health_name, consumer_connected.clone(), |connected| *connected);
+        let mut service = Service::bind(spec.name, router, reporter, registry, server.grpc_addr, server.metrics_addr)
+            .await?
+            .ready_with_database(db_options, &["", spec.service_name], server.health_interval, PROBE_TIMEOUT)
+            .mirror(spec.consumer_health_name, consumer_connected.clone(), |connected| *connected);
         if let Some(inbox) = inbox {
             service = service.task("inbox consumer", |stop| inbox.run(stop));
         }

@@ -4,25 +4,26 @@
 //! consumer, the relay, and the health names that follow them, all handed to
 //! the run loop ([`crate::run::Service`]). A service adds its own API and handler:
 //!
-//! 1. [`Kit::start`] logs the start, creates and migrates the database ([`Schemas`]);
+//! 1. [`Kit::start`] logs the start, creates and migrates the database ([`Schemas`])
+//!    from the settings every such service reads alike ([`ServerConfig`]);
 //! 2. the service builds its handler on [`Kit::registry`] and its API on [`Kit::pool`];
 //! 3. [`Kit::serve`] binds the ports and returns the [`App`] to run.
 //!
 //! [`run`] answers the commands every consumer service's binary shares ([`crate::cli::Command`]).
 
 mod app;
+mod config;
 
-use std::{net::SocketAddr, path::Path, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::Path, process::ExitCode};
 
 use anyhow::Context;
 use inbox::{InboxConfig, admin};
-use infra::pg::PoolSettings;
-use outbox::RelayConfig;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{PgPool, migrate::Migrator, postgres::PgConnectOptions};
 use telemetry::metrics::Registry;
 
 pub use app::App;
+pub use config::ServerConfig;
 
 use crate::{cli::Command, tls::ServerTls};
 
@@ -41,29 +42,6 @@ pub struct Spec {
     pub consumer_health_name: &'static str,
     /// The health name of the outbox relay, for a service that runs one.
     pub relay_health_name: &'static str,
-}
-
-/// The settings of the kit's parts, from the service's configuration.
-#[derive(Debug, Clone, Copy)]
-pub struct Settings<'a> {
-    /// Port 0 binds an ephemeral port.
-    pub grpc_addr: SocketAddr,
-    /// `GET /metrics`; port 0 binds an ephemeral port.
-    pub metrics_addr: SocketAddr,
-    /// The service's database.
-    pub database_url: &'a SecretString,
-    /// How the pool is sized.
-    pub pool: &'a PoolSettings,
-    /// How often the health check probes the database.
-    pub health_interval: Duration,
-    /// TLS on the gRPC port; None serves plaintext.
-    pub tls: Option<&'a ServerTls>,
-    /// With mutual TLS, the client certificate names the dead-letter console also accepts.
-    pub admin_client_names: &'a [String],
-    /// The consumer: broker, exchange, queues, retry tiers.
-    pub inbox: &'a InboxConfig,
-    /// The relay of the service's outbox; None runs none.
-    pub relay: Option<&'a RelayConfig>,
 }
 
 /// The schemas a consumer service's database carries: the outbox's (when it
@@ -92,26 +70,34 @@ pub async fn migrate(pool: &PgPool, schemas: Schemas) -> anyhow::Result<()> {
 /// The database opened, migrated and measured; the ports not bound yet.
 pub struct Kit {
     spec: Spec,
+    server: ServerConfig,
+    inbox: InboxConfig,
     pool: PgPool,
     db_options: PgConnectOptions,
     registry: Registry,
 }
 
 impl Kit {
-    /// Logs the start, creates the database if needed, opens a pool and applies `schemas`.
-    pub async fn start(spec: Spec, settings: &Settings<'_>, schemas: Schemas) -> anyhow::Result<Self> {
+    /// Logs the start, creates the database if needed, opens a pool and
+    /// applies `schemas`; `inbox` is the consumer [`Kit::serve`] runs.
+    pub async fn start(
+        spec: Spec,
+        server: &ServerConfig,
+        inbox: &InboxConfig,
+        schemas: Schemas,
+    ) -> anyhow::Result<Self> {
         tracing::info!(
-            database = %infra::redact::redact_urls(settings.database_url.expose_secret()),
-            broker = %infra::redact::redact_url(settings.inbox.amqp_url.expose_secret()),
-            queue = %settings.inbox.queue,
+            database = %infra::redact::redact_urls(server.database_url.expose_secret()),
+            broker = %infra::redact::redact_url(inbox.amqp_url.expose_secret()),
+            queue = %inbox.queue,
             "starting {}", spec.name
         );
-        let pool = crate::db::connect(settings.database_url, settings.pool).await?;
+        let pool = crate::db::connect(&server.database_url, &server.pool).await?;
         migrate(&pool, schemas).await?;
-        let db_options = crate::db::connect_options(settings.database_url)?;
+        let db_options = crate::db::connect_options(&server.database_url)?;
         let registry = Registry::new();
         telemetry::metrics::target_info(&registry, &telemetry::resource(spec.name));
-        Ok(Self { spec, pool, db_options, registry })
+        Ok(Self { spec, server: server.clone(), inbox: inbox.clone(), pool, db_options, registry })
     }
 
     /// The service's pool.
@@ -162,15 +148,15 @@ pub async fn run(
 
 /// The dead-letter console's credentials: the token, and the client names
 /// (which need mutual TLS to mean anything); a warning for each half missing.
-fn admin_auth(spec: &Spec, settings: &Settings<'_>, token: Option<SecretString>) -> admin::BearerAuth {
+fn admin_auth(spec: &Spec, server: &ServerConfig, token: Option<SecretString>) -> admin::BearerAuth {
     let prefix = spec.prefix;
-    if token.is_none() && settings.admin_client_names.is_empty() {
+    if token.is_none() && server.admin_client_names.is_empty() {
         tracing::warn!("no {prefix}_ADMIN_TOKEN_FILE: the dead-letter console refuses every call");
     }
-    if !settings.admin_client_names.is_empty() && !settings.tls.is_some_and(ServerTls::is_mutual) {
+    if !server.admin_client_names.is_empty() && !server.tls.as_ref().is_some_and(ServerTls::is_mutual) {
         tracing::warn!(
             "{prefix}_ADMIN_CLIENT_NAMES is set without mutual TLS ({prefix}_TLS_CLIENT_CA_FILE): no client certificate is verified, so none is accepted"
         );
     }
-    admin::BearerAuth::new(token).with_client_names(settings.admin_client_names.to_vec())
+    admin::BearerAuth::new(token).with_client_names(server.admin_client_names.clone())
 }
