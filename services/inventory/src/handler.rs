@@ -14,7 +14,6 @@ use telemetry::{
     metrics::{self, IntCounterVec, Name, Registry},
     tracecontext::TraceParent,
 };
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -181,13 +180,7 @@ impl Handler for CommandHandler {
             }
             saga::lock_batch(tx, &lines, &releases).await?;
         }
-        for (index, (event, ctx)) in events.iter().enumerate() {
-            self.handle(tx, event, ctx)
-                .instrument(ctx.span.clone())
-                .await
-                .map_err(|error| BatchError { index: Some(index), error })?;
-        }
-        Ok(())
+        inbox::handle_each(self, tx, events).await
     }
 }
 

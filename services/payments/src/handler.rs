@@ -11,7 +11,6 @@ use outbox::ReplyWriter;
 use platform::values::{Currency, CustomerId};
 use sqlx::PgConnection;
 use telemetry::correlation::CorrelationId;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -167,13 +166,7 @@ impl Handler for CommandHandler {
         for (customer_id, currency) in credits {
             db::lock_credit(tx, customer_id, currency).await?;
         }
-        for (index, (event, ctx)) in events.iter().enumerate() {
-            self.handle(tx, event, ctx)
-                .instrument(ctx.span.clone())
-                .await
-                .map_err(|error| BatchError { index: Some(index), error })?;
-        }
-        Ok(())
+        inbox::handle_each(self, tx, events).await
     }
 }
 
