@@ -41,12 +41,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(err) => return platform::cli::finish(&err),
-    };
-    let _telemetry = telemetry::init("inventory");
-    platform::cli::exit_code("inventory", run(cli.command.unwrap_or(Command::Serve)).await)
+    platform::cli::run_binary("inventory", |cli: Cli| run(cli.command.unwrap_or(Command::Serve))).await
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {

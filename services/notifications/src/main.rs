@@ -43,13 +43,10 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(err) => return platform::cli::finish(&err),
-    };
-    let _telemetry = telemetry::init("notifications");
-    let command = cli.command.unwrap_or(Command::Common(platform::cli::Command::Serve));
-    platform::cli::exit_code("notifications", run(command).await)
+    platform::cli::run_binary("notifications", |cli: Cli| {
+        run(cli.command.unwrap_or(Command::Common(platform::cli::Command::Serve)))
+    })
+    .await
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {

@@ -16,6 +16,22 @@ pub fn finish(err: &clap::Error) -> ExitCode {
     ExitCode::from(err.exit_code() as u8)
 }
 
+/// A binary's `main`: parses the command line as `C` (help, version and usage
+/// errors answered by [`finish`]), sets up telemetry under `name`, runs `run`
+/// and turns its result into the exit status ([`exit_code`]).
+pub async fn run_binary<C, Fut>(name: &'static str, run: impl FnOnce(C) -> Fut) -> ExitCode
+where
+    C: clap::Parser,
+    Fut: Future<Output = anyhow::Result<ExitCode>>,
+{
+    let cli = match C::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return finish(&err),
+    };
+    let _telemetry = telemetry::init(name);
+    exit_code(name, run(cli).await)
+}
+
 /// The commands every consumer service's binary has; no command serves.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum Command {
