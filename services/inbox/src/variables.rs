@@ -3,7 +3,7 @@
 //! consumer settings each service reads under its own prefix
 //! (`<PREFIX>_EXCHANGE`, `_QUEUE_PREFIX`, `_PREFETCH`, `_BATCH_SIZE`, `_MAX_ATTEMPTS`).
 
-use infra::config::{ConfigErrors, parse_or, var_or};
+use infra::config::{ConfigErrors, parse_or, secret_urls_or, var_or};
 use secrecy::SecretString;
 
 use crate::{InboxConfig, MAX_MESSAGE_BYTES_CEILING};
@@ -15,18 +15,22 @@ pub const VARIABLES: &[&str] = &["INBOX_MAX_MESSAGE_BYTES"];
 pub const PREFIX: &str = "INBOX_";
 
 impl InboxConfig {
-    /// A service's consumer: the exchange `<prefix>_EXCHANGE` (default
-    /// `default_exchange`), the main queue `queue(<prefix>_QUEUE_PREFIX)`
-    /// (prefix default `pulse`) bound with `routing_keys`, the broker
-    /// connection named `connection_name`. Prefix without its underscore: `PAYMENTS`.
+    /// A service's consumer: the broker `AMQP_URL` (default the local
+    /// RabbitMQ; a problem is added to `problems`), the exchange
+    /// `<prefix>_EXCHANGE` (default `default_exchange`), the main queue
+    /// `queue(<prefix>_QUEUE_PREFIX)` (prefix default `pulse`) bound with
+    /// `routing_keys`, the broker connection named `connection_name`. Prefix
+    /// without its underscore: `PAYMENTS`.
     pub fn for_service(
         prefix: &str,
         connection_name: &str,
-        amqp_url: SecretString,
         default_exchange: &str,
         queue: impl FnOnce(&str) -> String,
         routing_keys: Vec<String>,
+        problems: &mut ConfigErrors,
     ) -> Self {
+        let amqp_url = problems
+            .check(secret_urls_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
         let exchange = var_or(&format!("{prefix}_EXCHANGE"), default_exchange);
         let queue = queue(&var_or(&format!("{prefix}_QUEUE_PREFIX"), "pulse"));
         let mut config = Self::new(amqp_url, exchange, queue, routing_keys);

@@ -22,10 +22,9 @@
 use std::path::PathBuf;
 
 use inbox::InboxConfig;
-use infra::config::{ConfigErrors, secret_urls_or, var_or};
+use infra::config::{ConfigErrors, var_or};
 use outbox::{OutboxSettings, RelayConfig};
 use platform::consumer::ServerConfig;
-use secrecy::SecretString;
 
 /// Everything the service needs; tests build one directly.
 #[derive(Debug, Clone)]
@@ -98,19 +97,12 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigErrors> {
         let mut problems = ConfigErrors::default();
         let p = &mut problems;
-        let amqp_url =
-            p.check(secret_urls_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
-        let mut inbox = InboxConfig::for_service(
-            PREFIX,
-            "inventory",
-            amqp_url.clone(),
-            contracts::EVENTS_EXCHANGE,
-            queue_name,
-            routing_keys(),
-        );
+        let mut inbox =
+            InboxConfig::for_service(PREFIX, "inventory", contracts::EVENTS_EXCHANGE, queue_name, routing_keys(), p);
         inbox.apply_service_env(PREFIX, p);
         let exchanges = vec![inbox.exchange.clone()];
-        let relay = OutboxSettings::from_env(RelayConfig::new(amqp_url, "pulse-inventory", exchanges), p).relay;
+        let relay =
+            OutboxSettings::from_env(RelayConfig::new(inbox.amqp_url.clone(), "pulse-inventory", exchanges), p).relay;
 
         let config = Self {
             server: ServerConfig::from_env(PREFIX, "0.0.0.0:50054", "0.0.0.0:9467", p),

@@ -26,7 +26,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use inbox::InboxConfig;
-use infra::config::{ConfigError, ConfigErrors, bool_or, millis_up_to_or, parse_or, rate_or, secret_urls_or, var_or};
+use infra::config::{ConfigError, ConfigErrors, bool_or, millis_up_to_or, parse_or, rate_or, var_or};
 use infra::pg::PoolSettings;
 use platform::{consumer::ServerConfig, tls::ServerTls};
 use secrecy::SecretString;
@@ -114,15 +114,13 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigErrors> {
         let mut problems = ConfigErrors::default();
         let p = &mut problems;
-        let amqp_url =
-            p.check(secret_urls_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
         let mut inbox = InboxConfig::for_service(
             PREFIX,
             "notifications",
-            amqp_url,
             contracts::EVENTS_EXCHANGE,
             queue_name,
             crate::handler::routing_keys(),
+            p,
         );
         inbox.linger =
             p.check(millis_up_to_or("NOTIFICATIONS_LINGER_MS", inbox.linger, Duration::from_secs(1)), inbox.linger);

@@ -26,7 +26,7 @@ use contracts::{
     payments::v1::{ProcessPayment, RefundPayment},
 };
 use inbox::InboxConfig;
-use infra::config::{ConfigError, ConfigErrors, parse_or, secret_from_file, secret_urls_or, var_or};
+use infra::config::{ConfigError, ConfigErrors, parse_or, secret_from_file, var_or};
 use outbox::{OutboxSettings, RelayConfig};
 use platform::consumer::ServerConfig;
 use secrecy::SecretString;
@@ -101,21 +101,14 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigErrors> {
         let mut problems = ConfigErrors::default();
         let p = &mut problems;
-        let amqp_url =
-            p.check(secret_urls_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
-        let mut inbox = InboxConfig::for_service(
-            PREFIX,
-            "payments",
-            amqp_url.clone(),
-            contracts::EVENTS_EXCHANGE,
-            queue_name,
-            routing_keys(),
-        );
+        let mut inbox =
+            InboxConfig::for_service(PREFIX, "payments", contracts::EVENTS_EXCHANGE, queue_name, routing_keys(), p);
         let window = inbox.dedup_window.as_secs();
         inbox.dedup_window = Duration::from_secs(p.check(parse_or("PAYMENTS_DEDUP_WINDOW_SECS", window), window));
         inbox.apply_service_env(PREFIX, p);
         let exchanges = vec![inbox.exchange.clone()];
-        let relay = OutboxSettings::from_env(RelayConfig::new(amqp_url, "pulse-payments", exchanges), p).relay;
+        let relay =
+            OutboxSettings::from_env(RelayConfig::new(inbox.amqp_url.clone(), "pulse-payments", exchanges), p).relay;
         let default_credit = p.check(
             DefaultCredit::parse(&var_or("PAYMENTS_DEFAULT_CREDIT", "1000.00")).map_err(|reason| {
                 ConfigError::Invalid {
