@@ -4,7 +4,7 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use inbox::InboxStats;
+use inbox::{InboxConfig, InboxStats};
 use infra::pg::PoolSettings;
 use outbox::RelayConfig;
 use platform::consumer::{App, ServerConfig};
@@ -52,6 +52,17 @@ pub fn relay_config(amqp_url: &str, app_id: &str, exchange: &str) -> RelayConfig
     relay.rebalance_interval = Duration::from_millis(200);
     relay.backoff_max = Duration::from_millis(500);
     relay
+}
+
+/// An isolated consumer of `routing_keys` ([`crate::consumer::short_retry_config`],
+/// named after `name`) and a [`relay_config`] relay publishing to its exchange.
+pub fn consumer_and_relay(name: &str, routing_keys: Vec<String>) -> (InboxConfig, RelayConfig) {
+    let amqp_url = crate::amqp_url();
+    let first = routing_keys.first().expect("at least one routing key");
+    let mut inbox = crate::consumer::short_retry_config(&amqp_url, name, first);
+    inbox.routing_keys = routing_keys;
+    let relay = relay_config(&amqp_url, &format!("{name}-test"), &inbox.exchange);
+    (inbox, relay)
 }
 
 /// A service running in the background.

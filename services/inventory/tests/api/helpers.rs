@@ -32,10 +32,7 @@ pub(crate) const WAIT: Duration = Duration::from_secs(25);
 /// Port 0, an isolated exchange and queue, short retry tiers (200 ms, 400 ms;
 /// 3 attempts), a relay that polls every 200 ms.
 pub(crate) fn test_config(db: &PgConnectOptions) -> Config {
-    let amqp_url = testkit::amqp_url();
-    let mut inbox = testkit::consumer::short_retry_config(&amqp_url, "inventory", "inventory.reserve");
-    inbox.routing_keys = inventory::config::routing_keys();
-    let relay = testkit::service::relay_config(&amqp_url, "pulse-inventory", &inbox.exchange);
+    let (inbox, relay) = testkit::service::consumer_and_relay("inventory", inventory::config::routing_keys());
     Config {
         server: testkit::service::server_config(&database_url(db), Duration::from_millis(2000)),
         inbox,

@@ -31,10 +31,7 @@ pub(crate) const WAIT: Duration = Duration::from_secs(25);
 /// Port 0, an isolated exchange and queue, short retry tiers (200 ms, 400 ms; 3 attempts),
 /// a relay publishing to the same exchange.
 pub(crate) fn test_config(database_url: &str) -> Config {
-    let amqp_url = testkit::amqp_url();
-    let mut inbox = testkit::consumer::short_retry_config(&amqp_url, "payments", "payment.process");
-    inbox.routing_keys = payments::config::routing_keys();
-    let relay = testkit::service::relay_config(&amqp_url, "payments-test", &inbox.exchange);
+    let (inbox, relay) = testkit::service::consumer_and_relay("payments", payments::config::routing_keys());
     Config {
         server: testkit::service::server_config(database_url, Duration::from_millis(1000)),
         inbox,
