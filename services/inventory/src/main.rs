@@ -2,10 +2,9 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use infra::config::warn_unknown_variables;
 use inventory::{Config, build, config};
-use platform::cli::Command;
+use platform::cli::{Binary, Command};
 
 const ABOUT: &str =
     "inventory: the Pulse Inventory service (gRPC stock and reservations), its command consumer and its outbox relay";
@@ -25,23 +24,9 @@ A variable starting with INVENTORY_, INBOX_ or OUTBOX_ that inventory does not r
 exit status: 0 done or stopped cleanly; 1 failed; 2 invalid configuration (every
 problem is printed on stderr) or usage.";
 
-/// The command line; no subcommand serves.
-#[derive(Debug, Parser)]
-#[command(
-    name = "inventory",
-    version,
-    about = ABOUT,
-    override_usage = "inventory [serve | replay-dlq [--limit N] | healthcheck | --help | --version]",
-    after_help = AFTER_HELP
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    platform::cli::run_binary("inventory", |cli: Cli| run(cli.command.unwrap_or(Command::Serve))).await
+    platform::cli::run_consumer_binary(Binary { name: "inventory", about: ABOUT, after_help: AFTER_HELP }, run).await
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {

@@ -24,7 +24,46 @@ where
     C: clap::Parser,
     Fut: Future<Output = anyhow::Result<ExitCode>>,
 {
-    let cli = match C::try_parse() {
+    run_parsed(name, C::try_parse(), run).await
+}
+
+/// What names a consumer service's binary on its command line.
+#[derive(Debug, Clone, Copy)]
+pub struct Binary {
+    /// The binary's name (`payments`), also its telemetry service name.
+    pub name: &'static str,
+    /// The one line `--help` starts with.
+    pub about: &'static str,
+    /// What `--help` ends with: the variables, the exit statuses.
+    pub after_help: &'static str,
+}
+
+/// The `main` of a consumer service's binary: the commands of [`Command`]
+/// (none serves) under `binary`'s name and help, then as [`run_binary`].
+pub async fn run_consumer_binary<Fut>(binary: Binary, run: impl FnOnce(Command) -> Fut) -> ExitCode
+where
+    Fut: Future<Output = anyhow::Result<ExitCode>>,
+{
+    let usage = format!("{} [serve | replay-dlq [--limit N] | healthcheck | --help | --version]", binary.name);
+    let cli = <Command as clap::Subcommand>::augment_subcommands(
+        clap::Command::new(binary.name)
+            .version(env!("CARGO_PKG_VERSION"))
+            .about(binary.about)
+            .override_usage(usage)
+            .after_help(binary.after_help),
+    );
+    let parsed = cli.try_get_matches().and_then(|matches| match matches.subcommand_name() {
+        Some(_) => <Command as clap::FromArgMatches>::from_arg_matches(&matches),
+        None => Ok(Command::Serve),
+    });
+    run_parsed(binary.name, parsed, run).await
+}
+
+async fn run_parsed<C, Fut>(name: &'static str, parsed: Result<C, clap::Error>, run: impl FnOnce(C) -> Fut) -> ExitCode
+where
+    Fut: Future<Output = anyhow::Result<ExitCode>>,
+{
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(err) => return finish(&err),
     };
