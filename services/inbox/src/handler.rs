@@ -7,6 +7,25 @@ use sqlx::PgConnection;
 use tracing::{Instrument, Span};
 use uuid::Uuid;
 
+/// Handles `events` in turn inside `tx`, each in its own span, naming the
+/// one that fails: what [`Handler::handle_batch`] does by default, for a
+/// handler that prepares a batch first (e.g. locks the rows it touches in one
+/// order, so that two consumers' batches queue up instead of deadlocking).
+pub async fn handle_each<H: Handler + ?Sized>(
+    handler: &H,
+    tx: &mut PgConnection,
+    events: &[(&H::Event, &MessageContext)],
+) -> Result<(), BatchError> {
+    for (index, (event, ctx)) in events.iter().enumerate() {
+        handler
+            .handle(tx, event, ctx)
+            .instrument(ctx.span.clone())
+            .await
+            .map_err(|error| BatchError { index: Some(index), error })?;
+    }
+    Ok(())
+}
+
 /// Applies events. The inbox decodes, validates and deduplicates before
 /// calling the handler, and commits the handler's writes together with the
 /// record that each event was processed.
@@ -63,15 +82,7 @@ pub trait Handler: Send + Sync + 'static {
         tx: &mut PgConnection,
         events: &[(&Self::Event, &MessageContext)],
     ) -> impl Future<Output = Result<(), BatchError>> + Send {
-        async move {
-            for (index, (event, ctx)) in events.iter().enumerate() {
-                self.handle(tx, event, ctx)
-                    .instrument(ctx.span.clone())
-                    .await
-                    .map_err(|error| BatchError { index: Some(index), error })?;
-            }
-            Ok(())
-        }
+        handle_each(self, tx, events)
     }
 }
 

@@ -57,7 +57,7 @@ pub mod variables;
 
 pub use config::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_RETRY_DELAYS, Fault, InboxConfig, MAX_MESSAGE_BYTES_CEILING};
 pub use consumer::Inbox;
-pub use handler::{BatchError, Handler, HandlerError, MessageContext, decode_as};
+pub use handler::{BatchError, Handler, HandlerError, MessageContext, decode_as, handle_each};
 pub use headers::DeadLetterReason;
 /// The error of [`Handler::decode`].
 pub use prost::DecodeError;

@@ -1,7 +1,10 @@
 //! The inbox's own `INBOX_*` variables, read and checked here so every
-//! service that runs an inbox takes the same names and ranges.
+//! service that runs an inbox takes the same names and ranges, and the
+//! consumer settings each service reads under its own prefix
+//! (`<PREFIX>_EXCHANGE`, `_QUEUE_PREFIX`, `_PREFETCH`, `_BATCH_SIZE`, `_MAX_ATTEMPTS`).
 
-use infra::config::{ConfigErrors, parse_or};
+use infra::config::{ConfigErrors, parse_or, secret_urls_or, var_or};
+use secrecy::SecretString;
 
 use crate::{InboxConfig, MAX_MESSAGE_BYTES_CEILING};
 
@@ -12,6 +15,43 @@ pub const VARIABLES: &[&str] = &["INBOX_MAX_MESSAGE_BYTES"];
 pub const PREFIX: &str = "INBOX_";
 
 impl InboxConfig {
+    /// A service's consumer: the broker `AMQP_URL` (default the local
+    /// RabbitMQ; a problem is added to `problems`), the exchange
+    /// `<prefix>_EXCHANGE` (default `default_exchange`), the main queue
+    /// `queue(<prefix>_QUEUE_PREFIX)` (prefix default `pulse`) bound with
+    /// `routing_keys`, the broker connection named `connection_name`. Prefix
+    /// without its underscore: `PAYMENTS`.
+    pub fn for_service(
+        prefix: &str,
+        connection_name: &str,
+        default_exchange: &str,
+        queue: impl FnOnce(&str) -> String,
+        routing_keys: Vec<String>,
+        problems: &mut ConfigErrors,
+    ) -> Self {
+        let amqp_url = problems
+            .check(secret_urls_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
+        let exchange = var_or(&format!("{prefix}_EXCHANGE"), default_exchange);
+        let queue = queue(&var_or(&format!("{prefix}_QUEUE_PREFIX"), "pulse"));
+        let mut config = Self::new(amqp_url, exchange, queue, routing_keys);
+        config.connection_name = connection_name.to_owned();
+        config
+    }
+
+    /// Applies `<prefix>_PREFETCH`, `<prefix>_BATCH_SIZE`, `<prefix>_MAX_ATTEMPTS`
+    /// and the `INBOX_*` variables, then checks the whole (on what the variables
+    /// gave only: a bad variable is named already). Every problem is added to `problems`.
+    pub fn apply_service_env(&mut self, prefix: &str, problems: &mut ConfigErrors) {
+        let p = &mut *problems;
+        self.prefetch = p.check(parse_or(&format!("{prefix}_PREFETCH"), self.prefetch), self.prefetch);
+        self.batch_size = p.check(parse_or(&format!("{prefix}_BATCH_SIZE"), self.batch_size), self.batch_size);
+        self.max_attempts = p.check(parse_or(&format!("{prefix}_MAX_ATTEMPTS"), self.max_attempts), self.max_attempts);
+        self.apply_env(p);
+        if let (true, Err(reason)) = (p.0.is_empty(), self.validate()) {
+            p.invalid(&format!("{prefix}_* consumer settings"), reason);
+        }
+    }
+
     /// Applies the `INBOX_*` variables. Every problem is added to `problems`,
     /// named by its variable, for the service to report with its own.
     pub fn apply_env(&mut self, problems: &mut ConfigErrors) {

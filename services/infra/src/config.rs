@@ -179,6 +179,12 @@ pub fn bool_or(name: &str, default: bool) -> Result<bool, ConfigError> {
     }
 }
 
+/// The comma-separated names in `name` (default none), surrounding blanks
+/// and empty entries dropped.
+pub fn names_or_none(name: &str) -> Vec<String> {
+    var_or(name, "").split(',').map(str::trim).filter(|name| !name.is_empty()).map(str::to_owned).collect()
+}
+
 /// A secret given in a file named by `<name>_FILE` (the container
 /// convention: a mounted Secret), its trailing line end dropped; None when
 /// that variable is unset. Setting both `<name>` and `<name>_FILE` is refused.

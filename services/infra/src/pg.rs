@@ -1,7 +1,10 @@
-//! Postgres connection primitives: how a pool is sized, and what an error
+//! Postgres connection primitives: how a pool is sized (and read from a
+//! service's variables), and what an error
 //! says about the connection it came on.
 
 use std::time::Duration;
+
+use crate::config::{ConfigErrors, millis_or, parse_or};
 
 /// How a service sizes its pool.
 #[derive(Debug, Clone)]
@@ -18,6 +21,21 @@ pub struct PoolSettings {
 impl Default for PoolSettings {
     fn default() -> Self {
         Self { max_connections: 32, min_connections: 4, acquire_timeout: Duration::from_secs(3) }
+    }
+}
+
+impl PoolSettings {
+    /// The settings `<prefix>_DB_MAX_CONNECTIONS`, `<prefix>_DB_MIN_CONNECTIONS`
+    /// and `<prefix>_DB_ACQUIRE_TIMEOUT_MS` give (prefix without its underscore:
+    /// `PAYMENTS`), the defaults for those unset; every problem is added to `problems`.
+    pub fn from_env(prefix: &str, problems: &mut ConfigErrors) -> Self {
+        let defaults = Self::default();
+        let (max, min, timeout) = (defaults.max_connections, defaults.min_connections, defaults.acquire_timeout);
+        Self {
+            max_connections: problems.check(parse_or(&format!("{prefix}_DB_MAX_CONNECTIONS"), max), max),
+            min_connections: problems.check(parse_or(&format!("{prefix}_DB_MIN_CONNECTIONS"), min), min),
+            acquire_timeout: problems.check(millis_or(&format!("{prefix}_DB_ACQUIRE_TIMEOUT_MS"), timeout), timeout),
+        }
     }
 }
 

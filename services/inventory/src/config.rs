@@ -19,39 +19,26 @@
 //! | `INVENTORY_ADMIN_CLIENT_NAMES` | empty (no client certificate is an admin credential) |
 //! | `OUTBOX_*`, `INBOX_*` | the outbox relay's and the inbox's own (docs/configuration.md) |
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use inbox::InboxConfig;
-use infra::{
-    config::{ConfigErrors, addr_or, millis_or, parse_or, secret_url_or, secret_urls_or, var_or},
-    pg::PoolSettings,
-};
+use infra::config::{ConfigErrors, var_or};
 use outbox::{OutboxSettings, RelayConfig};
-use platform::tls::ServerTls;
-use secrecy::SecretString;
+use platform::consumer::ServerConfig;
 
 /// Everything the service needs; tests build one directly.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Port 0 binds an ephemeral port (see [`crate::App::grpc_addr`]).
-    pub grpc_addr: SocketAddr,
-    /// `GET /metrics` (Prometheus text); port 0 binds an ephemeral port.
-    pub metrics_addr: SocketAddr,
-    pub database_url: SecretString,
-    pub pool: PoolSettings,
+    /// Ports, database, health probe, TLS and the console's client names
+    /// (`INVENTORY_*`, read alike by every consumer service).
+    pub server: ServerConfig,
     /// The consumer of the commands: broker URL, exchange, queue names, retry tiers.
     pub inbox: InboxConfig,
     /// The relay of the replies (same broker; publishes to the exchange of `inbox`).
     pub relay: RelayConfig,
-    /// How often the health check probes the database.
-    pub health_interval: Duration,
-    /// TLS on the gRPC port (`INVENTORY_TLS_*`); None serves plaintext.
-    pub tls: Option<ServerTls>,
     /// The file holding the dead-letter console's bearer token; None refuses
     /// every console call PERMISSION_DENIED.
     pub admin_token_file: Option<PathBuf>,
-    /// With mutual TLS, the client certificate names the console also accepts.
-    pub admin_client_names: Vec<String>,
 }
 
 /// The commands queue for a prefix; the retry and dead-letter queues are named after it.
@@ -91,6 +78,9 @@ pub const VARIABLES: &[&str] = &[
     "INVENTORY_MAX_ATTEMPTS",
 ];
 
+/// The prefix of inventory's own variables, without its underscore.
+pub const PREFIX: &str = "INVENTORY";
+
 /// The prefixes of [`known_variables`].
 pub const PREFIXES: &[&str] = &["INVENTORY_", inbox::variables::PREFIX, outbox::config::PREFIX];
 
@@ -107,73 +97,21 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigErrors> {
         let mut problems = ConfigErrors::default();
         let p = &mut problems;
-        let amqp_url =
-            p.check(secret_urls_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
-        let exchange = var_or("INVENTORY_EXCHANGE", contracts::EVENTS_EXCHANGE);
-        let mut inbox = InboxConfig::new(
-            amqp_url.clone(),
-            exchange.clone(),
-            queue_name(&var_or("INVENTORY_QUEUE_PREFIX", "pulse")),
-            routing_keys(),
-        );
-        inbox.connection_name = "inventory".to_owned();
-        inbox.prefetch = p.check(parse_or("INVENTORY_PREFETCH", inbox.prefetch), inbox.prefetch);
-        inbox.batch_size = p.check(parse_or("INVENTORY_BATCH_SIZE", inbox.batch_size), inbox.batch_size);
-        inbox.max_attempts = p.check(parse_or("INVENTORY_MAX_ATTEMPTS", inbox.max_attempts), inbox.max_attempts);
-        inbox.apply_env(p);
-        // Checked on what the variables gave only: a bad variable is named above already.
-        if let (true, Err(reason)) = (p.0.is_empty(), inbox.validate()) {
-            p.invalid("INVENTORY_* consumer settings", reason);
-        }
-        let relay = OutboxSettings::from_env(RelayConfig::new(amqp_url, "pulse-inventory", vec![exchange]), p).relay;
+        let mut inbox =
+            InboxConfig::for_service(PREFIX, "inventory", contracts::EVENTS_EXCHANGE, queue_name, routing_keys(), p);
+        inbox.apply_service_env(PREFIX, p);
+        let exchanges = vec![inbox.exchange.clone()];
+        let relay =
+            OutboxSettings::from_env(RelayConfig::new(inbox.amqp_url.clone(), "pulse-inventory", exchanges), p).relay;
 
-        let defaults = PoolSettings::default();
-        let any_port = SocketAddr::from(([0, 0, 0, 0], 0));
         let config = Self {
-            grpc_addr: p.check(addr_or("INVENTORY_GRPC_ADDR", "0.0.0.0:50054"), any_port),
-            metrics_addr: p.check(addr_or("INVENTORY_METRICS_ADDR", "0.0.0.0:9467"), any_port),
-            database_url: p.check(
-                secret_url_or("INVENTORY_DATABASE_URL", "postgres://postgres:postgres@localhost:5432/pulse_inventory"),
-                SecretString::default(),
-            ),
-            pool: PoolSettings {
-                max_connections: p.check(
-                    parse_or("INVENTORY_DB_MAX_CONNECTIONS", defaults.max_connections),
-                    defaults.max_connections,
-                ),
-                min_connections: p.check(
-                    parse_or("INVENTORY_DB_MIN_CONNECTIONS", defaults.min_connections),
-                    defaults.min_connections,
-                ),
-                acquire_timeout: p.check(
-                    millis_or("INVENTORY_DB_ACQUIRE_TIMEOUT_MS", defaults.acquire_timeout),
-                    defaults.acquire_timeout,
-                ),
-            },
+            server: ServerConfig::from_env(PREFIX, "0.0.0.0:50054", "0.0.0.0:9467", p),
             inbox,
             relay,
-            health_interval: Duration::from_secs(1),
-            tls: p.check(ServerTls::from_env("INVENTORY"), None),
             admin_token_file: Some(var_or(ADMIN_TOKEN_FILE, "")).filter(|p| !p.trim().is_empty()).map(PathBuf::from),
-            admin_client_names: var_or("INVENTORY_ADMIN_CLIENT_NAMES", "")
-                .split(',')
-                .map(str::trim)
-                .filter(|name| !name.is_empty())
-                .map(str::to_owned)
-                .collect(),
         };
         problems.or_value(config)
     }
-}
-
-/// The admin token in `path`, surrounding whitespace removed. The error names
-/// the file, never its content.
-pub fn read_admin_token(path: &std::path::Path) -> anyhow::Result<SecretString> {
-    let raw = std::fs::read_to_string(path)
-        .map_err(|err| anyhow::anyhow!("cannot read {ADMIN_TOKEN_FILE} {}: {err}", path.display()))?;
-    let token = raw.trim();
-    anyhow::ensure!(!token.is_empty(), "{ADMIN_TOKEN_FILE} {} is empty", path.display());
-    Ok(SecretString::from(token.to_owned()))
 }
 
 #[cfg(test)]

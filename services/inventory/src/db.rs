@@ -1,28 +1,19 @@
 //! The inventory tables (`stock`, `reservations`, `reservation_lines`): the
 //! schema at start, and the queries of the gRPC API and of the saga's commands.
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
-use infra::pg::PoolSettings;
-use secrecy::SecretString;
+use platform::consumer::Schemas;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-/// Creates the database if needed, opens a pool and brings it to the current
-/// schema (see [`migrate`]).
-pub(crate) async fn connect_and_migrate(url: &SecretString, settings: &PoolSettings) -> anyhow::Result<PgPool> {
-    let pool = platform::db::connect(url, settings).await?;
-    migrate(&pool).await?;
-    Ok(pool)
+/// The outbox's schema, the inbox's, then this service's own migrations.
+pub(crate) fn schemas() -> Schemas {
+    Schemas { outbox: true, migrator: sqlx::migrate!("../../migrations/inventory"), retired: &[] }
 }
 
-/// The outbox's schema, the inbox's, then this service's own migrations.
+/// Brings the database to the current [`schemas`].
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    // One connection for all three: a second would stay open in the pool.
-    let mut conn = pool.acquire().await.context("cannot connect to the database")?;
-    outbox::schema::apply(&mut conn).await.context("cannot apply the outbox schema")?;
-    inbox::schema::apply(&mut conn).await.context("cannot apply the inbox schema")?;
-    platform::db::migrate_tolerating(&mut conn, sqlx::migrate!("../../migrations/inventory"), &[]).await
+    platform::consumer::migrate(pool, schemas()).await
 }
 
 /// A sku's stock as stored; an unknown sku reads as all zeros.

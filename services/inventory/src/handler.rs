@@ -7,14 +7,13 @@ use contracts::{
     inventory::v1::{ReleaseInventory, ReserveInventory},
 };
 use inbox::{BatchError, Handler, HandlerError, MessageContext};
-use outbox::OutboxWriter;
+use outbox::ReplyWriter;
 use sqlx::PgConnection;
 use telemetry::{
     correlation::CorrelationId,
     metrics::{self, IntCounterVec, Name, Registry},
     tracecontext::TraceParent,
 };
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -56,12 +55,11 @@ impl Command {
 /// Applies commands and writes their replies to the outbox.
 #[derive(Clone)]
 pub struct CommandHandler {
-    writer: OutboxWriter,
     /// Where replies are published.
     exchange: String,
-    /// The channel the outbox relays LISTEN on, notified at commit; None
-    /// leaves the replies to the relays' poll.
-    notify_channel: Option<String>,
+    /// Appends the replies; the relays wake once they are committed (or at
+    /// their next poll when there is no channel to notify).
+    replies: ReplyWriter,
     commands: IntCounterVec,
 }
 
@@ -81,7 +79,7 @@ impl CommandHandler {
             &["command", "outcome"],
             &known,
         );
-        Self { writer: OutboxWriter::new(), exchange: exchange.into(), notify_channel, commands }
+        Self { exchange: exchange.into(), replies: ReplyWriter::new(notify_channel), commands }
     }
 }
 
@@ -157,11 +155,7 @@ impl Handler for CommandHandler {
             .and_then(|own| TraceParent::parse(&own))
             .unwrap_or_else(TraceParent::new_root);
         let to = Addressed { exchange: &self.exchange, order_id, correlation_id: correlation_id.as_str(), trace };
-        let _appended = self.writer.append(tx, &replies::outbox_message(&outcome, &to)).await?;
-        if let Some(channel) = &self.notify_channel {
-            // Delivered at commit: relays in this process and others wake for the reply.
-            sqlx::query("SELECT pg_notify($1, '')").bind(channel).execute(&mut *tx).await?;
-        }
+        self.replies.append(tx, &replies::outbox_message(&outcome, &to)).await?;
         log_outcome(order_id, &outcome);
         self.commands.with_label_values(&[event.label(), outcome.label()]).inc();
         Ok(())
@@ -186,13 +180,7 @@ impl Handler for CommandHandler {
             }
             saga::lock_batch(tx, &lines, &releases).await?;
         }
-        for (index, (event, ctx)) in events.iter().enumerate() {
-            self.handle(tx, event, ctx)
-                .instrument(ctx.span.clone())
-                .await
-                .map_err(|error| BatchError { index: Some(index), error })?;
-        }
-        Ok(())
+        inbox::handle_each(self, tx, events).await
     }
 }
 

@@ -3,22 +3,18 @@
 //! (so one order's messages keep their order), the correlation id and trace
 //! context as headers.
 
-use std::collections::BTreeMap;
-
 use contracts::{
     Routed,
     inventory::v1::{InventoryReleased, InventoryReservationFailed, InventoryReserved},
 };
 use outbox::OutboxMessage;
-use telemetry::{correlation, tracecontext::TraceParent};
+use telemetry::tracecontext::TraceParent;
 use uuid::Uuid;
 
 use crate::saga::Outcome;
 
 /// The outbox aggregate of every reply: the order it is about.
 pub(crate) const AGGREGATE_TYPE: &str = "order";
-/// The content type of every reply.
-pub(crate) const CONTENT_TYPE: &str = "application/x-protobuf";
 
 /// Who a reply goes to and what it continues.
 pub(crate) struct Addressed<'a> {
@@ -60,21 +56,14 @@ pub(crate) fn outbox_message(outcome: &Outcome, to: &Addressed<'_>) -> OutboxMes
             correlation_id,
         }),
     };
-    let headers = BTreeMap::from([
-        (correlation::HEADER.to_owned(), to.correlation_id.to_owned()),
-        (telemetry::tracecontext::HEADER.to_owned(), to.trace.to_string()),
-    ]);
-    OutboxMessage {
-        event_id,
-        aggregate_type: AGGREGATE_TYPE.to_owned(),
-        aggregate_id: to.order_id.to_string(),
-        exchange: to.exchange.to_owned(),
-        routing_key: routing_key.to_owned(),
-        message_type: message_type.to_owned(),
-        content_type: CONTENT_TYPE.to_owned(),
-        payload,
-        headers,
-    }
+    let (aggregate_id, traceparent) = (to.order_id.to_string(), to.trace.to_string());
+    let addressed = outbox::Addressed {
+        exchange: to.exchange,
+        aggregate: (AGGREGATE_TYPE, &aggregate_id),
+        correlation_id: to.correlation_id,
+        traceparent: Some(&traceparent),
+    };
+    OutboxMessage::reply(&addressed, event_id, (routing_key, message_type), payload)
 }
 
 fn encoded<M: Routed>(message: &M) -> (&'static str, &'static str, Vec<u8>) {
@@ -84,6 +73,7 @@ fn encoded<M: Routed>(message: &M) -> (&'static str, &'static str, Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use prost::Message as _;
+    use telemetry::correlation;
 
     use super::*;
 

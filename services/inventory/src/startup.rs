@@ -1,25 +1,13 @@
-//! Wiring: the service's parts (database, gRPC API and dead-letter console,
-//! command consumer, outbox relay of the replies) built from the
-//! configuration and handed to the kit's run loop ([`platform::run`]), which
+//! Wiring: the kit's parts ([`platform::consumer`]: database, health,
+//! dead-letter console, command consumer, outbox relay of the replies) with
+//! inventory's own API and handler, handed to the kit's run loop, which
 //! serves them and stops them in order.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
-
 use contracts::inventory::v1::{SERVICE_NAME, inventory_service_server::InventoryServiceServer};
-use inbox::{
-    Inbox, InboxStats,
-    admin::{self, DeadLetterConsole},
-};
-use outbox::Relay;
-use platform::{grpc::set_status, run::Service};
-use sqlx::PgPool;
-use telemetry::metrics::Registry;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use tonic_health::ServingStatus;
+use platform::consumer::{App, Kit, Spec, read_admin_token};
 
 use crate::{
-    config::{Config, read_admin_token},
+    config::{ADMIN_TOKEN_FILE, Config},
     grpc::InventoryApi,
     handler::CommandHandler,
 };
@@ -30,98 +18,26 @@ pub const CONSUMER_HEALTH_NAME: &str = "pulse.inventory.v1.Consumer";
 /// Health name of the outbox relay: NOT_SERVING while it cannot reach the broker.
 pub const RELAY_HEALTH_NAME: &str = "pulse.inventory.v1.OutboxRelay";
 
-/// A built service: database migrated, port bound, nothing running yet.
-pub struct App {
-    service: Service,
-    pool: PgPool,
-    consumer_connected: watch::Receiver<bool>,
-    stats: Arc<InboxStats>,
-}
+/// Inventory to the kit.
+const SPEC: Spec = Spec {
+    name: "inventory",
+    prefix: crate::config::PREFIX,
+    service_name: SERVICE_NAME,
+    descriptor_set: contracts::FILE_DESCRIPTOR_SET,
+    consumer_health_name: CONSUMER_HEALTH_NAME,
+    relay_health_name: RELAY_HEALTH_NAME,
+};
 
 /// Creates the database if needed, applies the schemas, binds the gRPC port
 /// and the metrics port, and prepares the consumer and the relay.
 pub async fn build(config: Config) -> anyhow::Result<App> {
-    tracing::info!(
-        database = %infra::redact::redact_urls(secrecy::ExposeSecret::expose_secret(&config.database_url)),
-        broker = %infra::redact::redact_url(secrecy::ExposeSecret::expose_secret(&config.inbox.amqp_url)),
-        queue = %config.inbox.queue,
-        "starting inventory"
-    );
-    let pool = crate::db::connect_and_migrate(&config.database_url, &config.pool).await?;
-    let db_options = platform::db::connect_options(&config.database_url)?;
-    let registry = Registry::new();
-    telemetry::metrics::target_info(&registry, &telemetry::resource("inventory"));
-    let handler = CommandHandler::new(&config.inbox.exchange, config.relay.notify_channel.clone(), &registry);
-    let inbox = Inbox::new(pool.clone(), handler, config.inbox.clone())?.with_metrics(&registry);
-    let (consumer_connected, stats) = (inbox.connected(), inbox.stats());
-    let relay = Relay::new(db_options.clone(), config.relay.clone(), None).with_metrics(&registry);
-
-    let admin_token = config.admin_token_file.as_deref().map(read_admin_token).transpose()?;
-    if admin_token.is_none() && config.admin_client_names.is_empty() {
-        tracing::warn!("no INVENTORY_ADMIN_TOKEN_FILE: the dead-letter console refuses every call");
-    }
-    let admin_auth = admin::BearerAuth::new(admin_token).with_client_names(config.admin_client_names.clone());
-    let (router, reporter) = platform::grpc::router_with_health_and_reflection(
-        &[SERVICE_NAME, admin::v1::SERVICE_NAME],
-        &[contracts::FILE_DESCRIPTOR_SET, admin::FILE_DESCRIPTOR_SET],
-        &registry,
-        config.tls.as_ref(),
-    )?;
-    let router = router
-        .add_service(
-            InventoryServiceServer::new(InventoryApi::new(pool.clone()))
-                .max_decoding_message_size(platform::grpc::MAX_MESSAGE_BYTES),
-        )
-        .add_service(
-            DeadLetterConsole::<CommandHandler>::new(pool.clone(), &config.inbox).into_service_with(admin_auth),
-        );
-    // NOT_SERVING until the watchers have seen the database and the broker.
-    set_status(&reporter, &["", SERVICE_NAME, CONSUMER_HEALTH_NAME, RELAY_HEALTH_NAME], ServingStatus::NotServing)
-        .await;
-
-    let closing = pool.clone();
-    let service = Service::bind("inventory", router, reporter, registry, config.grpc_addr, config.metrics_addr)
-        .await?
-        .ready_with_database(db_options, &["", SERVICE_NAME], config.health_interval, Duration::from_secs(2))
-        .mirror(CONSUMER_HEALTH_NAME, consumer_connected.clone(), |connected| *connected)
-        .mirror(RELAY_HEALTH_NAME, relay.status(), |status| status.healthy())
-        .task("inbox consumer", |stop| inbox.run(stop))
-        .task("outbox relay", |stop| relay.run(stop))
-        .on_stopped(async move { closing.close().await });
-    tracing::info!(addr = %service.grpc_addr(), metrics_addr = %service.metrics_addr(), "inventory listening");
-    Ok(App { service, pool, consumer_connected, stats })
-}
-
-impl App {
-    /// The bound address (the real port when the configuration said 0).
-    pub fn grpc_addr(&self) -> SocketAddr {
-        self.service.grpc_addr()
-    }
-
-    /// Where `GET /metrics` answers.
-    pub fn metrics_addr(&self) -> SocketAddr {
-        self.service.metrics_addr()
-    }
-
-    /// The service's pool (for tests' own queries).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// True while the consumer is connected to the broker and subscribed.
-    pub fn consumer_connected(&self) -> watch::Receiver<bool> {
-        self.consumer_connected.clone()
-    }
-
-    /// What the consumer has done so far.
-    pub fn consumer_stats(&self) -> Arc<InboxStats> {
-        Arc::clone(&self.stats)
-    }
-
-    /// Serves, consumes and relays until `shutdown` fires, then: health
-    /// NOT_SERVING, in-flight calls finished, consumer stopped after its batch
-    /// in hand, relay stopped after settling its own.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        self.service.run_until_stopped(shutdown).await
-    }
+    let kit = Kit::start(SPEC, &config.server, &config.inbox, crate::db::schemas()).await?;
+    let handler = CommandHandler::new(&config.inbox.exchange, config.relay.notify_channel.clone(), kit.registry());
+    let admin_token = config.admin_token_file.as_deref().map(|path| read_admin_token(ADMIN_TOKEN_FILE, path));
+    let api = InventoryApi::new(kit.pool().clone());
+    kit.serve(Some(&config.relay), Some(handler), admin_token.transpose()?, |router| {
+        router
+            .add_service(InventoryServiceServer::new(api).max_decoding_message_size(platform::grpc::MAX_MESSAGE_BYTES))
+    })
+    .await
 }

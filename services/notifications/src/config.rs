@@ -26,14 +26,9 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use inbox::InboxConfig;
-use infra::{
-    config::{
-        ConfigError, ConfigErrors, addr_or, bool_or, millis_or, millis_up_to_or, parse_or, rate_or, secret_url_or,
-        secret_urls_or, var_or,
-    },
-    pg::PoolSettings,
-};
-use platform::tls::ServerTls;
+use infra::config::{ConfigError, ConfigErrors, bool_or, millis_up_to_or, parse_or, rate_or, var_or};
+use infra::pg::PoolSettings;
+use platform::{consumer::ServerConfig, tls::ServerTls};
 use secrecy::SecretString;
 
 /// Everything the service needs; tests build one directly.
@@ -100,6 +95,9 @@ pub const VARIABLES: &[&str] = &[
     "NOTIFICATIONS_ADDR",
 ];
 
+/// The prefix of notifications' own variables, without its underscore.
+pub const PREFIX: &str = "NOTIFICATIONS";
+
 /// The prefixes of [`known_variables`].
 pub const PREFIXES: &[&str] = &["NOTIFICATIONS_", inbox::variables::PREFIX];
 
@@ -116,17 +114,14 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigErrors> {
         let mut problems = ConfigErrors::default();
         let p = &mut problems;
-        let amqp_url =
-            p.check(secret_urls_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
-        let mut inbox = InboxConfig::new(
-            amqp_url,
-            var_or("NOTIFICATIONS_EXCHANGE", contracts::EVENTS_EXCHANGE),
-            queue_name(&var_or("NOTIFICATIONS_QUEUE_PREFIX", "pulse")),
+        let mut inbox = InboxConfig::for_service(
+            PREFIX,
+            "notifications",
+            contracts::EVENTS_EXCHANGE,
+            queue_name,
             crate::handler::routing_keys(),
+            p,
         );
-        inbox.connection_name = "notifications".to_owned();
-        inbox.prefetch = p.check(parse_or("NOTIFICATIONS_PREFETCH", inbox.prefetch), inbox.prefetch);
-        inbox.batch_size = p.check(parse_or("NOTIFICATIONS_BATCH_SIZE", inbox.batch_size), inbox.batch_size);
         inbox.linger =
             p.check(millis_up_to_or("NOTIFICATIONS_LINGER_MS", inbox.linger, Duration::from_secs(1)), inbox.linger);
         inbox.linger_from_rate =
@@ -135,49 +130,40 @@ impl Config {
             inbox.max_attempts = delays.len() as u32 + 1;
             inbox.retry_delays = delays;
         }
-        inbox.max_attempts = p.check(parse_or("NOTIFICATIONS_MAX_ATTEMPTS", inbox.max_attempts), inbox.max_attempts);
         let window = inbox.dedup_window.as_secs();
         inbox.dedup_window = Duration::from_secs(p.check(parse_or("NOTIFICATIONS_DEDUP_WINDOW_SECS", window), window));
-        inbox.apply_env(p);
-        // Checked on what the variables gave only: a bad variable is named above already.
-        if let (true, Err(reason)) = (p.0.is_empty(), inbox.validate()) {
-            p.invalid("NOTIFICATIONS_* consumer settings", reason);
-        }
+        // NOTIFICATIONS_MAX_ATTEMPTS, read here, wins over the count the retry delays imply.
+        inbox.apply_service_env(PREFIX, p);
 
-        let defaults = PoolSettings::default();
-        let any_port = SocketAddr::from(([0, 0, 0, 0], 0));
+        // Flat fields (other crates' tests build this configuration): read as every consumer service does.
+        let ServerConfig { grpc_addr, metrics_addr, database_url, pool, health_interval, tls, admin_client_names } =
+            ServerConfig::from_env(PREFIX, "0.0.0.0:50052", "0.0.0.0:9465", p);
         let config = Self {
-            grpc_addr: p.check(addr_or("NOTIFICATIONS_GRPC_ADDR", "0.0.0.0:50052"), any_port),
-            metrics_addr: p.check(addr_or("NOTIFICATIONS_METRICS_ADDR", "0.0.0.0:9465"), any_port),
-            database_url: p.check(
-                secret_url_or(
-                    "NOTIFICATIONS_DATABASE_URL",
-                    "postgres://postgres:postgres@localhost:5432/pulse_notifications",
-                ),
-                SecretString::default(),
-            ),
-            pool: PoolSettings {
-                max_connections: p.check(
-                    parse_or("NOTIFICATIONS_DB_MAX_CONNECTIONS", defaults.max_connections),
-                    defaults.max_connections,
-                ),
-                min_connections: p.check(
-                    parse_or("NOTIFICATIONS_DB_MIN_CONNECTIONS", defaults.min_connections),
-                    defaults.min_connections,
-                ),
-                acquire_timeout: p.check(
-                    millis_or("NOTIFICATIONS_DB_ACQUIRE_TIMEOUT_MS", defaults.acquire_timeout),
-                    defaults.acquire_timeout,
-                ),
-            },
+            grpc_addr,
+            metrics_addr,
+            database_url,
+            pool,
             consumer_enabled: p.check(bool_or("NOTIFICATIONS_CONSUMER_ENABLED", true), true),
             inbox,
-            health_interval: Duration::from_secs(1),
-            tls: p.check(ServerTls::from_env("NOTIFICATIONS"), None),
+            health_interval,
+            tls,
             admin_token_file: Some(var_or(ADMIN_TOKEN_FILE, "")).filter(|p| !p.trim().is_empty()).map(PathBuf::from),
-            admin_client_names: client_names(&var_or("NOTIFICATIONS_ADMIN_CLIENT_NAMES", "")),
+            admin_client_names,
         };
         problems.or_value(config)
+    }
+
+    /// The settings the kit's parts read ([`platform::consumer::Kit`]).
+    pub fn server(&self) -> ServerConfig {
+        ServerConfig {
+            grpc_addr: self.grpc_addr,
+            metrics_addr: self.metrics_addr,
+            database_url: self.database_url.clone(),
+            pool: self.pool.clone(),
+            health_interval: self.health_interval,
+            tls: self.tls.clone(),
+            admin_client_names: self.admin_client_names.clone(),
+        }
     }
 }
 
@@ -187,16 +173,7 @@ pub const ADMIN_TOKEN_FILE: &str = "NOTIFICATIONS_ADMIN_TOKEN_FILE";
 /// The admin token in `path`, surrounding whitespace removed. The error names
 /// the file, never its content.
 pub fn read_admin_token(path: &std::path::Path) -> anyhow::Result<SecretString> {
-    let raw = std::fs::read_to_string(path)
-        .map_err(|err| anyhow::anyhow!("cannot read {ADMIN_TOKEN_FILE} {}: {err}", path.display()))?;
-    let token = raw.trim();
-    anyhow::ensure!(!token.is_empty(), "{ADMIN_TOKEN_FILE} {} is empty", path.display());
-    Ok(SecretString::from(token.to_owned()))
-}
-
-/// A comma-separated list of names, blanks dropped.
-fn client_names(raw: &str) -> Vec<String> {
-    raw.split(',').map(str::trim).filter(|name| !name.is_empty()).map(str::to_owned).collect()
+    platform::consumer::read_admin_token(ADMIN_TOKEN_FILE, path)
 }
 
 fn invalid(name: &str, reason: impl Into<String>) -> ConfigError {
@@ -231,12 +208,6 @@ mod tests {
     #[test]
     fn queue_names_derive_from_the_prefix() {
         assert_eq!(queue_name("pulse"), "pulse.notifications.order-created");
-    }
-
-    #[test]
-    fn client_names_are_a_comma_separated_list() {
-        assert_eq!(client_names(" ops-admin, ,admin.example.com "), ["ops-admin", "admin.example.com"]);
-        assert!(client_names("").is_empty());
     }
 
     #[test]

@@ -2,29 +2,21 @@
 
 use std::collections::HashSet;
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
-use infra::pg::PoolSettings;
-use secrecy::SecretString;
+use platform::consumer::Schemas;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
-
-/// Creates the database if needed, opens a pool and brings it to the current
-/// schema (see [`migrate`]).
-pub(crate) async fn connect_and_migrate(url: &SecretString, settings: &PoolSettings) -> anyhow::Result<PgPool> {
-    let pool = platform::db::connect(url, settings).await?;
-    migrate(&pool).await?;
-    Ok(pool)
-}
 
 /// The inbox's schema, then this service's own migrations. Versions 1 and 3
 /// of those (the inbox's tables) now come with the inbox crate: databases
 /// that applied them still list them, which must not fail the start.
+pub(crate) fn schemas() -> Schemas {
+    Schemas { outbox: false, migrator: sqlx::migrate!("../../migrations/notifications"), retired: &[1, 3] }
+}
+
+/// Brings the database to the current [`schemas`].
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    // One connection for both: a second would stay open in the pool.
-    let mut conn = pool.acquire().await.context("cannot connect to the database")?;
-    inbox::schema::apply(&mut conn).await.context("cannot apply the inbox schema")?;
-    platform::db::migrate_tolerating(&mut conn, sqlx::migrate!("../../migrations/notifications"), &[1, 3]).await
+    platform::consumer::migrate(pool, schemas()).await
 }
 
 /// The table of notifications (`db.collection.name` of the statements' spans).

@@ -1,9 +1,9 @@
 //! `notifications` — serve (default), `replay-dlq [--limit N]`, `dlq <command>`, or `healthcheck`.
 
-use std::{net::SocketAddr, process::ExitCode};
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use infra::config::{ConfigErrors, warn_unknown_variables};
+use infra::config::warn_unknown_variables;
 use notifications::{Config, build, config, dlq};
 
 const AFTER_HELP: &str = "\
@@ -30,14 +30,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the gRPC API and consume events (the default)
-    Serve,
-    /// Move dead letters (the first N) back to the main queue
-    ReplayDlq {
-        /// Move at most N
-        #[arg(long, value_name = "N")]
-        limit: Option<u64>,
-    },
+    #[command(flatten)]
+    Common(platform::cli::Command),
     /// The dead-letter console: list, groups, show, replay, purge (docs/operations.md, "Dead-letter console")
     #[command(after_help = dlq::AFTER_HELP)]
     Dlq {
@@ -45,54 +39,23 @@ enum Command {
         #[command(subcommand)]
         command: Box<dlq::DlqCommand>,
     },
-    /// Ask the local gRPC health service; exit 0 when SERVING
-    Healthcheck,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(err) => return platform::cli::finish(&err),
-    };
-    let _telemetry = telemetry::init("notifications");
-    match run(cli.command.unwrap_or(Command::Serve)).await {
-        Ok(code) => code,
-        // Plain text, every problem at once: there may be no log pipeline to read yet.
-        Err(err) => match err.downcast_ref::<ConfigErrors>() {
-            Some(problems) => {
-                eprintln!("notifications: {problems}");
-                ExitCode::from(2)
-            }
-            None => {
-                tracing::error!(error = format!("{err:#}"), "notifications failed");
-                eprintln!("notifications: {err:#}");
-                ExitCode::FAILURE
-            }
-        },
-    }
+    platform::cli::run_binary("notifications", |cli: Cli| {
+        run(cli.command.unwrap_or(Command::Common(platform::cli::Command::Serve)))
+    })
+    .await
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let config = Config::from_env()?;
     warn_unknown_variables(config::PREFIXES, &config::known_variables(), config::RENAMED);
     match command {
-        Command::Serve => {
-            let app = build(config).await?;
-            app.run_until_stopped(platform::shutdown::on_signal()).await?;
+        Command::Common(command) => {
+            platform::consumer::run(command, &config.inbox, config.grpc_addr, build(config.clone())).await
         }
-        Command::ReplayDlq { limit } => {
-            let moved = notifications::replay_dead_letters(&config, limit).await?;
-            println!("replayed {moved} message(s) from {}.dlq to {}", config.inbox.queue, config.inbox.queue);
-        }
-        Command::Dlq { command } => dlq::run(&command, &config).await?,
-        Command::Healthcheck => {
-            // The server listens on the configured port of every interface; ask it locally.
-            let addr = SocketAddr::from(([127, 0, 0, 1], config.grpc_addr.port()));
-            if !platform::grpc::probe(addr, "").await.unwrap_or(false) {
-                return Ok(ExitCode::FAILURE);
-            }
-        }
+        Command::Dlq { command } => dlq::run(&command, &config).await.map(|()| ExitCode::SUCCESS),
     }
-    Ok(ExitCode::SUCCESS)
 }

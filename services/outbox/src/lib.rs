@@ -40,6 +40,7 @@ mod ownership;
 mod partitions;
 mod publisher;
 mod relay;
+mod reply;
 mod retention;
 pub mod schema;
 mod statement;
@@ -51,6 +52,7 @@ pub use message::{
     Appended, DEFAULT_NOTIFY_CHANNEL, LocalRelay, OutboxMessage, OutboxWriter, PARTITIONS, partition_of,
 };
 pub use relay::{Relay, RelayConfig, RelayStatus};
+pub use reply::{Addressed, PROTOBUF, ReplyWriter};
 /// One pass of archive upkeep (what the relay runs every minute); for operators and tests.
 pub use retention::run_once as maintain_archive_once;
 pub use statement::{Ready, WithEvents};

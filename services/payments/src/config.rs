@@ -19,22 +19,16 @@
 //! | `PAYMENTS_TLS_CERT_FILE` / `_KEY_FILE` / `_CLIENT_CA_FILE` | unset (plaintext) |
 //! | `INBOX_*`, `OUTBOX_*` | the inbox's and the outbox's own |
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use contracts::{
     Routed,
     payments::v1::{ProcessPayment, RefundPayment},
 };
 use inbox::InboxConfig;
-use infra::{
-    config::{
-        ConfigError, ConfigErrors, addr_or, millis_or, parse_or, secret_from_file, secret_url_or, secret_urls_or,
-        var_or,
-    },
-    pg::PoolSettings,
-};
+use infra::config::{ConfigError, ConfigErrors, parse_or, secret_from_file, var_or};
 use outbox::{OutboxSettings, RelayConfig};
-use platform::tls::ServerTls;
+use platform::consumer::ServerConfig;
 use secrecy::SecretString;
 
 use crate::money::DefaultCredit;
@@ -42,27 +36,18 @@ use crate::money::DefaultCredit;
 /// Everything the service needs; tests build one directly.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Port 0 binds an ephemeral port (see [`crate::App::grpc_addr`]).
-    pub grpc_addr: SocketAddr,
-    /// `GET /metrics` (Prometheus text); port 0 binds an ephemeral port.
-    pub metrics_addr: SocketAddr,
-    pub database_url: SecretString,
-    pub pool: PoolSettings,
+    /// Ports, database, health probe, TLS and the console's client names
+    /// (`PAYMENTS_*`, read alike by every consumer service).
+    pub server: ServerConfig,
     /// The consumer of the commands: broker URL, exchange, queue names, retry tiers.
     pub inbox: InboxConfig,
     /// The relay of the replies (to the consumer's exchange).
     pub relay: RelayConfig,
     /// The limit of a customer whose credit was never set.
     pub default_credit: DefaultCredit,
-    /// How often the health check probes the database.
-    pub health_interval: Duration,
-    /// TLS on the gRPC port (`PAYMENTS_TLS_*`); None serves plaintext.
-    pub tls: Option<ServerTls>,
     /// The dead-letter console's bearer token (`PAYMENTS_ADMIN_TOKEN_FILE`);
     /// None refuses every console call PERMISSION_DENIED.
     pub admin_token: Option<SecretString>,
-    /// With mutual TLS, the client certificate names the console also accepts.
-    pub admin_client_names: Vec<String>,
 }
 
 /// The consumer's main queue for a prefix; the retry and dead-letter queues are named after it.
@@ -100,6 +85,9 @@ pub const VARIABLES: &[&str] = &[
     "PAYMENTS_DEFAULT_CREDIT",
 ];
 
+/// The prefix of payments' own variables, without its underscore.
+pub const PREFIX: &str = "PAYMENTS";
+
 /// The prefixes of [`known_variables`].
 pub const PREFIXES: &[&str] = &["PAYMENTS_", inbox::variables::PREFIX, outbox::config::PREFIX];
 
@@ -113,27 +101,14 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigErrors> {
         let mut problems = ConfigErrors::default();
         let p = &mut problems;
-        let amqp_url =
-            p.check(secret_urls_or("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"), SecretString::default());
-        let exchange = var_or("PAYMENTS_EXCHANGE", contracts::EVENTS_EXCHANGE);
-        let mut inbox = InboxConfig::new(
-            amqp_url.clone(),
-            exchange.clone(),
-            queue_name(&var_or("PAYMENTS_QUEUE_PREFIX", "pulse")),
-            routing_keys(),
-        );
-        inbox.connection_name = "payments".to_owned();
-        inbox.prefetch = p.check(parse_or("PAYMENTS_PREFETCH", inbox.prefetch), inbox.prefetch);
-        inbox.batch_size = p.check(parse_or("PAYMENTS_BATCH_SIZE", inbox.batch_size), inbox.batch_size);
-        inbox.max_attempts = p.check(parse_or("PAYMENTS_MAX_ATTEMPTS", inbox.max_attempts), inbox.max_attempts);
+        let mut inbox =
+            InboxConfig::for_service(PREFIX, "payments", contracts::EVENTS_EXCHANGE, queue_name, routing_keys(), p);
         let window = inbox.dedup_window.as_secs();
         inbox.dedup_window = Duration::from_secs(p.check(parse_or("PAYMENTS_DEDUP_WINDOW_SECS", window), window));
-        inbox.apply_env(p);
-        // Checked on what the variables gave only: a bad variable is named above already.
-        if let (true, Err(reason)) = (p.0.is_empty(), inbox.validate()) {
-            p.invalid("PAYMENTS_* consumer settings", reason);
-        }
-        let relay = OutboxSettings::from_env(RelayConfig::new(amqp_url, "pulse-payments", vec![exchange]), p).relay;
+        inbox.apply_service_env(PREFIX, p);
+        let exchanges = vec![inbox.exchange.clone()];
+        let relay =
+            OutboxSettings::from_env(RelayConfig::new(inbox.amqp_url.clone(), "pulse-payments", exchanges), p).relay;
         let default_credit = p.check(
             DefaultCredit::parse(&var_or("PAYMENTS_DEFAULT_CREDIT", "1000.00")).map_err(|reason| {
                 ConfigError::Invalid {
@@ -144,37 +119,12 @@ impl Config {
             DefaultCredit::default(),
         );
 
-        let defaults = PoolSettings::default();
-        let any_port = SocketAddr::from(([0, 0, 0, 0], 0));
         let config = Self {
-            grpc_addr: p.check(addr_or("PAYMENTS_GRPC_ADDR", "0.0.0.0:50053"), any_port),
-            metrics_addr: p.check(addr_or("PAYMENTS_METRICS_ADDR", "0.0.0.0:9466"), any_port),
-            database_url: p.check(
-                secret_url_or("PAYMENTS_DATABASE_URL", "postgres://postgres:postgres@localhost:5432/pulse_payments"),
-                SecretString::default(),
-            ),
-            pool: PoolSettings {
-                max_connections: p
-                    .check(parse_or("PAYMENTS_DB_MAX_CONNECTIONS", defaults.max_connections), defaults.max_connections),
-                min_connections: p
-                    .check(parse_or("PAYMENTS_DB_MIN_CONNECTIONS", defaults.min_connections), defaults.min_connections),
-                acquire_timeout: p.check(
-                    millis_or("PAYMENTS_DB_ACQUIRE_TIMEOUT_MS", defaults.acquire_timeout),
-                    defaults.acquire_timeout,
-                ),
-            },
+            server: ServerConfig::from_env(PREFIX, "0.0.0.0:50053", "0.0.0.0:9466", p),
             inbox,
             relay,
             default_credit,
-            health_interval: Duration::from_secs(1),
-            tls: p.check(ServerTls::from_env("PAYMENTS"), None),
             admin_token: p.check(secret_from_file("PAYMENTS_ADMIN_TOKEN"), None),
-            admin_client_names: var_or("PAYMENTS_ADMIN_CLIENT_NAMES", "")
-                .split(',')
-                .map(str::trim)
-                .filter(|name| !name.is_empty())
-                .map(str::to_owned)
-                .collect(),
         };
         problems.or_value(config)
     }

@@ -7,11 +7,10 @@ use contracts::{
     payments::v1::{ProcessPayment, RefundPayment},
 };
 use inbox::{BatchError, Handler, HandlerError, MessageContext};
-use outbox::OutboxWriter;
+use outbox::ReplyWriter;
 use platform::values::{Currency, CustomerId};
 use sqlx::PgConnection;
 use telemetry::correlation::CorrelationId;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -35,10 +34,8 @@ pub struct CommandHandler {
     /// Where the replies are published.
     exchange: String,
     default_credit: DefaultCredit,
-    /// Postgres channel the outbox relays LISTEN on; notified inside the
-    /// transaction, so the relay wakes once the reply is committed.
-    notify_channel: Option<String>,
-    writer: OutboxWriter,
+    /// Appends the replies; the relays wake once they are committed.
+    replies: ReplyWriter,
     counters: Counters,
 }
 
@@ -50,13 +47,7 @@ impl CommandHandler {
         notify_channel: Option<String>,
         registry: &telemetry::metrics::Registry,
     ) -> Self {
-        Self {
-            exchange,
-            default_credit,
-            notify_channel,
-            writer: OutboxWriter::new(),
-            counters: Counters::new(registry),
-        }
+        Self { exchange, default_credit, replies: ReplyWriter::new(notify_channel), counters: Counters::new(registry) }
     }
 }
 
@@ -150,11 +141,7 @@ impl Handler for CommandHandler {
             correlation_id: correlation.as_str(),
             traceparent: telemetry::propagation::traceparent_of(&ctx.span),
         };
-        let _ = self.writer.append(tx, &replies::outbox_message(&envelope, &outcome)).await?;
-        if let Some(channel) = &self.notify_channel {
-            // Delivered at commit (and once per transaction however many replies it holds).
-            sqlx::query("SELECT pg_notify($1, '')").bind(channel).execute(&mut *tx).await?;
-        }
+        self.replies.append(tx, &replies::outbox_message(&envelope, &outcome)).await?;
         self.counters.record(&outcome, fresh);
         Ok(())
     }
@@ -179,13 +166,7 @@ impl Handler for CommandHandler {
         for (customer_id, currency) in credits {
             db::lock_credit(tx, customer_id, currency).await?;
         }
-        for (index, (event, ctx)) in events.iter().enumerate() {
-            self.handle(tx, event, ctx)
-                .instrument(ctx.span.clone())
-                .await
-                .map_err(|error| BatchError { index: Some(index), error })?;
-        }
-        Ok(())
+        inbox::handle_each(self, tx, events).await
     }
 }
 

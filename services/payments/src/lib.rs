@@ -25,10 +25,5 @@ mod startup;
 pub use config::{Config, queue_name};
 pub use db::migrate;
 pub use handler::{Command, CommandHandler};
-pub use startup::{App, CONSUMER_HEALTH_NAME, RELAY_HEALTH_NAME, build};
-
-/// Moves up to `limit` (all when None) dead-lettered commands back to the
-/// consumer's queue, with their dead-letter headers removed and attempts reset.
-pub async fn replay_dead_letters(config: &Config, limit: Option<u64>) -> anyhow::Result<u64> {
-    inbox::replay_dead_letters(&config.inbox.amqp_url, &config.inbox.topology(), limit).await
-}
+pub use platform::consumer::App;
+pub use startup::{CONSUMER_HEALTH_NAME, RELAY_HEALTH_NAME, build};

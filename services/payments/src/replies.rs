@@ -3,23 +3,18 @@
 //! correlation id, and the order as its aggregate (one order's messages keep
 //! their order).
 
-use std::collections::BTreeMap;
-
 use chrono::Utc;
 use contracts::{
     Routed,
     payments::v1::{PaymentDeclined, PaymentProcessed, PaymentRefunded},
 };
-use outbox::OutboxMessage;
-use telemetry::{correlation, tracecontext};
+use outbox::{Addressed, OutboxMessage};
 use uuid::Uuid;
 
 use crate::commands::Outcome;
 
 /// The outbox aggregate of every reply: the order it is about.
 pub(crate) const AGGREGATE_TYPE: &str = "order";
-/// Protobuf, as every message on the events exchange.
-pub(crate) const CONTENT_TYPE: &str = "application/x-protobuf";
 
 /// Where a reply goes, and what it carries beside the outcome.
 #[derive(Debug, Clone)]
@@ -64,21 +59,14 @@ pub(crate) fn outbox_message(envelope: &Envelope<'_>, outcome: &Outcome) -> Outb
             correlation_id,
         }),
     };
-    let mut headers = BTreeMap::from([(correlation::HEADER.to_owned(), envelope.correlation_id.to_owned())]);
-    if let Some(traceparent) = &envelope.traceparent {
-        headers.insert(tracecontext::HEADER.to_owned(), traceparent.clone());
-    }
-    OutboxMessage {
-        event_id,
-        aggregate_type: AGGREGATE_TYPE.to_owned(),
-        aggregate_id: envelope.order_id.to_string(),
-        exchange: envelope.exchange.to_owned(),
-        routing_key: routing_key.to_owned(),
-        message_type: message_type.to_owned(),
-        content_type: CONTENT_TYPE.to_owned(),
-        payload,
-        headers,
-    }
+    let aggregate_id = envelope.order_id.to_string();
+    let to = Addressed {
+        exchange: envelope.exchange,
+        aggregate: (AGGREGATE_TYPE, &aggregate_id),
+        correlation_id: envelope.correlation_id,
+        traceparent: envelope.traceparent.as_deref(),
+    };
+    OutboxMessage::reply(&to, event_id, (routing_key, message_type), payload)
 }
 
 fn encode<M: Routed>(message: &M) -> (&'static str, &'static str, Vec<u8>) {
@@ -88,6 +76,7 @@ fn encode<M: Routed>(message: &M) -> (&'static str, &'static str, Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use prost::Message as _;
+    use telemetry::correlation;
 
     use super::*;
 

@@ -1,12 +1,14 @@
 //! Test-only helpers: a TCP fault proxy on 127.0.0.1 that can cut every
 //! connection to Postgres or RabbitMQ and refuse new ones until restored (or
 //! swallow the server's replies, so a request is carried out but its answer
-//! lost), and the addresses of the local services the tests run against.
+//! lost), the addresses of the local services the tests run against, and a
+//! consumer service run in-process ([`service`]).
 
 pub mod consumer;
 pub mod otlp;
 pub mod pki;
 pub mod schema;
+pub mod service;
 
 mod process;
 mod proxy;

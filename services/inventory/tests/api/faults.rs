@@ -39,8 +39,8 @@ async fn a_database_outage_is_unavailable_and_loses_no_command(_: PgPoolOptions,
     let direct = database_url(&db);
     let proxy = testkit::FaultProxy::start(testkit::socket_addr_of(&direct)).await;
     let mut config = test_config(&db);
-    config.database_url = testkit::via(&direct, proxy.addr()).into();
-    config.pool.acquire_timeout = Duration::from_millis(500);
+    config.server.database_url = testkit::via(&direct, proxy.addr()).into();
+    config.server.pool.acquire_timeout = Duration::from_millis(500);
     // Room for a few seconds of outage: 0.25 + 0.5 + 1 + 2 × 8 s of retries.
     config.inbox.retry_delays = [250, 500, 1000, 2000].map(Duration::from_millis).to_vec();
     config.inbox.max_attempts = 12;

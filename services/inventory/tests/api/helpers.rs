@@ -2,7 +2,7 @@
 //! exchange and queue set, publishing commands the way Orders will, and
 //! reading the replies the relay publishes.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::time::Duration;
 
 use contracts::{
     Routed,
@@ -12,81 +12,51 @@ use contracts::{
     },
 };
 use futures::StreamExt;
-use inbox::{InboxStats, Topology};
-use infra::pg::PoolSettings;
-use inventory::{App, Config};
+use inbox::Topology;
+use inventory::Config;
 use lapin::{
     options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
     types::{FieldTable, ShortString},
 };
-use outbox::RelayConfig;
 use prost::Message;
-use secrecy::SecretString;
 use sqlx::{PgPool, postgres::PgConnectOptions};
-use tokio::{sync::watch, task::JoinHandle};
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel as GrpcChannel;
 use uuid::Uuid;
 
 pub(crate) use testkit::consumer::{Sweep, header};
 
+pub(crate) use testkit::service::{database_url, pool};
+
 pub(crate) const WAIT: Duration = Duration::from_secs(25);
-
-/// The URL of the `#[sqlx::test]` database described by `options`.
-pub(crate) fn database_url(options: &PgConnectOptions) -> String {
-    let mut url = url::Url::parse(&testkit::database_url()).expect("DATABASE_URL is a URL");
-    url.set_path(&format!("/{}", options.get_database().expect("test database has a name")));
-    url.to_string()
-}
-
-/// A direct pool on the test database, for assertions.
-pub(crate) async fn pool(options: &PgConnectOptions) -> PgPool {
-    PgPool::connect_with(options.clone()).await.expect("connect to the test database")
-}
 
 /// Port 0, an isolated exchange and queue, short retry tiers (200 ms, 400 ms;
 /// 3 attempts), a relay that polls every 200 ms.
 pub(crate) fn test_config(db: &PgConnectOptions) -> Config {
-    let amqp_url = testkit::amqp_url();
-    let mut inbox = testkit::consumer::short_retry_config(&amqp_url, "inventory", "inventory.reserve");
-    inbox.routing_keys = inventory::config::routing_keys();
-    let mut relay = RelayConfig::new(SecretString::from(amqp_url), "pulse-inventory", vec![inbox.exchange.clone()]);
-    relay.poll_interval = Duration::from_millis(200);
-    relay.rebalance_interval = Duration::from_millis(200);
+    let (inbox, relay) = testkit::service::consumer_and_relay("inventory", inventory::config::routing_keys());
     Config {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        database_url: SecretString::from(database_url(db)),
-        pool: PoolSettings { max_connections: 8, min_connections: 1, acquire_timeout: Duration::from_millis(2000) },
+        server: testkit::service::server_config(&database_url(db), Duration::from_millis(2000)),
         inbox,
         relay,
-        health_interval: Duration::from_millis(200),
-        tls: None,
         admin_token_file: None,
-        admin_client_names: Vec::new(),
     }
 }
 
-/// The service, running in the background.
-pub(crate) struct TestApp {
-    pub(crate) addr: SocketAddr,
-    pub(crate) metrics_addr: SocketAddr,
-    pub(crate) stats: Arc<InboxStats>,
-    connected: watch::Receiver<bool>,
-    stop: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
+/// The service, running in the background: its addresses, consumer stats
+/// and connection flag are [`testkit::service::Running`]'s.
+pub(crate) struct TestApp(testkit::service::Running);
+
+impl std::ops::Deref for TestApp {
+    type Target = testkit::service::Running;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 /// Builds and starts the service, and waits until its consumer is subscribed.
 pub(crate) async fn spawn_app(config: Config) -> TestApp {
-    telemetry::init_for_tests();
-    let app: App = inventory::build(config).await.expect("the service builds");
-    let (addr, metrics_addr, stats, connected) =
-        (app.grpc_addr(), app.metrics_addr(), app.consumer_stats(), app.consumer_connected());
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(app.run_until_stopped(stop.clone()));
-    let mut app = TestApp { addr, metrics_addr, stats, connected, stop, task };
-    assert!(testkit::wait_for_flag(&mut app.connected, true, WAIT).await, "the consumer connects");
+    let mut app = TestApp(testkit::service::Running::spawn(inventory::build(config)).await);
+    assert!(app.0.wait_connected(true, WAIT).await, "the consumer connects");
     app
 }
 
@@ -109,8 +79,7 @@ impl TestApp {
 
     /// Fires the shutdown token and waits for a clean exit.
     pub(crate) async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(WAIT, self.task).await.expect("stops in time").unwrap().expect("stops cleanly");
+        self.0.stop(WAIT).await;
     }
 }
 

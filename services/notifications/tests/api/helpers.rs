@@ -2,7 +2,7 @@
 //! exchange and queue set, publishing events the way Orders does, and waiting
 //! with deadlines.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, time::Duration};
 
 use contracts::{
     events::v1::{ORDER_CREATED_ROUTING_KEY, ORDER_CREATED_TYPE, OrderCreated},
@@ -10,32 +10,18 @@ use contracts::{
         ListNotificationsRequest, Notification, notification_service_client::NotificationServiceClient,
     },
 };
-use inbox::InboxStats;
-use infra::pg::PoolSettings;
 use lapin::BasicProperties;
-use notifications::{App, Config};
+use notifications::Config;
 use prost::Message;
 use secrecy::SecretString;
-use sqlx::{PgPool, postgres::PgConnectOptions};
-use tokio::{sync::watch, task::JoinHandle};
-use tokio_util::sync::CancellationToken;
+use sqlx::PgPool;
 use tonic::transport::Channel as GrpcChannel;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use uuid::Uuid;
 
+pub(crate) use testkit::service::{database_url, pool};
+
 pub(crate) const WAIT: Duration = Duration::from_secs(25);
-
-/// The URL of the `#[sqlx::test]` database described by `options`.
-pub(crate) fn database_url(options: &PgConnectOptions) -> String {
-    let mut url = url::Url::parse(&testkit::database_url()).expect("DATABASE_URL is a URL");
-    url.set_path(&format!("/{}", options.get_database().expect("test database has a name")));
-    url.to_string()
-}
-
-/// A direct pool on the test database, for assertions.
-pub(crate) async fn pool(options: &PgConnectOptions) -> PgPool {
-    PgPool::connect_with(options.clone()).await.expect("connect to the test database")
-}
 
 /// Port 0, an isolated exchange and queue, short retry tiers (200 ms, 400 ms; 3 attempts).
 pub(crate) fn test_config(database_url: &str, amqp_url: &str) -> Config {
@@ -45,7 +31,7 @@ pub(crate) fn test_config(database_url: &str, amqp_url: &str) -> Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: SecretString::from(database_url.to_owned()),
-        pool: PoolSettings { max_connections: 8, min_connections: 1, acquire_timeout: Duration::from_millis(1000) },
+        pool: testkit::service::pool_settings(Duration::from_millis(1000)),
         consumer_enabled: true,
         inbox,
         health_interval: Duration::from_millis(200),
@@ -55,25 +41,20 @@ pub(crate) fn test_config(database_url: &str, amqp_url: &str) -> Config {
     }
 }
 
-/// The service, running in the background.
-pub(crate) struct TestApp {
-    pub(crate) addr: SocketAddr,
-    /// Where `GET /metrics` answers.
-    pub(crate) metrics_addr: SocketAddr,
-    pub(crate) stats: Arc<InboxStats>,
-    pub(crate) connected: watch::Receiver<bool>,
-    stop: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
+/// The service, running in the background: its addresses, consumer stats
+/// and connection flag are [`testkit::service::Running`]'s.
+pub(crate) struct TestApp(testkit::service::Running);
+
+impl std::ops::Deref for TestApp {
+    type Target = testkit::service::Running;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 pub(crate) async fn spawn_app(config: Config) -> TestApp {
-    telemetry::init_for_tests();
-    let app: App = notifications::build(config).await.expect("the service builds");
-    let (addr, metrics_addr, stats, connected) =
-        (app.grpc_addr(), app.metrics_addr(), app.consumer_stats(), app.consumer_connected());
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(app.run_until_stopped(stop.clone()));
-    TestApp { addr, metrics_addr, stats, connected, stop, task }
+    TestApp(testkit::service::Running::spawn(notifications::build(config)).await)
 }
 
 impl TestApp {
@@ -98,13 +79,12 @@ impl TestApp {
 
     pub(crate) async fn wait_connected(&mut self, up: bool) {
         // A service that already stopped counts as well.
-        let _ = testkit::wait_for_flag(&mut self.connected, up, WAIT).await;
+        let _ = self.0.wait_connected(up, WAIT).await;
     }
 
     /// Fires the shutdown token and waits for a clean exit.
     pub(crate) async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(WAIT, self.task).await.expect("stops in time").unwrap().expect("stops cleanly");
+        self.0.stop(WAIT).await;
     }
 }
 

@@ -2,7 +2,7 @@
 //! exchange and queue set, publishing commands the way the outbox relay does,
 //! reading the replies, and waiting with deadlines.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, time::Duration};
 
 use contracts::{
     Routed,
@@ -11,79 +11,51 @@ use contracts::{
         payment_service_client::PaymentServiceClient,
     },
 };
-use infra::pg::PoolSettings;
 use lapin::{
     message::BasicGetMessage,
     options::{QueueBindOptions, QueueDeclareOptions},
     types::{FieldTable, ShortString},
 };
-use outbox::RelayConfig;
-use payments::{App, Config, money::DefaultCredit};
+use payments::{Config, money::DefaultCredit};
 use prost::Message;
-use secrecy::SecretString;
-use sqlx::{PgPool, postgres::PgConnectOptions};
-use tokio::{sync::watch, task::JoinHandle};
-use tokio_util::sync::CancellationToken;
+use sqlx::PgPool;
 use tonic::transport::Channel as GrpcChannel;
 use uuid::Uuid;
 
 pub(crate) use testkit::consumer::{Sweep, header};
 
+pub(crate) use testkit::service::{database_url, pool};
+
 pub(crate) const WAIT: Duration = Duration::from_secs(25);
-
-/// The URL of the `#[sqlx::test]` database described by `options`.
-pub(crate) fn database_url(options: &PgConnectOptions) -> String {
-    let mut url = url::Url::parse(&testkit::database_url()).expect("DATABASE_URL is a URL");
-    url.set_path(&format!("/{}", options.get_database().expect("test database has a name")));
-    url.to_string()
-}
-
-/// A direct pool on the test database, for assertions.
-pub(crate) async fn pool(options: &PgConnectOptions) -> PgPool {
-    PgPool::connect_with(options.clone()).await.expect("connect to the test database")
-}
 
 /// Port 0, an isolated exchange and queue, short retry tiers (200 ms, 400 ms; 3 attempts),
 /// a relay publishing to the same exchange.
 pub(crate) fn test_config(database_url: &str) -> Config {
-    let amqp_url = testkit::amqp_url();
-    let mut inbox = testkit::consumer::short_retry_config(&amqp_url, "payments", "payment.process");
-    inbox.routing_keys = payments::config::routing_keys();
-    let mut relay = RelayConfig::new(SecretString::from(amqp_url), "payments-test", vec![inbox.exchange.clone()]);
-    relay.poll_interval = Duration::from_millis(200);
-    relay.backoff_max = Duration::from_millis(500);
+    let (inbox, relay) = testkit::service::consumer_and_relay("payments", payments::config::routing_keys());
     Config {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        database_url: SecretString::from(database_url.to_owned()),
-        pool: PoolSettings { max_connections: 8, min_connections: 1, acquire_timeout: Duration::from_millis(1000) },
+        server: testkit::service::server_config(database_url, Duration::from_millis(1000)),
         inbox,
         relay,
         default_credit: DefaultCredit::default(),
-        health_interval: Duration::from_millis(200),
-        tls: None,
         admin_token: None,
-        admin_client_names: Vec::new(),
     }
 }
 
-/// The service, running in the background.
-pub(crate) struct TestApp {
-    pub(crate) addr: SocketAddr,
-    pub(crate) metrics_addr: SocketAddr,
-    connected: watch::Receiver<bool>,
-    stop: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
+/// The service, running in the background: its addresses, consumer stats
+/// and connection flag are [`testkit::service::Running`]'s.
+pub(crate) struct TestApp(testkit::service::Running);
+
+impl std::ops::Deref for TestApp {
+    type Target = testkit::service::Running;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 pub(crate) async fn spawn_app(config: Config) -> TestApp {
-    telemetry::init_for_tests();
-    let app: App = payments::build(config).await.expect("the service builds");
-    let (addr, metrics_addr, connected) = (app.grpc_addr(), app.metrics_addr(), app.consumer_connected());
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(app.run_until_stopped(stop.clone()));
-    let mut app = TestApp { addr, metrics_addr, connected, stop, task };
-    let _ = testkit::wait_for_flag(&mut app.connected, true, WAIT).await;
+    let mut app = TestApp(testkit::service::Running::spawn(payments::build(config)).await);
+    let _ = app.0.wait_connected(true, WAIT).await;
     app
 }
 
@@ -101,8 +73,7 @@ impl TestApp {
 
     /// Fires the shutdown token and waits for a clean exit.
     pub(crate) async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(WAIT, self.task).await.expect("stops in time").unwrap().expect("stops cleanly");
+        self.0.stop(WAIT).await;
     }
 }
 
