@@ -93,6 +93,7 @@ impl Spec {
             .env("PAYMENTS_DATABASE_URL", &scratch.payments_db_url())
             .env("AMQP_URL", &scratch.amqp_url())
             .env("PAYMENTS_METRICS_ADDR", "127.0.0.1:0")
+            .env("PAYMENTS_DB_MAX_CONNECTIONS", "6")
             .env("OUTBOX_POLL_INTERVAL_MS", "200")
             .env("OUTBOX_BACKOFF_MAX_MS", "1000")
     }
@@ -103,6 +104,7 @@ impl Spec {
             .env("INVENTORY_DATABASE_URL", &scratch.inventory_db_url())
             .env("AMQP_URL", &scratch.amqp_url())
             .env("INVENTORY_METRICS_ADDR", "127.0.0.1:0")
+            .env("INVENTORY_DB_MAX_CONNECTIONS", "6")
             .env("OUTBOX_POLL_INTERVAL_MS", "200")
             .env("OUTBOX_BACKOFF_MAX_MS", "1000")
     }

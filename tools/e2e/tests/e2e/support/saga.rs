@@ -55,7 +55,8 @@ pub(crate) async fn stock(addr: SocketAddr, sku: &str) -> (u32, u32) {
 
 /// The order's payment status, None when Payments never saw a command for it.
 pub(crate) async fn payment(addr: SocketAddr, order_id: &str) -> Option<PaymentStatus> {
-    match payments(addr).get_payment(GetPaymentRequest { order_id: order_id.into() }).await {
+    let request = || async move { payments(addr).get_payment(GetPaymentRequest { order_id: order_id.into() }).await };
+    match retried(request).await {
         Ok(r) => Some(r.into_inner().payment.expect("payment").status()),
         Err(status) if status.code() == Code::NotFound => None,
         Err(status) => panic!("GetPayment {order_id}: {status}"),
@@ -64,10 +65,31 @@ pub(crate) async fn payment(addr: SocketAddr, order_id: &str) -> Option<PaymentS
 
 /// The order's reservation status, None when Inventory never saw a command for it.
 pub(crate) async fn reservation(addr: SocketAddr, order_id: &str) -> Option<ReservationStatus> {
-    match inventory(addr).get_reservation(GetReservationRequest { order_id: order_id.into() }).await {
+    let request =
+        || async move { inventory(addr).get_reservation(GetReservationRequest { order_id: order_id.into() }).await };
+    match retried(request).await {
         Ok(r) => Some(r.into_inner().reservation.expect("reservation").status()),
         Err(status) if status.code() == Code::NotFound => None,
         Err(status) => panic!("GetReservation {order_id}: {status}"),
+    }
+}
+
+/// `call`, again while it answers UNAVAILABLE (a participant busy with the
+/// load of a test, its pool waiting for a connection), ten times at most.
+async fn retried<T, F, Fut>(call: F) -> Result<T, tonic::Status>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut attempts = 0;
+    loop {
+        match call().await {
+            Err(status) if status.code() == Code::Unavailable && attempts < 10 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            outcome => return outcome,
+        }
     }
 }
 
