@@ -42,6 +42,10 @@ pub(crate) struct Saga {
     sent: lapin::Consumer,
     /// Deliveries about other orders than the one waited for, kept for later.
     stash: Vec<Delivery>,
+    /// The message ids already handed out: the relay publishes at least
+    /// once, and a copy of one (two relays around a hand-over) is skipped, as
+    /// a consumer's inbox would.
+    seen: std::collections::HashSet<String>,
     _amqp: lapin::Connection,
 }
 
@@ -68,7 +72,7 @@ impl Saga {
         // Replies published before the consumer subscribed still reach its queue.
         broker.declare(&topology).await;
         let _sweep = Sweep(topology.clone());
-        Self { app, topology, broker, _sweep, sent, stash: Vec::new(), _amqp: amqp }
+        Self { app, topology, broker, _sweep, sent, stash: Vec::new(), seen: Default::default(), _amqp: amqp }
     }
 
     pub(crate) async fn create(&mut self, lines: &[(&str, u32)]) -> Order {
@@ -89,8 +93,12 @@ impl Saga {
         let about = |delivery: &Delivery| {
             inbox::headers::text(delivery.properties.headers().as_ref(), "x-aggregate-id").as_deref() == Some(order_id)
         };
-        if let Some(at) = self.stash.iter().position(about) {
-            return Some(self.stash.remove(at));
+        let id = |delivery: &Delivery| delivery.properties.message_id().as_ref().map(|id| id.to_string());
+        while let Some(at) = self.stash.iter().position(about) {
+            let delivery = self.stash.remove(at);
+            if self.seen.insert(id(&delivery).unwrap_or_default()) {
+                return Some(delivery);
+            }
         }
         let deadline = tokio::time::Instant::now() + within;
         loop {
@@ -99,10 +107,11 @@ impl Saga {
                 Ok(Some(Err(err))) => panic!("consumer failed: {err}"),
                 Ok(None) | Err(_) => return None,
             };
-            if about(&delivery) {
+            if !about(&delivery) {
+                self.stash.push(delivery);
+            } else if self.seen.insert(id(&delivery).unwrap_or_default()) {
                 return Some(delivery);
             }
-            self.stash.push(delivery);
         }
     }
 
