@@ -44,6 +44,41 @@ pub(crate) async fn run(plan: &Plan, only: &[String], stack: &mut Stack, report:
     Ok(())
 }
 
+/// The search of the highest rate that holds, shared by the sustained
+/// phases: up by 25% while a probe holds; after the first that does not,
+/// halfway between the last that held and the first that did not until they
+/// are within 5%; down by 20% while nothing has held yet.
+pub(crate) struct RateSearch {
+    /// The rate to probe next (the last probed once the search has ended).
+    pub(crate) rate: f64,
+    /// The highest rate that held so far.
+    pub(crate) held: Option<f64>,
+    failed: Option<f64>,
+}
+
+impl RateSearch {
+    pub(crate) fn new(start: f64) -> Self {
+        Self { rate: start, held: None, failed: None }
+    }
+
+    /// Records whether [`Self::rate`] held and moves to the next rate;
+    /// false when the search has ended there.
+    pub(crate) fn record(&mut self, held: bool) -> bool {
+        if held {
+            self.held = Some(self.rate);
+        } else {
+            self.failed = Some(self.rate);
+        }
+        self.rate = match (self.held, self.failed) {
+            (_, None) => self.rate * 1.25,
+            (None, Some(failed)) => failed * 0.8,
+            (Some(held), Some(failed)) if failed > held * 1.05 => (held + failed) / 2.0,
+            (Some(_), Some(_)) => return false,
+        };
+        true
+    }
+}
+
 async fn ceilings(plan: &Plan, stack: &mut Stack, report: &mut Report) -> anyhow::Result<Ceilings> {
     // 1. Ceilings.
     let bar = spinner("ceiling: raw sqlx two-insert transactions, 32 connections".into());
@@ -162,4 +197,31 @@ fn spinner(message: String) -> ProgressBar {
     bar.set_message(message);
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateSearch;
+
+    #[test]
+    fn the_search_rises_then_bisects_until_within_five_percent() {
+        let mut search = RateSearch::new(100.0);
+        let mut probed = Vec::new();
+        // Holds up to 150/s.
+        loop {
+            probed.push(search.rate);
+            if !search.record(search.rate <= 150.0) {
+                break;
+            }
+        }
+        assert_eq!(probed, [100.0, 125.0, 156.25, 140.625, 148.4375, 152.34375]);
+        assert_eq!(search.held, Some(148.4375));
+    }
+
+    #[test]
+    fn nothing_holding_steps_down_by_a_fifth() {
+        let mut search = RateSearch::new(100.0);
+        assert!(search.record(false));
+        assert_eq!((search.rate, search.held), (80.0, None));
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{Ceilings, spinner};
+use super::{Ceilings, RateSearch, spinner};
 use crate::{
     cpu, latency, load,
     plan::Plan,
@@ -33,24 +33,17 @@ pub(super) async fn pipeline(
     stack.wait_delivered(before + warmed.ok as i64, Instant::now(), plan.settle).await?;
     warm_up.finish_and_clear();
     let steps = if plan.pipeline_rate.is_some() { 0 } else { plan.search_steps };
-    let (mut rate, mut held, mut failed) = (start, None::<f64>, None::<f64>);
+    let mut search = RateSearch::new(start);
     let mut probes = Vec::new();
     for _ in 0..steps {
+        let rate = search.rate;
         let window = pipeline_window(stack, rate, plan.probe, plan.settle, "pipeline search").await?;
         probes.push(window.summary(rate));
-        if window.held(rate) {
-            held = Some(rate);
-        } else {
-            failed = Some(rate);
+        if !search.record(window.held(rate)) {
+            break;
         }
-        rate = match (held, failed) {
-            (_, None) => rate * 1.25,
-            (None, Some(failed)) => failed * 0.8,
-            (Some(held), Some(failed)) if failed > held * 1.05 => (held + failed) / 2.0,
-            (Some(_), Some(_)) => break,
-        };
     }
-    let mut best = held.unwrap_or(rate);
+    let mut best = search.held.unwrap_or(search.rate);
     // The long window can fail where a short probe held (the tail grows with
     // the window, and a long window meets the stalls of a few hundred ms, with
     // Postgres and RabbitMQ slow together, that this host shows every few

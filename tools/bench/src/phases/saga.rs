@@ -9,7 +9,7 @@ use std::time::Duration;
 use contracts::orders::v1::{CreateOrderRequest, OrderLine};
 use hdrhistogram::Histogram;
 
-use super::spinner;
+use super::{RateSearch, spinner};
 use crate::{
     latency, load,
     plan::Plan,
@@ -59,24 +59,17 @@ pub(super) async fn saga(plan: &Plan, stack: &mut Stack, report: &mut Report) ->
     }
     // 2. The highest rate whose saga p99 stays under 100 ms: up by 25% from
     // 100/s while it holds, then halfway back towards the last that held.
-    let (mut rate, mut held, mut failed) = (100.0_f64, None::<f64>, None::<f64>);
+    let mut search = RateSearch::new(100.0);
     for _ in 0..plan.search_steps {
+        let rate = search.rate;
         let window = saga_window(stack, rate, plan.probe, plan.settle).await?;
         let ok = window.held(rate);
         search_row(report, rate, &window, ok);
-        if ok {
-            held = Some(rate);
-        } else {
-            failed = Some(rate);
+        if !search.record(ok) {
+            break;
         }
-        rate = match (held, failed) {
-            (_, None) => rate * 1.25,
-            (None, Some(failed)) => failed * 0.8,
-            (Some(held), Some(failed)) if failed > held * 1.05 => (held + failed) / 2.0,
-            (Some(_), Some(_)) => break,
-        };
     }
-    let sustained = held.unwrap_or(0.0);
+    let sustained = search.held.unwrap_or(0.0);
     report.set("saga.sustained_per_s", round(sustained, 0));
     match report.number("pipeline.orders_per_s") {
         Some(pipeline) if pipeline > 0.0 => {
