@@ -141,6 +141,18 @@ impl OutboxWriter {
         Ok(Appended { id, partition })
     }
 
+    /// Appends `messages` inside the caller's open transaction, in their
+    /// order, in one statement however many they are.
+    pub async fn append_all(&self, tx: &mut PgConnection, messages: &[&OutboxMessage]) -> Result<(), sqlx::Error> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut query = QueryBuilder::new(format!("INSERT INTO outbox_messages ({}) ", statement::COLUMNS));
+        statement::push_rows(&mut query, messages);
+        query.push(" ORDER BY m.n");
+        query.build().execute(tx).await.map(drop)
+    }
+
     /// Wakes the relay that owns the row; call it after the transaction commits.
     pub fn committed(&self, appended: Appended) {
         if self.local.owns(appended.partition) {

@@ -5,11 +5,14 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, QueryBuilder};
 use telemetry::{correlation, tracecontext};
 use uuid::Uuid;
 
-use crate::{OutboxMessage, OutboxWriter};
+use crate::{
+    OutboxMessage, OutboxWriter,
+    statement::{COLUMNS, push_rows},
+};
 
 /// The content type of a protobuf payload.
 pub const PROTOBUF: &str = "application/x-protobuf";
@@ -76,11 +79,24 @@ impl ReplyWriter {
 
     /// Appends `message` on `tx`, the caller's open transaction.
     pub async fn append(&self, tx: &mut PgConnection, message: &OutboxMessage) -> Result<(), sqlx::Error> {
-        let _appended = self.writer.append(tx, message).await?;
-        if let Some(channel) = &self.notify_channel {
-            sqlx::query("SELECT pg_notify($1, '')").bind(channel).execute(&mut *tx).await?;
+        self.append_all(tx, &[message]).await
+    }
+
+    /// Appends `messages` on `tx`, in their order, with the wake-up: one
+    /// statement (one round trip) however many they are. A consumer handling
+    /// a batch appends the batch's replies at once.
+    pub async fn append_all(&self, tx: &mut PgConnection, messages: &[&OutboxMessage]) -> Result<(), sqlx::Error> {
+        if messages.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let Some(channel) = &self.notify_channel else {
+            return self.writer.append_all(tx, messages).await;
+        };
+        let mut query = QueryBuilder::new(format!("WITH appended AS (INSERT INTO outbox_messages ({}) ", COLUMNS));
+        push_rows(&mut query, messages);
+        // A data-modifying CTE runs whether or not the outer query reads it.
+        query.push(" ORDER BY m.n) SELECT pg_notify(").push_bind(channel.as_str()).push(", '')");
+        query.build().execute(tx).await.map(drop)
     }
 }
 

@@ -60,27 +60,35 @@ impl<'args> WithEvents<'args> {
     /// answered with the `source` row of the same `event_id`.
     pub fn events(mut self, source: &str, messages: &[&'args OutboxMessage]) -> Ready<'args> {
         let q = &mut self.query;
-        q.push(format_args!(", event AS (INSERT INTO outbox_messages ({COLUMNS}) SELECT {COLUMNS} FROM unnest("));
-        let text = |f: fn(&'args OutboxMessage) -> &'args str| messages.iter().map(|m| f(m)).collect::<Vec<_>>();
-        q.push_bind(messages.iter().map(|m| m.event_id).collect::<Vec<_>>()).push("::uuid[], ");
-        q.push_bind(text(|m| &m.aggregate_type)).push("::text[], ");
-        q.push_bind(text(|m| &m.aggregate_id)).push("::text[], ");
-        q.push_bind(messages.iter().map(|m| partition_of(&m.aggregate_id)).collect::<Vec<_>>()).push("::int2[], ");
-        q.push_bind(text(|m| &m.exchange)).push("::text[], ");
-        q.push_bind(text(|m| &m.routing_key)).push("::text[], ");
-        q.push_bind(text(|m| &m.message_type)).push("::text[], ");
-        q.push_bind(text(|m| &m.content_type)).push("::text[], ");
-        q.push_bind(messages.iter().map(|m| m.payload.as_slice()).collect::<Vec<_>>()).push("::bytea[], ");
-        q.push_bind(messages.iter().map(|m| m.headers_json()).collect::<Vec<_>>()).push("::jsonb[]");
+        q.push(format_args!(", event AS (INSERT INTO outbox_messages ({COLUMNS}) "));
+        push_rows(q, messages);
         q.push(format_args!(
-            ") WITH ORDINALITY AS m({COLUMNS}, n) \
-             WHERE m.event_id IN (SELECT event_id FROM {source}) ORDER BY m.n \
+            " WHERE m.event_id IN (SELECT event_id FROM {source}) ORDER BY m.n \
              RETURNING id, partition, event_id) \
              SELECT {source}.*, event.id AS outbox_id, event.partition AS outbox_partition \
              FROM {source} JOIN event USING (event_id)"
         ));
         Ready { query: self.query }
     }
+}
+
+/// `SELECT <the outbox's columns> FROM unnest(<one array per column>) WITH
+/// ORDINALITY AS m(<columns>, n)`: every message as a row, in one statement
+/// whatever their number, `m.n` numbering them in the order of `messages`.
+pub(crate) fn push_rows<'args>(q: &mut QueryBuilder<'args, Postgres>, messages: &[&'args OutboxMessage]) {
+    q.push(format_args!("SELECT {COLUMNS} FROM unnest("));
+    let text = |f: fn(&'args OutboxMessage) -> &'args str| messages.iter().map(|m| f(m)).collect::<Vec<_>>();
+    q.push_bind(messages.iter().map(|m| m.event_id).collect::<Vec<_>>()).push("::uuid[], ");
+    q.push_bind(text(|m| &m.aggregate_type)).push("::text[], ");
+    q.push_bind(text(|m| &m.aggregate_id)).push("::text[], ");
+    q.push_bind(messages.iter().map(|m| partition_of(&m.aggregate_id)).collect::<Vec<_>>()).push("::int2[], ");
+    q.push_bind(text(|m| &m.exchange)).push("::text[], ");
+    q.push_bind(text(|m| &m.routing_key)).push("::text[], ");
+    q.push_bind(text(|m| &m.message_type)).push("::text[], ");
+    q.push_bind(text(|m| &m.content_type)).push("::text[], ");
+    q.push_bind(messages.iter().map(|m| m.payload.as_slice()).collect::<Vec<_>>()).push("::bytea[], ");
+    q.push_bind(messages.iter().map(|m| m.headers_json()).collect::<Vec<_>>()).push("::jsonb[]");
+    q.push(format_args!(") WITH ORDINALITY AS m({COLUMNS}, n)"));
 }
 
 /// Binds `message`'s column values, in the order of [`COLUMNS`].

@@ -145,3 +145,32 @@ async fn many_rows_each_get_their_own_event_in_order_and_a_skipped_row_none(pool
     let new_events: Vec<Uuid> = rows[before..].iter().map(|row| row.1).collect();
     assert_eq!(new_events, [events[0].event_id, events[2].event_id], "written in the order given");
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_batch_of_replies_lands_in_order_with_one_wake_up_at_commit(pool: PgPool) {
+    let mut conn = setup(&pool).await;
+    let channel = format!("replies_{}", Uuid::new_v4().simple());
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await.unwrap();
+    listener.listen(&channel).await.unwrap();
+    let replies = outbox::ReplyWriter::new(Some(channel.clone()));
+    let events: Vec<OutboxMessage> = (0..3).map(|i| message(Uuid::new_v4(), &format!("agg-{i}"))).collect();
+    let refs: Vec<&OutboxMessage> = events.iter().collect();
+
+    // Rolled back: no row, no wake-up.
+    let mut tx = conn.begin().await.unwrap();
+    replies.append_all(&mut tx, &refs).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert!(outbox_rows(&mut conn).await.is_empty());
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), listener.recv()).await;
+    assert!(early.is_err(), "no wake-up for a rolled-back batch");
+
+    let mut tx = conn.begin().await.unwrap();
+    replies.append_all(&mut tx, &refs).await.unwrap();
+    replies.append_all(&mut tx, &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    let rows = outbox_rows(&mut conn).await;
+    let written: Vec<Uuid> = rows.iter().map(|row| row.1).collect();
+    assert_eq!(written, events.iter().map(|e| e.event_id).collect::<Vec<_>>(), "in the order given");
+    let woken = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv()).await;
+    assert_eq!(woken.expect("woken at commit").unwrap().channel(), channel);
+}
