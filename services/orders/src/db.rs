@@ -92,7 +92,7 @@ pub const ORDERS_PKEY: &str = "orders_pkey";
 /// The status of a freshly created order.
 pub const STATUS_CREATED: &str = "CREATED";
 
-const COLUMNS: &str = "order_id, customer_id, amount::text AS amount, currency::text AS currency, status, \
+pub(crate) const COLUMNS: &str = "order_id, customer_id, amount::text AS amount, currency::text AS currency, status, \
                        request_id, event_id, correlation_id, created_at, failure_reason, failure_detail, \
                        COALESCE(updated_at, created_at) AS updated_at";
 
@@ -195,24 +195,30 @@ pub async fn find(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<Orde
     with_lines(conn, found).await
 }
 
-/// The order `order_id`, its row locked until the transaction ends.
-pub async fn find_for_update(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1 FOR UPDATE"))
-        .bind(order_id)
-        .fetch_optional(&mut *conn)
-        .await
-}
-
 /// `order` with its lines read, in line order.
 pub async fn with_lines(conn: &mut PgConnection, order: Option<OrderRow>) -> Result<Option<OrderRow>, sqlx::Error> {
     let Some(mut order) = order else { return Ok(None) };
-    let lines: Vec<(String, i64)> =
-        sqlx::query_as("SELECT sku, quantity FROM order_lines WHERE order_id = $1 ORDER BY line_no")
-            .bind(order.order_id)
-            .fetch_all(conn)
-            .await?;
-    order.lines = lines.into_iter().map(|(sku, quantity)| OrderLine { sku, quantity: quantity as u32 }).collect();
+    order.lines = lines_of(conn, &[order.order_id]).await?.pop().map(|(_, lines)| lines).unwrap_or_default();
     Ok(Some(order))
+}
+
+/// The lines of each of `order_ids` that has some, in line order.
+pub async fn lines_of(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<Vec<(Uuid, Vec<OrderLine>)>, sqlx::Error> {
+    let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
+        "SELECT order_id, sku, quantity FROM order_lines WHERE order_id = ANY($1) ORDER BY order_id, line_no",
+    )
+    .bind(order_ids)
+    .fetch_all(conn)
+    .await?;
+    let mut lines: Vec<(Uuid, Vec<OrderLine>)> = Vec::new();
+    for (order_id, sku, quantity) in rows {
+        let line = OrderLine { sku, quantity: quantity as u32 };
+        match lines.last_mut() {
+            Some((last, of_order)) if *last == order_id => of_order.push(line),
+            _ => lines.push((order_id, vec![line])),
+        }
+    }
+    Ok(lines)
 }
 
 /// The orders among `order_ids` that are stored.

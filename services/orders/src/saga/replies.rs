@@ -7,14 +7,14 @@ use contracts::{
     inventory::v1::{InventoryReleased, InventoryReservationFailed, InventoryReserved},
     payments::v1::{PaymentDeclined, PaymentProcessed, PaymentRefunded},
 };
-use inbox::{Handler, HandlerError, MessageContext};
+use inbox::{BatchError, Handler, HandlerError, MessageContext};
 use sqlx::PgConnection;
 use telemetry::tracecontext::TraceParent;
 use uuid::Uuid;
 
 use super::{
     state::Input,
-    store::{Applied, Store},
+    store::{Applied, Request, Store},
 };
 
 /// One reply of a saga's participant.
@@ -113,22 +113,48 @@ impl Handler for ReplyHandler {
     }
 
     async fn handle(&self, tx: &mut PgConnection, event: &Reply, ctx: &MessageContext) -> Result<(), HandlerError> {
-        let order_id = Uuid::try_parse(event.ids().1).map_err(|err| HandlerError::Permanent(err.into()))?;
-        let traceparent =
-            telemetry::propagation::traceparent_of(&ctx.span).unwrap_or_else(|| TraceParent::new_root().to_string());
-        let input = event.input();
-        match self.store.apply(tx, order_id, &input, &traceparent).await? {
-            Applied::UnknownOrder => Err(HandlerError::Permanent(anyhow::anyhow!(
-                "no saga for order {order_id}: {input:?} has no order to apply to"
-            ))),
-            Applied::Ignored(reason) => {
-                tracing::info!(%order_id, %reason, "saga reply ignored");
-                Ok(())
-            }
-            Applied::Moved(effects) => {
-                tracing::info!(%order_id, ?input, ?effects, "saga moved on");
-                Ok(())
+        self.handle_batch(tx, &[(event, ctx)]).await.map_err(|failed| failed.error)
+    }
+
+    /// The whole batch in a fixed number of statements ([`Store::apply_all`]):
+    /// a reply per message is what the saga's rate is made of.
+    async fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[(&Reply, &MessageContext)],
+    ) -> Result<(), BatchError> {
+        let mut inputs = Vec::with_capacity(events.len());
+        for (index, (event, ctx)) in events.iter().enumerate() {
+            let order_id = Uuid::try_parse(event.ids().1)
+                .map_err(|err| BatchError { index: Some(index), error: HandlerError::Permanent(err.into()) })?;
+            let traceparent = telemetry::propagation::traceparent_of(&ctx.span)
+                .unwrap_or_else(|| TraceParent::new_root().to_string());
+            inputs.push((order_id, event.input(), traceparent));
+        }
+        let requests: Vec<Request<'_>> = inputs
+            .iter()
+            .map(|(order_id, input, traceparent)| Request { order_id: *order_id, input, traceparent })
+            .collect();
+        let applied = self.store.apply_all(tx, &requests).await?;
+        for (index, (applied, (_, ctx))) in applied.into_iter().zip(events).enumerate() {
+            let (order_id, input, _) = &inputs[index];
+            match applied {
+                Applied::UnknownOrder => {
+                    return Err(BatchError {
+                        index: Some(index),
+                        error: HandlerError::Permanent(anyhow::anyhow!(
+                            "no saga for order {order_id}: {input:?} has no order to apply to"
+                        )),
+                    });
+                }
+                Applied::Ignored(reason) => {
+                    ctx.span.in_scope(|| tracing::info!(%order_id, %reason, "saga reply ignored"));
+                }
+                Applied::Moved(effects) => {
+                    ctx.span.in_scope(|| tracing::info!(%order_id, ?input, ?effects, "saga moved on"));
+                }
             }
         }
+        Ok(())
     }
 }

@@ -1,19 +1,24 @@
-//! Applies an input to a saga in the caller's transaction: the saga row
+//! Applies inputs to sagas in the caller's transaction: the saga rows
 //! locked (`SELECT … FOR UPDATE`, so no two replicas advance one saga at
-//! once), the transition of [`super::state`], the new state, the order's
-//! status and the messages it causes written to the outbox together.
+//! once), the transitions of [`super::state`], the new states, the orders'
+//! statuses and the messages they cause written to the outbox together, in
+//! a fixed number of statements for a whole batch of inputs.
 
 use chrono::{DateTime, Utc};
 use contracts::orders::v1::FailureReason;
-use outbox::OutboxWriter;
+use outbox::{OutboxMessage, ReplyWriter};
 use sqlx::PgConnection;
+use std::collections::HashMap;
 use uuid::Uuid;
 
 use super::{
     metrics::SagaMetrics,
     state::{self, Effect, Failure, Input, Outcome, Payment, Saga, Step, Stock, Timing},
 };
-use crate::{db, messaging::SagaMessages};
+use crate::{
+    db::{self, OrderRow},
+    messaging::SagaMessages,
+};
 
 /// What applying an input did.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,14 +36,24 @@ pub enum Applied {
 pub struct Store {
     pub timing: Timing,
     pub metrics: SagaMetrics,
-    /// The channel relays LISTEN on; notified in the transaction, so relays
-    /// in every process wake when it commits. None leaves them to their poll.
-    pub notify_channel: Option<String>,
     /// Where the messages go (`ORDERS_EXCHANGE`).
     pub exchange: String,
-    writer: OutboxWriter,
+    /// Appends the messages and notifies the relays' channel in the
+    /// transaction, so relays in every process wake when it commits (None
+    /// leaves them to their poll).
+    replies: ReplyWriter,
 }
 
+/// One input for one order's saga, and the trace context the messages it
+/// causes carry.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub order_id: Uuid,
+    pub input: &'a Input,
+    pub traceparent: &'a str,
+}
+
+/// A saga row locked for the batch, with its order.
 #[derive(sqlx::FromRow)]
 struct SagaRow {
     step: String,
@@ -49,122 +64,172 @@ struct SagaRow {
     deadline_at: Option<DateTime<Utc>>,
     resend_at: Option<DateTime<Utc>>,
     started_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    order: OrderRow,
+}
+
+/// One saga of the batch as the inputs move it: its state after the inputs
+/// so far, and what they did to it.
+struct Moving {
+    row: SagaRow,
+    saga: Saga,
+    changed: bool,
+    ended: bool,
+    /// The order's new status, reason and detail, once it ended.
+    status: Option<(&'static str, Option<&'static str>, Option<String>)>,
 }
 
 impl Store {
     pub fn new(timing: Timing, metrics: SagaMetrics, notify_channel: Option<String>, exchange: String) -> Self {
-        Self { timing, metrics, notify_channel, exchange, writer: OutboxWriter::new() }
+        Self { timing, metrics, exchange, replies: ReplyWriter::new(notify_channel) }
     }
 
-    /// Applies `input` to the saga of `order_id` inside `tx`; `traceparent`
-    /// is the trace context the messages it sends carry.
-    pub async fn apply(
+    /// Applies each request in turn inside `tx` (several may be for one
+    /// saga) and answers what each did, in a fixed number of statements
+    /// whatever their number: the sagas locked in order id order (two
+    /// replicas' batches queue up, never deadlock) and read with their
+    /// orders; the transitions computed; the lines read for the sagas that
+    /// reserve stock; the sagas and orders written; the messages appended
+    /// with the relays' wake-up.
+    pub async fn apply_all(
         &self,
         tx: &mut PgConnection,
-        order_id: Uuid,
-        input: &Input,
-        traceparent: &str,
-    ) -> Result<Applied, sqlx::Error> {
-        let row: Option<SagaRow> = sqlx::query_as(
-            "SELECT step, payment, stock, has_lines, detail, deadline_at, resend_at, started_at \
-             FROM sagas WHERE order_id = $1 FOR UPDATE",
-        )
-        .bind(order_id)
-        .fetch_optional(&mut *tx)
+        requests: &[Request<'_>],
+    ) -> Result<Vec<Applied>, sqlx::Error> {
+        let mut ids: Vec<Uuid> = requests.iter().map(|r| r.order_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let rows: Vec<SagaRow> = sqlx::query_as(&format!(
+            "WITH locked AS (SELECT order_id, step, payment, stock, has_lines, detail, deadline_at, resend_at, started_at \
+               FROM sagas WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE) \
+             SELECT locked.step, locked.payment, locked.stock, locked.has_lines, locked.detail, locked.deadline_at, \
+                    locked.resend_at, locked.started_at, {} \
+             FROM locked JOIN orders USING (order_id)",
+            db::COLUMNS
+        ))
+        .bind(&ids)
+        .fetch_all(&mut *tx)
         .await?;
-        let Some(row) = row else { return Ok(Applied::UnknownOrder) };
-        let Some(saga) = saga_of(&row) else {
-            return Ok(Applied::Ignored(format!("unreadable saga state {}/{}/{}", row.step, row.payment, row.stock)));
-        };
+        let mut sagas: HashMap<Uuid, Result<Moving, String>> = rows
+            .into_iter()
+            .map(|row| {
+                let order_id = row.order.order_id;
+                let unreadable = format!("unreadable saga state {}/{}/{}", row.step, row.payment, row.stock);
+                let moving = saga_of(&row).map(|saga| Moving { row, saga, changed: false, ended: false, status: None });
+                (order_id, moving.ok_or(unreadable))
+            })
+            .collect();
         let now = Utc::now();
-        let (next, effects) = match state::apply(&saga, input, now, &self.timing) {
-            Outcome::Ignored { reason } => return Ok(Applied::Ignored(reason)),
-            Outcome::Applied { saga, effects } => (saga, effects),
-        };
-        let ended = next.step != saga.step && matches!(next.step, Step::Completed | Step::Failed);
-        sqlx::query(
-            "UPDATE sagas SET step = $2, payment = $3, stock = $4, detail = $5, deadline_at = $6, resend_at = $7, \
-             updated_at = $8, ended_at = CASE WHEN $9 THEN $8 ELSE ended_at END WHERE order_id = $1",
-        )
-        .bind(order_id)
-        .bind(step_name(next.step))
-        .bind(payment_name(next.payment))
-        .bind(stock_name(next.stock))
-        .bind(next.detail.as_deref())
-        .bind(next.deadline_at)
-        .bind(next.resend_at)
-        .bind(now)
-        .bind(ended)
-        .execute(&mut *tx)
-        .await?;
-        if !effects.is_empty() {
-            self.send(tx, order_id, &effects, now, traceparent).await?;
-        }
-        if ended {
-            let reason = effects.iter().find_map(|e| match e {
-                Effect::Failed { reason, .. } => Some(failure_name(*reason)),
-                _ => None,
-            });
-            self.metrics.ended(reason, (now - row.started_at).to_std().unwrap_or_default());
-        }
-        Ok(Applied::Moved(effects))
-    }
-
-    /// Writes the order's new status and the messages of `effects` to the outbox.
-    async fn send(
-        &self,
-        tx: &mut PgConnection,
-        order_id: Uuid,
-        effects: &[Effect],
-        now: DateTime<Utc>,
-        traceparent: &str,
-    ) -> Result<(), sqlx::Error> {
-        let order = db::find_for_update(tx, order_id).await?;
-        let Some(order) = db::with_lines(tx, order).await? else {
-            return Err(sqlx::Error::RowNotFound);
-        };
-        let messages =
-            SagaMessages { order: &order, exchange: &self.exchange, at: now, traceparent: traceparent.to_owned() };
-        for effect in effects {
-            let message = match effect {
-                Effect::ReserveInventory => messages.reserve_inventory(),
-                Effect::RefundPayment => messages.refund_payment(),
-                Effect::ReleaseInventory => messages.release_inventory(),
-                Effect::Completed => {
-                    set_status(tx, order_id, "COMPLETED", None, None, now).await?;
-                    messages.completed()
-                }
-                Effect::Failed { reason, detail } => {
-                    set_status(tx, order_id, "FAILED", Some(failure_name(*reason)), Some(detail), now).await?;
-                    messages.failed(failure_number(*reason), detail)
+        let mut applied = Vec::with_capacity(requests.len());
+        let mut sends: Vec<(Uuid, Effect, &str)> = Vec::new();
+        for request in requests {
+            let Some(entry) = sagas.get_mut(&request.order_id) else {
+                applied.push(Applied::UnknownOrder);
+                continue;
+            };
+            let moving = match entry {
+                Ok(moving) => moving,
+                Err(unreadable) => {
+                    applied.push(Applied::Ignored(unreadable.clone()));
+                    continue;
                 }
             };
-            // The NOTIFY below wakes the relays at the commit; the receipt is not needed.
-            let _receipt = self.writer.append(tx, &message).await?;
+            let (next, effects) = match state::apply(&moving.saga, request.input, now, &self.timing) {
+                Outcome::Ignored { reason } => {
+                    applied.push(Applied::Ignored(reason));
+                    continue;
+                }
+                Outcome::Applied { saga, effects } => (saga, effects),
+            };
+            if next.step != moving.saga.step && matches!(next.step, Step::Completed | Step::Failed) {
+                moving.ended = true;
+                let reason = effects.iter().find_map(|e| match e {
+                    Effect::Failed { reason, .. } => Some(failure_name(*reason)),
+                    _ => None,
+                });
+                self.metrics.ended(reason, (now - moving.row.started_at).to_std().unwrap_or_default());
+            }
+            for effect in &effects {
+                match effect {
+                    Effect::Completed => moving.status = Some(("COMPLETED", None, None)),
+                    Effect::Failed { reason, detail } => {
+                        moving.status = Some(("FAILED", Some(failure_name(*reason)), Some(detail.clone())));
+                    }
+                    _ => {}
+                }
+                sends.push((request.order_id, effect.clone(), request.traceparent));
+            }
+            moving.saga = next;
+            moving.changed = true;
+            applied.push(Applied::Moved(effects));
         }
-        if let Some(channel) = &self.notify_channel {
-            sqlx::query("SELECT pg_notify($1, '')").bind(channel).execute(&mut *tx).await?;
+        let reserving: Vec<Uuid> =
+            sends.iter().filter(|(_, effect, _)| *effect == Effect::ReserveInventory).map(|(id, ..)| *id).collect();
+        if !reserving.is_empty() {
+            for (order_id, lines) in db::lines_of(tx, &reserving).await? {
+                if let Some(Ok(moving)) = sagas.get_mut(&order_id) {
+                    moving.row.order.lines = lines;
+                }
+            }
         }
-        Ok(())
+        let moved: Vec<&Moving> = sagas.values().filter_map(|m| m.as_ref().ok()).filter(|m| m.changed).collect();
+        if moved.is_empty() {
+            return Ok(applied);
+        }
+        write(tx, &moved, now).await?;
+        let messages: Vec<OutboxMessage> = sends
+            .iter()
+            .filter_map(|(order_id, effect, traceparent)| {
+                let moving = sagas.get(order_id)?.as_ref().ok()?;
+                let messages = SagaMessages {
+                    order: &moving.row.order,
+                    exchange: &self.exchange,
+                    at: now,
+                    traceparent: (*traceparent).to_owned(),
+                };
+                Some(match effect {
+                    Effect::ReserveInventory => messages.reserve_inventory(),
+                    Effect::RefundPayment => messages.refund_payment(),
+                    Effect::ReleaseInventory => messages.release_inventory(),
+                    Effect::Completed => messages.completed(),
+                    Effect::Failed { reason, detail } => messages.failed(failure_number(*reason), detail),
+                })
+            })
+            .collect();
+        self.replies.append_all(tx, &messages.iter().collect::<Vec<_>>()).await?;
+        Ok(applied)
     }
 }
 
-async fn set_status(
-    tx: &mut PgConnection,
-    order_id: Uuid,
-    status: &str,
-    reason: Option<&str>,
-    detail: Option<&str>,
-    now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+/// Writes the moved sagas' new state, and the new status of the orders whose
+/// saga ended, in one statement.
+async fn write(tx: &mut PgConnection, moved: &[&Moving], now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    let ended: Vec<&&Moving> = moved.iter().filter(|m| m.status.is_some()).collect();
     sqlx::query(
-        "UPDATE orders SET status = $2, failure_reason = $3, failure_detail = $4, updated_at = $5 WHERE order_id = $1",
+        "WITH s AS (UPDATE sagas SET step = u.step, payment = u.payment, stock = u.stock, detail = u.detail, \
+                deadline_at = u.deadline_at, resend_at = u.resend_at, updated_at = $9, \
+                ended_at = CASE WHEN u.ended THEN $9 ELSE sagas.ended_at END \
+              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], \
+                          $7::timestamptz[], $8::bool[]) \
+                   AS u(order_id, step, payment, stock, detail, deadline_at, resend_at, ended) \
+              WHERE sagas.order_id = u.order_id) \
+         UPDATE orders SET status = u.status, failure_reason = u.reason, failure_detail = u.detail, updated_at = $9 \
+         FROM unnest($10::uuid[], $11::text[], $12::text[], $13::text[]) AS u(order_id, status, reason, detail) \
+         WHERE orders.order_id = u.order_id",
     )
-    .bind(order_id)
-    .bind(status)
-    .bind(reason)
-    .bind(detail)
+    .bind(moved.iter().map(|m| m.row.order.order_id).collect::<Vec<_>>())
+    .bind(moved.iter().map(|m| step_name(m.saga.step)).collect::<Vec<_>>())
+    .bind(moved.iter().map(|m| payment_name(m.saga.payment)).collect::<Vec<_>>())
+    .bind(moved.iter().map(|m| stock_name(m.saga.stock)).collect::<Vec<_>>())
+    .bind(moved.iter().map(|m| m.saga.detail.as_deref()).collect::<Vec<_>>())
+    .bind(moved.iter().map(|m| m.saga.deadline_at).collect::<Vec<_>>())
+    .bind(moved.iter().map(|m| m.saga.resend_at).collect::<Vec<_>>())
+    .bind(moved.iter().map(|m| m.ended).collect::<Vec<_>>())
     .bind(now)
+    .bind(ended.iter().map(|m| m.row.order.order_id).collect::<Vec<_>>())
+    .bind(ended.iter().filter_map(|m| m.status.as_ref().map(|s| s.0)).collect::<Vec<_>>())
+    .bind(ended.iter().filter_map(|m| m.status.as_ref().map(|s| s.1)).collect::<Vec<_>>())
+    .bind(ended.iter().filter_map(|m| m.status.as_ref().map(|s| s.2.as_deref())).collect::<Vec<_>>())
     .execute(tx)
     .await
     .map(drop)

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{
     state::Input,
-    store::{Applied, Store},
+    store::{Applied, Request, Store},
 };
 
 /// Sagas one sweep moves on at most, in one transaction.
@@ -58,14 +58,21 @@ pub async fn sweep(pool: &PgPool, store: &Store) -> Result<usize, sqlx::Error> {
     .fetch_all(&mut *tx)
     .await?;
     let traceparent = TraceParent::new_root().to_string();
-    for (order_id, deadline, resend) in &due {
-        let inputs = [(*deadline, Input::DeadlinePassed), (*resend, Input::ResendDue)];
-        for (_, input) in inputs.iter().filter(|(due, _)| *due) {
-            match store.apply(&mut tx, *order_id, input, &traceparent).await? {
-                Applied::Moved(effects) => tracing::info!(%order_id, ?input, ?effects, "saga timer fired"),
-                Applied::Ignored(reason) => tracing::debug!(%order_id, %reason, "saga timer changed nothing"),
-                Applied::UnknownOrder => {}
-            }
+    let fired: Vec<Request<'_>> = due
+        .iter()
+        .flat_map(|(order_id, deadline, resend)| {
+            [(*deadline, &Input::DeadlinePassed), (*resend, &Input::ResendDue)]
+                .into_iter()
+                .filter(|(due, _)| *due)
+                .map(|(_, input)| Request { order_id: *order_id, input, traceparent: &traceparent })
+        })
+        .collect();
+    let applied = store.apply_all(&mut tx, &fired).await?;
+    for (Request { order_id, input, .. }, applied) in fired.iter().zip(applied) {
+        match applied {
+            Applied::Moved(effects) => tracing::info!(%order_id, ?input, ?effects, "saga timer fired"),
+            Applied::Ignored(reason) => tracing::debug!(%order_id, %reason, "saga timer changed nothing"),
+            Applied::UnknownOrder => {}
         }
     }
     tx.commit().await?;
