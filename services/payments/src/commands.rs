@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::{
     db::{self, NewPayment, PaymentRow, Status},
-    money::{DefaultCredit, format_minor},
+    money::format_minor,
 };
 
 /// Why a late ProcessPayment is declined.
@@ -44,15 +44,15 @@ pub(crate) struct Payment {
 
 /// Captures the payment if the customer's credit allows it, declines it
 /// otherwise; an order that already has a payment gets its outcome again.
+/// The caller holds the lock of the customer's credit row ([`db::lock_credits`]),
+/// whose limit is `limit_minor`.
 pub(crate) async fn process(
     tx: &mut PgConnection,
     payment: &Payment,
-    default_credit: DefaultCredit,
+    limit_minor: i64,
 ) -> Result<Decided, sqlx::Error> {
     let currency = payment.currency.code();
-    let limit = db::lock_credit(tx, &payment.customer_id, currency)
-        .await?
-        .unwrap_or_else(|| default_credit.in_minor_units(payment.currency));
+    let limit = limit_minor;
     let new = |status, detail| NewPayment {
         order_id: payment.order_id,
         customer_id: &payment.customer_id,

@@ -162,23 +162,41 @@ pub(crate) struct Credit {
     pub(crate) used_minor: i64,
 }
 
-/// Locks the credit row of (customer, currency), creating it without a limit
-/// when missing, until the transaction ends; returns the limit set, if any.
-pub(crate) async fn lock_credit(
-    conn: &mut PgConnection,
-    customer_id: &str,
-    currency: &str,
-) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query("INSERT INTO customer_credit (customer_id, currency) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(customer_id)
-        .bind(currency)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query_scalar("SELECT limit_minor FROM customer_credit WHERE customer_id = $1 AND currency = $2 FOR UPDATE")
-        .bind(customer_id)
-        .bind(currency)
-        .fetch_one(conn)
-        .await
+/// The limits of locked credit rows, by (customer, currency); None where no limit is set.
+pub(crate) type Limits = std::collections::HashMap<(String, String), Option<i64>>;
+
+/// Locks the credit rows of `credits` (customer, currency), creating the
+/// missing ones without a limit, until the transaction ends, in one order
+/// (customer, then currency) so that two batches queue up instead of
+/// deadlocking; two statements however many they are. Returns their limits.
+pub(crate) async fn lock_credits(conn: &mut PgConnection, credits: &[(&str, &str)]) -> Result<Limits, sqlx::Error> {
+    let mut credits = credits.to_vec();
+    credits.sort_unstable();
+    credits.dedup();
+    if credits.is_empty() {
+        return Ok(Limits::new());
+    }
+    let (customers, currencies): (Vec<&str>, Vec<&str>) = credits.into_iter().unzip();
+    sqlx::query(
+        "INSERT INTO customer_credit (customer_id, currency) SELECT * FROM unnest($1::text[], $2::text[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&customers)
+    .bind(&currencies)
+    .execute(&mut *conn)
+    .await?;
+    // A statement of its own: it sees the rows a concurrent batch inserted
+    // while the INSERT above waited for it.
+    let rows: Vec<(String, String, Option<i64>)> = sqlx::query_as(
+        "SELECT customer_id, currency, limit_minor FROM customer_credit \
+         WHERE (customer_id, currency) IN (SELECT * FROM unnest($1::text[], $2::text[])) \
+         ORDER BY customer_id, currency FOR UPDATE",
+    )
+    .bind(&customers)
+    .bind(&currencies)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(customer, currency, limit)| ((customer, currency), limit)).collect())
 }
 
 /// The sum of the customer's CAPTURED payments in `currency`.

@@ -7,10 +7,11 @@ use contracts::{
     payments::v1::{ProcessPayment, RefundPayment},
 };
 use inbox::{BatchError, Handler, HandlerError, MessageContext};
-use outbox::ReplyWriter;
+use outbox::{OutboxMessage, ReplyWriter};
 use platform::values::{Currency, CustomerId};
 use sqlx::PgConnection;
 use telemetry::correlation::CorrelationId;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -116,6 +117,58 @@ impl Handler for CommandHandler {
     }
 
     async fn handle(&self, tx: &mut PgConnection, event: &Command, ctx: &MessageContext) -> Result<(), HandlerError> {
+        let limits = db::lock_credits(tx, &credits_of([event])).await?;
+        let reply = self.apply(tx, event, ctx, &limits).await?;
+        self.replies.append(tx, &reply).await?;
+        Ok(())
+    }
+
+    /// Locks the credit rows of every payment in the batch first, in one
+    /// order (customer, then currency), then applies the commands in turn
+    /// and appends their replies at once: two replicas' batches over the same
+    /// customers queue up instead of deadlocking, and a command costs the
+    /// round trips of its own rows only.
+    async fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[(&Command, &MessageContext)],
+    ) -> Result<(), BatchError> {
+        let limits = db::lock_credits(tx, &credits_of(events.iter().map(|(event, _)| *event))).await?;
+        let mut replies = Vec::with_capacity(events.len());
+        for (index, (event, ctx)) in events.iter().enumerate() {
+            let reply = self
+                .apply(tx, event, ctx, &limits)
+                .instrument(ctx.span.clone())
+                .await
+                .map_err(|error| BatchError { index: Some(index), error })?;
+            replies.push(reply);
+        }
+        self.replies.append_all(tx, &replies.iter().collect::<Vec<_>>()).await?;
+        Ok(())
+    }
+}
+
+/// The (customer, currency) credit rows `events` draw on.
+fn credits_of<'a>(events: impl IntoIterator<Item = &'a Command>) -> Vec<(&'a str, &'a str)> {
+    events
+        .into_iter()
+        .filter_map(|event| match event {
+            Command::Process(c) => Some((c.customer_id.as_str(), c.currency.as_str())),
+            Command::Refund(_) => None,
+        })
+        .collect()
+}
+
+impl CommandHandler {
+    /// Applies one command, its customer's credit row locked with `limits`,
+    /// and returns its reply.
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        event: &Command,
+        ctx: &MessageContext,
+        limits: &db::Limits,
+    ) -> Result<OutboxMessage, HandlerError> {
         let permanent = |err: String| HandlerError::Permanent(anyhow::anyhow!(err));
         let (order_id, correlation, (outcome, fresh)) = match event {
             Command::Process(command) => {
@@ -127,7 +180,12 @@ impl Handler for CommandHandler {
                     currency,
                     amount_minor: money::parse_amount(&command.amount, Some(currency)).map_err(permanent)?,
                 };
-                let decided = commands::process(tx, &payment, self.default_credit).await?;
+                let key = (payment.customer_id.clone(), currency.code().to_owned());
+                let Some(limit) = limits.get(&key) else {
+                    return Err(permanent(format!("the credit of {key:?} was not locked")));
+                };
+                let limit = limit.unwrap_or_else(|| self.default_credit.in_minor_units(currency));
+                let decided = commands::process(tx, &payment, limit).await?;
                 (payment.order_id, correlation_of(&command.correlation_id, ctx), decided)
             }
             Command::Refund(command) => {
@@ -141,32 +199,8 @@ impl Handler for CommandHandler {
             correlation_id: correlation.as_str(),
             traceparent: telemetry::propagation::traceparent_of(&ctx.span),
         };
-        self.replies.append(tx, &replies::outbox_message(&envelope, &outcome)).await?;
         self.counters.record(&outcome, fresh);
-        Ok(())
-    }
-
-    /// Locks the credit rows of every payment in the batch first, in one
-    /// order (customer, then currency), then handles the commands in turn: two
-    /// replicas' batches over the same customers queue up instead of deadlocking.
-    async fn handle_batch(
-        &self,
-        tx: &mut PgConnection,
-        events: &[(&Command, &MessageContext)],
-    ) -> Result<(), BatchError> {
-        let mut credits: Vec<(&str, &str)> = events
-            .iter()
-            .filter_map(|(event, _)| match event {
-                Command::Process(c) => Some((c.customer_id.as_str(), c.currency.as_str())),
-                Command::Refund(_) => None,
-            })
-            .collect();
-        credits.sort_unstable();
-        credits.dedup();
-        for (customer_id, currency) in credits {
-            db::lock_credit(tx, customer_id, currency).await?;
-        }
-        inbox::handle_each(self, tx, events).await
+        Ok(replies::outbox_message(&envelope, &outcome))
     }
 }
 
