@@ -179,23 +179,38 @@ pub(crate) async fn insert_reservation(
     .await
 }
 
-/// Records the lines of a reservation (skus unique).
-pub(crate) async fn insert_lines(
+/// Inserts the order's reservation with its lines (skus unique) and, when
+/// it is RESERVED, adds them to what the stock rows (locked by the caller)
+/// have reserved: one statement. Returns None, writing nothing, when the
+/// order has a reservation already (a concurrent command for it committed
+/// first: read that one).
+pub(crate) async fn insert_reservation_with_lines(
     conn: &mut PgConnection,
-    reservation_id: Uuid,
+    new: &NewReservation<'_>,
     skus: &[String],
     quantities: &[i64],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO reservation_lines (reservation_id, sku, quantity)
-         SELECT $1, * FROM unnest($2::text[], $3::bigint[])",
-    )
-    .bind(reservation_id)
+) -> Result<Option<ReservationRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "WITH made AS (
+             INSERT INTO reservations (reservation_id, order_id, status, detail, released_first, correlation_id)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id) DO NOTHING RETURNING {RESERVATION_COLUMNS}),
+         wanted AS (SELECT * FROM unnest($7::text[], $8::bigint[]) AS t(sku, quantity)),
+         lines AS (INSERT INTO reservation_lines (reservation_id, sku, quantity)
+             SELECT made.reservation_id, wanted.sku, wanted.quantity FROM made, wanted),
+         held AS (UPDATE stock SET reserved = stock.reserved + wanted.quantity, updated_at = now()
+             FROM made, wanted WHERE stock.sku = wanted.sku AND made.status = 'RESERVED')
+         SELECT * FROM made"
+    ))
+    .bind(Uuid::now_v7())
+    .bind(new.order_id)
+    .bind(new.status.as_str())
+    .bind(new.detail)
+    .bind(new.released_first)
+    .bind(new.correlation_id)
     .bind(skus)
     .bind(quantities)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .fetch_optional(conn)
+    .await
 }
 
 /// The lines of a reservation, in sku order.

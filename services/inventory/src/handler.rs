@@ -7,13 +7,14 @@ use contracts::{
     inventory::v1::{ReleaseInventory, ReserveInventory},
 };
 use inbox::{BatchError, Handler, HandlerError, MessageContext};
-use outbox::ReplyWriter;
+use outbox::{OutboxMessage, ReplyWriter};
 use sqlx::PgConnection;
 use telemetry::{
     correlation::CorrelationId,
     metrics::{self, IntCounterVec, Name, Registry},
     tracecontext::TraceParent,
 };
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -140,30 +141,15 @@ impl Handler for CommandHandler {
     }
 
     async fn handle(&self, tx: &mut PgConnection, event: &Command, ctx: &MessageContext) -> Result<(), HandlerError> {
-        // validate() has checked both; a failure here would be a bug, not worth retrying.
-        let permanent = |problem: String| HandlerError::Permanent(anyhow::anyhow!(problem));
-        let order_id = parse_uuid(event.order_id()).map_err(permanent)?;
-        let correlation_id = correlation_of(event.correlation_id(), ctx);
-        let outcome = match event {
-            Command::Reserve(command) => {
-                let lines = Lines::parse(&command.lines).map_err(|p| permanent(p.join("; ")))?;
-                saga::reserve(tx, order_id, &lines, correlation_id.as_str()).await?
-            }
-            Command::Release(_) => saga::release(tx, order_id, correlation_id.as_str()).await?,
-        };
-        let trace = telemetry::traceparent_of(&ctx.span)
-            .and_then(|own| TraceParent::parse(&own))
-            .unwrap_or_else(TraceParent::new_root);
-        let to = Addressed { exchange: &self.exchange, order_id, correlation_id: correlation_id.as_str(), trace };
-        self.replies.append(tx, &replies::outbox_message(&outcome, &to)).await?;
-        log_outcome(order_id, &outcome);
-        self.commands.with_label_values(&[event.label(), outcome.label()]).inc();
+        let reply = self.apply(tx, event, ctx).await?;
+        self.replies.append(tx, &reply).await?;
         Ok(())
     }
 
     /// The commands one by one, after locking every stock row they may touch
-    /// in sku order first: a batch holds its locks until it commits, and two
-    /// batches taking them in their own orders could deadlock.
+    /// in sku order first (a batch holds its locks until it commits, and two
+    /// batches taking them in their own orders could deadlock), then their
+    /// replies appended at once.
     async fn handle_batch(
         &self,
         tx: &mut PgConnection,
@@ -180,7 +166,46 @@ impl Handler for CommandHandler {
             }
             saga::lock_batch(tx, &lines, &releases).await?;
         }
-        inbox::handle_each(self, tx, events).await
+        let mut replies = Vec::with_capacity(events.len());
+        for (index, (event, ctx)) in events.iter().enumerate() {
+            let reply = self
+                .apply(tx, event, ctx)
+                .instrument(ctx.span.clone())
+                .await
+                .map_err(|error| BatchError { index: Some(index), error })?;
+            replies.push(reply);
+        }
+        self.replies.append_all(tx, &replies.iter().collect::<Vec<_>>()).await?;
+        Ok(())
+    }
+}
+
+impl CommandHandler {
+    /// Applies one command and returns its reply.
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        event: &Command,
+        ctx: &MessageContext,
+    ) -> Result<OutboxMessage, HandlerError> {
+        // validate() has checked both; a failure here would be a bug, not worth retrying.
+        let permanent = |problem: String| HandlerError::Permanent(anyhow::anyhow!(problem));
+        let order_id = parse_uuid(event.order_id()).map_err(permanent)?;
+        let correlation_id = correlation_of(event.correlation_id(), ctx);
+        let outcome = match event {
+            Command::Reserve(command) => {
+                let lines = Lines::parse(&command.lines).map_err(|p| permanent(p.join("; ")))?;
+                saga::reserve(tx, order_id, &lines, correlation_id.as_str()).await?
+            }
+            Command::Release(_) => saga::release(tx, order_id, correlation_id.as_str()).await?,
+        };
+        let trace = telemetry::traceparent_of(&ctx.span)
+            .and_then(|own| TraceParent::parse(&own))
+            .unwrap_or_else(TraceParent::new_root);
+        let to = Addressed { exchange: &self.exchange, order_id, correlation_id: correlation_id.as_str(), trace };
+        log_outcome(order_id, &outcome);
+        self.commands.with_label_values(&[event.label(), outcome.label()]).inc();
+        Ok(replies::outbox_message(&outcome, &to))
     }
 }
 

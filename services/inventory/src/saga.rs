@@ -59,15 +59,11 @@ pub(crate) async fn reserve(
     let detail = shortfalls(lines, &stock);
     let status = if detail.is_empty() { Status::Reserved } else { Status::Rejected };
     let new = NewReservation { order_id, status, detail: &detail, released_first: false, correlation_id };
-    let Some(row) = db::insert_reservation(tx, &new).await? else {
+    let Some(row) = db::insert_reservation_with_lines(tx, &new, &skus, &quantities).await? else {
         // A command for the order committed meanwhile: its outcome stands.
         let existing = db::reservation(tx, order_id).await?.ok_or(sqlx::Error::RowNotFound)?;
         return Ok(outcome_of_reserve(&existing));
     };
-    db::insert_lines(tx, row.reservation_id, &skus, &quantities).await?;
-    if status == Status::Reserved {
-        db::add_reserved(tx, &skus, &quantities).await?;
-    }
     Ok(outcome_of_reserve(&row))
 }
 
