@@ -7,13 +7,14 @@ use clap::{ArgGroup, Parser, builder::PossibleValuesParser};
 use crate::phases::PHASES;
 
 const AFTER_HELP: &str = "\
-The phases are create_order, relay_on, end_to_end, drain and pipeline; the ceilings always run.
+The phases are create_order, relay_on, end_to_end, drain, pipeline and saga; the ceilings always run.
 
 bench starts and stops the orders and notifications binaries built beside it, against the
 Postgres of BENCH_POSTGRES_URL [postgres://postgres:postgres@127.0.0.1:5432] and the RabbitMQ
 of AMQP_URL [amqp://guest:guest@127.0.0.1:5672/%2f]. BENCH_SERVICE_LOG sets the services'
 RUST_LOG (default warn); BENCH_LATENCY_DUMP=PATH appends every measured order's created_at and
-end-to-end latency (us) to PATH. docs/benchmark.md explains every figure.
+end-to-end latency (us) to PATH; BENCH_KEEP_DATABASES=1 leaves the services' databases in place
+after the run, to be inspected. docs/benchmark.md explains every figure.
 
 exit status: 0 every order has exactly one notification; 1 a phase failed (or the JSON could
 not be written); 2 usage.";

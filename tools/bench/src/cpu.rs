@@ -4,11 +4,17 @@
 
 use std::collections::BTreeMap;
 
-/// The processes a pipeline order costs CPU in, by the name each goes by in
+/// The processes an order costs CPU in, by the name each goes by in
 /// `/proc/<pid>/stat`: Postgres (every backend and helper), RabbitMQ's Erlang
-/// VM, the two services, and this bench (the load generator).
-const GROUPS: [(&str, &str); 4] =
-    [("postgres", "postgres"), ("beam.smp", "rabbitmq"), ("orders", "orders"), ("notifications", "notifications")];
+/// VM, the services (the saga's participants too), and this bench (the load generator).
+const GROUPS: [(&str, &str); 6] = [
+    ("postgres", "postgres"),
+    ("beam.smp", "rabbitmq"),
+    ("orders", "orders"),
+    ("notifications", "notifications"),
+    ("payments", "payments"),
+    ("inventory", "inventory"),
+];
 
 /// `/proc` counts CPU time in USER_HZ ticks, 100 a second on Linux whatever the kernel's own tick.
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -65,8 +71,12 @@ impl CpuSnapshot {
         }
         let mut out = serde_json::Map::new();
         let mut total = 0.0;
-        for group in ["postgres", "rabbitmq", "orders", "notifications", "bench"] {
+        for group in GROUPS.iter().map(|(_, group)| *group).chain(["bench"]) {
             let us = used.get(group).copied().unwrap_or(0) as f64 * tick_us;
+            if us == 0.0 && matches!(group, "payments" | "inventory") {
+                // Not running (every phase but the saga's).
+                continue;
+            }
             total += us;
             out.insert(group.into(), crate::report::round(us / units.max(1) as f64, 0).into());
         }

@@ -49,7 +49,7 @@ async fn main() -> ExitCode {
     report.set("mode", mode);
     let started = Instant::now();
     let mut outcome = run(&plan, &only, &mut stack, &mut report).await;
-    let mut cleanup = stack.reset().await;
+    let mut cleanup = stack.finish().await;
     if let Some(vhost) = vhost {
         queues::remove(&vhost);
     }

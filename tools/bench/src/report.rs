@@ -84,18 +84,14 @@ pub(crate) fn target_mark(met: bool, target: &str) -> String {
 
 /// A report row for a [`cpu::CpuSnapshot::per_unit`] breakdown.
 pub(crate) fn cpu_row(report: &mut Report, label: &str, cpu: &serde_json::Value) {
-    let part = |name: &str| cpu.get(name).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    let part = |name: &str| cpu.get(name).and_then(serde_json::Value::as_f64);
+    let parts: Vec<String> = ["postgres", "rabbitmq", "orders", "notifications", "payments", "inventory", "bench"]
+        .iter()
+        .filter_map(|name| part(name).map(|us| format!("{name} {us:.0}")))
+        .collect();
     report.row(
         label,
-        format!("{:.0} us", part("total")),
-        format!(
-            "postgres {:.0}, rabbitmq {:.0}, orders {:.0}, notifications {:.0}, bench {:.0}; cores {:.0}% busy",
-            part("postgres"),
-            part("rabbitmq"),
-            part("orders"),
-            part("notifications"),
-            part("bench"),
-            part("busy_share_of_cores") * 100.0
-        ),
+        format!("{:.0} us", part("total").unwrap_or(0.0)),
+        format!("{}; cores {:.0}% busy", parts.join(", "), part("busy_share_of_cores").unwrap_or(0.0) * 100.0),
     );
 }

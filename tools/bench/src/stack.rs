@@ -70,6 +70,16 @@ impl Stack {
 
     /// Stops both services, drops both databases and the consumer's queues.
     pub(crate) async fn reset(&mut self) -> anyhow::Result<()> {
+        self.reset_keeping(false).await
+    }
+
+    /// The last [`Self::reset`] of a run: with `BENCH_KEEP_DATABASES` set, the
+    /// services' databases stay, to be inspected (the next run drops them).
+    pub(crate) async fn finish(&mut self) -> anyhow::Result<()> {
+        self.reset_keeping(std::env::var_os("BENCH_KEEP_DATABASES").is_some()).await
+    }
+
+    async fn reset_keeping(&mut self, keep_databases: bool) -> anyhow::Result<()> {
         self.stop_orders().await?;
         self.stop_notifications().await?;
         for participant in self.participants.drain(..) {
@@ -89,6 +99,9 @@ impl Stack {
             crate::floor::ORDERS_DB,
             crate::floor::NOTIFICATIONS_DB,
         ] {
+            if keep_databases && db != CEILING_DB {
+                continue;
+            }
             sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&mut admin).await?;
         }
         admin.close().await?;

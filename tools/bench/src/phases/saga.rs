@@ -11,9 +11,9 @@ use hdrhistogram::Histogram;
 
 use super::{RateSearch, spinner};
 use crate::{
-    latency, load,
+    cpu, latency, load,
     plan::Plan,
-    report::{Report, ms, round, target_mark},
+    report::{Report, cpu_row, ms, round, target_mark},
     stack::Stack,
 };
 
@@ -60,17 +60,25 @@ pub(super) async fn saga(plan: &Plan, stack: &mut Stack, report: &mut Report) ->
     // 2. The highest rate whose saga p99 stays under 100 ms: up by 25% from
     // 100/s while it holds, then halfway back towards the last that held.
     let mut search = RateSearch::new(100.0);
+    let mut held_cpu = None;
     for _ in 0..plan.search_steps {
         let rate = search.rate;
         let window = saga_window(stack, rate, plan.probe, plan.settle).await?;
         let ok = window.held(rate);
         search_row(report, rate, &window, ok);
+        if ok {
+            held_cpu = Some(window.cpu);
+        }
         if !search.record(ok) {
             break;
         }
     }
     let sustained = search.held.unwrap_or(0.0);
     report.set("saga.sustained_per_s", round(sustained, 0));
+    if let Some(cpu) = held_cpu {
+        report.set("saga.cpu_us_per_saga", cpu.clone());
+        cpu_row(report, "CPU per saga (highest rate that held)", &cpu);
+    }
     match report.number("pipeline.orders_per_s") {
         Some(pipeline) if pipeline > 0.0 => {
             let ratio = round(sustained / pipeline, 3);
@@ -97,6 +105,8 @@ struct Window {
     achieved: f64,
     latency: Histogram<u64>,
     incomplete: u64,
+    /// CPU per saga over the window, by process.
+    cpu: serde_json::Value,
 }
 
 impl Window {
@@ -108,11 +118,15 @@ impl Window {
 
 async fn saga_window(stack: &mut Stack, rate: f64, window: Duration, settle: Duration) -> anyhow::Result<Window> {
     let bar = spinner(format!("saga search at {rate:.0} orders/s"));
+    let cpu_before = cpu::CpuSnapshot::take();
     let result = load::open_loop_of(stack.orders_addr(), rate, window, &bar, saga_request).await?;
     bar.finish_and_clear();
     stack.wait_sagas_ended(&result.order_ids, settle).await?;
+    // To the last saga's end: the work of the window's sagas, not the idle
+    // settle after it (wait_sagas_ended polls every 25 ms).
+    let cpu = cpu_before.per_unit(&cpu::CpuSnapshot::take(), result.ok);
     let (latency, incomplete) = latency::order_to_completed(&stack.orders_url(), &result.order_ids).await?;
-    Ok(Window { achieved: result.rate(), latency, incomplete: incomplete + result.errors })
+    Ok(Window { achieved: result.rate(), latency, incomplete: incomplete + result.errors, cpu })
 }
 
 fn search_row(report: &mut Report, rate: f64, window: &Window, held: bool) {
