@@ -38,6 +38,7 @@ pub(crate) fn test_config(database_url: &str, amqp_url: &str) -> Config {
         tls: None,
         admin_token_file: None,
         admin_client_names: Vec::new(),
+        delivery: notifications::delivery::DeliveryConfig::default(),
     }
 }
 
