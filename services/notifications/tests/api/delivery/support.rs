@@ -22,6 +22,7 @@ pub(crate) fn test_key() -> SecretKey {
 /// Attempts 200 ms and 400 ms apart (3 in all), 1 s timeout, private networks allowed.
 pub(crate) fn delivery_config() -> DeliveryConfig {
     DeliveryConfig {
+        enabled: true,
         secret_key: Some(test_key()),
         retry_schedule: vec![Duration::from_millis(200), Duration::from_millis(400)],
         allow_private_networks: true,

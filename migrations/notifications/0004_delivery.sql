@@ -1,3 +1,6 @@
+-- Version 4: versions 1 and 3 were the inbox's tables, which databases of the
+-- earlier layout still list (see db::schemas), so 3 cannot be reused.
+
 -- Delivery channels: where notifications are delivered (webhook endpoints and
 -- email addresses), one delivery per notification and matching endpoint, and
 -- every attempt made to send it.
