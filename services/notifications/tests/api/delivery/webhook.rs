@@ -279,3 +279,49 @@ async fn only_subscribed_event_types_are_delivered_and_counted(_: PgPoolOptions,
     }
     setup.app.stop().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn an_endpoint_failing_too_long_is_disabled_with_a_notification(_: PgPoolOptions, db: PgConnectOptions) {
+    let mut config = config(&db);
+    config.delivery.retry_schedule = vec![Duration::from_millis(200); 12];
+    config.delivery.disable_after = Duration::from_secs(1);
+    let setup = start(config, &db).await;
+    let receiver = WebhookReceiver::start().await;
+    receiver.default_reply(Reply::status(500));
+    let (endpoint_id, _) = setup.webhook(&receiver.url("/"), &[]).await;
+    let (order_id, _) = setup.order().await;
+    let pool = &setup.pool;
+    eventually(|| async move { count(pool, "SELECT count(*) FROM delivery_endpoints WHERE NOT enabled").await == 1 })
+        .await;
+    let endpoint = setup
+        .client()
+        .await
+        .list_endpoints(contracts::notifications::v1::ListEndpointsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoints
+        .remove(0);
+    assert!(!endpoint.enabled);
+    assert!(endpoint.disabled_reason.contains("failed continuously since"), "{}", endpoint.disabled_reason);
+    let about: Vec<String> =
+        sqlx::query_scalar("SELECT message FROM notifications WHERE message LIKE '%was disabled%'")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(about.len(), 1);
+    assert!(about[0].contains(&endpoint_id), "{about:?}");
+    // What it still had waits, PENDING, for the endpoint to be enabled again.
+    let sent = receiver.received().len();
+    assert!((3..=12).contains(&sent), "{sent} attempts");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(receiver.received().len(), sent, "a disabled endpoint was sent to");
+    assert_eq!(setup.deliveries_of_order(&order_id).await[0].status, DeliveryStatus::Pending as i32);
+    let metrics_addr = setup.app.metrics_addr;
+    eventually(|| async move {
+        let metrics = testkit::scrape_metrics(metrics_addr).await;
+        testkit::metric_sample(&metrics, "notifications_endpoints_disabled", &[]) == Some(1.0)
+    })
+    .await;
+    setup.app.stop().await;
+}
