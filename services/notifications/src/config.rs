@@ -22,6 +22,20 @@
 //! | `INBOX_MAX_MESSAGE_BYTES` | `262144` (256 KiB; a larger body is dead-lettered, reason `too_large`) |
 //! | `NOTIFICATIONS_ADMIN_TOKEN_FILE` | unset (the dead-letter console refuses every call) |
 //! | `NOTIFICATIONS_ADMIN_CLIENT_NAMES` | empty (no client certificate is an admin credential) |
+//! | `DELIVERY_ENABLED` | `true` (run the delivery dispatcher in this replica) |
+//! | `DELIVERY_SECRET_KEY` | unset (base64 of 32 random bytes encrypting webhook secrets; unset: creating or rotating a webhook endpoint is FAILED_PRECONDITION) |
+//! | `DELIVERY_SECRET_KEY_FILE` | unset (a file holding the same; wins over the variable) |
+//! | `DELIVERY_RETRY_SCHEDULE` | `5s,30s,2m,10m,1h,6h` (delays before attempts 2..n, jitter ±20 %) |
+//! | `DELIVERY_DISABLE_AFTER` | `5d` (an endpoint failing continuously this long is disabled, with a notification) |
+//! | `DELIVERY_ALLOW_PRIVATE_NETWORKS` | `false` (allow loopback, private and link-local targets) |
+//! | `DELIVERY_TIMEOUT` | `10s` (one attempt: connect and answer) |
+//! | `DELIVERY_ENDPOINT_CONCURRENCY` | `4` (attempts in flight per endpoint) |
+//! | `DELIVERY_CONCURRENCY` | `64` (attempts in flight per replica) |
+//! | `DELIVERY_SECRET_ROTATION_WINDOW` | `24h` (how long the previous secret keeps signing) |
+//! | `SMTP_URL` | `smtp://localhost:1025` (`smtp://` plain, `smtps://` or `?tls=required`) |
+//! | `SMTP_FROM` | `Pulse <pulse@localhost>` |
+//!
+//! Durations take `ms`, `s`, `m`, `h` or `d`.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -54,6 +68,8 @@ pub struct Config {
     /// With mutual TLS, the client certificate names (subject common name or
     /// DNS subject alternative name) the console also accepts as a credential.
     pub admin_client_names: Vec<String>,
+    /// Webhook and email deliveries (`DELIVERY_*`, `SMTP_*`).
+    pub delivery: crate::delivery::DeliveryConfig,
 }
 
 /// The consumer's main queue for a prefix; the retry and dead-letter queues are named after it.
@@ -149,6 +165,7 @@ impl Config {
             tls,
             admin_token_file: Some(var_or(ADMIN_TOKEN_FILE, "")).filter(|p| !p.trim().is_empty()).map(PathBuf::from),
             admin_client_names,
+            delivery: crate::delivery::DeliveryConfig::from_env(p),
         };
         problems.or_value(config)
     }

@@ -1,4 +1,5 @@
-//! The notifications table: one row per consumed OrderCreated event.
+//! The notifications table: one row per consumed order event (and the
+//! deliveries written with it).
 
 use std::collections::HashSet;
 
@@ -38,32 +39,72 @@ pub(crate) struct NewNotification {
     pub(crate) event_id: Uuid,
     pub(crate) message: String,
     pub(crate) correlation_id: String,
+    /// The event's routing key (`order.created`), which endpoints subscribe to.
+    pub(crate) event_type: &'static str,
+    /// The event's fields as JSON: a webhook body's `data`.
+    pub(crate) data: String,
+    /// The consumer span's context, parent of every delivery attempt.
+    pub(crate) traceparent: Option<String>,
 }
 
-/// Inserts inside the caller's transaction, in one statement, and returns the
-/// event ids whose notification is new. An event that already made its notification is skipped
+/// What [`insert`] wrote.
+#[derive(Debug, Default)]
+pub(crate) struct Inserted {
+    /// The events whose notification is new.
+    pub(crate) events: HashSet<Uuid>,
+}
+
+/// Inserts inside the caller's transaction, in one statement, the new
+/// notifications and, for each, a delivery per enabled endpoint subscribed to
+/// its event type. An event that already made its notification is skipped
 /// (the inbox should have caught it first; the unique event id holds even past
-/// the inbox's dedup window).
-pub(crate) async fn insert(tx: &mut PgConnection, new: &[NewNotification]) -> Result<HashSet<Uuid>, sqlx::Error> {
+/// the inbox's dedup window), and so makes no delivery. When deliveries were
+/// made, the dispatchers are notified at commit (a second statement, only then).
+pub(crate) async fn insert(tx: &mut PgConnection, new: &[NewNotification]) -> Result<Inserted, sqlx::Error> {
     let ids: Vec<Uuid> = new.iter().map(|_| Uuid::now_v7()).collect();
     let orders: Vec<Uuid> = new.iter().map(|n| n.order_id).collect();
     let events: Vec<Uuid> = new.iter().map(|n| n.event_id).collect();
     let messages: Vec<&str> = new.iter().map(|n| n.message.as_str()).collect();
     let correlations: Vec<&str> = new.iter().map(|n| n.correlation_id.as_str()).collect();
-    let inserted = sqlx::query_scalar(
-        "INSERT INTO notifications (notification_id, order_id, event_id, message, correlation_id)
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[])
-         ON CONFLICT (event_id) DO NOTHING
-         RETURNING event_id",
+    let types: Vec<&str> = new.iter().map(|n| n.event_type).collect();
+    let data: Vec<&str> = new.iter().map(|n| n.data.as_str()).collect();
+    let traceparents: Vec<Option<&str>> = new.iter().map(|n| n.traceparent.as_deref()).collect();
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+        "WITH input AS (
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
+                 AS i (notification_id, order_id, event_id, message, correlation_id, event_type, data, traceparent)
+         ), inserted AS (
+             INSERT INTO notifications (notification_id, order_id, event_id, message, correlation_id)
+             SELECT notification_id, order_id, event_id, message, correlation_id FROM input
+             ON CONFLICT (event_id) DO NOTHING
+             RETURNING notification_id, event_id
+         ), delivering AS (
+             INSERT INTO deliveries (delivery_id, endpoint_id, notification_id, order_id, event_type, data, message,
+                                     traceparent, correlation_id)
+             SELECT delivery_uuid_v7(), e.endpoint_id, i.notification_id, i.order_id, i.event_type, i.data::jsonb,
+                    i.message, i.traceparent, i.correlation_id
+             FROM inserted JOIN input i USING (notification_id)
+             JOIN delivery_endpoints e
+               ON e.enabled AND (cardinality(e.event_types) = 0 OR i.event_type = ANY (e.event_types))
+             RETURNING 1
+         )
+         SELECT event_id, (SELECT count(*) FROM delivering) FROM inserted",
     )
     .bind(&ids)
     .bind(&orders)
     .bind(&events)
     .bind(&messages)
     .bind(&correlations)
-    .fetch_all(tx)
+    .bind(&types)
+    .bind(&data)
+    .bind(&traceparents)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(inserted.into_iter().collect())
+    let deliveries = rows.first().map_or(0, |(_, count)| *count);
+    if deliveries > 0 {
+        crate::delivery::db::notify(tx).await?;
+    }
+    Ok(Inserted { events: rows.into_iter().map(|(event, _)| event).collect() })
 }
 
 /// Where a page of one order's notifications starts: after this notification.

@@ -8,6 +8,12 @@ pub(crate) use platform::errors::FieldViolation;
 pub(crate) enum NotificationsError {
     #[error("invalid argument")]
     InvalidArgument(Vec<FieldViolation>),
+    /// The resource (`endpoint`, `delivery`) does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The call cannot be served in the current state; the message says why.
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error(transparent)]
@@ -24,6 +30,8 @@ impl From<NotificationsError> for Status {
     fn from(err: NotificationsError) -> Self {
         match err {
             NotificationsError::InvalidArgument(violations) => platform::errors::invalid_argument(violations),
+            NotificationsError::NotFound(resource) => platform::errors::not_found(resource),
+            NotificationsError::FailedPrecondition(message) => Status::failed_precondition(message),
             NotificationsError::Unavailable(source) => platform::errors::database_unavailable(&source),
             NotificationsError::Internal(source) => platform::errors::internal(&source),
         }

@@ -1,7 +1,9 @@
 //! Pulse Notifications: consumes `pulse.events.v1.OrderCreated` through the
 //! [`inbox`] (one notification per event, exactly once, retry tiers and a
 //! dead-letter queue) and serves them through
-//! `pulse.notifications.v1.NotificationService/ListNotifications`.
+//! `pulse.notifications.v1.NotificationService/ListNotifications`; delivers
+//! them to webhook endpoints and email addresses ([`delivery`], managed
+//! through `pulse.notifications.v1.DeliveryService`).
 //!
 //! [`build`] prepares everything and binds the port; [`App::run_until_stopped`]
 //! runs until the shutdown token fires. Health names: `""` and
@@ -11,6 +13,7 @@
 
 pub mod config;
 mod db;
+pub mod delivery;
 pub mod dlq;
 mod dlq_channel;
 mod error;

@@ -2,13 +2,16 @@
 //! connection to Postgres or RabbitMQ and refuse new ones until restored (or
 //! swallow the server's replies, so a request is carried out but its answer
 //! lost), the addresses of the local services the tests run against, and a
-//! consumer service run in-process ([`service`]).
+//! consumer service run in-process ([`service`]), and real receivers of
+//! deliveries: an HTTP server ([`receiver`]) and an SMTP server ([`smtp`]).
 
 pub mod consumer;
 pub mod otlp;
 pub mod pki;
+pub mod receiver;
 pub mod schema;
 pub mod service;
+pub mod smtp;
 
 mod process;
 mod proxy;

@@ -88,7 +88,7 @@ impl Handler for OrderEventsHandler {
         let new = notification_for(event, ctx)?;
         let span = statement_spans(std::iter::once(ctx)).pop().unwrap_or_else(Span::none);
         let inserted = db::insert(tx, std::slice::from_ref(&new)).instrument(span).await?;
-        log_inserted(&new, inserted.contains(&new.event_id));
+        log_inserted(&new, inserted.events.contains(&new.event_id));
         Ok(())
     }
 
@@ -110,7 +110,7 @@ impl Handler for OrderEventsHandler {
         let inserted = db::insert(tx, &new).await?;
         drop(spans);
         for (notification, (_, ctx)) in new.iter().zip(events) {
-            ctx.span.in_scope(|| log_inserted(notification, inserted.contains(&notification.event_id)));
+            ctx.span.in_scope(|| log_inserted(notification, inserted.events.contains(&notification.event_id)));
         }
         Ok(())
     }
@@ -133,6 +133,9 @@ fn notification_for(event: &OrderEvent, ctx: &MessageContext) -> Result<NewNotif
         event_id: ctx.event_id,
         message: event.message(order_id),
         correlation_id: correlation_of(&event.common(), ctx).to_string(),
+        event_type: event.kind(),
+        data: OrderEventsHandler::describe(event).to_string(),
+        traceparent: telemetry::propagation::traceparent_of(&ctx.span),
     })
 }
 

@@ -23,7 +23,8 @@ pub(crate) use testkit::service::{database_url, pool};
 
 pub(crate) const WAIT: Duration = Duration::from_secs(25);
 
-/// Port 0, an isolated exchange and queue, short retry tiers (200 ms, 400 ms; 3 attempts).
+/// Port 0, an isolated exchange and queue, short retry tiers (200 ms, 400 ms;
+/// 3 attempts), no delivery dispatcher.
 pub(crate) fn test_config(database_url: &str, amqp_url: &str) -> Config {
     let mut inbox = testkit::consumer::short_retry_config(amqp_url, "notifications", ORDER_CREATED_ROUTING_KEY);
     inbox.routing_keys = notifications::routing_keys();
@@ -38,6 +39,8 @@ pub(crate) fn test_config(database_url: &str, amqp_url: &str) -> Config {
         tls: None,
         admin_token_file: None,
         admin_client_names: Vec::new(),
+        // The delivery tests turn the dispatcher on (tests/api/delivery).
+        delivery: notifications::delivery::DeliveryConfig { enabled: false, ..Default::default() },
     }
 }
 

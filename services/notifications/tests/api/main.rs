@@ -6,6 +6,7 @@ mod admin_tls;
 mod cli;
 mod config;
 mod consumer;
+mod delivery;
 mod dlq;
 mod faults;
 mod helpers;

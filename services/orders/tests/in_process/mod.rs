@@ -45,6 +45,7 @@ pub(crate) fn notifications_config(database_url: &str, queue_prefix: &str) -> (n
         tls: None,
         admin_token_file: None,
         admin_client_names: Vec::new(),
+        delivery: notifications::delivery::DeliveryConfig { enabled: false, ..Default::default() },
     };
     (config, topology)
 }

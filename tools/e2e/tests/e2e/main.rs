@@ -13,6 +13,7 @@ mod consumer;
 mod crashes;
 mod dashboard;
 mod database_outage;
+mod deliveries;
 mod happy_path;
 mod postgres_restart;
 mod postgres_tls;

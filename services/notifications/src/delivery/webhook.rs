@@ -1,0 +1,290 @@
+//! Sending one webhook delivery: the pinned body and headers, signed, to an
+//! address that passed the private-network guard.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use reqwest::{
+    StatusCode,
+    dns::{Addrs, Name, Resolve, Resolving},
+    header::{HeaderMap, RETRY_AFTER},
+};
+
+use super::{
+    Outcome,
+    claim::Claimed,
+    secret::{self, SecretKey},
+};
+
+/// The longest Retry-After honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Sends webhooks; one client (and its connection pools) per dispatcher.
+pub(crate) struct WebhookSender {
+    client: reqwest::Client,
+    allow_private: bool,
+    key: Option<SecretKey>,
+}
+
+impl WebhookSender {
+    pub(crate) fn new(timeout: Duration, allow_private: bool, key: Option<SecretKey>) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("pulse-notifications/", env!("CARGO_PKG_VERSION")))
+            .dns_resolver(Arc::new(GuardedResolver { allow_private }))
+            .build()?;
+        Ok(Self { client, allow_private, key })
+    }
+
+    pub(crate) async fn send(&self, delivery: &Claimed, traceparent: &str) -> Outcome {
+        let Some(url) = delivery.url.as_deref() else { return Outcome::failed(None, "the endpoint has no URL") };
+        let parsed = match url::Url::parse(url) {
+            Ok(parsed) => parsed,
+            Err(err) => return Outcome::failed(None, format!("the endpoint's URL does not parse: {err}")),
+        };
+        // An address in the URL itself is never resolved, so it is checked here.
+        if let Some(ip) = literal_ip(&parsed)
+            && !self.allow_private
+            && is_private(ip)
+        {
+            return Outcome::failed(None, refused(ip));
+        }
+        let secrets = match self.secrets(delivery) {
+            Ok(secrets) => secrets,
+            Err(err) => return Outcome::retry(None, format!("{err:#}"), None),
+        };
+        let body = delivery.body();
+        let id = delivery.delivery_id.to_string();
+        let timestamp = chrono::Utc::now().timestamp();
+        let request = self
+            .client
+            .post(parsed)
+            .header("content-type", "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", secret::signature_header(&secrets, &id, timestamp, body.as_bytes()))
+            .header("x-correlation-id", &delivery.correlation_id)
+            .header("traceparent", traceparent)
+            .body(body);
+        match request.send().await {
+            Ok(response) => classify(response.status(), response.headers()),
+            Err(err) => match private_refusal(&err) {
+                Some(reason) => Outcome::failed(None, reason),
+                None => Outcome::retry(err.status().map(|s| s.as_u16()), describe(&err), None),
+            },
+        }
+    }
+
+    /// The live secrets: the current one, and the previous one until its window ends.
+    fn secrets(&self, delivery: &Claimed) -> anyhow::Result<Vec<String>> {
+        let key = self.key.as_ref().ok_or_else(|| anyhow::anyhow!("DELIVERY_SECRET_KEY is not set"))?;
+        let mut secrets = Vec::with_capacity(2);
+        if let Some(sealed) = &delivery.secret {
+            secrets.push(key.decrypt(sealed)?);
+        }
+        if let (Some(sealed), Some(until)) = (&delivery.previous_secret, delivery.previous_secret_expires_at)
+            && until > chrono::Utc::now()
+        {
+            secrets.push(key.decrypt(sealed)?);
+        }
+        Ok(secrets)
+    }
+}
+
+/// What an answer means: 2xx delivered; 408, 429 and 5xx retried (Retry-After
+/// honoured on 429 and 503); any other status failed at once.
+fn classify(status: StatusCode, headers: &HeaderMap) -> Outcome {
+    let code = Some(status.as_u16());
+    if status.is_success() {
+        return Outcome::Delivered { status_code: code };
+    }
+    let error = format!("the endpoint answered {status}");
+    match status.as_u16() {
+        429 | 503 => Outcome::retry(code, error, retry_after(headers)),
+        408 | 500..=599 => Outcome::retry(code, error, None),
+        _ => Outcome::failed(code, error),
+    }
+}
+
+/// Retry-After as seconds or an HTTP date, at most [`MAX_RETRY_AFTER`].
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let raw = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = match raw.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(raw).ok()?;
+            (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or_default()
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+fn describe(err: &reqwest::Error) -> String {
+    let what = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let mut text = format!("{what}: {err}");
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+fn literal_ip(url: &url::Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+        url::Host::Domain(_) => None,
+    }
+}
+
+/// Loopback, private, link-local, unique-local, unspecified, and the like
+/// (shared, benchmarking, multicast, broadcast; IPv4-mapped IPv6 as its IPv4).
+pub(crate) fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (b == 18 || b == 19))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+fn refused(ip: IpAddr) -> String {
+    format!(
+        "refused: the endpoint resolves to {ip}, a loopback, private or link-local address (DELIVERY_ALLOW_PRIVATE_NETWORKS is off)"
+    )
+}
+
+/// The resolver's refusal, carried through reqwest's error.
+#[derive(Debug)]
+struct PrivateAddress(String);
+
+impl std::fmt::Display for PrivateAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PrivateAddress {}
+
+fn private_refusal(err: &reqwest::Error) -> Option<String> {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(refusal) = cause.downcast_ref::<PrivateAddress>() {
+            return Some(refusal.0.clone());
+        }
+        source = cause.source();
+    }
+    None
+}
+
+/// Resolves names and, unless private networks are allowed, refuses any
+/// answer with a private address. reqwest connects to the addresses returned
+/// here, the ones checked: a second lookup cannot swap them (DNS rebinding).
+struct GuardedResolver {
+    allow_private: bool,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if !allow_private && let Some(private) = addrs.iter().find(|addr| is_private(addr.ip())) {
+                return Err(Box::new(PrivateAddress(refused(private.ip()))) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_addresses_are_recognised() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "100.64.0.1",
+        ] {
+            assert!(is_private(private.parse().unwrap()), "{private}");
+        }
+        for public in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
+            assert!(!is_private(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn statuses_classify() {
+        let none = HeaderMap::new();
+        assert!(matches!(classify(StatusCode::NO_CONTENT, &none), Outcome::Delivered { .. }));
+        for retried in [408, 429, 500, 502, 503] {
+            assert!(
+                matches!(classify(StatusCode::from_u16(retried).unwrap(), &none), Outcome::Retry { .. }),
+                "{retried}"
+            );
+        }
+        for failed in [400, 401, 404, 410, 422] {
+            assert!(
+                matches!(classify(StatusCode::from_u16(failed).unwrap(), &none), Outcome::Failed { .. }),
+                "{failed}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date_and_is_capped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(RETRY_AFTER, "99999999".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER));
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
+        headers.insert(RETRY_AFTER, later.parse().unwrap());
+        let wait = retry_after(&headers).unwrap();
+        assert!(wait > Duration::from_secs(100) && wait <= Duration::from_secs(120), "{wait:?}");
+        headers.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&headers), None);
+    }
+}
