@@ -98,7 +98,9 @@ pub(super) async fn webhooks(plan: &Plan, stack: &mut Stack, report: &mut Report
 
     // 3. Every order delivered, duplicates only under one webhook-id, none left.
     check(&receiver.since(0), &phase_orders, report)?;
-    // The last answers may still be being recorded.
+    // The last answers may still be being recorded. A new client: the
+    // notifications that dispatched the backlog listens on a port of its own.
+    let mut client = DeliveryServiceClient::connect(format!("http://{}", stack.notifications_addr())).await?;
     let since = Instant::now();
     for status in [DeliveryStatus::Pending, DeliveryStatus::Failed] {
         loop {
