@@ -6,7 +6,8 @@
 #                               secret's file exists, every secret a service takes is defined;
 #                               every image ships the binary of its name (built, installed,
 #                               copied, its ports exposed) and its service publishes the ports
-#                               its environment sets and runs `<binary> healthcheck`
+#                               its environment sets and runs `<binary> healthcheck`; the file
+#                               DELIVERY_SECRET_KEY_FILE names is a secret holding base64 of 32 bytes
 #   Dockerfile                  hadolint, failing on warnings and errors
 #   deploy/otel-collector.yaml, deploy/jaeger.yaml (Jaeger v2 is a collector distribution)
 #                               parse, and every pipeline names only defined components
@@ -30,7 +31,7 @@
 #                               references to Secrets/ConfigMaps/ports that exist, probes and
 #                               security settings as docs/operations.md "Kubernetes" describes them,
 #                               every file an environment value names is a key of a mounted
-#                               Secret, the gRPC and metrics addresses are the named container
+#                               Secret (DELIVERY_SECRET_KEY_FILE's: base64 of 32 bytes), the gRPC and metrics addresses are the named container
 #                               ports, every image is one of the kustomization's images
 #   variables                   every variable compose, the Kubernetes manifests and run-local.sh
 #                               set is one the code reads: a service's own (`PAYMENTS_...`) in its
@@ -60,6 +61,7 @@ compose_json="$(mktemp)"
 trap 'rm -f "$compose_json"' EXIT
 docker-compose -f docker-compose.yml config --format json >"$compose_json"
 "$PULSE_TOOLS/venv/bin/python" - "$compose_json" Dockerfile deploy/otel-collector.yaml deploy/jaeger.yaml <<'PY'
+import base64
 import json
 import os
 import re
@@ -88,6 +90,32 @@ for name, service in compose["services"].items():
 for name, secret in compose.get("secrets", {}).items():
     if "file" in secret and not os.path.isfile(secret["file"]):
         errors.append(f"secret {name}: file {secret['file']} does not exist")
+
+
+def aes_key_error(text):
+    """Why `text` is not what DELIVERY_SECRET_KEY takes (base64 of 32 bytes), or None."""
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except ValueError:
+        return "is not base64"
+    return None if len(key) == 32 else f"decodes to {len(key)} bytes, not 32"
+
+
+# The file DELIVERY_SECRET_KEY_FILE names is a secret holding an AES-256 key.
+for name, service in compose["services"].items():
+    key_file = (service.get("environment") or {}).get("DELIVERY_SECRET_KEY_FILE")
+    if key_file is None:
+        continue
+    mounted = {s.get("target") or s["source"]: s["source"] for s in service.get("secrets", [])}
+    secret = mounted.get(key_file.removeprefix("/run/secrets/"), mounted.get(key_file))
+    source = (compose.get("secrets", {}).get(secret) or {}).get("file")
+    if source is None or not os.path.isfile(source):
+        errors.append(f"service {name}: DELIVERY_SECRET_KEY_FILE names {key_file}, which is none of its secrets' files")
+    else:
+        with open(source) as f:
+            why = aes_key_error(f.read())
+        if why:
+            errors.append(f"secret {secret} ({source}), the key DELIVERY_SECRET_KEY_FILE names, {why}")
 
 # Every image a service builds carries the OCI annotations docs/operations.md "Docker" lists.
 with open(dockerfile) as f:
@@ -385,6 +413,7 @@ done
 
 pulse_log "$k8s_dir: selectors, references, probes, security"
 "$PULSE_TOOLS/venv/bin/python" - "$k8s_dir" <<'PY'
+import base64
 import glob
 import os
 import sys
@@ -410,6 +439,11 @@ by_kind = {}
 for name, doc in docs:
     by_kind.setdefault(doc["kind"], []).append((name, doc))
 secrets = {d["metadata"]["name"]: set((d.get("stringData") or {}) | (d.get("data") or {})) for _, d in by_kind.get("Secret", [])}
+# Each Secret's values in plain text (`data` is base64).
+secret_values = {
+    d["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in (d.get("data") or {}).items()} | (d.get("stringData") or {})
+    for _, d in by_kind.get("Secret", [])
+}
 config_maps = {d["metadata"]["name"] for _, d in by_kind.get("ConfigMap", [])}
 images = {image["name"] for image in kustomization.get("images", [])}
 
@@ -472,6 +506,15 @@ for name, deployment in by_kind.get("Deployment", []):
                     secret, key = secret_volumes[mount["name"]], value[len(mount["mountPath"].rstrip("/")) + 1 :]
                     if key not in secrets.get(secret, set()):
                         errors.append(f"{cwhere}: {env['name']} names {value}, but Secret {secret} has no key {key}")
+                    elif env["name"] == "DELIVERY_SECRET_KEY_FILE":
+                        # An AES-256 key: base64 of 32 bytes.
+                        text = str(secret_values.get(secret, {}).get(key, ""))
+                        try:
+                            length = len(base64.b64decode(text.strip(), validate=True))
+                        except ValueError:
+                            length = None
+                        if length != 32:
+                            errors.append(f"{cwhere}: Secret {secret} key {key} is not base64 of 32 bytes")
                     break
             else:
                 if env["name"].endswith("_FILE"):

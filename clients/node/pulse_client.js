@@ -430,6 +430,11 @@ async function main() {
   }
 }
 
-main().then((code) => {
-  process.exitCode = code;
-});
+// webhook_example.js reuses the loading and calling helpers.
+module.exports = { Failure, loadPackages, unary, callWithRetry, sleep };
+
+if (require.main === module) {
+  main().then((code) => {
+    process.exitCode = code;
+  });
+}

@@ -7,7 +7,8 @@ use clap::{ArgGroup, Parser, builder::PossibleValuesParser};
 use crate::phases::PHASES;
 
 const AFTER_HELP: &str = "\
-The phases are create_order, relay_on, end_to_end, drain, pipeline and saga; the ceilings always run.
+The phases are create_order, relay_on, end_to_end, drain, pipeline, saga and webhooks; the
+ceilings always run.
 
 bench starts and stops the orders and notifications binaries built beside it, against the
 Postgres of BENCH_POSTGRES_URL [postgres://postgres:postgres@127.0.0.1:5432] and the RabbitMQ

@@ -74,3 +74,26 @@ pub(crate) async fn order_to_completed(orders_url: &str, ids: &[Uuid]) -> anyhow
     }
     Ok((histogram, other))
 }
+
+/// Microseconds from order commit (the orders database's clock) to the
+/// moment in `arrived` (this machine's clock, which that database shares),
+/// for the orders in `arrived`.
+pub(crate) async fn order_to_arrival(
+    orders_url: &str,
+    arrived: &HashMap<Uuid, DateTime<Utc>>,
+) -> anyhow::Result<Histogram<u64>> {
+    let ids: Vec<Uuid> = arrived.keys().copied().collect();
+    let mut orders = PgConnection::connect(orders_url).await?;
+    let created: Vec<(Uuid, DateTime<Utc>)> =
+        sqlx::query_as("SELECT order_id, created_at FROM orders WHERE order_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut orders)
+            .await?;
+    let mut histogram = Histogram::new_with_bounds(1, 600_000_000, 3)?;
+    for (order_id, start) in created {
+        if let Some(at) = arrived.get(&order_id) {
+            histogram.saturating_record((*at - start).num_microseconds().unwrap_or(i64::MAX).max(1) as u64);
+        }
+    }
+    Ok(histogram)
+}

@@ -1,6 +1,7 @@
 //! `bench`: Pulse's throughput, end-to-end latency and backlog drain, each
-//! beside a ceiling measured in the same run. Starts and stops the `orders`
-//! and `notifications` binaries it measures (built alongside it).
+//! beside a ceiling measured in the same run, and the order saga and webhook
+//! deliveries beside the one hop. Starts and stops the binaries it measures
+//! (built alongside it).
 //!
 //! `bench --help` lists the flags; docs/benchmark.md explains every figure.
 
@@ -15,6 +16,7 @@ mod phases;
 mod plan;
 mod procs;
 mod queues;
+mod receiver;
 mod report;
 mod stack;
 

@@ -6,6 +6,7 @@ mod drain;
 mod end_to_end;
 mod pipeline;
 mod saga;
+mod webhooks;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -17,7 +18,8 @@ use crate::{
 };
 
 /// The phases `--only` can pick; the ceilings always run (every ratio needs them).
-pub(crate) const PHASES: [&str; 6] = ["create_order", "relay_on", "end_to_end", "drain", "pipeline", "saga"];
+pub(crate) const PHASES: [&str; 7] =
+    ["create_order", "relay_on", "end_to_end", "drain", "pipeline", "saga", "webhooks"];
 
 pub(crate) async fn run(plan: &Plan, only: &[String], stack: &mut Stack, report: &mut Report) -> anyhow::Result<()> {
     stack.reset().await?;
@@ -33,7 +35,8 @@ pub(crate) async fn run(plan: &Plan, only: &[String], stack: &mut Stack, report:
             "end_to_end" => end_to_end::end_to_end(plan, stack, report).await?,
             "drain" => drain::drain(plan, stack, report, &ceilings).await?,
             "pipeline" => pipeline::pipeline(plan, stack, report, &ceilings).await?,
-            _ => saga::saga(plan, stack, report).await?,
+            "saga" => saga::saga(plan, stack, report).await?,
+            _ => webhooks::webhooks(plan, stack, report).await?,
         }
         stack.reset().await?;
     }

@@ -22,6 +22,8 @@ pub(crate) struct Plan {
     pub(crate) sustained: Duration,
     /// How long delivery may take after a load window before the run fails.
     pub(crate) settle: Duration,
+    /// Orders whose webhooks wait for the dispatcher, to measure its sustained rate.
+    pub(crate) webhook_backlog: u64,
 }
 
 impl Plan {
@@ -45,6 +47,7 @@ impl Plan {
                 probe: s(1),
                 sustained: s(2),
                 settle: s(30),
+                webhook_backlog: 300,
             },
             "quick" => Self {
                 pg_ceiling: s(5),
@@ -62,6 +65,7 @@ impl Plan {
                 probe: s(6),
                 sustained: s(20),
                 settle: s(60),
+                webhook_backlog: 5_000,
             },
             _ => Self {
                 pg_ceiling: s(15),
@@ -79,6 +83,7 @@ impl Plan {
                 probe: s(10),
                 sustained: s(60),
                 settle: s(120),
+                webhook_backlog: 20_000,
             },
         }
     }

@@ -180,12 +180,18 @@ impl Stack {
 
     /// Starts the notifications service and waits until its consumer is subscribed.
     pub(crate) async fn start_notifications(&mut self) -> anyhow::Result<()> {
-        let env = [
+        self.start_notifications_with(&[]).await
+    }
+
+    /// [`Self::start_notifications`] with `extra` in its environment too.
+    pub(crate) async fn start_notifications_with(&mut self, extra: &[(&str, String)]) -> anyhow::Result<()> {
+        let mut env = vec![
             ("NOTIFICATIONS_DATABASE_URL", self.notifications_url()),
             ("AMQP_URL", self.amqp.clone()),
             ("NOTIFICATIONS_QUEUE_PREFIX", QUEUE_PREFIX.to_owned()),
             ("NOTIFICATIONS_RETRY_DELAYS_MS", crate::queues::RETRY_DELAYS_MS.to_owned()),
         ];
+        env.extend(extra.iter().map(|(key, value)| (*key, value.clone())));
         self.notifications = Some(Service::start("notifications", &env).await?);
         crate::queues::wait_consumer(&self.amqp, Duration::from_secs(30)).await
     }
@@ -217,6 +223,10 @@ impl Stack {
 
     pub(crate) fn orders_addr(&self) -> std::net::SocketAddr {
         self.orders.as_ref().expect("orders is running").addr
+    }
+
+    pub(crate) fn notifications_addr(&self) -> std::net::SocketAddr {
+        self.notifications.as_ref().expect("notifications is running").addr
     }
 
     /// The probe connections, opened on first use (after the services have
