@@ -92,7 +92,7 @@ impl ReplyWriter {
         let Some(channel) = &self.notify_channel else {
             return self.writer.append_all(tx, messages).await;
         };
-        let mut query = QueryBuilder::new(format!("WITH appended AS (INSERT INTO outbox_messages ({}) ", COLUMNS));
+        let mut query = QueryBuilder::new(format!("WITH appended AS (INSERT INTO outbox_messages ({COLUMNS}) "));
         push_rows(&mut query, messages);
         // A data-modifying CTE runs whether or not the outer query reads it.
         query.push(" ORDER BY m.n) SELECT pg_notify(").push_bind(channel.as_str()).push(", '')");
