@@ -7,8 +7,8 @@ use infra::config::warn_unknown_variables;
 use notifications::{Config, build, config, dlq};
 
 const AFTER_HELP: &str = "\
-Configuration comes from the environment (NOTIFICATIONS_*, INBOX_*, AMQP_URL, RUST_LOG,
-LOG_FORMAT, OTEL_*); docs/configuration.md lists every variable and its default.
+Configuration comes from the environment (NOTIFICATIONS_*, INBOX_*, DELIVERY_*, SMTP_*, AMQP_URL,
+RUST_LOG, LOG_FORMAT, OTEL_*); docs/configuration.md lists every variable and its default.
 A variable starting with NOTIFICATIONS_ or INBOX_ that notifications does not read is warned about.
 
 exit status: 0 done or stopped cleanly; 1 failed; 2 invalid configuration (every

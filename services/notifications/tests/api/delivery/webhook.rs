@@ -312,8 +312,9 @@ async fn an_endpoint_failing_too_long_is_disabled_with_a_notification(_: PgPoolO
     assert_eq!(about.len(), 1);
     assert!(about[0].contains(&endpoint_id), "{about:?}");
     // What it still had waits, PENDING, for the endpoint to be enabled again.
+    // The first failure starts the clock; a later one, a second on, disables.
     let sent = receiver.received().len();
-    assert!((3..=12).contains(&sent), "{sent} attempts");
+    assert!((2..=12).contains(&sent), "{sent} attempts");
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(receiver.received().len(), sent, "a disabled endpoint was sent to");
     assert_eq!(setup.deliveries_of_order(&order_id).await[0].status, DeliveryStatus::Pending as i32);
