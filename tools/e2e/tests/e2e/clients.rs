@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, process::Stdio, sync::Arc, time::Durat
 use testkit::FaultProxy;
 use tokio::process::Command;
 
-use crate::support::{SagaSystem, System, db, process::Spec, saga, scratch::Scratch};
+use crate::support::{SagaSystem, System, db, delivering, process::Spec, saga, scratch::Scratch};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the repository root")
@@ -24,19 +24,29 @@ fn installed(path: PathBuf) -> PathBuf {
 
 /// The Python client's command, its interpreter from `$PULSE_TOOLS`.
 fn python_client() -> Command {
+    python("clients/python/pulse_client.py")
+}
+
+/// `script` run by the Python of `$PULSE_TOOLS`.
+fn python(script: &str) -> Command {
     let mut command = Command::new(installed(tools_dir().join("venv/bin/python")));
-    command.arg("clients/python/pulse_client.py");
+    command.arg(script);
     command
 }
 
 /// The Node client's command.
 fn node_client() -> Command {
+    node("clients/node/pulse_client.js")
+}
+
+/// `script` run by Node.js with the Node client's dependencies.
+fn node(script: &str) -> Command {
     let mut command = Command::new("node");
     // Dependencies from `npm ci` in clients/node when present, else ensure-tools.sh's copy.
     if !repo_root().join("clients/node/node_modules").is_dir() {
         command.env("NODE_PATH", installed(tools_dir().join("node-client/node_modules")));
     }
-    command.arg("clients/node/pulse_client.js");
+    command.arg(script);
     command
 }
 
@@ -97,6 +107,32 @@ async fn the_node_client_creates_an_order_and_sees_its_notification() {
     let printed = run_client(&addrs_of(&system), command).await;
     assert!(printed.contains("all checks passed"), "{printed}");
     assert_order_notified(&system, "c-node-e2e").await;
+}
+
+/// Runs a client's webhook example against orders and a notifications that
+/// delivers: it creates a webhook endpoint, receives its order's delivery,
+/// verifies the signature with `standardwebhooks` and finds the delivery
+/// DELIVERED under the webhook-id it received; the database agrees.
+async fn assert_client_receives_a_signed_webhook(mut command: Command, customer: &str) {
+    let system = System::start_with(delivering).await;
+    command.args(["--customer", customer]);
+    let printed = run_client(&addrs_of(&system), command).await;
+    assert!(printed.contains("webhook checks passed"), "{printed}");
+    let pool = system.scratch.notifications_pool().await;
+    // The example's one order, to its one endpoint.
+    let delivered = db::count(&pool, "SELECT count(*) FROM deliveries WHERE status = 'delivered'").await;
+    assert_eq!(delivered, 1, "{printed}");
+    assert_order_notified(&system, customer).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_webhook_example_receives_a_signed_delivery() {
+    assert_client_receives_a_signed_webhook(python("clients/python/webhook_example.py"), "c-python-webhook-e2e").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_node_webhook_example_receives_a_signed_delivery() {
+    assert_client_receives_a_signed_webhook(node("clients/node/webhook_example.js"), "c-node-webhook-e2e").await;
 }
 
 /// What follows `label` in the client's output up to the next colon: the

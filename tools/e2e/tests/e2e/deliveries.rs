@@ -13,7 +13,7 @@ use contracts::notifications::v1::{
 };
 use testkit::receiver::{Reply, WebhookReceiver};
 
-use crate::support::{System, api, db, process::Spec, scratch::Scratch};
+use crate::support::{System, api, db, delivering};
 
 const ORDERS: usize = 1_000;
 /// Notifications is killed once this many webhooks arrived.
@@ -24,16 +24,7 @@ async fn serial_notifications_killed_mid_delivery_delivers_every_webhook() {
     let receiver = WebhookReceiver::start().await;
     // Slow enough that the kill lands mid-way: 4 at a time, 10 ms each.
     receiver.default_reply(Reply::status(204).after(Duration::from_millis(10)));
-    let scratch = Scratch::new().await;
-    let notifications = Spec::notifications(&scratch)
-        .env("DELIVERY_SECRET_KEY", "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=")
-        .env("DELIVERY_ALLOW_PRIVATE_NETWORKS", "true")
-        .env("DELIVERY_TIMEOUT", "2s")
-        .env("DELIVERY_RETRY_SCHEDULE", "200ms,500ms,1s,2s,2s,2s,2s,2s")
-        .start()
-        .await;
-    let orders = Spec::orders(&scratch).start().await;
-    let mut system = System { notifications, orders, scratch };
+    let mut system = System::start_with(delivering).await;
 
     let mut client = DeliveryServiceClient::new(api::channel(system.notifications.addr()));
     let request = CreateEndpointRequest {

@@ -53,9 +53,23 @@ impl SagaSystem {
 impl System {
     /// Notifications first (its consumer declares the queue), then orders with its relay.
     pub(crate) async fn start() -> Self {
+        Self::start_with(|spec| spec).await
+    }
+
+    /// [`Self::start`], with `notifications` adjusting the notifications process.
+    pub(crate) async fn start_with(notifications: impl FnOnce(Spec) -> Spec) -> Self {
         let scratch = Scratch::new().await;
-        let notifications = Spec::notifications(&scratch).start().await;
+        let notifications = notifications(Spec::notifications(&scratch)).start().await;
         let orders = Spec::orders(&scratch).start().await;
         Self { notifications, orders, scratch }
     }
+}
+
+/// Notifications delivering webhooks to receivers on this machine: a secrets
+/// key, private networks allowed, a short timeout and retry schedule.
+pub(crate) fn delivering(spec: Spec) -> Spec {
+    spec.env("DELIVERY_SECRET_KEY", "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=")
+        .env("DELIVERY_ALLOW_PRIVATE_NETWORKS", "true")
+        .env("DELIVERY_TIMEOUT", "2s")
+        .env("DELIVERY_RETRY_SCHEDULE", "200ms,500ms,1s,2s,2s,2s,2s,2s")
 }
