@@ -73,6 +73,19 @@ const TOKEN_VERSION: u8 = 1;
 /// Version, order id, `created_at` in microseconds, notification id.
 const TOKEN_BYTES: usize = 1 + 16 + 8 + 16;
 
+/// The page size a list request asks for: 0 is the default, more than the
+/// maximum is the maximum; a negative one is a violation naming `page_size`.
+pub(crate) fn page_size_of(page_size: i32, violations: &mut Vec<FieldViolation>) -> u32 {
+    match u32::try_from(page_size) {
+        Ok(0) => DEFAULT_PAGE_SIZE,
+        Ok(size) => size.min(MAX_PAGE_SIZE),
+        Err(_) => {
+            violations.push(FieldViolation::new("page_size", "must not be negative"));
+            DEFAULT_PAGE_SIZE
+        }
+    }
+}
+
 /// The page size and the position a request asks for.
 fn parse_page(
     page_size: i32,
@@ -80,14 +93,7 @@ fn parse_page(
     order_id: Uuid,
 ) -> Result<(u32, Option<db::After>), NotificationsError> {
     let mut violations = Vec::new();
-    let size = match u32::try_from(page_size) {
-        Ok(0) => DEFAULT_PAGE_SIZE,
-        Ok(size) => size.min(MAX_PAGE_SIZE),
-        Err(_) => {
-            violations.push(FieldViolation::new("page_size", "must not be negative"));
-            DEFAULT_PAGE_SIZE
-        }
-    };
+    let size = page_size_of(page_size, &mut violations);
     let after = if page_token.is_empty() {
         None
     } else {

@@ -6,10 +6,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::db::{After, Owner};
-use crate::{
-    error::FieldViolation,
-    grpc::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE},
-};
+use crate::{error::FieldViolation, grpc::page_size_of};
 
 const TOKEN_VERSION: u8 = 1;
 /// Version, scope (tag, id, status), `created_at` in microseconds, row id.
@@ -62,14 +59,7 @@ pub(crate) struct Page {
 /// The page size and position a request asks for, or the violations naming `page_size` and `page_token`.
 pub(crate) fn parse(page_size: i32, page_token: &str, scope: Scope) -> Result<Page, Vec<FieldViolation>> {
     let mut violations = Vec::new();
-    let size = match u32::try_from(page_size) {
-        Ok(0) => DEFAULT_PAGE_SIZE,
-        Ok(size) => size.min(MAX_PAGE_SIZE),
-        Err(_) => {
-            violations.push(FieldViolation::new("page_size", "must not be negative"));
-            DEFAULT_PAGE_SIZE
-        }
-    };
+    let size = page_size_of(page_size, &mut violations);
     let after = if page_token.is_empty() {
         None
     } else {
@@ -126,6 +116,7 @@ fn decode(raw: &str, scope: Scope) -> Result<After, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grpc::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
     #[test]
     fn tokens_round_trip_within_their_listing() {
