@@ -2,12 +2,15 @@
 //! most DELIVERY_CONCURRENCY in flight, DELIVERY_ENDPOINT_CONCURRENCY per
 //! endpoint), so that one slow endpoint only ever holds its own slots. It is
 //! woken by `pg_notify` at the commit that makes deliveries due, by a timer for
-//! the next scheduled attempt and by a slow safety poll. Each endpoint has a
-//! circuit breaker: after consecutive failures its deliveries are held for a
-//! cool-down, then one probe goes through.
+//! the next scheduled attempt and by a slow safety poll. A fast endpoint's
+//! deliveries are claimed ahead in batches ([`super::endpoints`]) and the
+//! outcomes recorded in batches ([`super::record`]), so a sender never waits
+//! on the database. Each endpoint has a circuit breaker: after consecutive
+//! failures its deliveries are held for a cool-down, then one probe goes through.
 
 use std::{
     collections::HashMap,
+    pin::Pin,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -15,28 +18,42 @@ use std::{
 use rand::Rng;
 use sqlx::{
     PgPool,
-    postgres::{PgConnectOptions, PgListener},
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
-use tokio::{sync::Notify, task::JoinSet};
+use tokio::{
+    sync::{Notify, mpsc},
+    task::{Id, JoinError, JoinSet},
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
     Outcome,
-    claim::{self, Attempted, Claimed, Room},
+    claim::{self, Claimed, Room},
     config::DeliveryConfig,
     db::{CHANNEL, Kind},
     email::EmailSender,
+    endpoints::{Endpoints, Queued},
     metrics::DeliveryMetrics,
+    record::{self, Attempted, Record},
     webhook::WebhookSender,
 };
 
-/// Beyond the attempt's timeout, how long a claim lasts: time to record the outcome.
+/// Beyond the attempt's timeout, how long a claim lasts: time to wait for a
+/// slot and to record the outcome.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// Claimed deliveries a replica holds at most, per slot of DELIVERY_CONCURRENCY.
+const HELD_PER_SLOT: usize = 16;
 
 pub(crate) struct Dispatcher {
-    pool: PgPool,
+    /// Claims and give-backs, committed without waiting for the WAL flush: a
+    /// claim lost with the database only means the delivery is sent again
+    /// under its webhook-id, which at-least-once allows, and the claim is on
+    /// the path of every delivery's latency.
+    claims: PgPool,
+    /// Outcomes, committed durably, and the gauges.
+    records: PgPool,
     listen_options: PgConnectOptions,
     config: DeliveryConfig,
     webhook: WebhookSender,
@@ -44,159 +61,227 @@ pub(crate) struct Dispatcher {
     metrics: DeliveryMetrics,
 }
 
-/// An endpoint's attempts in flight and its breaker.
-#[derive(Debug, Default)]
-struct EndpointState {
-    in_flight: i32,
-    consecutive_failures: u32,
-    open_until: Option<Instant>,
-}
-
 /// A finished attempt, as the loop settles it.
 struct Settled {
     endpoint_id: Uuid,
+    duration: Duration,
     delivered: bool,
     endpoint_failed: bool,
 }
 
+/// The attempts in flight, with each task's endpoint (so that even a
+/// panicked attempt frees its slot).
+#[derive(Default)]
+struct InFlight {
+    tasks: JoinSet<Settled>,
+    endpoints: HashMap<Id, Uuid>,
+}
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    fn spawn(&mut self, endpoint_id: Uuid, attempt: impl Future<Output = Settled> + Send + 'static) {
+        let id = self.tasks.spawn(attempt).id();
+        self.endpoints.insert(id, endpoint_id);
+    }
+
+    fn finished(&mut self, joined: Result<(Id, Settled), JoinError>) -> Settled {
+        match joined {
+            Ok((id, settled)) => {
+                self.endpoints.remove(&id);
+                settled
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "a delivery attempt panicked; its delivery comes due again after its lease");
+                let endpoint_id = self.endpoints.remove(&err.id()).unwrap_or_default();
+                Settled { endpoint_id, duration: Duration::ZERO, delivered: false, endpoint_failed: false }
+            }
+        }
+    }
+}
+
 impl Dispatcher {
     pub(crate) fn new(
-        pool: PgPool,
         listen_options: PgConnectOptions,
         config: DeliveryConfig,
         metrics: DeliveryMetrics,
     ) -> anyhow::Result<Self> {
         let webhook = WebhookSender::new(config.timeout, config.allow_private_networks, config.secret_key.clone())?;
         let email = EmailSender::new(&config.smtp_url, &config.smtp_from, config.timeout)?;
-        Ok(Self { pool, listen_options, config, webhook, email, metrics })
+        let claims = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(listen_options.clone().options([("synchronous_commit", "off")]));
+        let records = PgPoolOptions::new().max_connections(2).connect_lazy_with(listen_options.clone());
+        Ok(Self { claims, records, listen_options, config, webhook, email, metrics })
     }
 
     fn lease(&self) -> Duration {
         self.config.timeout + LEASE_MARGIN
     }
 
-    /// Runs until `stop` fires, then lets the attempts in flight finish.
+    /// Runs until `stop` fires, then gives back what it claimed and did not
+    /// send, lets the attempts in flight finish and records them.
     pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken) {
         let wake = Arc::new(Notify::new());
         let mut helpers = JoinSet::new();
         helpers.spawn(listen(self.listen_options.clone(), Arc::clone(&wake), stop.clone()));
         helpers.spawn(Arc::clone(&self).refresh_gauges(stop.clone()));
-        let mut endpoints: HashMap<Uuid, EndpointState> = HashMap::new();
-        let mut in_flight: JoinSet<Settled> = JoinSet::new();
+        let (records, to_record) = mpsc::unbounded_channel();
+        let recorder = tokio::spawn(record::run(self.records.clone(), to_record, self.config.disable_after));
+        let mut endpoints = Endpoints::new(
+            self.config.endpoint_concurrency,
+            self.config.breaker_threshold,
+            self.config.breaker_cooldown,
+        );
+        let mut in_flight = InFlight::default();
+        let held_at_most = self.config.concurrency * HELD_PER_SLOT;
         tracing::info!(concurrency = self.config.concurrency, "delivery dispatcher started");
+        // Whether a claim may find something: after a wake-up, the timer, a
+        // full claim, or an endpoint (or the replica) having room again.
+        let mut look = true;
+        // The claim (or due-time read) under way, if any: attempts go on
+        // starting and settling meanwhile.
+        let mut looking: Option<Pin<Box<dyn Future<Output = Looked> + Send>>> = None;
+        let mut deadline = Instant::now();
         while !stop.is_cancelled() {
-            while let Some(done) = in_flight.try_join_next() {
-                self.settle(&mut endpoints, done);
+            while let Some(joined) = in_flight.tasks.try_join_next_with_id() {
+                let done = in_flight.finished(joined);
+                look |= self.settle(&mut endpoints, done, held_at_most).await;
             }
-            let room = self.room(&endpoints, in_flight.len());
-            if room.total > 0 {
-                match claim::claim(&self.pool, &room, self.lease()).await {
-                    Ok(claimed) if !claimed.is_empty() => {
-                        for delivery in claimed {
-                            endpoints.entry(delivery.endpoint_id).or_default().in_flight += 1;
-                            in_flight.spawn(Arc::clone(&self).attempt(delivery));
-                        }
-                        continue;
-                    }
-                    Ok(_) => {}
-                    Err(err) => {
-                        tracing::warn!(error = %err, "cannot claim deliveries; trying again shortly");
-                        tokio::select! {
-                            () = stop.cancelled() => break,
-                            () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        }
-                    }
+            self.start_attempts(&mut endpoints, &mut in_flight, &records).await;
+            if look && looking.is_none() {
+                look = false;
+                let room = endpoints.room(held_at_most.saturating_sub(endpoints.outstanding()));
+                if room.total > 0 {
+                    looking = Some(Box::pin(claim(self.claims.clone(), room, self.lease())));
+                } else {
+                    deadline = self.deadline(None, &endpoints);
                 }
             }
-            let deadline = self.next_wake(&room, &endpoints).await;
             tokio::select! {
                 () = stop.cancelled() => break,
-                () = wake.notified() => {}
-                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => self.settle(&mut endpoints, done),
-                () = tokio::time::sleep_until(deadline.into()) => {}
+                () = wake.notified() => look = true,
+                looked = async { looking.as_mut().expect("guarded").await }, if looking.is_some() => {
+                    looking = None;
+                    match looked {
+                        Looked::Claimed { room, claimed: Ok(claimed) } => {
+                            let (count, now) = (claimed.len(), Instant::now());
+                            for delivery in claimed {
+                                endpoints.queue(delivery, now);
+                            }
+                            if count as i64 >= room.total {
+                                look = true;
+                            } else {
+                                // Nothing more is due now: when will something be?
+                                looking = Some(Box::pin(next_due(self.claims.clone(), room)));
+                            }
+                        }
+                        Looked::Claimed { claimed: Err(err), .. } => {
+                            tracing::warn!(error = %err, "cannot claim deliveries; trying again shortly");
+                            deadline = Instant::now() + Duration::from_secs(1);
+                        }
+                        Looked::NextDue(due) => deadline = self.deadline(due, &endpoints),
+                    }
+                }
+                Some(joined) = in_flight.tasks.join_next_with_id(), if in_flight.len() > 0 => {
+                    let done = in_flight.finished(joined);
+                    look |= self.settle(&mut endpoints, done, held_at_most).await;
+                }
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    look = true;
+                    endpoints.forget_idle();
+                }
             }
         }
-        while let Some(done) = in_flight.join_next().await {
-            self.settle(&mut endpoints, done);
+        if let Some(looking) = looking
+            && let Looked::Claimed { claimed: Ok(claimed), .. } = looking.await
+        {
+            let now = Instant::now();
+            for delivery in claimed {
+                endpoints.queue(delivery, now);
+            }
+        }
+        let unsent: Vec<Queued> = endpoints.iter_mut().flat_map(|(_, e)| e.queued.drain(..)).collect();
+        self.give_back(&unsent, chrono::Utc::now()).await;
+        while let Some(joined) = in_flight.tasks.join_next_with_id().await {
+            let done = in_flight.finished(joined);
+            self.settle(&mut endpoints, done, held_at_most).await;
+        }
+        drop(records);
+        if let Err(err) = recorder.await {
+            tracing::error!(error = %err, "the delivery recorder panicked");
         }
         helpers.shutdown().await;
+        self.claims.close().await;
+        self.records.close().await;
         tracing::info!("delivery dispatcher stopped");
     }
 
-    /// What the next claim may take: the replica's free slots and each endpoint's.
-    fn room(&self, endpoints: &HashMap<Uuid, EndpointState>, in_flight: usize) -> Room {
+    /// Starts queued deliveries where their endpoint and the replica have free slots.
+    async fn start_attempts(
+        self: &Arc<Self>,
+        endpoints: &mut Endpoints,
+        in_flight: &mut InFlight,
+        records: &mpsc::UnboundedSender<Record>,
+    ) {
         let now = Instant::now();
-        let per_endpoint = self.config.endpoint_concurrency as i32;
-        let mut room =
-            Room { total: self.config.concurrency.saturating_sub(in_flight) as i64, per_endpoint, ..Room::default() };
-        for (id, state) in endpoints {
-            let free = match state.open_until {
-                Some(until) if until > now => 0,
-                // Half-open: one probe at a time.
-                Some(_) => i32::from(state.in_flight == 0),
-                None => per_endpoint - state.in_flight,
-            };
-            if free <= 0 {
-                room.full.push(*id);
-            } else if free < per_endpoint {
-                room.busy.push((*id, free));
+        // A claim that waited this long has too little lease left for a whole attempt.
+        let too_old = self.lease().saturating_sub(self.config.timeout + Duration::from_secs(1));
+        let mut stale = Vec::new();
+        for (id, endpoint) in endpoints.iter_mut() {
+            let mut slots = endpoint.slots(self.config.endpoint_concurrency, now);
+            while slots > 0 && in_flight.len() < self.config.concurrency {
+                let Some(queued) = endpoint.queued.pop_front() else { break };
+                if now.duration_since(queued.claimed_at) > too_old {
+                    stale.push(queued);
+                    continue;
+                }
+                slots -= 1;
+                endpoint.in_flight += 1;
+                in_flight.spawn(*id, Arc::clone(self).attempt(queued.delivery, records.clone()));
             }
         }
-        room
+        self.give_back(&stale, chrono::Utc::now()).await;
     }
 
-    /// When to look again without being woken: the next due delivery, a breaker's cool-down end, or the poll.
-    async fn next_wake(&self, room: &Room, endpoints: &HashMap<Uuid, EndpointState>) -> Instant {
+    /// Gives claimed, unsent deliveries back for `due`.
+    async fn give_back(&self, unsent: &[Queued], due: chrono::DateTime<chrono::Utc>) {
+        let deliveries: Vec<&Claimed> = unsent.iter().map(|q| &q.delivery).collect();
+        if let Err(err) = claim::release(&self.claims, &deliveries, due).await {
+            tracing::warn!(error = %err, deliveries = deliveries.len(), "cannot give back claimed deliveries; they come due again after their lease");
+        }
+    }
+
+    /// When to look again without being woken: when `next_due` comes due, a
+    /// breaker's cool-down ends, or the poll.
+    fn deadline(&self, next_due: Option<chrono::DateTime<chrono::Utc>>, endpoints: &Endpoints) -> Instant {
         let now = Instant::now();
         let mut deadline = now + self.config.poll_interval;
-        if room.total > 0 {
-            match claim::next_due(&self.pool, &room.full).await {
-                Ok(Some(due)) => {
-                    let wait = (due - chrono::Utc::now()).to_std().unwrap_or_default();
-                    // A due row that was not claimed is being claimed elsewhere: look again soon, not at once.
-                    deadline = deadline.min(now + wait.max(Duration::from_millis(20)));
-                }
-                Ok(None) => {}
-                Err(err) => tracing::warn!(error = %err, "cannot read the next due delivery"),
-            }
+        if let Some(due) = next_due {
+            let wait = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+            // A due row that was not claimed is being claimed elsewhere: look again soon, not at once.
+            deadline = deadline.min(now + wait.max(Duration::from_millis(20)));
         }
-        for until in endpoints.values().filter_map(|state| state.open_until) {
-            if until > now {
-                deadline = deadline.min(until);
-            }
+        if let Some(probe) = endpoints.next_probe() {
+            deadline = deadline.min(probe);
         }
         deadline
     }
 
-    fn settle(&self, endpoints: &mut HashMap<Uuid, EndpointState>, done: Result<Settled, tokio::task::JoinError>) {
-        let done = match done {
-            Ok(done) => done,
-            Err(err) => {
-                tracing::error!(error = %err, "a delivery attempt panicked; its delivery comes due again after its lease");
-                return;
-            }
-        };
-        let Some(state) = endpoints.get_mut(&done.endpoint_id) else { return };
-        state.in_flight -= 1;
-        if done.delivered {
-            state.consecutive_failures = 0;
-            state.open_until = None;
-        } else if done.endpoint_failed {
-            state.consecutive_failures += 1;
-            if state.consecutive_failures >= self.config.breaker_threshold {
-                if state.open_until.is_none() {
-                    tracing::warn!(endpoint_id = %done.endpoint_id, failures = state.consecutive_failures, "circuit opened: holding the endpoint's deliveries");
-                }
-                state.open_until = Some(Instant::now() + self.config.breaker_cooldown);
-            }
+    /// Settles a finished attempt; returns whether a claim may now take more.
+    async fn settle(&self, endpoints: &mut Endpoints, done: Settled, held_at_most: usize) -> bool {
+        let finished = endpoints.finished(done.endpoint_id, done.duration, done.delivered, done.endpoint_failed);
+        if !finished.given_back.is_empty() {
+            let due = chrono::Utc::now() + self.config.breaker_cooldown;
+            self.give_back(&finished.given_back, due).await;
         }
-        if state.in_flight <= 0 && state.consecutive_failures == 0 && state.open_until.is_none() {
-            endpoints.remove(&done.endpoint_id);
-        }
+        finished.claimable || endpoints.outstanding() == held_at_most / 2
     }
 
-    /// Sends one delivery and records the outcome, in a span continuing the order's trace.
-    async fn attempt(self: Arc<Self>, delivery: Claimed) -> Settled {
+    /// Sends one delivery and hands the outcome to the recorder, in a span continuing the order's trace.
+    async fn attempt(self: Arc<Self>, delivery: Claimed, records: mpsc::UnboundedSender<Record>) -> Settled {
         let kind = Kind::parse(&delivery.kind);
         let span = tracing::info_span!(
             "delivery attempt",
@@ -234,21 +319,23 @@ impl Dispatcher {
                 _ => "retried",
             };
             self.metrics.attempted(kind.as_str(), label, duration);
-            match claim::record(&self.pool, &delivery, &attempted, self.config.disable_after).await {
-                Ok((true, disabled)) => {
-                    tracing::debug!(status = attempted.status, code = ?attempted.status_code, error = %attempted.error, "delivery attempt recorded");
-                    if let Some(disabled) = disabled {
-                        tracing::warn!(endpoint_id = %disabled.endpoint_id, failing_since = %disabled.failing_since, "endpoint disabled: its deliveries kept failing");
-                    }
-                }
-                Ok((false, _)) => tracing::info!("delivery claimed again elsewhere after its lease ran out; this attempt is recorded only"),
-                Err(err) => tracing::warn!(error = %err, "cannot record a delivery attempt; the delivery comes due again after its lease"),
-            }
-            Settled {
+            tracing::debug!(status = attempted.status, code = ?attempted.status_code, error = %attempted.error, "delivery attempted");
+            let settled = Settled {
                 endpoint_id: delivery.endpoint_id,
+                duration,
                 delivered: attempted.status == "delivered",
                 endpoint_failed: attempted.endpoint_failed,
-            }
+            };
+            // The recorder outlives every attempt; should it be gone, the
+            // delivery comes due again after its lease.
+            let _ = records.send(Record {
+                delivery_id: delivery.delivery_id,
+                endpoint_id: delivery.endpoint_id,
+                attempt: delivery.attempts,
+                correlation_id: delivery.correlation_id.clone(),
+                attempted,
+            });
+            settled
         }
         .instrument(span)
         .await
@@ -298,7 +385,7 @@ impl Dispatcher {
     async fn refresh_gauges(self: Arc<Self>, stop: CancellationToken) {
         let every = self.config.poll_interval.min(Duration::from_secs(5));
         loop {
-            match claim::gauges(&self.pool).await {
+            match claim::gauges(&self.records).await {
                 Ok((pending, oldest, disabled)) => self.metrics.gauges(pending, oldest, disabled),
                 Err(err) => tracing::debug!(error = %err, "cannot read the delivery gauges"),
             }
@@ -308,6 +395,26 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// What a look at the deliveries found.
+enum Looked {
+    /// What a claim with `room` took.
+    Claimed { room: Room, claimed: Result<Vec<Claimed>, sqlx::Error> },
+    /// When the next delivery comes due.
+    NextDue(Option<chrono::DateTime<chrono::Utc>>),
+}
+
+async fn claim(pool: PgPool, room: Room, lease: Duration) -> Looked {
+    let claimed = claim::claim(&pool, &room, lease).await;
+    Looked::Claimed { room, claimed }
+}
+
+async fn next_due(pool: PgPool, room: Room) -> Looked {
+    Looked::NextDue(claim::next_due(&pool, &room.full).await.unwrap_or_else(|err| {
+        tracing::warn!(error = %err, "cannot read the next due delivery");
+        None
+    }))
 }
 
 /// ±20 %.

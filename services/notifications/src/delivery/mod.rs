@@ -9,9 +9,11 @@ pub mod config;
 pub(crate) mod db;
 mod dispatcher;
 mod email;
+mod endpoints;
 pub(crate) mod grpc;
 mod metrics;
 mod page;
+mod record;
 pub mod secret;
 mod validate;
 mod webhook;
@@ -45,10 +47,11 @@ impl Outcome {
     }
 }
 
-/// Starts the dispatcher in the background; it stops when `pool` is closed
-/// (the service's last step when it stops), letting the attempts in flight
-/// finish first. A delivery whose outcome cannot be recorded then comes due
-/// again after its lease, as after a crash.
+/// Starts the dispatcher in the background, on connections of its own made
+/// with `listen_options`; it stops when `pool` is closed (the service's last
+/// step when it stops), giving back what it claimed and did not send and
+/// letting the attempts in flight finish first. A delivery whose outcome
+/// cannot be recorded then comes due again after its lease, as after a crash.
 pub(crate) fn spawn(
     pool: PgPool,
     listen_options: PgConnectOptions,
@@ -56,7 +59,7 @@ pub(crate) fn spawn(
     registry: &Registry,
 ) -> anyhow::Result<()> {
     let metrics = metrics::DeliveryMetrics::new(registry);
-    let dispatcher = Arc::new(dispatcher::Dispatcher::new(pool.clone(), listen_options, config, metrics)?);
+    let dispatcher = Arc::new(dispatcher::Dispatcher::new(listen_options, config, metrics)?);
     let stop = CancellationToken::new();
     let closing = pool;
     let stop_on_close = stop.clone();

@@ -58,6 +58,8 @@ async fn a_lost_database_flips_readiness_and_calls_but_not_liveness(_: PgPoolOpt
     let proxy = testkit::FaultProxy::start(testkit::socket_addr_of(&direct)).await;
     let mut config = test_config(&testkit::via(&direct, proxy.addr()), &testkit::amqp_url());
     config.consumer_enabled = false;
+    // The dispatcher, on connections of its own, loses them too and waits.
+    config.delivery.enabled = true;
     let app = spawn_app(config).await;
     app.wait_health("", ServingStatus::Serving).await;
 
