@@ -115,11 +115,11 @@ pub const VARIABLES: &[&str] = &[
 pub const PREFIX: &str = "NOTIFICATIONS";
 
 /// The prefixes of [`known_variables`].
-pub const PREFIXES: &[&str] = &["NOTIFICATIONS_", inbox::variables::PREFIX];
+pub const PREFIXES: &[&str] = &["NOTIFICATIONS_", inbox::variables::PREFIX, "DELIVERY_", "SMTP_"];
 
-/// [`VARIABLES`] and the inbox's.
+/// [`VARIABLES`], the inbox's and the delivery channels'.
 pub fn known_variables() -> Vec<&'static str> {
-    VARIABLES.iter().chain(inbox::variables::VARIABLES).copied().collect()
+    VARIABLES.iter().chain(inbox::variables::VARIABLES).chain(crate::delivery::config::VARIABLES).copied().collect()
 }
 
 /// Variables that were renamed (old, new): setting the old one is warned about with the new name.

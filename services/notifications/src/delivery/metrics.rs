@@ -22,6 +22,21 @@ impl DeliveryMetrics {
         let known: Vec<[&str; 2]> =
             OUTCOMES.iter().flat_map(|outcome| KINDS.iter().map(move |kind| [*outcome, *kind])).collect();
         let known: Vec<&[&str]> = known.iter().map(|labels| labels.as_slice()).collect();
+        let attempt_duration = metrics::histogram_vec(
+            registry,
+            Name {
+                prometheus: "notifications_delivery_attempt_duration_seconds",
+                otel: "notifications.delivery.attempt.duration",
+                unit: "s",
+            },
+            "One delivery attempt: the request and its answer (or the SMTP exchange)",
+            &["kind"],
+            metrics::LATENCY_BUCKETS,
+        );
+        // A series per kind from the start, as the counters have.
+        for kind in KINDS {
+            attempt_duration.with_label_values(&[kind]);
+        }
         Self {
             deliveries: metrics::counter_vec(
                 registry,
@@ -30,17 +45,7 @@ impl DeliveryMetrics {
                 &["outcome", "kind"],
                 &known,
             ),
-            attempt_duration: metrics::histogram_vec(
-                registry,
-                Name {
-                    prometheus: "notifications_delivery_attempt_duration_seconds",
-                    otel: "notifications.delivery.attempt.duration",
-                    unit: "s",
-                },
-                "One delivery attempt: the request and its answer (or the SMTP exchange)",
-                &["kind"],
-                metrics::LATENCY_BUCKETS,
-            ),
+            attempt_duration,
             pending: metrics::gauge(
                 registry,
                 Name {

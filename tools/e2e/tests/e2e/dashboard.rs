@@ -12,7 +12,7 @@ use std::{
 use crate::support::{api, db, process::Spec, scratch::Scratch};
 
 /// Prefixes of the metrics Pulse itself exports (the queries also use Prometheus's own, `up` and the like).
-const PREFIXES: [&str; 3] = ["outbox_", "inbox_", "rpc_"];
+const PREFIXES: [&str; 5] = ["outbox_", "inbox_", "rpc_", "orders_", "notifications_"];
 
 /// Every series the dashboards and the alert rules query is one the services
 /// export on `/metrics` (which the collector scrapes, see [`super::collector`])
@@ -57,8 +57,10 @@ async fn every_metric_the_dashboards_and_alerts_query_is_exported_by_the_service
     assert!(
         queried.keys().any(|name| name.starts_with("outbox_"))
             && queried.keys().any(|name| name.starts_with("inbox_"))
-            && queried.keys().any(|name| name.starts_with("rpc_")),
-        "the dashboards and rules query the outbox, the inbox and gRPC: {queried:?}"
+            && queried.keys().any(|name| name.starts_with("rpc_"))
+            && queried.keys().any(|name| name.starts_with("orders_saga"))
+            && queried.keys().any(|name| name.starts_with("notifications_deliver")),
+        "the dashboards and rules query the outbox, the inbox, gRPC, the saga and the deliveries: {queried:?}"
     );
     let missing: Vec<String> = queried
         .iter()
