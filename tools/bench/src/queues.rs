@@ -68,20 +68,14 @@ pub(crate) async fn wait_consumer_of(url: &str, queue: &str, limit: std::time::D
 /// The bench's own virtual host, so that nothing else publishing to
 /// `pulse.events` on the same broker reaches the consumer it measures (and the
 /// bench's events reach nobody else). Made with `rabbitmqctl` when this machine
-/// runs the broker; otherwise the given URL is used as it is.
+/// runs the broker; otherwise (or if the broker does not answer in time) the
+/// given URL is used as it is.
 pub(crate) fn isolated(url: &str) -> (String, Option<String>) {
     const VHOST: &str = "pulse-bench";
-    let ctl = |args: &[&str]| {
-        std::process::Command::new("rabbitmqctl")
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success())
-    };
-    let _ = ctl(&["add_vhost", VHOST]);
-    if !ctl(&["set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"]) {
-        eprintln!("bench: rabbitmqctl unavailable; sharing the broker's vhost with whatever else runs there");
+    // Already there (a run that could not remove it): kept, as it is.
+    let _ = rabbitmqctl(&["add_vhost", VHOST]);
+    if let Err(err) = rabbitmqctl(&["set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"]) {
+        eprintln!("bench: {err}; sharing the broker's vhost with whatever else runs there");
         return (url.to_owned(), None);
     }
     let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
@@ -90,9 +84,38 @@ pub(crate) fn isolated(url: &str) -> (String, Option<String>) {
 
 /// Deletes the bench's virtual host and everything in it.
 pub(crate) fn remove(vhost: &str) {
-    let _ = std::process::Command::new("rabbitmqctl")
-        .args(["delete_vhost", vhost])
+    if let Err(err) = rabbitmqctl(&["delete_vhost", vhost]) {
+        eprintln!("bench: the vhost {vhost} stays: {err}");
+    }
+}
+
+/// How long a `rabbitmqctl` call may take: a broker that does not finish a
+/// vhost operation must not hang the run.
+const CTL_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs `rabbitmqctl` with `args`, killed after [`CTL_LIMIT`].
+fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
+    let what = format!("rabbitmqctl {}", args.join(" "));
+    let mut child = std::process::Command::new("rabbitmqctl")
+        .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .status();
+        .spawn()
+        .map_err(|err| format!("{what}: {err}"))?;
+    let deadline = std::time::Instant::now() + CTL_LIMIT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => return Err(format!("{what}: {status}")),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{what}: no answer within {CTL_LIMIT:?}"));
+            }
+            Err(err) => return Err(format!("{what}: {err}")),
+        }
+    }
 }
