@@ -17,10 +17,10 @@ use uuid::Uuid;
 
 use super::spinner;
 use crate::{
-    latency, load,
+    cpu, latency, load,
     plan::Plan,
     receiver::{self, Arrival, Receiver},
-    report::{Report, ms, round, target_mark},
+    report::{Report, cpu_row, ms, round, target_mark},
     stack::Stack,
 };
 
@@ -81,19 +81,28 @@ pub(super) async fn webhooks(plan: &Plan, stack: &mut Stack, report: &mut Report
     stack.stop_notifications().await?;
     let mark = receiver.len();
     let bar = spinner(format!("webhooks: {} deliveries", backlog.ok));
+    let cpu_before = cpu::CpuSnapshot::take();
     start_notifications(stack, true).await?;
     receiver.wait_for(&backlog.order_ids, mark, plan.settle).await?;
+    let dispatch_cpu = cpu_before.per_unit(&cpu::CpuSnapshot::take(), backlog.ok);
     bar.finish_and_clear();
     let sent = receiver.since(mark);
     let firsts: Vec<Arrival> = receiver::first_by_order(&sent).into_values().cloned().collect();
     let sustained = receiver::rate(firsts.iter());
     let mark = receiver.len();
     let bar = spinner(format!("plain HTTP client: {} requests", firsts.len()));
+    let cpu_before = cpu::CpuSnapshot::take();
+    let requests = firsts.len() as u64;
     let refused = receiver::post_plain(receiver.addr, firsts, ENDPOINT_CONCURRENCY).await?;
+    let plain_cpu = cpu_before.per_unit(&cpu::CpuSnapshot::take(), requests);
     bar.finish_and_clear();
     anyhow::ensure!(refused == 0, "the receiver refused {refused} of the plain client's requests");
     let plain = receiver::rate(receiver.since(mark).iter().filter(|a| a.plain));
     sustained_rows(report, plan.webhook_backlog, sustained, plain);
+    report.set("webhooks.cpu_us_per_delivery", dispatch_cpu.clone());
+    cpu_row(report, "CPU per delivery sustained (the receiver is in bench)", &dispatch_cpu);
+    report.set("webhooks.plain_client_cpu_us_per_request", plain_cpu.clone());
+    cpu_row(report, "CPU per plain client request (client and receiver in bench)", &plain_cpu);
     phase_orders.extend(backlog.order_ids);
 
     // 3. Every order delivered, duplicates only under one webhook-id, none left.
