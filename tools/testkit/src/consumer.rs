@@ -169,16 +169,33 @@ pub struct Sweep(pub Topology);
 
 impl Drop for Sweep {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
+        if std::thread::panicking() {
+            delete_now(&self.0);
         }
-        let topology = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async { Broker::connect(Duration::ZERO).await.delete(&topology).await });
-        })
-        .join();
     }
+}
+
+/// Deletes a test's exchange and queues when dropped, however the test ends:
+/// for a test whose queues need not outlive it. Every quorum queue left
+/// behind holds a few of the broker's file descriptors; a few hundred leaked
+/// ones exhaust a broker started with the usual limit of 1,024, which then
+/// stops accepting connections.
+pub struct Cleanup(pub Topology);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        delete_now(&self.0);
+    }
+}
+
+/// Deletes `topology` from a thread of its own (a `Drop` cannot await).
+fn delete_now(topology: &Topology) {
+    let topology = topology.clone();
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async { Broker::connect(Duration::ZERO).await.delete(&topology).await });
+    })
+    .join();
 }
 
 /// A text header of a message taken off a queue.

@@ -47,16 +47,16 @@ pub(crate) struct Setup {
     pub(crate) pool: sqlx::PgPool,
     pub(crate) broker: Broker,
     pub(crate) exchange: String,
-    _sweep: Sweep,
+    _cleanup: testkit::consumer::Cleanup,
 }
 
 pub(crate) async fn start(config: Config, db: &sqlx::postgres::PgConnectOptions) -> Setup {
     let topology = config.inbox.topology();
-    let sweep = Sweep(topology.clone());
+    let cleanup = testkit::consumer::Cleanup(topology.clone());
     let mut app = spawn_app(config).await;
     app.wait_connected(true).await;
     let broker = Broker::connect().await;
-    Setup { app, pool: pool(db).await, broker, exchange: topology.exchange.clone(), _sweep: sweep }
+    Setup { app, pool: pool(db).await, broker, exchange: topology.exchange.clone(), _cleanup: cleanup }
 }
 
 impl Setup {
