@@ -59,7 +59,7 @@ pub(crate) struct Inserted {
 /// its event type. An event that already made its notification is skipped
 /// (the inbox should have caught it first; the unique event id holds even past
 /// the inbox's dedup window), and so makes no delivery. When deliveries were
-/// made, the dispatchers are notified at commit (a second statement, only then).
+/// made, the same statement notifies the dispatchers (at commit).
 pub(crate) async fn insert(tx: &mut PgConnection, new: &[NewNotification]) -> Result<Inserted, sqlx::Error> {
     let ids: Vec<Uuid> = new.iter().map(|_| Uuid::now_v7()).collect();
     let orders: Vec<Uuid> = new.iter().map(|n| n.order_id).collect();
@@ -69,7 +69,7 @@ pub(crate) async fn insert(tx: &mut PgConnection, new: &[NewNotification]) -> Re
     let types: Vec<&str> = new.iter().map(|n| n.event_type).collect();
     let data: Vec<&str> = new.iter().map(|n| n.data.as_str()).collect();
     let traceparents: Vec<Option<&str>> = new.iter().map(|n| n.traceparent.as_deref()).collect();
-    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+    let rows: Vec<Uuid> = sqlx::query_scalar(
         "WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
                  AS i (notification_id, order_id, event_id, message, correlation_id, event_type, data, traceparent)
@@ -87,8 +87,10 @@ pub(crate) async fn insert(tx: &mut PgConnection, new: &[NewNotification]) -> Re
              JOIN delivery_endpoints e
                ON e.enabled AND (cardinality(e.event_types) = 0 OR i.event_type = ANY (e.event_types))
              RETURNING 1
+         ), notified AS (
+             SELECT pg_notify($9, '') FROM (SELECT FROM delivering LIMIT 1) AS any_delivery
          )
-         SELECT event_id, (SELECT count(*) FROM delivering) FROM inserted",
+         SELECT event_id FROM inserted, (SELECT count(*) FROM notified) AS wake",
     )
     .bind(&ids)
     .bind(&orders)
@@ -98,13 +100,10 @@ pub(crate) async fn insert(tx: &mut PgConnection, new: &[NewNotification]) -> Re
     .bind(&types)
     .bind(&data)
     .bind(&traceparents)
+    .bind(crate::delivery::db::CHANNEL)
     .fetch_all(&mut *tx)
     .await?;
-    let deliveries = rows.first().map_or(0, |(_, count)| *count);
-    if deliveries > 0 {
-        crate::delivery::db::notify(tx).await?;
-    }
-    Ok(Inserted { events: rows.into_iter().map(|(event, _)| event).collect() })
+    Ok(Inserted { events: rows.into_iter().collect() })
 }
 
 /// Where a page of one order's notifications starts: after this notification.
