@@ -124,6 +124,21 @@ amqp_ready() {
     tcp_open "$AMQP_HOST" "$AMQP_PORT"
 }
 
+# Debian's rabbitmq-server wrapper starts the node through `su rabbitmq`,
+# which leaves it 1,024 file descriptors: each quorum queue holds a few, so a
+# few hundred queues (a test run's) use them up and the broker stops accepting
+# connections. The node is started with the hard limit instead when the
+# wrapper's layout is there.
+start_rabbitmq() {
+    local node=/usr/lib/rabbitmq/bin/rabbitmq-server
+    if [[ -x "$node" ]] && id rabbitmq >/dev/null 2>&1; then
+        # shellcheck disable=SC2016 # expanded by the rabbitmq user's shell
+        as_root su rabbitmq -s /bin/sh -c 'ulimit -n "$(ulimit -Hn)"; cd /var/lib/rabbitmq && exec "$0" -detached' "$node"
+    else
+        as_root rabbitmq-server -detached
+    fi
+}
+
 ensure_rabbitmq() {
     amqp_ready && return
     if ! command -v rabbitmq-server >/dev/null 2>&1; then
@@ -133,7 +148,7 @@ ensure_rabbitmq() {
     fi
     pulse_log "starting RabbitMQ"
     # Fails when a node is already running (still booting): the wait below decides.
-    as_root rabbitmq-server -detached </dev/null >>"$START_LOG" 2>&1 || true
+    start_rabbitmq </dev/null >>"$START_LOG" 2>&1 || true
     local secs=$((WAIT_SECS + 30))
     wait_until "$secs" "RabbitMQ" amqp_ready ||
         pulse_die "RabbitMQ did not accept connections on $AMQP_HOST:$AMQP_PORT within ${secs}s" \
