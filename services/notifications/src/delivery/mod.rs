@@ -4,6 +4,7 @@
 //! the [`dispatcher`] sends them and retries; [`grpc`] serves
 //! `pulse.notifications.v1.DeliveryService`.
 
+mod attempt;
 mod claim;
 pub mod config;
 pub(crate) mod db;
