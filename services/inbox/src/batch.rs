@@ -80,7 +80,17 @@ pub(crate) async fn apply<H: Handler>(
         result = run(conn, handler, items, &pending, true, &db).await;
     }
     match result {
-        Ok(()) => pending.iter().any(|i| items[*i].outcome == Outcome::Processed),
+        Ok(()) => {
+            let committed: Vec<_> = pending
+                .iter()
+                .filter(|i| items[**i].outcome == Outcome::Processed)
+                .filter_map(|i| items[*i].parsed.as_ref().map(|(event, ctx)| (event, ctx)))
+                .collect();
+            if !committed.is_empty() {
+                handler.committed(&committed);
+            }
+            !committed.is_empty()
+        }
         Err(stop) => {
             // Whatever state it is in, the next batch starts on a new connection.
             *slot = None;

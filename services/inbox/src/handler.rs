@@ -84,6 +84,16 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), BatchError>> + Send {
         handle_each(self, tx, events)
     }
+
+    /// Called once the transaction that applied `events` has committed, before
+    /// they are acked: a place for quick in-process work that must wait for the
+    /// commit, such as handing what the transaction wrote to a local worker.
+    /// It is not called for a transaction that rolled back, nor again for the
+    /// events after a crash, so nothing durable may depend on it. Does nothing
+    /// by default.
+    fn committed(&self, events: &[(&Self::Event, &MessageContext)]) {
+        let _ = events;
+    }
 }
 
 /// Decodes `payload` as a `M`: [`Handler::decode`] for a handler of one message type.
