@@ -1,12 +1,17 @@
 //! The notifications table: one row per consumed order event (and the
 //! deliveries written with it).
 
-use std::collections::HashSet;
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use platform::consumer::Schemas;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{FromRow, PgConnection, PgPool, Row};
 use uuid::Uuid;
+
+use crate::delivery::Claimed;
 
 /// The inbox's schema, then this service's own migrations. Versions 1 and 3
 /// of those (the inbox's tables) now come with the inbox crate: databases
@@ -52,15 +57,23 @@ pub(crate) struct NewNotification {
 pub(crate) struct Inserted {
     /// The events whose notification is new.
     pub(crate) events: HashSet<Uuid>,
+    /// The deliveries claimed for this replica's dispatcher, by event id.
+    pub(crate) claimed: HashMap<Uuid, Vec<Claimed>>,
 }
 
 /// Inserts inside the caller's transaction, in one statement, the new
 /// notifications and, for each, a delivery per enabled endpoint subscribed to
 /// its event type. An event that already made its notification is skipped
 /// (the inbox should have caught it first; the unique event id holds even past
-/// the inbox's dedup window), and so makes no delivery. When deliveries were
-/// made, the same statement notifies the dispatchers (at commit).
-pub(crate) async fn insert(tx: &mut PgConnection, new: &[NewNotification]) -> Result<Inserted, sqlx::Error> {
+/// the inbox's dedup window), and so makes no delivery. With `claim` (a lease
+/// and the endpoints to leave out), the deliveries of the other endpoints are
+/// written claimed for this replica's dispatcher and returned; when unclaimed
+/// deliveries were made, the same statement notifies the dispatchers (at commit).
+pub(crate) async fn insert(
+    tx: &mut PgConnection,
+    new: &[NewNotification],
+    claim: Option<&(Duration, Vec<Uuid>)>,
+) -> Result<Inserted, sqlx::Error> {
     let ids: Vec<Uuid> = new.iter().map(|_| Uuid::now_v7()).collect();
     let orders: Vec<Uuid> = new.iter().map(|n| n.order_id).collect();
     let events: Vec<Uuid> = new.iter().map(|n| n.event_id).collect();
@@ -69,7 +82,7 @@ pub(crate) async fn insert(tx: &mut PgConnection, new: &[NewNotification]) -> Re
     let types: Vec<&str> = new.iter().map(|n| n.event_type).collect();
     let data: Vec<&str> = new.iter().map(|n| n.data.as_str()).collect();
     let traceparents: Vec<Option<&str>> = new.iter().map(|n| n.traceparent.as_deref()).collect();
-    let rows: Vec<Uuid> = sqlx::query_scalar(
+    let rows = sqlx::query(
         "WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
                  AS i (notification_id, order_id, event_id, message, correlation_id, event_type, data, traceparent)
@@ -80,17 +93,29 @@ pub(crate) async fn insert(tx: &mut PgConnection, new: &[NewNotification]) -> Re
              RETURNING notification_id, event_id
          ), delivering AS (
              INSERT INTO deliveries (delivery_id, endpoint_id, notification_id, order_id, event_type, data, message,
-                                     traceparent, correlation_id)
+                                     traceparent, correlation_id, attempts, next_attempt_at, claimed_until)
              SELECT delivery_uuid_v7(), e.endpoint_id, i.notification_id, i.order_id, i.event_type, i.data::jsonb,
-                    i.message, i.traceparent, i.correlation_id
+                    i.message, i.traceparent, i.correlation_id, CASE WHEN c.claim THEN 1 ELSE 0 END,
+                    CASE WHEN c.claim THEN now() + $10 ELSE clock_timestamp() END,
+                    CASE WHEN c.claim THEN now() + $10 END
              FROM inserted JOIN input i USING (notification_id)
              JOIN delivery_endpoints e
                ON e.enabled AND (cardinality(e.event_types) = 0 OR i.event_type = ANY (e.event_types))
-             RETURNING 1
+             CROSS JOIN LATERAL (
+                 SELECT $10::interval IS NOT NULL AND NOT (e.endpoint_id = ANY ($11::uuid[])) AS claim
+             ) c
+             RETURNING delivery_id, endpoint_id, notification_id, order_id, event_type, data, message, attempts,
+                       traceparent, correlation_id, created_at, claimed_until IS NOT NULL AS claimed
          ), notified AS (
-             SELECT pg_notify($9, '') FROM (SELECT FROM delivering LIMIT 1) AS any_delivery
+             SELECT pg_notify($9, '') FROM (SELECT FROM delivering WHERE NOT claimed LIMIT 1) AS any_delivery
          )
-         SELECT event_id FROM inserted, (SELECT count(*) FROM notified) AS wake",
+         SELECT n.event_id, d.delivery_id, d.endpoint_id, d.order_id, d.event_type, d.data, d.message, d.attempts,
+                d.traceparent, d.correlation_id, d.created_at, e.kind, e.url, e.email_address, e.secret,
+                e.previous_secret, e.previous_secret_expires_at
+         FROM inserted n
+         LEFT JOIN delivering d ON d.notification_id = n.notification_id AND d.claimed
+         LEFT JOIN delivery_endpoints e ON e.endpoint_id = d.endpoint_id,
+         (SELECT count(*) FROM notified) AS wake",
     )
     .bind(&ids)
     .bind(&orders)
@@ -101,9 +126,19 @@ pub(crate) async fn insert(tx: &mut PgConnection, new: &[NewNotification]) -> Re
     .bind(&data)
     .bind(&traceparents)
     .bind(crate::delivery::db::CHANNEL)
+    .bind(claim.map(|(lease, _)| *lease))
+    .bind(claim.map_or(&[][..], |(_, refused)| refused.as_slice()))
     .fetch_all(&mut *tx)
     .await?;
-    Ok(Inserted { events: rows.into_iter().collect() })
+    let mut inserted = Inserted::default();
+    for row in rows {
+        let event_id: Uuid = row.try_get("event_id")?;
+        inserted.events.insert(event_id);
+        if row.try_get::<Option<Uuid>, _>("delivery_id")?.is_some() {
+            inserted.claimed.entry(event_id).or_default().push(Claimed::from_row(&row)?);
+        }
+    }
+    Ok(inserted)
 }
 
 /// Where a page of one order's notifications starts: after this notification.

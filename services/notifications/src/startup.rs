@@ -33,7 +33,6 @@ const SPEC: Spec = Spec {
 /// starts the delivery dispatcher (unless DELIVERY_ENABLED is off).
 pub async fn build(config: Config) -> anyhow::Result<App> {
     let kit = Kit::start(SPEC, &config.server(), &config.inbox, crate::db::schemas()).await?;
-    let handler = config.consumer_enabled.then_some(OrderEventsHandler);
     let admin_token = config.admin_token_file.as_deref().map(read_admin_token).transpose()?;
     let api = NotificationApi::new(kit.pool().clone());
     let delivery = &config.delivery;
@@ -41,10 +40,13 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     if delivery.secret_key.is_none() {
         tracing::warn!("no DELIVERY_SECRET_KEY: webhook endpoints cannot be created or have their secret rotated");
     }
-    if delivery.enabled {
+    let handoff = if delivery.enabled {
         let listen_options = platform::db::connect_options(&config.database_url)?;
-        crate::delivery::spawn(kit.pool().clone(), listen_options, delivery.clone(), kit.registry())?;
-    }
+        Some(crate::delivery::spawn(kit.pool().clone(), listen_options, delivery.clone(), kit.registry())?)
+    } else {
+        None
+    };
+    let handler = config.consumer_enabled.then(|| OrderEventsHandler::new(handoff));
     kit.serve(None, handler, admin_token, |router| {
         router
             .add_service(

@@ -31,6 +31,7 @@ use super::{
     db::CHANNEL,
     email::EmailSender,
     endpoints::{Endpoints, Queued},
+    handoff,
     metrics::DeliveryMetrics,
     record::{self, Record},
     webhook::WebhookSender,
@@ -72,13 +73,13 @@ impl Dispatcher {
         Ok(Self { claims, records, listen_options, config, webhook, email, metrics })
     }
 
-    fn lease(&self) -> Duration {
+    pub(super) fn lease(&self) -> Duration {
         self.config.timeout + LEASE_MARGIN
     }
 
-    /// Runs until `stop` fires, then gives back what it claimed and did not
-    /// send, lets the attempts in flight finish and records them.
-    pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken) {
+    /// Runs until `stop` fires, then gives back what it claimed (or was
+    /// handed) and did not send, lets the attempts in flight finish and records them.
+    pub(crate) async fn run(self: Arc<Self>, mut handoff: handoff::Receiver, stop: CancellationToken) {
         let wake = Arc::new(Notify::new());
         let mut helpers = JoinSet::new();
         helpers.spawn(listen(self.listen_options.clone(), Arc::clone(&wake), stop.clone()));
@@ -106,6 +107,7 @@ impl Dispatcher {
                 look |= self.settle(&mut endpoints, done, held_at_most).await;
             }
             self.start_attempts(&mut endpoints, &mut in_flight, &records).await;
+            handoff.report(endpoints.outstanding() < held_at_most, endpoints.refusing());
             if look && looking.is_none() {
                 look = false;
                 let room = endpoints.room(held_at_most.saturating_sub(endpoints.outstanding()));
@@ -118,6 +120,12 @@ impl Dispatcher {
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = wake.notified() => look = true,
+                Some(handed) = handoff.handed.recv() => {
+                    let now = Instant::now();
+                    for delivery in handed {
+                        endpoints.queue(delivery, now);
+                    }
+                }
                 looked = async { looking.as_mut().expect("guarded").await }, if looking.is_some() => {
                     looking = None;
                     match looked {
@@ -152,11 +160,19 @@ impl Dispatcher {
                 }
             }
         }
+        handoff.report(false, Vec::new());
         if let Some(looking) = looking
             && let Looked::Claimed { claimed: Ok(claimed), .. } = looking.await
         {
             let now = Instant::now();
             for delivery in claimed {
+                endpoints.queue(delivery, now);
+            }
+        }
+        handoff.handed.close();
+        while let Ok(handed) = handoff.handed.try_recv() {
+            let now = Instant::now();
+            for delivery in handed {
                 endpoints.queue(delivery, now);
             }
         }

@@ -181,6 +181,16 @@ impl Endpoints {
         Finished { given_back, claimable: !was_free && self.free(endpoint, now).is_some() }
     }
 
+    /// Endpoints that are to be handed no more deliveries: their breaker is
+    /// not closed, or they hold all they may.
+    pub(crate) fn refusing(&self) -> Vec<Uuid> {
+        self.by_id
+            .iter()
+            .filter(|(_, e)| e.open_until.is_some() || e.outstanding() >= e.depth(self.concurrency))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// When the first open circuit closes for a probe.
     pub(crate) fn next_probe(&self) -> Option<Instant> {
         let now = Instant::now();

@@ -12,6 +12,7 @@ mod dispatcher;
 mod email;
 mod endpoints;
 pub(crate) mod grpc;
+mod handoff;
 mod metrics;
 mod page;
 mod record;
@@ -25,7 +26,9 @@ use sqlx::{PgPool, postgres::PgConnectOptions};
 use telemetry::metrics::Registry;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use claim::Claimed;
 pub use config::DeliveryConfig;
+pub(crate) use handoff::Handoff;
 
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,14 +56,16 @@ impl Outcome {
 /// step when it stops), giving back what it claimed and did not send and
 /// letting the attempts in flight finish first. A delivery whose outcome
 /// cannot be recorded then comes due again after its lease, as after a crash.
+/// Returns the consumer's shortcut to it.
 pub(crate) fn spawn(
     pool: PgPool,
     listen_options: PgConnectOptions,
     config: DeliveryConfig,
     registry: &Registry,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Handoff> {
     let metrics = metrics::DeliveryMetrics::new(registry);
     let dispatcher = Arc::new(dispatcher::Dispatcher::new(listen_options, config, metrics)?);
+    let (handoff, handed) = handoff::channel(dispatcher.lease());
     let stop = CancellationToken::new();
     let closing = pool;
     let stop_on_close = stop.clone();
@@ -68,6 +73,6 @@ pub(crate) fn spawn(
         closing.close_event().await;
         stop_on_close.cancel();
     });
-    tokio::spawn(dispatcher.run(stop));
-    Ok(())
+    tokio::spawn(dispatcher.run(handed, stop));
+    Ok(handoff)
 }

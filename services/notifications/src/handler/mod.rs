@@ -12,12 +12,40 @@ use telemetry::{DbTarget, correlation::CorrelationId};
 use tracing::{Instrument, Span};
 use uuid::Uuid;
 
-use crate::db::{self, NewNotification};
+use crate::{
+    db::{self, Inserted, NewNotification},
+    delivery::Handoff,
+};
 
 /// The inbox handler of `pulse.events.v1.OrderCreated`, `OrderCompleted` and
 /// `OrderFailed`, all on one queue so an order's notifications keep its order.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct OrderEventsHandler;
+/// With a [`Handoff`] (this replica dispatches), the deliveries it writes are
+/// claimed for the local dispatcher and handed to it at the commit.
+#[derive(Debug, Clone, Default)]
+pub struct OrderEventsHandler {
+    handoff: Option<Handoff>,
+}
+
+impl OrderEventsHandler {
+    pub(crate) fn new(handoff: Option<Handoff>) -> Self {
+        Self { handoff }
+    }
+
+    async fn insert(&self, tx: &mut PgConnection, new: &[NewNotification]) -> Result<Inserted, sqlx::Error> {
+        let Some(handoff) = &self.handoff else { return db::insert(tx, new, None).await };
+        let claim = handoff.claim();
+        let mut inserted = db::insert(tx, new, claim.as_ref()).await?;
+        if claim.is_some() {
+            for notification in new {
+                handoff.written(
+                    notification.event_id,
+                    inserted.claimed.remove(&notification.event_id).unwrap_or_default(),
+                );
+            }
+        }
+        Ok(inserted)
+    }
+}
 
 impl Handler for OrderEventsHandler {
     type Event = OrderEvent;
@@ -87,7 +115,7 @@ impl Handler for OrderEventsHandler {
     ) -> Result<(), HandlerError> {
         let new = notification_for(event, ctx)?;
         let span = statement_spans(std::iter::once(ctx)).pop().unwrap_or_else(Span::none);
-        let inserted = db::insert(tx, std::slice::from_ref(&new)).instrument(span).await?;
+        let inserted = self.insert(tx, std::slice::from_ref(&new)).instrument(span).await?;
         log_inserted(&new, inserted.events.contains(&new.event_id));
         Ok(())
     }
@@ -107,12 +135,18 @@ impl Handler for OrderEventsHandler {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let spans = statement_spans(events.iter().map(|(_, ctx)| *ctx));
-        let inserted = db::insert(tx, &new).await?;
+        let inserted = self.insert(tx, &new).await?;
         drop(spans);
         for (notification, (_, ctx)) in new.iter().zip(events) {
             ctx.span.in_scope(|| log_inserted(notification, inserted.events.contains(&notification.event_id)));
         }
         Ok(())
+    }
+
+    fn committed(&self, events: &[(&OrderEvent, &MessageContext)]) {
+        if let Some(handoff) = &self.handoff {
+            handoff.committed(events.iter().map(|(_, ctx)| ctx.event_id));
+        }
     }
 }
 

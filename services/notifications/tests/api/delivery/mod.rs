@@ -5,4 +5,5 @@
 mod email;
 mod rpc;
 mod support;
+mod wake;
 mod webhook;

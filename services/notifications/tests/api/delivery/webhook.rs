@@ -51,27 +51,6 @@ async fn delivered_once_signed_with_the_pinned_headers(_: PgPoolOptions, db: PgC
 }
 
 #[sqlx::test(migrations = false)]
-async fn the_commit_wakes_the_dispatcher_without_waiting_for_its_poll(_: PgPoolOptions, db: PgConnectOptions) {
-    let mut config = config(&db);
-    // Only the wake-up at the notification's commit can send it in time.
-    config.delivery.poll_interval = Duration::from_secs(120);
-    let setup = start(config, &db).await;
-    let receiver = WebhookReceiver::start().await;
-    setup.webhook(&receiver.url("/"), &[]).await;
-    // The dispatcher's first look (at its start) has come and gone.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    for _ in 0..3 {
-        let started = std::time::Instant::now();
-        let (order_id, _) = setup.order().await;
-        let delivery = setup.settled(&order_id, DeliveryStatus::Delivered).await;
-        assert_eq!(delivery.attempts, 1);
-        assert!(started.elapsed() < Duration::from_secs(10), "delivered after {:?}", started.elapsed());
-    }
-    assert_eq!(receiver.received().len(), 3);
-    setup.app.stop().await;
-}
-
-#[sqlx::test(migrations = false)]
 async fn server_errors_are_retried_on_the_schedule_with_the_same_id(_: PgPoolOptions, db: PgConnectOptions) {
     let setup = start(config(&db), &db).await;
     let receiver = WebhookReceiver::start().await;
