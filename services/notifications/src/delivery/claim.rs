@@ -31,6 +31,29 @@ pub(crate) struct Claimed {
 }
 
 impl Claimed {
+    /// A claimed webhook delivery of `endpoint_id` with nothing else set.
+    #[cfg(test)]
+    pub(crate) fn of_endpoint(endpoint_id: Uuid) -> Self {
+        Self {
+            delivery_id: Uuid::now_v7(),
+            endpoint_id,
+            order_id: Uuid::nil(),
+            event_type: String::new(),
+            data: serde_json::Value::Null,
+            message: String::new(),
+            attempts: 1,
+            traceparent: None,
+            correlation_id: String::new(),
+            created_at: chrono::Utc::now(),
+            kind: "webhook".into(),
+            url: None,
+            email_address: None,
+            secret: None,
+            previous_secret: None,
+            previous_secret_expires_at: None,
+        }
+    }
+
     /// The webhook body; the same on every attempt.
     pub(crate) fn body(&self) -> String {
         serde_json::json!({

@@ -214,24 +214,7 @@ mod tests {
     use super::*;
 
     fn claimed(endpoint_id: Uuid) -> Claimed {
-        Claimed {
-            delivery_id: Uuid::now_v7(),
-            endpoint_id,
-            order_id: Uuid::nil(),
-            event_type: String::new(),
-            data: serde_json::Value::Null,
-            message: String::new(),
-            attempts: 1,
-            traceparent: None,
-            correlation_id: String::new(),
-            created_at: chrono::Utc::now(),
-            kind: "webhook".into(),
-            url: None,
-            email_address: None,
-            secret: None,
-            previous_secret: None,
-            previous_secret_expires_at: None,
-        }
+        Claimed::of_endpoint(endpoint_id)
     }
 
     #[test]

@@ -112,24 +112,7 @@ mod tests {
     use super::*;
 
     fn claimed(endpoint_id: Uuid) -> Claimed {
-        Claimed {
-            delivery_id: Uuid::now_v7(),
-            endpoint_id,
-            order_id: Uuid::new_v4(),
-            event_type: "order.created".into(),
-            data: serde_json::json!({}),
-            message: String::new(),
-            attempts: 1,
-            traceparent: None,
-            correlation_id: "c".into(),
-            created_at: chrono::Utc::now(),
-            kind: "webhook".into(),
-            url: Some("http://example.com".into()),
-            email_address: None,
-            secret: None,
-            previous_secret: None,
-            previous_secret_expires_at: None,
-        }
+        Claimed::of_endpoint(endpoint_id)
     }
 
     #[test]
