@@ -1,7 +1,7 @@
 //! A real HTTP server on 127.0.0.1 that receives webhooks: each request is
-//! recorded (method, path, headers, body, arrival time) and answered as
-//! scripted (status, Retry-After, a delay, or never), in order, then with the
-//! default answer.
+//! recorded (method, path, headers, body, arrival time, the client's address)
+//! and answered as scripted (status, Retry-After, a body, a delay, or never),
+//! in order, then with the default answer.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -13,7 +13,7 @@ use std::{
 use axum::{
     Router,
     body::Bytes,
-    extract::State,
+    extract::{ConnectInfo, State},
     http::{HeaderMap, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
 };
@@ -24,13 +24,19 @@ use tokio_util::sync::CancellationToken;
 pub struct Reply {
     pub status: u16,
     pub retry_after: Option<String>,
+    pub body: String,
     /// Waited before answering; long enough, it is a hang.
     pub delay: Duration,
 }
 
 impl Reply {
     pub fn status(status: u16) -> Self {
-        Self { status, retry_after: None, delay: Duration::ZERO }
+        Self { status, retry_after: None, body: String::new(), delay: Duration::ZERO }
+    }
+
+    pub fn body(mut self, body: &str) -> Self {
+        self.body = body.to_owned();
+        self
     }
 
     pub fn retry_after(mut self, value: &str) -> Self {
@@ -58,6 +64,8 @@ pub struct Received {
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
     pub at: Instant,
+    /// The client's address: one per connection.
+    pub peer: SocketAddr,
 }
 
 impl Received {
@@ -100,8 +108,9 @@ impl WebhookReceiver {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         tokio::spawn(async move {
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
             let _ =
-                axum::serve(listener, router).with_graceful_shutdown(async move { stopped.cancelled().await }).await;
+                axum::serve(listener, service).with_graceful_shutdown(async move { stopped.cancelled().await }).await;
         });
         Self { addr, shared, stop }
     }
@@ -145,6 +154,7 @@ impl WebhookReceiver {
 
 async fn handle(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -161,6 +171,7 @@ async fn handle(
         headers,
         body: body.to_vec(),
         at,
+        peer,
     });
     let reply = shared.script.lock().unwrap().pop_front();
     let reply = reply.or_else(|| shared.default.lock().unwrap().clone()).unwrap_or_else(|| Reply::status(200));
@@ -168,7 +179,7 @@ async fn handle(
         tokio::time::sleep(reply.delay).await;
     }
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, "").into_response();
+    let mut response = (status, reply.body).into_response();
     if let Some(value) = reply.retry_after {
         response.headers_mut().insert("retry-after", value.parse().unwrap());
     }

@@ -21,6 +21,8 @@ use super::{
 
 /// The longest Retry-After honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// The most of an answer's body read; past it, the connection is closed.
+const MAX_DRAINED: usize = 64 * 1024;
 
 /// Sends webhooks; one client (and its connection pools) per dispatcher.
 pub(crate) struct WebhookSender {
@@ -72,7 +74,11 @@ impl WebhookSender {
             .header("traceparent", traceparent)
             .body(body);
         match request.send().await {
-            Ok(response) => classify(response.status(), response.headers()),
+            Ok(mut response) => {
+                let outcome = classify(response.status(), response.headers());
+                drain(&mut response).await;
+                outcome
+            }
             Err(err) => match private_refusal(&err) {
                 Some(reason) => Outcome::failed(None, reason),
                 None => Outcome::retry(err.status().map(|s| s.as_u16()), describe(&err), None),
@@ -93,6 +99,19 @@ impl WebhookSender {
             secrets.push(key.decrypt(sealed)?);
         }
         Ok(secrets)
+    }
+}
+
+/// Reads what is left of an answer's body, up to [`MAX_DRAINED`], so that its
+/// connection serves the next attempt instead of being closed (a new one, and
+/// its TLS handshake, for every delivery). What the body says does not matter.
+async fn drain(response: &mut reqwest::Response) {
+    let mut read = 0;
+    while read <= MAX_DRAINED {
+        match response.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            Ok(None) | Err(_) => return,
+        }
     }
 }
 
