@@ -35,13 +35,10 @@ impl OrderEventsHandler {
         let Some(handoff) = &self.handoff else { return db::insert(tx, new, None).await };
         let claim = handoff.claim();
         let mut inserted = db::insert(tx, new, claim.as_ref()).await?;
-        if claim.is_some() {
-            for notification in new {
-                handoff.written(
-                    notification.event_id,
-                    inserted.claimed.remove(&notification.event_id).unwrap_or_default(),
-                );
-            }
+        // Every event, even with nothing claimed this time: what an earlier,
+        // rolled-back attempt at it claimed must never be handed over.
+        for notification in new {
+            handoff.written(notification.event_id, inserted.claimed.remove(&notification.event_id).unwrap_or_default());
         }
         Ok(inserted)
     }
