@@ -120,20 +120,13 @@ impl Dispatcher {
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = wake.notified() => look = true,
-                Some(handed) = handoff.handed.recv() => {
-                    let now = Instant::now();
-                    for delivery in handed {
-                        endpoints.queue(delivery, now);
-                    }
-                }
+                Some(handed) = handoff.handed.recv() => endpoints.queue(handed),
                 looked = async { looking.as_mut().expect("guarded").await }, if looking.is_some() => {
                     looking = None;
                     match looked {
                         Looked::Claimed { room, claimed: Ok(claimed) } => {
-                            let (count, now) = (claimed.len(), Instant::now());
-                            for delivery in claimed {
-                                endpoints.queue(delivery, now);
-                            }
+                            let count = claimed.len();
+                            endpoints.queue(claimed);
                             if count as i64 >= room.total {
                                 look = true;
                             } else {
@@ -164,17 +157,11 @@ impl Dispatcher {
         if let Some(looking) = looking
             && let Looked::Claimed { claimed: Ok(claimed), .. } = looking.await
         {
-            let now = Instant::now();
-            for delivery in claimed {
-                endpoints.queue(delivery, now);
-            }
+            endpoints.queue(claimed);
         }
         handoff.handed.close();
         while let Ok(handed) = handoff.handed.try_recv() {
-            let now = Instant::now();
-            for delivery in handed {
-                endpoints.queue(delivery, now);
-            }
+            endpoints.queue(handed);
         }
         let unsent: Vec<Queued> = endpoints.iter_mut().flat_map(|(_, e)| e.queued.drain(..)).collect();
         self.give_back(&unsent, chrono::Utc::now()).await;

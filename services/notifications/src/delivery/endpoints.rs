@@ -106,10 +106,14 @@ impl Endpoints {
         self.by_id.values().map(Endpoint::outstanding).sum()
     }
 
-    pub(crate) fn queue(&mut self, delivery: Claimed, claimed_at: Instant) {
-        let endpoint = self.by_id.entry(delivery.endpoint_id).or_default();
-        endpoint.last_active = Some(claimed_at);
-        endpoint.queued.push_back(Queued { delivery, claimed_at });
+    /// Queues deliveries claimed (or handed over) just now behind their endpoints' others.
+    pub(crate) fn queue(&mut self, deliveries: impl IntoIterator<Item = Claimed>) {
+        let claimed_at = Instant::now();
+        for delivery in deliveries {
+            let endpoint = self.by_id.entry(delivery.endpoint_id).or_default();
+            endpoint.last_active = Some(claimed_at);
+            endpoint.queued.push_back(Queued { delivery, claimed_at });
+        }
     }
 
     /// How many more deliveries a claim may take for `endpoint`; None while
@@ -222,7 +226,7 @@ mod tests {
         let mut endpoints = Endpoints::new(4, 5, Duration::from_secs(30));
         let (fast, slow) = (Uuid::from_u128(1), Uuid::from_u128(2));
         for id in [fast, slow] {
-            endpoints.queue(claimed(id), Instant::now());
+            endpoints.queue([claimed(id)]);
             endpoints.get_mut(&id).expect("queued").queued.pop_front();
             endpoints.get_mut(&id).expect("queued").in_flight += 1;
         }
@@ -242,7 +246,7 @@ mod tests {
         let mut endpoints = Endpoints::new(4, 5, Duration::from_secs(30));
         let id = Uuid::from_u128(1);
         for _ in 0..3 {
-            endpoints.queue(claimed(id), Instant::now());
+            endpoints.queue([claimed(id)]);
         }
         // Depth 4 (no pace yet), 3 held: 1 free, under half.
         assert_eq!(endpoints.room(100).full, vec![id]);
@@ -260,7 +264,7 @@ mod tests {
         let mut endpoints = Endpoints::new(4, 2, Duration::from_millis(30));
         let id = Uuid::from_u128(1);
         for _ in 0..5 {
-            endpoints.queue(claimed(id), Instant::now());
+            endpoints.queue([claimed(id)]);
         }
         endpoints.get_mut(&id).expect("queued").in_flight = 2;
         assert!(endpoints.finished(id, Duration::from_millis(1), false, true).given_back.is_empty());
