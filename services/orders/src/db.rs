@@ -98,15 +98,12 @@ pub(crate) const COLUMNS: &str = "order_id, customer_id, amount::text AS amount,
 
 /// Writes every order of `orders` with its lines, its saga and its two
 /// outbox rows in one statement (so one round trip and one transaction).
-/// Returns the orders written, each with the receipt of its outbox rows
-/// (both in the same partition, the order's); an order whose `request_id` is
+/// Returns the orders written and the receipts of their outbox rows (both of
+/// an order in the same partition, the order's); an order whose `request_id` is
 /// already taken (also by an earlier order of the same call) is left out,
 /// and nothing of it is written: the earlier order wins, and a concurrent
 /// twin waits for it to commit first.
-pub async fn insert_orders(
-    conn: &mut PgConnection,
-    orders: &[&NewOrderRows],
-) -> Result<Vec<(OrderRow, Appended)>, sqlx::Error> {
+pub async fn insert_orders(conn: &mut PgConnection, orders: &[&NewOrderRows]) -> Result<Written, sqlx::Error> {
     let text = |f: fn(&OrderRow) -> &str| orders.iter().map(|o| f(&o.order)).collect::<Vec<_>>();
     let lines: Vec<(Uuid, i16, &str, i64)> = orders
         .iter()
@@ -167,14 +164,23 @@ pub async fn insert_orders(
         .collect();
     let written: Vec<(OrderRow, Appended)> = statement.events("emitted", &events).fetch_all(conn).await?;
     // Each order comes back once per message: keep the row of its OrderCreated.
-    Ok(written
-        .into_iter()
-        .filter_map(|(mut row, appended)| {
-            let draft = orders.iter().find(|o| o.created.event_id == row.event_id)?;
+    let mut result = Written { orders: Vec::with_capacity(orders.len()), events: Vec::with_capacity(written.len()) };
+    for (mut row, appended) in written {
+        result.events.push((row.event_id, appended));
+        if let Some(draft) = orders.iter().find(|o| o.created.event_id == row.event_id) {
             row.lines = draft.order.lines.clone();
-            Some((row, appended))
-        })
-        .collect())
+            result.orders.push(row);
+        }
+    }
+    Ok(result)
+}
+
+/// What [`insert_orders`] wrote: the orders (each with the `event_id` of its
+/// `OrderCreated`), and every outbox row of the statement, by message `event_id`.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub orders: Vec<OrderRow>,
+    pub events: Vec<(Uuid, Appended)>,
 }
 
 /// The order created with `request_id`, with its lines.

@@ -15,7 +15,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use infra::lane::{Lane, LaneConnection};
-use outbox::{Appended, OutboxWriter};
+use outbox::{Appended, OutboxMessage, OutboxWriter};
 use telemetry::DbTarget;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::{Instrument, Span};
@@ -28,7 +28,7 @@ pub const MAX_GROUP: usize = 64;
 
 /// What a write gives back: the stored order, or None when the order's
 /// `request_id` was already taken (nothing was written for it). The writer
-/// itself wakes the relay for the order's event.
+/// itself hands the order's events to the relay.
 pub(crate) type Inserted = Option<OrderRow>;
 
 /// Hands orders to the writers. Cheap to clone; the writers stop once every
@@ -141,9 +141,9 @@ async fn write_together(
             }
         };
         let err = match written {
-            Ok(rows) => {
-                wake_relay(outbox, &rows);
-                answer(group, rows);
+            Ok(written) => {
+                hand_over(outbox, &group, &written.events);
+                answer(group, written.orders);
                 return None;
             }
             Err(err) => err,
@@ -168,9 +168,8 @@ async fn write_together(
     }
 }
 
-/// Inserts `group`'s orders and events on `conn`; gives back the orders
-/// written, by `order_id` (none for a `request_id` already taken).
-async fn insert(mut conn: LaneConnection, group: &[Call], db: &DbTarget) -> Result<Written, sqlx::Error> {
+/// Inserts `group`'s orders and events on `conn`.
+async fn insert(mut conn: LaneConnection, group: &[Call], db: &DbTarget) -> Result<db::Written, sqlx::Error> {
     let rows: Vec<&NewOrderRows> = group.iter().map(|call| &call.rows).collect();
     let written = if let [call] = group {
         db::insert_orders(&mut conn, &rows).instrument(statement_span(db, call, 1)).await
@@ -181,26 +180,34 @@ async fn insert(mut conn: LaneConnection, group: &[Call], db: &DbTarget) -> Resu
         written
     };
     conn.settle(&written);
-    written.map(|rows| rows.into_iter().map(|(row, appended)| (row.order_id, (row, appended))).collect())
+    written
 }
 
-/// The rows an insert wrote, by `order_id`.
-type Written = HashMap<Uuid, (OrderRow, Appended)>;
-
-/// Wakes the relay that owns each written row's partition, from the writer
-/// itself: woken by each caller once it has its answer instead, the relay
-/// would wait for those callers' tasks to be scheduled first, a hand-off that
-/// on a busy machine costs milliseconds.
-fn wake_relay(outbox: &OutboxWriter, rows: &Written) {
-    for (_, appended) in rows.values() {
-        outbox.committed(*appended);
+/// Hands the statement's outbox rows to the relay, from the writer itself:
+/// woken by each caller once it has its answer instead, the relay would wait
+/// for those callers' tasks to be scheduled first, a hand-off that on a busy
+/// machine costs milliseconds.
+fn hand_over(outbox: &OutboxWriter, group: &[Call], events: &[(Uuid, Appended)]) {
+    let messages: HashMap<Uuid, &OutboxMessage> = group
+        .iter()
+        .flat_map(|call| std::iter::once(&call.rows.created).chain(call.rows.saga.as_ref().map(|s| &s.process_payment)))
+        .map(|message| (message.event_id, message))
+        .collect();
+    let written: Vec<(Appended, &OutboxMessage)> =
+        events.iter().filter_map(|(event_id, appended)| Some((*appended, *messages.get(event_id)?))).collect();
+    if written.len() == events.len() {
+        outbox.hand_over(&written);
+    } else {
+        // Only every row of a statement may be handed over; these are claimed.
+        events.iter().for_each(|(_, appended)| outbox.committed(*appended));
     }
 }
 
 /// Answers each call with its order as written, or None when its `request_id` was taken.
-fn answer(group: Vec<Call>, mut rows: Written) {
+fn answer(group: Vec<Call>, rows: Vec<OrderRow>) {
+    let mut rows: HashMap<Uuid, OrderRow> = rows.into_iter().map(|row| (row.order_id, row)).collect();
     for call in group {
-        let inserted = rows.remove(&call.rows.order.order_id).map(|(row, _)| row);
+        let inserted = rows.remove(&call.rows.order.order_id);
         let _ = call.reply.send(Ok(inserted));
     }
 }

@@ -13,11 +13,14 @@
 //!   held on the relay's connection. Relays share the partitions between them
 //!   and hand one over only between batches, so an aggregate's events reach
 //!   the broker in the order they were written, also with several relays.
-//! * Wake-ups: after a commit, [`OutboxWriter::committed`] pokes the in-process
-//!   relay at once and rings a doorbell that sends one `NOTIFY` (on a connection
-//!   of its own, coalescing bursts) for relays in other processes, which
-//!   `LISTEN`; a slow poll is the fallback. Relays drain without waiting while
-//!   batches come back full.
+//! * Wake-ups: after a commit, [`OutboxWriter::hand_over`] gives the rows to
+//!   the in-process relay, which at light load publishes them without
+//!   claiming them when that cannot reorder an aggregate (see `handover`), and
+//!   [`OutboxWriter::committed`] pokes that relay; for rows of other relays
+//!   both ring a doorbell that sends one `NOTIFY` (on a connection of its own,
+//!   coalescing bursts) to relays in other processes, which `LISTEN`; a slow
+//!   poll is the fallback. Relays drain without waiting while batches come
+//!   back full.
 //!
 //! * Metrics: [`Relay::with_metrics`] records the backlog (count and age of the
 //!   oldest row), commit-to-confirm latency, batch sizes, failures, retries and
@@ -34,6 +37,7 @@
 //!   own migrations.
 
 pub mod config;
+mod handover;
 mod message;
 mod metrics;
 mod ownership;

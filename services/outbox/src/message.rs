@@ -9,12 +9,17 @@ use std::{
     time::Duration,
 };
 
+use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::statement;
+use crate::{
+    handover::{Handed, Handover, Seen},
+    ownership::PendingRow,
+    statement,
+};
 
 /// How many partitions aggregates are hashed into. Changing it moves
 /// aggregates between partitions: drain the outbox before doing so.
@@ -63,16 +68,24 @@ pub struct OutboxWriter {
     bell: Arc<Notify>,
 }
 
-/// What a writer shares with a relay in the same process: a waker, and the
+/// What a writer shares with a relay in the same process: a waker, the
 /// partitions that relay owns (bit `p` set = partition `p`), so the writer
-/// rings the cross-process doorbell only for rows another relay must send.
+/// rings the cross-process doorbell only for rows another relay must send,
+/// and the rows handed to it at commit ([`crate::handover`]).
 #[derive(Debug, Clone, Default)]
 pub struct LocalRelay {
     pub(crate) waker: Arc<Notify>,
     pub(crate) owned: Arc<AtomicU64>,
+    pub(crate) handover: Arc<Handover>,
 }
 
 impl LocalRelay {
+    /// Wakes the relay to claim: rows it must look for have committed.
+    pub(crate) fn wake(&self) {
+        self.handover.want_claim();
+        self.waker.notify_one();
+    }
+
     pub(crate) fn set_owned(&self, partitions: impl IntoIterator<Item = i16>) {
         let mask = partitions.into_iter().fold(0u64, |mask, p| mask | (1 << p));
         self.owned.store(mask, Ordering::Release);
@@ -110,11 +123,16 @@ impl OutboxMessage {
 
 /// A row appended in a transaction that has not committed yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use = "pass it to OutboxWriter::committed after the commit"]
+#[must_use = "pass it to OutboxWriter::committed (or hand_over) after the commit"]
 pub struct Appended {
     /// The outbox sequence number.
     pub id: i64,
     pub partition: i16,
+    /// When the row was inserted (the database's clock).
+    pub created_at: DateTime<Utc>,
+    /// The outbox rows the appending statement saw: what
+    /// [`OutboxWriter::hand_over`] needs to keep an aggregate's events in order.
+    pub(crate) seen: Seen,
 }
 
 /// The Postgres channel relays LISTEN on by default.
@@ -136,9 +154,10 @@ impl OutboxWriter {
     pub async fn append(&self, tx: &mut PgConnection, message: &OutboxMessage) -> Result<Appended, sqlx::Error> {
         let mut query = QueryBuilder::new(format!("INSERT INTO outbox_messages ({}) VALUES (", statement::COLUMNS));
         statement::push_values(&mut query, message);
-        query.push(") RETURNING id, partition");
-        let (id, partition) = query.build_query_as().fetch_one(tx).await?;
-        Ok(Appended { id, partition })
+        query.push(format_args!(") RETURNING id, partition, created_at, {}", statement::SEEN));
+        let (id, partition, created_at, seen): (i64, i16, DateTime<Utc>, Vec<i64>) =
+            query.build_query_as().fetch_one(tx).await?;
+        Ok(Appended { id, partition, created_at, seen: Seen::from_ids(&seen) })
     }
 
     /// Appends `messages` inside the caller's open transaction, in their
@@ -156,10 +175,42 @@ impl OutboxWriter {
     /// Wakes the relay that owns the row; call it after the transaction commits.
     pub fn committed(&self, appended: Appended) {
         if self.local.owns(appended.partition) {
-            self.local.waker.notify_one();
+            self.local.wake();
         } else {
             self.bell.notify_one();
         }
+    }
+
+    /// After the commit of a statement that appended exactly `written` (every
+    /// row it appended, each with its message): hands the rows of the
+    /// in-process relay's partitions to that relay, which publishes them
+    /// without claiming them when nothing older waits, and wakes whoever
+    /// must send the rest. The rows stay in the outbox until confirmed either way.
+    pub fn hand_over(&self, written: &[(Appended, &OutboxMessage)]) {
+        let mut others = false;
+        let mine: Vec<Handed> = written
+            .iter()
+            .filter(|(appended, _)| {
+                let mine = self.local.owns(appended.partition);
+                others |= !mine;
+                mine
+            })
+            .map(|(appended, message)| Handed {
+                row: PendingRow::of(appended, message),
+                partition: appended.partition,
+                seen: appended.seen,
+            })
+            .collect();
+        if others {
+            self.bell.notify_one();
+        }
+        if mine.is_empty() {
+            return;
+        }
+        if !self.local.handover.offer(mine) {
+            self.local.handover.want_claim();
+        }
+        self.local.waker.notify_one();
     }
 
     /// Starts the doorbell: after commits, one `NOTIFY channel` at a time on

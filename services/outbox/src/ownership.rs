@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use self::queries::{claim_on, mark_on};
 use crate::{
-    message::{LocalRelay, PARTITIONS},
+    message::{Appended, LocalRelay, OutboxMessage, PARTITIONS},
     partitions::{self, LockTable},
 };
 
@@ -49,6 +49,24 @@ pub(crate) struct PendingRow {
     pub(crate) payload: Vec<u8>,
     pub(crate) headers: Json<std::collections::BTreeMap<String, String>>,
     pub(crate) created_at: DateTime<Utc>,
+}
+
+impl PendingRow {
+    /// The row `appended` wrote for `message`, as a claim would read it.
+    pub(crate) fn of(appended: &Appended, message: &OutboxMessage) -> Self {
+        Self {
+            id: appended.id,
+            event_id: message.event_id,
+            aggregate_id: message.aggregate_id.clone(),
+            exchange: message.exchange.clone(),
+            routing_key: message.routing_key.clone(),
+            message_type: message.message_type.clone(),
+            content_type: message.content_type.clone(),
+            payload: message.payload.clone(),
+            headers: Json(message.headers.clone()),
+            created_at: appended.created_at,
+        }
+    }
 }
 
 /// Which rows to claim next: see [`Ownership::claim`].
@@ -102,6 +120,10 @@ impl Ownership {
 
     pub(crate) fn owned(&self) -> usize {
         self.owned.len()
+    }
+
+    pub(crate) fn partitions(&self) -> &BTreeSet<i16> {
+        &self.owned
     }
 
     /// Repairs, gives back or takes partitions so that each live relay owns

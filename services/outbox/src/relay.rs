@@ -87,12 +87,7 @@ impl Relay {
         // relay takes its helpers with it.
         let _helpers = tasks.clone().drop_guard();
         if let Some(channel) = self.config.notify_channel.clone() {
-            tokio::spawn(listen(
-                self.options.clone(),
-                channel,
-                std::sync::Arc::clone(&self.local.waker),
-                tasks.clone(),
-            ));
+            tokio::spawn(listen(self.options.clone(), channel, self.local.clone(), tasks.clone()));
         }
         if !self.config.retention.is_zero() {
             tokio::spawn(retention::maintain(self.options.clone(), self.config.retention, tasks.clone()));
@@ -156,6 +151,8 @@ impl Relay {
     ) -> Result<Passed, Lost> {
         let mut rebalance_due = plan.rebalance_due(Instant::now());
         if rebalance_due && in_flight.is_empty() && !shutdown.is_cancelled() {
+            // Rows handed over for partitions about to change hands are claimed instead.
+            self.local.handover.discard();
             let short = ownership.rebalance().await.map_err(Lost::Sharing)?;
             plan.rebalanced(short, Instant::now());
             // Done: claim in this same pass, or a wake-up taken before it
@@ -165,6 +162,8 @@ impl Relay {
         self.report(true, true, ownership.owned());
 
         let may_claim = !shutdown.is_cancelled() && !rebalance_due;
+        let open = may_claim && in_flight.len() < self.config.pipeline_depth;
+        self.take_handed(ownership, publisher, plan, in_flight, open).await;
         let wait = match plan.step(Instant::now(), in_flight.len(), may_claim) {
             Step::Wait(wait) => wait,
             Step::Claim { gather_until } => {

@@ -5,11 +5,21 @@
 
 use sqlx::{FromRow, PgConnection, Postgres, QueryBuilder, Row, postgres::PgRow};
 
-use crate::message::{Appended, OutboxMessage, partition_of};
+use crate::{
+    handover::{SEEN_MAX, Seen},
+    message::{Appended, OutboxMessage, partition_of},
+};
 
 /// The outbox's columns, in the order [`push_values`] binds them.
 pub(crate) const COLUMNS: &str = "event_id, aggregate_type, aggregate_id, partition, exchange, routing_key, message_type, content_type, payload, \
      headers";
+
+/// The newest outbox rows the statement's snapshot holds (rows the statement
+/// itself inserts are not among them), one more than [`SEEN_MAX`] at most, as
+/// `outbox_seen`: see [`crate::handover`]. Rows visible to a snapshot got their
+/// ids before it was taken, and the statement's own rows after.
+pub(crate) const SEEN: &str = "ARRAY(SELECT id FROM outbox_messages ORDER BY id DESC LIMIT 9) AS outbox_seen";
+const _: () = assert!(SEEN_MAX + 1 == 9);
 
 /// A statement being built: first the caller's common table expressions
 /// (through [`Self::caller`]), then the outbox rows for the rows one of them
@@ -48,9 +58,9 @@ impl<'args> WithEvents<'args> {
         self.query.push(format_args!(", event AS (INSERT INTO outbox_messages ({COLUMNS}) SELECT "));
         push_values(&mut self.query, message);
         self.query.push(format_args!(
-            " FROM {source} RETURNING id, partition) \
-             SELECT {source}.*, event.id AS outbox_id, event.partition AS outbox_partition \
-             FROM {source} CROSS JOIN event"
+            " FROM {source} RETURNING id, partition, created_at) \
+             SELECT {source}.*, event.id AS outbox_id, event.partition AS outbox_partition, \
+             event.created_at AS outbox_created_at, {SEEN} FROM {source} CROSS JOIN event"
         ));
         Ready { query: self.query }
     }
@@ -64,9 +74,9 @@ impl<'args> WithEvents<'args> {
         push_rows(q, messages);
         q.push(format_args!(
             " WHERE m.event_id IN (SELECT event_id FROM {source}) ORDER BY m.n \
-             RETURNING id, partition, event_id) \
-             SELECT {source}.*, event.id AS outbox_id, event.partition AS outbox_partition \
-             FROM {source} JOIN event USING (event_id)"
+             RETURNING id, partition, created_at, event_id) \
+             SELECT {source}.*, event.id AS outbox_id, event.partition AS outbox_partition, \
+             event.created_at AS outbox_created_at, {SEEN} FROM {source} JOIN event USING (event_id)"
         ));
         Ready { query: self.query }
     }
@@ -144,7 +154,12 @@ struct WithAppended<R> {
 
 impl<'r, R: FromRow<'r, PgRow>> FromRow<'r, PgRow> for WithAppended<R> {
     fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
-        let appended = Appended { id: row.try_get("outbox_id")?, partition: row.try_get("outbox_partition")? };
+        let appended = Appended {
+            id: row.try_get("outbox_id")?,
+            partition: row.try_get("outbox_partition")?,
+            created_at: row.try_get("outbox_created_at")?,
+            seen: Seen::from_ids(&row.try_get::<Vec<i64>, _>("outbox_seen")?),
+        };
         Ok(Self { row: R::from_row(row)?, appended })
     }
 }

@@ -71,7 +71,7 @@ async fn the_row_and_its_event_land_together_with_every_column(pool: PgPool) {
 
     let rows = outbox_rows(&mut conn).await;
     let partition = outbox::partition_of(&id.to_string());
-    assert_eq!(appended, Appended { id: rows[0].0, partition });
+    assert_eq!((appended.id, appended.partition), (rows[0].0, partition));
     assert_eq!(
         rows,
         [(

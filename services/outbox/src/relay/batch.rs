@@ -9,6 +9,7 @@ use tracing::Span;
 
 use super::{Passed, Relay, links::Lost, plan::Plan};
 use crate::{
+    handover::{self, Taking},
     ownership::{Claim, Ownership, PendingRow},
     publisher::{Outcome, Publisher},
 };
@@ -64,10 +65,8 @@ impl Relay {
         let (outcomes, broken) = if early {
             tokio::select! {
                 settled = &mut front.settle => settled,
-                _ = self.local.waker.notified() => {
-                    plan.woken();
-                    return Ok(Passed::Again);
-                }
+                // Rows handed over, or a claim wanted: the next pass sees which.
+                _ = self.local.waker.notified() => return Ok(Passed::Again),
             }
         } else {
             (&mut front.settle).await
@@ -99,6 +98,39 @@ impl Relay {
         }
         let rejected = self.record_outcomes(ownership, &rows, &outcomes).await;
         Ok(Passed::Settled { broken, rejected })
+    }
+
+    /// Publishes the rows writers handed over that may go out now (see
+    /// [`crate::handover`]); a refused row, or a claim someone wanted, makes
+    /// the plan claim at its next step. `open`: whether to take any.
+    pub(super) async fn take_handed(
+        &self,
+        ownership: &Ownership,
+        publisher: &Publisher,
+        plan: &mut Plan,
+        in_flight: &mut VecDeque<Batch>,
+        open: bool,
+    ) {
+        let (handed, wanted) = self.local.handover.take();
+        let mut claim = wanted;
+        if !handed.is_empty() {
+            let now = Instant::now();
+            let taking = Taking {
+                owned: ownership.partitions(),
+                claimed_up_to: plan.claimed_up_to(),
+                outstanding: outstanding(in_flight).iter().flat_map(|rows| rows.iter().map(|r| r.id)).collect(),
+                open: open && plan.light(now),
+            };
+            let (rows, refused) = handover::accept(handed, taking);
+            claim |= refused;
+            if !rows.is_empty() {
+                plan.handed(&rows, now);
+                in_flight.push_back(self.publish(publisher, rows, now).await);
+            }
+        }
+        if claim {
+            plan.woken();
+        }
     }
 
     /// Publishes claimed `rows` (claimed from `claiming` on), confirms left in flight.

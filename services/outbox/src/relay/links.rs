@@ -2,16 +2,16 @@
 //! they can be published. Losing either drops what is in flight (rows
 //! published without a mark stay pending and go out again).
 
-use std::{collections::VecDeque, sync::Arc, time::Duration};
+use std::{collections::VecDeque, time::Duration};
 
 use infra::backoff::Backoff;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgListener};
-use tokio::{sync::Notify, time::Instant};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Relay, batch::Batch, plan::Plan};
-use crate::{ownership::Ownership, publisher::Publisher};
+use crate::{message::LocalRelay, ownership::Ownership, publisher::Publisher};
 
 #[derive(Default)]
 pub(super) struct Links {
@@ -69,6 +69,7 @@ impl Relay {
         if links.db.is_none() {
             in_flight.clear();
             self.local.set_owned([]);
+            self.local.handover.discard();
             match Ownership::connect(&self.options, self.local.clone()).await {
                 Ok(ownership) => {
                     tracing::info!(relay = ownership.instance(), "relay connected to the database");
@@ -140,7 +141,7 @@ pub(super) async fn sleep_or_stop(delay: Duration, shutdown: &CancellationToken)
 
 /// Turns NOTIFYs on `channel` into wake-ups; a reconnect also wakes the relay
 /// since notifications may have been missed meanwhile.
-pub(super) async fn listen(options: PgConnectOptions, channel: String, waker: Arc<Notify>, stop: CancellationToken) {
+pub(super) async fn listen(options: PgConnectOptions, channel: String, local: LocalRelay, stop: CancellationToken) {
     let mut backoff = Backoff::default();
     while !stop.is_cancelled() {
         let connected = async {
@@ -158,14 +159,14 @@ pub(super) async fn listen(options: PgConnectOptions, channel: String, waker: Ar
             }
         };
         backoff.reset();
-        waker.notify_one();
+        local.wake();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 received = listener.try_recv() => match received {
-                    Ok(Some(_)) => waker.notify_one(),
+                    Ok(Some(_)) => local.wake(),
                     // None: the connection dropped and will be re-established.
-                    Ok(None) => waker.notify_one(),
+                    Ok(None) => local.wake(),
                     Err(err) => {
                         tracing::debug!(error = %err, "outbox listener lost its connection");
                         break;

@@ -188,6 +188,24 @@ impl Plan {
         }
     }
 
+    /// The newest id claimed (or taken from a handover) on this connection.
+    pub(super) fn claimed_up_to(&self) -> i64 {
+        self.claimed_up_to
+    }
+
+    /// Whether events arrive slowly enough that the relay takes rows handed
+    /// over at commit; under heavier load it claims them, gathered into
+    /// fuller batches.
+    pub(super) fn light(&self, now: Instant) -> bool {
+        self.arrivals.at(now) < self.gather_from_rate
+    }
+
+    /// Rows (in id order) handed over at commit were taken at `now`.
+    pub(super) fn handed(&mut self, rows: &[PendingRow], now: Instant) {
+        self.claimed_up_to = rows.last().map_or(self.claimed_up_to, |row| row.id.max(self.claimed_up_to));
+        self.arrivals.update(rows.len(), now);
+    }
+
     /// `claim`, started at `started`, returned `rows` (in id order). Rows
     /// gather before the next claim only while events arrive fast and this
     /// claim was not full.

@@ -1,6 +1,7 @@
 //! The relay against the real Postgres and RabbitMQ: ordering across relays,
 //! unroutable messages, the archive.
 
+mod handover;
 mod messages;
 mod ordering;
 mod upkeep;

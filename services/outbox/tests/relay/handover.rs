@@ -1,0 +1,94 @@
+//! Rows handed to the in-process relay at commit: published without a claim,
+//! yet never ahead of an older row of the outbox that the relay has not claimed.
+
+use super::*;
+
+/// A relay sharing `writer`'s in-process handle, with no NOTIFY and a poll
+/// far beyond the test: only a handover or `committed` moves it.
+fn start_beside(
+    options: &PgConnectOptions,
+    exchange: &str,
+    writer: &OutboxWriter,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let mut config = config(exchange);
+    config.notify_channel = None;
+    config.poll_interval = Duration::from_secs(120);
+    config.rebalance_interval = Duration::from_secs(120);
+    let stop = CancellationToken::new();
+    let relay = Relay::new(options.clone(), config, Some(writer.local_relay()));
+    (stop.clone(), tokio::spawn(relay.run(stop)))
+}
+
+/// Appends `message` in a transaction of its own and hands it over once committed.
+async fn commit_and_hand_over(pool: &PgPool, writer: &OutboxWriter, message: &OutboxMessage) {
+    let mut tx = pool.begin().await.unwrap();
+    let appended = writer.append(&mut tx, message).await.unwrap();
+    tx.commit().await.unwrap();
+    writer.hand_over(&[(appended, message)]);
+}
+
+/// Hands a first row over and waits for it: the relay is up, owns every
+/// partition and, its claim beside the mark done, sits idle.
+async fn warm_up(pool: &PgPool, writer: &OutboxWriter, exchange: &str, consumer: &mut lapin::Consumer) {
+    assert!(
+        testkit::eventually(Duration::from_secs(10), || async {
+            writer.local_relay().partitions().len() == usize::from(outbox::PARTITIONS.unsigned_abs())
+        })
+        .await,
+        "the relay owns every partition"
+    );
+    commit_and_hand_over(pool, writer, &message(exchange, "seq.warm", "warm", 0)).await;
+    assert_eq!(testkit::receive(consumer, 1, Duration::from_secs(10)).await.len(), 1, "the first row goes out");
+    assert_outbox_empties(pool).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// The relay publishes a handed row while every statement on the outbox
+/// table waits behind a lock: it did not need to claim it.
+#[sqlx::test(migrations = false)]
+async fn a_handed_row_is_published_without_a_claim(pool: PgPool) {
+    outbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
+    let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.#").await;
+    let (stop, relay) = start_beside(&options, &exchange, &writer);
+    warm_up(&pool, &writer, &exchange, &mut consumer).await;
+
+    let handed = message(&exchange, "seq.created", "handed", 0);
+    let mut tx = pool.begin().await.unwrap();
+    let appended = writer.append(&mut tx, &handed).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE outbox_messages IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    writer.hand_over(&[(appended, &handed)]);
+    let received = testkit::receive(&mut consumer, 1, Duration::from_secs(10)).await;
+    assert_eq!(received.len(), 1, "published with the table locked");
+    assert_eq!(received[0].data, b"handed:0");
+
+    lock.rollback().await.unwrap();
+    // The mark waited for the lock too; once it is gone, the row leaves the outbox.
+    assert_outbox_empties(&pool).await;
+    assert!(testkit::receive(&mut consumer, 1, Duration::from_millis(500)).await.is_empty(), "none twice");
+
+    finish(stop, relay, &amqp, &exchange).await;
+}
+
+/// A row of the aggregate committed before the handed one, and not claimed
+/// yet, goes out first: the handed row is claimed behind it instead.
+#[sqlx::test(migrations = false)]
+async fn a_handed_row_never_overtakes_an_older_row_the_relay_has_not_claimed(pool: PgPool) {
+    outbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
+    let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.#").await;
+    let (stop, relay) = start_beside(&options, &exchange, &writer);
+    warm_up(&pool, &writer, &exchange, &mut consumer).await;
+
+    // Written by, say, another process whose doorbell has not rung yet.
+    commit_unannounced(&pool, &writer, [message(&exchange, "seq.created", "order-1", 0)]).await;
+    commit_and_hand_over(&pool, &writer, &message(&exchange, "seq.created", "order-1", 1)).await;
+
+    let received = testkit::receive(&mut consumer, 2, Duration::from_secs(10)).await;
+    assert_eq!(received.len(), 2, "both rows go out, long before the poll");
+    assert_eq!(assert_aggregate_order(&received), 1);
+    assert_outbox_empties(&pool).await;
+    assert!(testkit::receive(&mut consumer, 1, Duration::from_millis(500)).await.is_empty(), "none twice");
+
+    finish(stop, relay, &amqp, &exchange).await;
+}
