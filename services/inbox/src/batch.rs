@@ -15,7 +15,7 @@
 
 use std::collections::HashSet;
 
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, Executor, PgConnection, PgPool, Row};
 use telemetry::DbTarget;
 use tracing::{Instrument, Span};
 use uuid::Uuid;
@@ -121,58 +121,46 @@ async fn run<H: Handler>(
     savepoints: bool,
     db: &DbTarget,
 ) -> Result<(), Stop> {
-    let mut tx = conn.begin().await.map_err(lost)?;
-    let ids: Vec<Uuid> = pending.iter().filter_map(|i| items[*i].event_id()).collect();
-    let spans = statement_spans(db, items, pending, "INSERT", ids.len());
-    // Sorted so that two consumers holding the same ids lock them in the same
-    // order and wait for each other instead of deadlocking.
-    let recorded: HashSet<Uuid> = sqlx::query_scalar(
-        "INSERT INTO processed_events (event_id)
-         SELECT id FROM unnest($1::uuid[]) AS t(id) ORDER BY id
-         ON CONFLICT (event_id) DO NOTHING
-         RETURNING event_id",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(lost)?
-    .into_iter()
-    .collect();
-    drop(spans);
-
-    // A second copy within the batch is as much a duplicate as one committed earlier.
-    let mut claimed = HashSet::new();
-    let mut fresh = Vec::with_capacity(pending.len());
-    for &i in pending {
-        match items[i].event_id() {
-            Some(id) if recorded.contains(&id) && claimed.insert(id) => fresh.push(i),
-            _ => items[i].outcome = Outcome::Duplicate,
+    if savepoints {
+        return run_with_savepoints(conn, handler, items, pending, db).await;
+    }
+    // The transaction opens with the statement that records the ids: one
+    // round trip for both, where sqlx's `begin` would take one of its own.
+    // sqlx does not know of this transaction; handlers never open their own.
+    let recorded = record(conn, items, pending, db, "BEGIN; ").await?;
+    let fresh = fresh(items, pending, &recorded);
+    let batch: Vec<_> = fresh
+        .iter()
+        .map(|i| {
+            let (event, ctx) = items[*i].parsed.as_ref().expect("pending items are parsed");
+            (event, ctx)
+        })
+        .collect();
+    match db.clone().scope(handler.handle_batch(conn, &batch)).await {
+        Ok(()) => {}
+        Err(BatchError { error, .. }) if connection_lost(&error) => return Err(Stop::Database(error.to_string())),
+        Err(BatchError { index, error }) => {
+            execute(conn, "ROLLBACK").await?;
+            return Err(Stop::HandlerFailed(index.and_then(|k| fresh.get(k).copied()), error));
         }
     }
-
-    if !savepoints {
-        let batch: Vec<_> = fresh
-            .iter()
-            .map(|i| {
-                let (event, ctx) = items[*i].parsed.as_ref().expect("pending items are parsed");
-                (event, ctx)
-            })
-            .collect();
-        match db.clone().scope(handler.handle_batch(&mut tx, &batch)).await {
-            Ok(()) => {}
-            Err(BatchError { error, .. }) if connection_lost(&error) => return Err(Stop::Database(error.to_string())),
-            Err(BatchError { index, error }) => {
-                tx.rollback().await.ok();
-                return Err(Stop::HandlerFailed(index.and_then(|k| fresh.get(k).copied()), error));
-            }
-        }
-        for i in fresh {
-            items[i].outcome = Outcome::Processed;
-        }
-        return tx.commit().await.map_err(lost);
-    }
-
     for i in fresh {
+        items[i].outcome = Outcome::Processed;
+    }
+    execute(conn, "COMMIT").await
+}
+
+/// The one-message-at-a-time pass: each handler call under a savepoint.
+async fn run_with_savepoints<H: Handler>(
+    conn: &mut PgConnection,
+    handler: &H,
+    items: &mut [Item<H::Event>],
+    pending: &[usize],
+    db: &DbTarget,
+) -> Result<(), Stop> {
+    let mut tx = conn.begin().await.map_err(lost)?;
+    let recorded = record(&mut tx, items, pending, db, "").await?;
+    for i in fresh(items, pending, &recorded) {
         let item = &mut items[i];
         let (event, ctx) = item.parsed.as_ref().expect("pending items are parsed");
         execute(&mut tx, "SAVEPOINT inbox_message").await?;
@@ -198,6 +186,47 @@ async fn run<H: Handler>(
     tx.commit().await.map_err(lost)
 }
 
+/// Records the pending items' event ids, after `prefix` (statements sent in
+/// the same round trip), and returns those not recorded before. Sorted, so
+/// that two consumers holding the same ids lock them in the same order and
+/// wait for each other instead of deadlocking. The ids are spelled out in the
+/// text (UUIDs, nothing to escape): a simple query is what carries `prefix` too.
+async fn record<E>(
+    conn: &mut PgConnection,
+    items: &[Item<E>],
+    pending: &[usize],
+    db: &DbTarget,
+    prefix: &str,
+) -> Result<HashSet<Uuid>, Stop> {
+    let ids: Vec<String> = pending.iter().filter_map(|i| items[*i].event_id()).map(|id| id.to_string()).collect();
+    let sql = format!(
+        "{prefix}INSERT INTO processed_events (event_id)
+         SELECT id FROM unnest('{{{}}}'::uuid[]) AS t(id) ORDER BY id
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING event_id",
+        ids.join(",")
+    );
+    let spans = statement_spans(db, items, pending, "INSERT", ids.len());
+    let rows = conn.fetch_all(sqlx::raw_sql(&sql)).await.map_err(lost)?;
+    drop(spans);
+    rows.iter().map(|row| row.try_get::<Uuid, _>(0).map_err(lost)).collect()
+}
+
+/// The pending items whose ids were just `recorded`, in order; the others
+/// are marked duplicates. A second copy within the batch is as much a
+/// duplicate as one committed earlier.
+fn fresh<E>(items: &mut [Item<E>], pending: &[usize], recorded: &HashSet<Uuid>) -> Vec<usize> {
+    let mut claimed = HashSet::new();
+    let mut fresh = Vec::with_capacity(pending.len());
+    for &i in pending {
+        match items[i].event_id() {
+            Some(id) if recorded.contains(&id) && claimed.insert(id) => fresh.push(i),
+            _ => items[i].outcome = Outcome::Duplicate,
+        }
+    }
+    fresh
+}
+
 /// The table of recorded event ids.
 const TABLE: &str = "processed_events";
 
@@ -215,7 +244,7 @@ fn statement_spans<E>(
 }
 
 async fn execute(conn: &mut PgConnection, statement: &str) -> Result<(), Stop> {
-    sqlx::query(statement).execute(conn).await.map(|_| ()).map_err(lost)
+    conn.execute(sqlx::raw_sql(statement)).await.map(|_| ()).map_err(lost)
 }
 
 fn lost(err: sqlx::Error) -> Stop {

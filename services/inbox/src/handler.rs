@@ -64,7 +64,9 @@ pub trait Handler: Send + Sync + 'static {
     }
 
     /// Applies one event inside the open transaction `tx`. Has effect at most
-    /// once per event id; may run again after a rolled-back attempt.
+    /// once per event id; may run again after a rolled-back attempt. The
+    /// transaction is the inbox's: a handler never begins, commits or rolls
+    /// back one itself (a savepoint of its own is fine).
     fn handle(
         &self,
         tx: &mut PgConnection,
