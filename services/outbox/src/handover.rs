@@ -142,22 +142,7 @@ mod tests {
     use super::*;
 
     fn handed(id: i64, partition: i16, seen: &[i64]) -> Handed {
-        Handed {
-            row: PendingRow {
-                id,
-                event_id: uuid::Uuid::nil(),
-                aggregate_id: String::new(),
-                exchange: String::new(),
-                routing_key: String::new(),
-                message_type: String::new(),
-                content_type: String::new(),
-                payload: Vec::new(),
-                headers: sqlx::types::Json(Default::default()),
-                created_at: chrono::Utc::now(),
-            },
-            partition,
-            seen: Seen::from_ids(seen),
-        }
+        Handed { row: PendingRow::blank(id), partition, seen: Seen::from_ids(seen) }
     }
 
     fn ids(rows: &[PendingRow]) -> Vec<i64> {

@@ -67,6 +67,23 @@ impl PendingRow {
             created_at: appended.created_at,
         }
     }
+
+    /// A row with id `id` and nothing else, for the relay's unit tests.
+    #[cfg(test)]
+    pub(crate) fn blank(id: i64) -> Self {
+        Self {
+            id,
+            event_id: Uuid::nil(),
+            aggregate_id: String::new(),
+            exchange: String::new(),
+            routing_key: String::new(),
+            message_type: String::new(),
+            content_type: String::new(),
+            payload: Vec::new(),
+            headers: Json(Default::default()),
+            created_at: Utc::now(),
+        }
+    }
 }
 
 /// Which rows to claim next: see [`Ownership::claim`].

@@ -1,12 +1,9 @@
 //! The relay's decisions, one rule a test, with no database and no broker.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
-use chrono::Utc;
 use secrecy::SecretString;
-use sqlx::types::Json;
 use tokio::time::Instant;
-use uuid::Uuid;
 
 use super::{LOOKBACK_IDS, Plan, Recovery, SWEEP_INTERVAL, Step, Wait, recovery};
 use crate::{
@@ -24,19 +21,7 @@ fn config() -> RelayConfig {
 }
 
 fn rows(ids: std::ops::RangeInclusive<i64>) -> Vec<PendingRow> {
-    ids.map(|id| PendingRow {
-        id,
-        event_id: Uuid::nil(),
-        aggregate_id: String::new(),
-        exchange: String::new(),
-        routing_key: String::new(),
-        message_type: String::new(),
-        content_type: String::new(),
-        payload: Vec::new(),
-        headers: Json(BTreeMap::new()),
-        created_at: Utc::now(),
-    })
-    .collect()
+    ids.map(PendingRow::blank).collect()
 }
 
 /// A plan whose first sweep is behind it, having claimed `claimed` at `now`.
