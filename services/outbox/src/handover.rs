@@ -108,8 +108,8 @@ pub(crate) struct Taking<'a> {
     pub(crate) claimed_up_to: i64,
     /// Rows published and not yet marked.
     pub(crate) outstanding: HashSet<i64>,
-    /// Whether the relay takes handed rows at all now (light load, room in
-    /// the pipeline, not stopping or about to share partitions).
+    /// Whether the relay takes handed rows at all now (light load, nothing
+    /// else in flight, not stopping or about to share partitions).
     pub(crate) open: bool,
 }
 

@@ -162,7 +162,8 @@ impl Relay {
         self.report(true, true, ownership.owned());
 
         let may_claim = !shutdown.is_cancelled() && !rebalance_due;
-        let open = may_claim && in_flight.len() < self.config.pipeline_depth;
+        // Only a lone event skips its claim: with batches in flight, claims gather rows into fuller batches.
+        let open = may_claim && in_flight.is_empty();
         self.take_handed(ownership, publisher, plan, in_flight, open).await;
         let wait = match plan.step(Instant::now(), in_flight.len(), may_claim) {
             Step::Wait(wait) => wait,
