@@ -9,8 +9,8 @@
 //! it is still pending. The relay publishes a handed row at once only when it
 //! has every row seen in flight itself (published, so they go out first) and
 //! no claim has reached the handed row's id. Anything else is refused, and a
-//! refused row is simply claimed, as every row was before: a handover is only
-//! ever a shortcut.
+//! refused row is simply claimed, like a row never handed over: a handover is
+//! only ever a shortcut.
 
 use std::{
     collections::{BTreeSet, HashSet, VecDeque},
