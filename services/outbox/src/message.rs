@@ -153,7 +153,7 @@ impl OutboxWriter {
     /// To write the caller's own row in the same statement, see [`crate::WithEvents`].
     pub async fn append(&self, tx: &mut PgConnection, message: &OutboxMessage) -> Result<Appended, sqlx::Error> {
         let mut query = QueryBuilder::new(format!("INSERT INTO outbox_messages ({}) VALUES (", statement::COLUMNS));
-        statement::push_values(&mut query, message);
+        statement::push_values(&mut query, message, None);
         query.push(format_args!(") RETURNING id, partition, created_at, {}", statement::SEEN));
         let (id, partition, created_at, seen): (i64, i16, DateTime<Utc>, Vec<i64>) =
             query.build_query_as().fetch_one(tx).await?;
@@ -167,7 +167,7 @@ impl OutboxWriter {
             return Ok(());
         }
         let mut query = QueryBuilder::new(format!("INSERT INTO outbox_messages ({}) ", statement::COLUMNS));
-        statement::push_rows(&mut query, messages);
+        statement::push_rows(&mut query, messages, None);
         query.push(" ORDER BY m.n");
         query.build().execute(tx).await.map(drop)
     }

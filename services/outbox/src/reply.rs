@@ -93,7 +93,7 @@ impl ReplyWriter {
             return self.writer.append_all(tx, messages).await;
         };
         let mut query = QueryBuilder::new(format!("WITH appended AS (INSERT INTO outbox_messages ({COLUMNS}) "));
-        push_rows(&mut query, messages);
+        push_rows(&mut query, messages, None);
         // A data-modifying CTE runs whether or not the outer query reads it.
         query.push(" ORDER BY m.n) SELECT pg_notify(").push_bind(channel.as_str()).push(", '')");
         query.build().execute(tx).await.map(drop)

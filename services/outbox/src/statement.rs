@@ -32,6 +32,8 @@ const _: () = assert!(SEEN_MAX + 1 == 9);
 /// ```
 pub struct WithEvents<'args> {
     query: QueryBuilder<'args, Postgres>,
+    /// Appended to every payload, see [`Self::payload_suffix`].
+    suffix: Option<&'static str>,
 }
 
 impl Default for WithEvents<'_> {
@@ -42,7 +44,19 @@ impl Default for WithEvents<'_> {
 
 impl<'args> WithEvents<'args> {
     pub fn new() -> Self {
-        Self { query: QueryBuilder::new("WITH ") }
+        Self { query: QueryBuilder::new("WITH "), suffix: None }
+    }
+
+    /// Has the database append the `bytea` value of `sql` to the payload of
+    /// every message this statement writes (stored as `payload || (sql)`):
+    /// for what only the database knows when the rows are written, such as
+    /// the time it stamps on the caller's rows. `sql` may read the caller's
+    /// CTEs; it is evaluated for each message, so a costly one belongs in a
+    /// CTE of its own. Copies of the messages handed to the relay
+    /// ([`crate::OutboxWriter::hand_over`]) must carry the same bytes.
+    pub fn payload_suffix(&mut self, sql: &'static str) -> &mut Self {
+        self.suffix = Some(sql);
+        self
     }
 
     /// Where the caller writes its own CTEs (`name AS (...)`, comma-separated),
@@ -56,7 +70,7 @@ impl<'args> WithEvents<'args> {
     /// it returns none, e.g. after `ON CONFLICT DO NOTHING`).
     pub fn event(mut self, source: &str, message: &'args OutboxMessage) -> Ready<'args> {
         self.query.push(format_args!(", event AS (INSERT INTO outbox_messages ({COLUMNS}) SELECT "));
-        push_values(&mut self.query, message);
+        push_values(&mut self.query, message, self.suffix);
         self.query.push(format_args!(
             " FROM {source} RETURNING id, partition, created_at) \
              SELECT {source}.*, event.id AS outbox_id, event.partition AS outbox_partition, \
@@ -71,7 +85,7 @@ impl<'args> WithEvents<'args> {
     pub fn events(mut self, source: &str, messages: &[&'args OutboxMessage]) -> Ready<'args> {
         let q = &mut self.query;
         q.push(format_args!(", event AS (INSERT INTO outbox_messages ({COLUMNS}) "));
-        push_rows(q, messages);
+        push_rows(q, messages, self.suffix);
         q.push(format_args!(
             " WHERE m.event_id IN (SELECT event_id FROM {source}) ORDER BY m.n \
              RETURNING id, partition, created_at, event_id) \
@@ -84,9 +98,20 @@ impl<'args> WithEvents<'args> {
 
 /// `SELECT <the outbox's columns> FROM unnest(<one array per column>) WITH
 /// ORDINALITY AS m(<columns>, n)`: every message as a row, in one statement
-/// whatever their number, `m.n` numbering them in the order of `messages`.
-pub(crate) fn push_rows<'args>(q: &mut QueryBuilder<'args, Postgres>, messages: &[&'args OutboxMessage]) {
-    q.push(format_args!("SELECT {COLUMNS} FROM unnest("));
+/// whatever their number, `m.n` numbering them in the order of `messages`;
+/// `suffix` is appended to each payload ([`WithEvents::payload_suffix`]).
+pub(crate) fn push_rows<'args>(
+    q: &mut QueryBuilder<'args, Postgres>,
+    messages: &[&'args OutboxMessage],
+    suffix: Option<&str>,
+) {
+    match suffix {
+        None => q.push(format_args!("SELECT {COLUMNS} FROM unnest(")),
+        Some(suffix) => q.push(format_args!(
+            "SELECT {} FROM unnest(",
+            COLUMNS.replace("payload", &format!("payload || ({suffix})"))
+        )),
+    };
     let text = |f: fn(&'args OutboxMessage) -> &'args str| messages.iter().map(|m| f(m)).collect::<Vec<_>>();
     q.push_bind(messages.iter().map(|m| m.event_id).collect::<Vec<_>>()).push("::uuid[], ");
     q.push_bind(text(|m| &m.aggregate_type)).push("::text[], ");
@@ -101,8 +126,13 @@ pub(crate) fn push_rows<'args>(q: &mut QueryBuilder<'args, Postgres>, messages: 
     q.push(format_args!(") WITH ORDINALITY AS m({COLUMNS}, n)"));
 }
 
-/// Binds `message`'s column values, in the order of [`COLUMNS`].
-pub(crate) fn push_values<'args>(q: &mut QueryBuilder<'args, Postgres>, message: &'args OutboxMessage) {
+/// Binds `message`'s column values, in the order of [`COLUMNS`], `suffix`
+/// appended to the payload ([`WithEvents::payload_suffix`]).
+pub(crate) fn push_values<'args>(
+    q: &mut QueryBuilder<'args, Postgres>,
+    message: &'args OutboxMessage,
+    suffix: Option<&str>,
+) {
     let mut values = q.separated(", ");
     values.push_bind(message.event_id);
     values.push_bind(message.aggregate_type.as_str());
@@ -113,6 +143,9 @@ pub(crate) fn push_values<'args>(q: &mut QueryBuilder<'args, Postgres>, message:
     values.push_bind(message.message_type.as_str());
     values.push_bind(message.content_type.as_str());
     values.push_bind(message.payload.as_slice());
+    if let Some(suffix) = suffix {
+        values.push_unseparated(format_args!(" || ({suffix})"));
+    }
     values.push_bind(message.headers_json());
 }
 
