@@ -1,5 +1,7 @@
 //! Queries on the orders table; each takes the caller's connection or transaction.
 
+use std::time::Duration;
+
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use infra::pg::PoolSettings;
@@ -61,6 +63,9 @@ pub struct OrderLine {
 /// What CreateOrder writes for one order in one statement: the order, its
 /// lines, its `OrderCreated` (under the order's `event_id`) and, with the
 /// saga on, its saga row (with the step timer) and its `ProcessPayment`.
+/// The statement stamps them all with the database's clock, read once as it
+/// starts writing: the order's `created_at` and `updated_at` are not read,
+/// and the messages are written with that time appended as their `occurred_at`.
 #[derive(Debug, Clone)]
 pub struct NewOrderRows {
     pub order: OrderRow,
@@ -73,9 +78,13 @@ pub struct NewOrderRows {
 #[derive(Debug, Clone)]
 pub struct SagaStart {
     pub process_payment: OutboxMessage,
-    /// When the payment step times out.
-    pub deadline_at: DateTime<Utc>,
+    /// How long after the order the payment step times out.
+    pub step_timeout: Duration,
 }
+
+/// The field of `occurred_at` in `OrderCreated` and in `ProcessPayment`,
+/// which the statement writing an order appends to their payloads.
+pub const OCCURRED_AT_FIELD: u32 = 6;
 
 /// A stored time as protobuf carries it: the API's `created_at` and the
 /// event's `occurred_at` (here, below both, so neither imports the other).
@@ -116,7 +125,13 @@ pub async fn insert_orders(conn: &mut PgConnection, orders: &[&NewOrderRows]) ->
         })
         .collect();
     let mut statement = WithEvents::new();
+    statement.payload_suffix("SELECT occurred_at FROM stamp");
     let query = statement.caller();
+    // The clock read once, as the statement starts writing: every row has the same time.
+    query.push(format_args!(
+        "stamp AS MATERIALIZED (SELECT at, protobuf_timestamp_field({OCCURRED_AT_FIELD}, at) AS occurred_at \
+         FROM (SELECT clock_timestamp() AS at) AS clock), "
+    ));
     query.push("input AS (SELECT * FROM unnest(");
     query.push_bind(orders.iter().map(|o| o.order.order_id).collect::<Vec<_>>()).push("::uuid[], ");
     query.push_bind(text(|o| &o.customer_id)).push("::text[], ");
@@ -126,20 +141,19 @@ pub async fn insert_orders(conn: &mut PgConnection, orders: &[&NewOrderRows]) ->
     query.push_bind(orders.iter().map(|o| o.order.request_id).collect::<Vec<_>>()).push("::uuid[], ");
     query.push_bind(orders.iter().map(|o| o.order.event_id).collect::<Vec<_>>()).push("::uuid[], ");
     query.push_bind(text(|o| &o.correlation_id)).push("::text[], ");
-    query.push_bind(orders.iter().map(|o| o.order.created_at).collect::<Vec<_>>()).push("::timestamptz[], ");
     let commands: Vec<Option<Uuid>> =
         orders.iter().map(|o| o.saga.as_ref().map(|s| s.process_payment.event_id)).collect();
     query.push_bind(commands).push("::uuid[], ");
-    query.push_bind(orders.iter().map(|o| o.saga.as_ref().map(|s| s.deadline_at)).collect::<Vec<_>>());
-    query.push("::timestamptz[], ");
+    let timeouts = orders.iter().map(|o| o.saga.as_ref().map(|s| s.step_timeout.as_micros() as i64));
+    query.push_bind(timeouts.collect::<Vec<_>>()).push("::int8[], ");
     query.push_bind(orders.iter().map(|o| !o.order.lines.is_empty()).collect::<Vec<_>>()).push("::bool[]");
     query.push(format_args!(
         ") WITH ORDINALITY AS t(order_id, customer_id, amount, currency, status, request_id, event_id, \
-         correlation_id, created_at, command_id, deadline_at, has_lines, n)), \
+         correlation_id, command_id, timeout_us, has_lines, n)), \
          new_order AS (INSERT INTO orders (order_id, customer_id, amount, currency, status, request_id, event_id, \
          correlation_id, created_at, updated_at) \
          SELECT order_id, customer_id, amount::numeric, currency, status, request_id, event_id, correlation_id, \
-         created_at, created_at FROM input ORDER BY n \
+         stamp.at, stamp.at FROM input CROSS JOIN stamp ORDER BY n \
          ON CONFLICT (request_id) DO NOTHING RETURNING {COLUMNS}), \
          new_lines AS (INSERT INTO order_lines (order_id, line_no, sku, quantity) \
          SELECT l.order_id, l.line_no, l.sku, l.quantity FROM unnest("
@@ -151,8 +165,9 @@ pub async fn insert_orders(conn: &mut PgConnection, orders: &[&NewOrderRows]) ->
     query.push(
         ") AS l(order_id, line_no, sku, quantity) WHERE l.order_id IN (SELECT order_id FROM new_order)), \
          new_saga AS (INSERT INTO sagas (order_id, step, payment, stock, has_lines, deadline_at, started_at, \
-         updated_at) SELECT i.order_id, 'PAYMENT', 'REQUESTED', 'NOT_REQUESTED', i.has_lines, i.deadline_at, \
-         i.created_at, i.created_at FROM input i JOIN new_order USING (order_id) WHERE i.command_id IS NOT NULL), \
+         updated_at) SELECT i.order_id, 'PAYMENT', 'REQUESTED', 'NOT_REQUESTED', i.has_lines, \
+         o.created_at + i.timeout_us * interval '1 microsecond', o.created_at, o.created_at \
+         FROM input i JOIN new_order o USING (order_id) WHERE i.command_id IS NOT NULL), \
          emitted AS (SELECT o.order_id, o.customer_id, o.amount, o.currency, o.status, o.request_id, m.event_id, \
          o.correlation_id, o.created_at, o.failure_reason, o.failure_detail, o.updated_at \
          FROM new_order o JOIN input i USING (order_id) \
@@ -164,8 +179,10 @@ pub async fn insert_orders(conn: &mut PgConnection, orders: &[&NewOrderRows]) ->
         .collect();
     let written: Vec<(OrderRow, Appended)> = statement.events("emitted", &events).fetch_all(conn).await?;
     // Each order comes back once per message: keep the row of its OrderCreated.
-    let mut result = Written { orders: Vec::with_capacity(orders.len()), events: Vec::with_capacity(written.len()) };
+    let mut result =
+        Written { orders: Vec::with_capacity(orders.len()), events: Vec::with_capacity(written.len()), at: None };
     for (mut row, appended) in written {
+        result.at = Some(row.created_at);
         result.events.push((row.event_id, appended));
         if let Some(draft) = orders.iter().find(|o| o.created.event_id == row.event_id) {
             row.lines = draft.order.lines.clone();
@@ -176,11 +193,14 @@ pub async fn insert_orders(conn: &mut PgConnection, orders: &[&NewOrderRows]) ->
 }
 
 /// What [`insert_orders`] wrote: the orders (each with the `event_id` of its
-/// `OrderCreated`), and every outbox row of the statement, by message `event_id`.
+/// `OrderCreated`), and every outbox row of the statement, by message
+/// `event_id`, and the time the database stamped on all of them (None when it
+/// wrote nothing): the orders' `created_at` and the messages' `occurred_at`.
 #[derive(Debug, Default)]
 pub struct Written {
     pub orders: Vec<OrderRow>,
     pub events: Vec<(Uuid, Appended)>,
+    pub at: Option<DateTime<Utc>>,
 }
 
 /// The order created with `request_id`, with its lines.

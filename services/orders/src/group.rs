@@ -21,7 +21,10 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::{Instrument, Span};
 use uuid::Uuid;
 
-use crate::db::{self, NewOrderRows, OrderRow};
+use crate::{
+    db::{self, NewOrderRows, OrderRow},
+    messaging,
+};
 
 /// The most calls one statement writes.
 pub const MAX_GROUP: usize = 64;
@@ -142,7 +145,7 @@ async fn write_together(
         };
         let err = match written {
             Ok(written) => {
-                hand_over(outbox, &group, &written.events);
+                hand_over(outbox, &group, &written);
                 answer(group, written.orders);
                 return None;
             }
@@ -186,17 +189,22 @@ async fn insert(mut conn: LaneConnection, group: &[Call], db: &DbTarget) -> Resu
 /// Hands the statement's outbox rows to the relay, from the writer itself:
 /// woken by each caller once it has its answer instead, the relay would wait
 /// for those callers' tasks to be scheduled first, a hand-off that on a busy
-/// machine costs milliseconds.
-fn hand_over(outbox: &OutboxWriter, group: &[Call], events: &[(Uuid, Appended)]) {
-    let messages: HashMap<Uuid, &OutboxMessage> = group
+/// machine costs milliseconds. Each message is handed over as stored: with
+/// the `occurred_at` the database appended.
+fn hand_over(outbox: &OutboxWriter, group: &[Call], written: &db::Written) {
+    let events = &written.events;
+    let mut messages: HashMap<Uuid, OutboxMessage> = group
         .iter()
         .flat_map(|call| std::iter::once(&call.rows.created).chain(call.rows.saga.as_ref().map(|s| &s.process_payment)))
-        .map(|message| (message.event_id, message))
+        .map(|message| (message.event_id, message.clone()))
         .collect();
-    let written: Vec<(Appended, &OutboxMessage)> =
-        events.iter().filter_map(|(event_id, appended)| Some((*appended, *messages.get(event_id)?))).collect();
-    if written.len() == events.len() {
-        outbox.hand_over(&written);
+    if let Some(at) = written.at {
+        messages.values_mut().for_each(|message| messaging::stamp(&mut message.payload, at));
+    }
+    let handed: Vec<(Appended, &OutboxMessage)> =
+        events.iter().filter_map(|(event_id, appended)| Some((*appended, messages.get(event_id)?))).collect();
+    if handed.len() == events.len() {
+        outbox.hand_over(&handed);
     } else {
         // Only every row of a statement may be handed over; these are claimed.
         events.iter().for_each(|(_, appended)| outbox.committed(*appended));

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::anyhow;
-use chrono::{DurationRound, TimeDelta, Utc};
+use chrono::DateTime;
 use contracts::orders::v1::CreateOrderRequest;
 use infra::lane::Lane;
 use outbox::OutboxWriter;
@@ -77,8 +77,9 @@ impl Orders {
                 return Err(OrdersError::InvalidArgument(violations));
             }
         };
-        // Postgres keeps microseconds: truncate so the event's occurred_at equals the row's created_at.
-        let now = Utc::now().duration_trunc(TimeDelta::microseconds(1)).map_err(anyhow::Error::from)?;
+        // The statement stamps the order's times and its messages' occurred_at
+        // with the database's clock: these two are not written.
+        let unstamped = DateTime::UNIX_EPOCH;
         let draft = OrderRow {
             order_id: Uuid::now_v7(),
             customer_id: order.customer_id.as_str().to_owned(),
@@ -88,21 +89,18 @@ impl Orders {
             request_id: order.request_id,
             event_id: Uuid::now_v7(),
             correlation_id: correlation.as_str().to_owned(),
-            created_at: now,
+            created_at: unstamped,
             failure_reason: None,
             failure_detail: None,
-            updated_at: now,
+            updated_at: unstamped,
             lines: lines.clone(),
         };
         let rows = NewOrderRows {
             created: messaging::outbox_message(&draft, &self.exchange, trace),
-            saga: match self.step_timeout {
-                Some(timeout) => Some(db::SagaStart {
-                    process_payment: messaging::process_payment(&draft, &self.exchange, Uuid::now_v7(), trace),
-                    deadline_at: now + TimeDelta::from_std(timeout).map_err(anyhow::Error::from)?,
-                }),
-                None => None,
-            },
+            saga: self.step_timeout.map(|step_timeout| db::SagaStart {
+                process_payment: messaging::process_payment(&draft, &self.exchange, Uuid::now_v7(), trace),
+                step_timeout,
+            }),
             order: draft,
         };
         // The writer has already woken the relay.

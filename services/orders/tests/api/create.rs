@@ -1,5 +1,7 @@
 use std::collections::HashSet;
 
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+
 use contracts::{
     events::v1::OrderCreated,
     orders::v1::{CreateOrderRequest, GetOrderRequest, OrderStatus},
@@ -54,6 +56,44 @@ async fn create_order_commits_the_order_and_its_event_together(pool: PgPool) {
     let fetched = app.client.get_order(GetOrderRequest { order_id: body.order_id.clone() }).await.unwrap();
     assert_eq!(fetched.into_inner().order.unwrap(), created);
     app.stop().await;
+}
+
+/// The order's times and its messages' occurred_at come from the database,
+/// and the copies handed to the relay carry the bytes the database appended.
+#[sqlx::test(migrations = false)]
+async fn the_database_stamps_the_order_and_the_service_appends_the_same_bytes(pool: PgPool) {
+    let mut app = spawn_app(&pool, Options::default()).await;
+    let created = app.client.create_order(order("c-stamp", "3", "EUR")).await.unwrap().into_inner();
+    let (created_at, updated_at, sent_at): (DateTime<Utc>, DateTime<Utc>, Vec<u8>) = sqlx::query_as(
+        "SELECT o.created_at, o.updated_at, m.payload FROM orders o \
+         JOIN outbox_messages m ON m.event_id = o.event_id WHERE o.order_id = $1::uuid",
+    )
+    .bind(&created.order_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(created_at, updated_at);
+    assert_eq!(OrderCreated::decode(sent_at.as_slice()).unwrap().occurred_at, Some(orders::db::timestamp(created_at)));
+    assert_eq!(created.order.unwrap().created_at, Some(orders::db::timestamp(created_at)));
+    app.stop().await;
+
+    let instants =
+        ["1970-01-01T00:00:01Z", "2030-01-02T03:04:05Z", "2030-01-02T03:04:05.000001Z", "2026-12-07T19:30:00.123456Z"];
+    for at in instants.into_iter().map(|at| at.parse::<DateTime<Utc>>().unwrap()).chain([Utc::now()]) {
+        let at = at.duration_trunc(TimeDelta::microseconds(1)).unwrap();
+        let stored: Vec<u8> = sqlx::query_scalar("SELECT protobuf_timestamp_field($1, $2)")
+            .bind(orders::db::OCCURRED_AT_FIELD as i32)
+            .bind(at)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let mut handed = Vec::new();
+        orders::messaging::stamp(&mut handed, at);
+        assert_eq!(stored, handed, "{at}");
+        let event =
+            OrderCreated::decode([OrderCreated::default().encode_to_vec(), handed].concat().as_slice()).unwrap();
+        assert_eq!(event.occurred_at, Some(orders::db::timestamp(at)));
+    }
 }
 
 #[sqlx::test(migrations = false)]

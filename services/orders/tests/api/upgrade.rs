@@ -53,8 +53,8 @@ async fn a_database_of_the_earlier_layout_starts_and_relays_old_and_new_events(p
     let mut app = spawn_app(&pool, Options { relay: true, ..Options::default() }).await;
     assert_eq!(
         versions(&pool, "_sqlx_migrations").await,
-        [1, 2, 3, 4],
-        "the applied history is kept, the saga's migration added"
+        [1, 2, 3, 4, 5],
+        "the applied history is kept, the saga's and the database stamp's migrations added"
     );
     assert_eq!(versions(&pool, outbox::schema::VERSION_TABLE).await, [i64::from(outbox::schema::VERSION)]);
     let created = app.client.create_order(order("c-new", "3.20", "EUR")).await.unwrap().into_inner();
@@ -91,7 +91,7 @@ async fn a_fresh_database_gets_the_outbox_schema_an_upgraded_one_has(pool: PgPoo
     assert_eq!(testkit::schema::shape(&fresh.pool, &tables).await, upgraded);
     assert_eq!(
         versions(&fresh.pool, "_sqlx_migrations").await,
-        [2, 3, 4],
+        [2, 3, 4, 5],
         "the outbox is no longer Orders' own migration"
     );
     fresh.drop_now().await;
