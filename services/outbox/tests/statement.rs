@@ -146,6 +146,50 @@ async fn many_rows_each_get_their_own_event_in_order_and_a_skipped_row_none(pool
     assert_eq!(new_events, [events[0].event_id, events[2].event_id], "written in the order given");
 }
 
+async fn payload_of(conn: &mut PgConnection, event_id: Uuid) -> Vec<u8> {
+    sqlx::query_scalar("SELECT payload FROM outbox_messages WHERE event_id = $1")
+        .bind(event_id)
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+/// A value the database computes in the statement (here from the caller's own
+/// CTE) lands at the end of every payload, of one event as of many.
+#[sqlx::test(migrations = false)]
+async fn a_payload_suffix_is_appended_to_every_payload_the_statement_writes(pool: PgPool) {
+    let mut conn = setup(&pool).await;
+    let (id, event_id) = (Uuid::new_v4(), Uuid::new_v4());
+    let event = message(event_id, &id.to_string());
+    let mut statement = WithEvents::new();
+    statement.payload_suffix("SELECT mark FROM marks");
+    let query = statement.caller();
+    query.push("marks AS (SELECT '\\x0a0b'::bytea AS mark), ");
+    query.push("made AS (INSERT INTO things (id, name, event_id) VALUES (");
+    query.push_bind(id).push(", 'one', ").push_bind(event_id).push(") RETURNING id, name, event_id)");
+    let written: Option<(Thing, Appended)> = statement.event("made", &event).fetch_optional(&mut conn).await.unwrap();
+    assert!(written.is_some());
+    assert_eq!(payload_of(&mut conn, event_id).await, [1, 2, 3, 0x0a, 0x0b]);
+
+    let ids = [Uuid::new_v4(), Uuid::new_v4()];
+    let events: Vec<OutboxMessage> = ids.iter().map(|id| message(Uuid::new_v4(), &id.to_string())).collect();
+    let mut statement = WithEvents::new();
+    statement.payload_suffix("SELECT mark FROM marks");
+    let query = statement.caller();
+    query.push("marks AS (SELECT '\\x0c'::bytea AS mark), ");
+    query.push("made AS (INSERT INTO things (id, name, event_id) SELECT * FROM unnest(");
+    query.push_bind(ids.to_vec()).push("::uuid[], ").push_bind(vec!["a", "b"]).push("::text[], ");
+    query
+        .push_bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
+        .push("::uuid[]) RETURNING id, name, event_id)");
+    let refs: Vec<&OutboxMessage> = events.iter().collect();
+    let written: Vec<(Thing, Appended)> = statement.events("made", &refs).fetch_all(&mut conn).await.unwrap();
+    assert_eq!(written.len(), 2);
+    for event in &events {
+        assert_eq!(payload_of(&mut conn, event.event_id).await, [1, 2, 3, 0x0c]);
+    }
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_batch_of_replies_lands_in_order_with_one_wake_up_at_commit(pool: PgPool) {
     let mut conn = setup(&pool).await;

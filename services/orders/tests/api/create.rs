@@ -64,7 +64,7 @@ async fn create_order_commits_the_order_and_its_event_together(pool: PgPool) {
 async fn the_database_stamps_the_order_and_the_service_appends_the_same_bytes(pool: PgPool) {
     let mut app = spawn_app(&pool, Options::default()).await;
     let created = app.client.create_order(order("c-stamp", "3", "EUR")).await.unwrap().into_inner();
-    let (created_at, updated_at, sent_at): (DateTime<Utc>, DateTime<Utc>, Vec<u8>) = sqlx::query_as(
+    let (created_at, updated_at, payload): (DateTime<Utc>, DateTime<Utc>, Vec<u8>) = sqlx::query_as(
         "SELECT o.created_at, o.updated_at, m.payload FROM orders o \
          JOIN outbox_messages m ON m.event_id = o.event_id WHERE o.order_id = $1::uuid",
     )
@@ -73,7 +73,7 @@ async fn the_database_stamps_the_order_and_the_service_appends_the_same_bytes(po
     .await
     .unwrap();
     assert_eq!(created_at, updated_at);
-    assert_eq!(OrderCreated::decode(sent_at.as_slice()).unwrap().occurred_at, Some(orders::db::timestamp(created_at)));
+    assert_eq!(OrderCreated::decode(payload.as_slice()).unwrap().occurred_at, Some(orders::db::timestamp(created_at)));
     assert_eq!(created.order.unwrap().created_at, Some(orders::db::timestamp(created_at)));
     app.stop().await;
 
