@@ -38,12 +38,17 @@ fn message(event_id: Uuid, aggregate_id: &str) -> OutboxMessage {
     }
 }
 
+/// Writes `thing` with `event`, `suffix` appended to its payload ([`WithEvents::payload_suffix`]).
 async fn insert_one(
     conn: &mut PgConnection,
     thing: (Uuid, &str, Uuid),
     event: &OutboxMessage,
+    suffix: Option<&'static str>,
 ) -> Result<Option<(Thing, Appended)>, sqlx::Error> {
     let mut statement = WithEvents::new();
+    if let Some(suffix) = suffix {
+        statement.payload_suffix(suffix);
+    }
     let query = statement.caller();
     query.push("made AS (INSERT INTO things (id, name, event_id) VALUES (");
     query.push_bind(thing.0).push(", ").push_bind(thing.1.to_owned()).push(", ").push_bind(thing.2);
@@ -66,7 +71,8 @@ async fn the_row_and_its_event_land_together_with_every_column(pool: PgPool) {
     let mut conn = setup(&pool).await;
     let (id, event_id) = (Uuid::new_v4(), Uuid::new_v4());
     let event = message(event_id, &id.to_string());
-    let (thing, appended) = insert_one(&mut conn, (id, "first", event_id), &event).await.unwrap().expect("written");
+    let (thing, appended) =
+        insert_one(&mut conn, (id, "first", event_id), &event, None).await.unwrap().expect("written");
     assert_eq!(thing, Thing { id, name: "first".into(), event_id });
 
     let rows = outbox_rows(&mut conn).await;
@@ -92,7 +98,8 @@ async fn the_row_and_its_event_land_together_with_every_column(pool: PgPool) {
     assert_eq!(headers, serde_json::json!({"x-correlation-id": "corr-1"}));
 
     // The caller's row is not written again: neither is its event.
-    let again = insert_one(&mut conn, (id, "first", Uuid::new_v4()), &message(Uuid::new_v4(), "x")).await.unwrap();
+    let again =
+        insert_one(&mut conn, (id, "first", Uuid::new_v4()), &message(Uuid::new_v4(), "x"), None).await.unwrap();
     assert!(again.is_none());
     assert_eq!(outbox_rows(&mut conn).await.len(), 1);
 }
@@ -102,12 +109,12 @@ async fn the_row_and_its_event_roll_back_together(pool: PgPool) {
     let mut conn = setup(&pool).await;
     let mut tx = conn.begin().await.unwrap();
     let event_id = Uuid::new_v4();
-    let written = insert_one(&mut tx, (Uuid::new_v4(), "rolled back", event_id), &message(event_id, "a")).await;
+    let written = insert_one(&mut tx, (Uuid::new_v4(), "rolled back", event_id), &message(event_id, "a"), None).await;
     assert!(written.unwrap().is_some());
     tx.rollback().await.unwrap();
 
     // A caller row the database refuses takes its event with it.
-    let refused = insert_one(&mut conn, (Uuid::new_v4(), "", event_id), &message(event_id, "a")).await;
+    let refused = insert_one(&mut conn, (Uuid::new_v4(), "", event_id), &message(event_id, "a"), None).await;
     assert!(refused.is_err());
 
     let things: i64 = sqlx::query_scalar("SELECT count(*) FROM things").fetch_one(&mut conn).await.unwrap();
@@ -118,7 +125,7 @@ async fn the_row_and_its_event_roll_back_together(pool: PgPool) {
 async fn many_rows_each_get_their_own_event_in_order_and_a_skipped_row_none(pool: PgPool) {
     let mut conn = setup(&pool).await;
     let taken = Uuid::new_v4();
-    insert_one(&mut conn, (taken, "taken", Uuid::new_v4()), &message(Uuid::new_v4(), "t")).await.unwrap();
+    insert_one(&mut conn, (taken, "taken", Uuid::new_v4()), &message(Uuid::new_v4(), "t"), None).await.unwrap();
     let before = outbox_rows(&mut conn).await.len();
 
     let ids = [Uuid::new_v4(), taken, Uuid::new_v4()];
@@ -154,21 +161,15 @@ async fn payload_of(conn: &mut PgConnection, event_id: Uuid) -> Vec<u8> {
         .unwrap()
 }
 
-/// A value the database computes in the statement (here from the caller's own
-/// CTE) lands at the end of every payload, of one event as of many.
+/// A value the database computes in the statement (a constant, then one of
+/// the caller's own CTEs) lands at the end of every payload, of one event as of many.
 #[sqlx::test(migrations = false)]
 async fn a_payload_suffix_is_appended_to_every_payload_the_statement_writes(pool: PgPool) {
     let mut conn = setup(&pool).await;
     let (id, event_id) = (Uuid::new_v4(), Uuid::new_v4());
     let event = message(event_id, &id.to_string());
-    let mut statement = WithEvents::new();
-    statement.payload_suffix("SELECT mark FROM marks");
-    let query = statement.caller();
-    query.push("marks AS (SELECT '\\x0a0b'::bytea AS mark), ");
-    query.push("made AS (INSERT INTO things (id, name, event_id) VALUES (");
-    query.push_bind(id).push(", 'one', ").push_bind(event_id).push(") RETURNING id, name, event_id)");
-    let written: Option<(Thing, Appended)> = statement.event("made", &event).fetch_optional(&mut conn).await.unwrap();
-    assert!(written.is_some());
+    let written = insert_one(&mut conn, (id, "one", event_id), &event, Some("SELECT '\\x0a0b'::bytea")).await;
+    assert!(written.unwrap().is_some());
     assert_eq!(payload_of(&mut conn, event_id).await, [1, 2, 3, 0x0a, 0x0b]);
 
     let ids = [Uuid::new_v4(), Uuid::new_v4()];
