@@ -4,8 +4,8 @@
 -- the same instant to the payload of each message it writes as their
 -- occurred_at (field 6 of OrderCreated and ProcessPayment, a
 -- google.protobuf.Timestamp), which the service encodes without it. Protobuf
--- readers accept fields in any order. The service appends the same bytes to
--- the copies it hands to its relay (orders' messaging::stamp).
+-- readers accept fields in any order. The service encodes the same bytes
+-- (orders' messaging::stamp) for the rows it hands to its relay.
 
 -- A non-negative integer as a protobuf varint: seven bits a byte, low first.
 CREATE OR REPLACE FUNCTION protobuf_varint(v bigint) RETURNS bytea

@@ -193,18 +193,19 @@ async fn insert(mut conn: LaneConnection, group: &[Call], db: &DbTarget) -> Resu
 /// the `occurred_at` the database appended.
 fn hand_over(outbox: &OutboxWriter, group: &[Call], written: &db::Written) {
     let events = &written.events;
-    let mut messages: HashMap<Uuid, OutboxMessage> = group
+    let messages: HashMap<Uuid, &OutboxMessage> = group
         .iter()
         .flat_map(|call| std::iter::once(&call.rows.created).chain(call.rows.saga.as_ref().map(|s| &s.process_payment)))
-        .map(|message| (message.event_id, message.clone()))
+        .map(|message| (message.event_id, message))
         .collect();
-    if let Some(at) = written.at {
-        messages.values_mut().for_each(|message| messaging::stamp(&mut message.payload, at));
-    }
     let handed: Vec<(Appended, &OutboxMessage)> =
-        events.iter().filter_map(|(event_id, appended)| Some((*appended, messages.get(event_id)?))).collect();
+        events.iter().filter_map(|(event_id, appended)| Some((*appended, *messages.get(event_id)?))).collect();
     if handed.len() == events.len() {
-        outbox.hand_over(&handed);
+        let mut occurred_at = Vec::new();
+        if let Some(at) = written.at {
+            messaging::stamp(&mut occurred_at, at);
+        }
+        outbox.hand_over(&handed, &occurred_at);
     } else {
         // Only every row of a statement may be handed over; these are claimed.
         events.iter().for_each(|(_, appended)| outbox.committed(*appended));

@@ -57,7 +57,7 @@ pub fn process_payment(order: &OrderRow, exchange: &str, event_id: Uuid, trace: 
 
 /// Appends `at` to `payload` as its `occurred_at` ([`db::OCCURRED_AT_FIELD`]):
 /// the bytes the database's `protobuf_timestamp_field` appends to the stored
-/// payload, for the copies handed to the relay.
+/// payload, handed to the relay with the rows.
 pub fn stamp(payload: &mut Vec<u8>, at: DateTime<Utc>) {
     prost::encoding::message::encode(db::OCCURRED_AT_FIELD, &db::timestamp(at), payload);
 }

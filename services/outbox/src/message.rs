@@ -186,7 +186,10 @@ impl OutboxWriter {
     /// in-process relay's partitions to that relay, which publishes them
     /// without claiming them when nothing older waits, and wakes whoever
     /// must send the rest. The rows stay in the outbox until confirmed either way.
-    pub fn hand_over(&self, written: &[(Appended, &OutboxMessage)]) {
+    /// `suffix` is what the statement appended to every payload
+    /// ([`crate::WithEvents::payload_suffix`]; empty if nothing), so that the
+    /// relay publishes the payloads as stored.
+    pub fn hand_over(&self, written: &[(Appended, &OutboxMessage)], suffix: &[u8]) {
         let mut others = false;
         let mine: Vec<Handed> = written
             .iter()
@@ -196,7 +199,7 @@ impl OutboxWriter {
                 mine
             })
             .map(|(appended, message)| Handed {
-                row: PendingRow::of(appended, message),
+                row: PendingRow::of(appended, message, suffix),
                 partition: appended.partition,
                 seen: appended.seen,
             })

@@ -53,7 +53,9 @@ pub(crate) struct PendingRow {
 
 impl PendingRow {
     /// The row `appended` wrote for `message`, as a claim would read it.
-    pub(crate) fn of(appended: &Appended, message: &OutboxMessage) -> Self {
+    /// The row `appended` for `message`, its payload followed by `suffix`
+    /// (what the statement appended: [`crate::WithEvents::payload_suffix`]).
+    pub(crate) fn of(appended: &Appended, message: &OutboxMessage, suffix: &[u8]) -> Self {
         Self {
             id: appended.id,
             event_id: message.event_id,
@@ -62,7 +64,7 @@ impl PendingRow {
             routing_key: message.routing_key.clone(),
             message_type: message.message_type.clone(),
             content_type: message.content_type.clone(),
-            payload: message.payload.clone(),
+            payload: [message.payload.as_slice(), suffix].concat(),
             headers: Json(message.headers.clone()),
             created_at: appended.created_at,
         }

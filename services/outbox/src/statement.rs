@@ -52,8 +52,8 @@ impl<'args> WithEvents<'args> {
     /// for what only the database knows when the rows are written, such as
     /// the time it stamps on the caller's rows. `sql` may read the caller's
     /// CTEs; it is evaluated for each message, so a costly one belongs in a
-    /// CTE of its own. Copies of the messages handed to the relay
-    /// ([`crate::OutboxWriter::hand_over`]) must carry the same bytes.
+    /// CTE of its own. Hand the same bytes to the relay with the rows
+    /// ([`crate::OutboxWriter::hand_over`]).
     pub fn payload_suffix(&mut self, sql: &'static str) -> &mut Self {
         self.suffix = Some(sql);
         self

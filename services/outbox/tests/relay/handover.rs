@@ -24,7 +24,7 @@ async fn commit_and_hand_over(pool: &PgPool, writer: &OutboxWriter, message: &Ou
     let mut tx = pool.begin().await.unwrap();
     let appended = writer.append(&mut tx, message).await.unwrap();
     tx.commit().await.unwrap();
-    writer.hand_over(&[(appended, message)]);
+    writer.hand_over(&[(appended, message)], &[]);
 }
 
 /// Hands a first row over and waits for it: the relay is up, owns every
@@ -58,7 +58,7 @@ async fn a_handed_row_is_published_without_a_claim(pool: PgPool) {
     tx.commit().await.unwrap();
     let mut lock = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE outbox_messages IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
-    writer.hand_over(&[(appended, &handed)]);
+    writer.hand_over(&[(appended, &handed)], &[]);
     let received = testkit::receive(&mut consumer, 1, Duration::from_secs(10)).await;
     assert_eq!(received.len(), 1, "published with the table locked");
     assert_eq!(received[0].data, b"handed:0");
