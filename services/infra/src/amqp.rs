@@ -3,6 +3,10 @@
 //! that connection dies, its next connect begins with the following node, so
 //! a replica moves to a live node without a restart and replicas spread over
 //! the nodes.
+//!
+//! A connection asks for frames of at most [`DEFAULT_FRAME_MAX`] bytes unless
+//! its URL sets `frame_max`: lapin keeps a send and a receive buffer of 32
+//! frames each, which RabbitMQ's default of 128 KiB makes 8 MiB a connection.
 
 use std::{
     sync::{
@@ -12,12 +16,17 @@ use std::{
     time::Duration,
 };
 
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties, uri::AMQPUri};
 
 /// How long one node may take to accept a connection before the next is tried:
 /// a node that is stopped refuses at once, one that hangs must not hold the
 /// client for the minutes a TCP connect can take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The frame size a connection asks for when its URL does not name one. A
+/// message larger than a frame travels as several body frames; events are far
+/// smaller. lapin's buffers then take 2 x 32 x 16 KiB = 1 MiB a connection.
+pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
 
 /// The URLs in `list`, in order: split on commas, blanks trimmed, empty ones dropped.
 pub fn addresses(list: &str) -> Vec<&str> {
@@ -29,6 +38,8 @@ pub fn addresses(list: &str) -> Vec<&str> {
 pub enum ConnectError {
     #[error("no broker address given")]
     NoAddress,
+    #[error("{address}: not an AMQP URL: {reason}")]
+    Invalid { address: String, reason: String },
     #[error("{address}: {source}")]
     Failed { address: String, source: lapin::Error },
     #[error("{address}: no connection within {after:?}")]
@@ -53,7 +64,14 @@ pub async fn connect(list: &str, properties: ConnectionProperties) -> Result<Con
     let mut last = ConnectError::NoAddress;
     for i in 0..urls.len() {
         let url = urls[(start + i) % urls.len()];
-        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties.clone())).await {
+        let uri = match parse(url) {
+            Ok(uri) => uri,
+            Err(reason) => {
+                last = ConnectError::Invalid { address: crate::redact::redact_url(url), reason };
+                continue;
+            }
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, properties.clone())).await {
             Ok(Ok(connection)) => return Ok(connection),
             Ok(Err(source)) => {
                 last = ConnectError::Failed { address: crate::redact::redact_url(url), source };
@@ -67,6 +85,13 @@ pub async fn connect(list: &str, properties: ConnectionProperties) -> Result<Con
         }
     }
     Err(last)
+}
+
+/// `url` parsed, with [`DEFAULT_FRAME_MAX`] unless it sets `frame_max` itself.
+fn parse(url: &str) -> Result<AMQPUri, String> {
+    let mut uri: AMQPUri = url.parse()?;
+    uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
+    Ok(uri)
 }
 
 #[cfg(test)]
@@ -91,11 +116,28 @@ mod tests {
         for _ in 0..2 {
             let connection = connect(&list, ConnectionProperties::default()).await.expect("the live node accepts");
             assert!(connection.status().connected());
+            assert_eq!(connection.configuration().frame_max(), DEFAULT_FRAME_MAX, "negotiated with the broker");
             let _ = connection.close(200, "bye".into()).await;
         }
         let err = connect("amqp://guest:s3cret@127.0.0.1:1/%2f", ConnectionProperties::default())
             .await
             .expect_err("nothing listens on port 1");
         assert!(err.to_string().starts_with("amqp://guest:***@127.0.0.1:1/"), "{err}");
+    }
+
+    #[test]
+    fn the_frame_size_is_the_urls_or_the_default() {
+        assert_eq!(parse("amqp://a:5672/%2f").unwrap().query.frame_max, Some(DEFAULT_FRAME_MAX));
+        assert_eq!(parse("amqp://a:5672/%2f?frame_max=131072").unwrap().query.frame_max, Some(131_072));
+        assert_eq!(parse("amqp://a:5672/%2f?heartbeat=10").unwrap().query.heartbeat, Some(10));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_url_is_named_without_its_password() {
+        let err = connect("amqp://guest:s3cret@127.0.0.1:5672/%2f?frame_max=big", ConnectionProperties::default())
+            .await
+            .expect_err("frame_max is not a number");
+        let text = err.to_string();
+        assert!(text.starts_with("amqp://guest:***@127.0.0.1:5672/") && text.contains("not an AMQP URL"), "{text}");
     }
 }

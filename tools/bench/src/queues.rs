@@ -78,8 +78,10 @@ pub(crate) fn isolated(url: &str) -> (String, Option<String>) {
         eprintln!("bench: {err}; sharing the broker's vhost with whatever else runs there");
         return (url.to_owned(), None);
     }
-    let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
-    (format!("{base}/{VHOST}"), Some(VHOST.to_owned()))
+    let (address, query) = url.split_once('?').map_or((url, None), |(address, query)| (address, Some(query)));
+    let base = address.rsplit_once('/').map_or(address, |(base, _)| base);
+    let query = query.map_or_else(String::new, |query| format!("?{query}"));
+    (format!("{base}/{VHOST}{query}"), Some(VHOST.to_owned()))
 }
 
 /// Deletes the bench's virtual host and everything in it.
