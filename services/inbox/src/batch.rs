@@ -53,8 +53,8 @@ pub(crate) async fn apply<H: Handler>(
         Some(conn) => conn,
         // Out of the pool for good, so its release check never runs; a failure
         // to get one waits the pool's acquire timeout, as every batch did.
-        None => match pool.acquire().await {
-            Ok(conn) => slot.insert(conn.detach()),
+        None => match open(pool).await {
+            Ok(conn) => slot.insert(conn),
             Err(err) => {
                 let error = format!("database: {err}");
                 for i in &pending {
@@ -186,11 +186,28 @@ async fn run_with_savepoints<H: Handler>(
     tx.commit().await.map_err(lost)
 }
 
+/// The statement that records event ids, prepared on each connection the
+/// inbox takes ([`open`]). Sorted, so that two consumers holding the same ids
+/// lock them in the same order and wait for each other instead of deadlocking.
+const PREPARE_RECORD: &str = "PREPARE inbox_record (uuid[]) AS
+     INSERT INTO processed_events (event_id)
+     SELECT id FROM unnest($1) AS t(id) ORDER BY id
+     ON CONFLICT (event_id) DO NOTHING
+     RETURNING event_id";
+
+/// A connection of `pool`'s, out of the pool for good (so its release check
+/// never runs), with [`PREPARE_RECORD`] prepared on it.
+async fn open(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
+    let mut conn = pool.acquire().await?.detach();
+    conn.execute(sqlx::raw_sql(PREPARE_RECORD)).await?;
+    Ok(conn)
+}
+
 /// Records the pending items' event ids, after `prefix` (statements sent in
-/// the same round trip), and returns those not recorded before. Sorted, so
-/// that two consumers holding the same ids lock them in the same order and
-/// wait for each other instead of deadlocking. The ids are spelled out in the
-/// text (UUIDs, nothing to escape): a simple query is what carries `prefix` too.
+/// the same round trip), and returns those not recorded before. A simple
+/// query is what carries `prefix`, so the ids are spelled out in its text
+/// (UUIDs, nothing to escape) and it executes the statement prepared when the
+/// connection was opened: planned once, not on every batch.
 async fn record<E>(
     conn: &mut PgConnection,
     items: &[Item<E>],
@@ -199,13 +216,7 @@ async fn record<E>(
     prefix: &str,
 ) -> Result<HashSet<Uuid>, Stop> {
     let ids: Vec<String> = pending.iter().filter_map(|i| items[*i].event_id()).map(|id| id.to_string()).collect();
-    let sql = format!(
-        "{prefix}INSERT INTO processed_events (event_id)
-         SELECT id FROM unnest('{{{}}}'::uuid[]) AS t(id) ORDER BY id
-         ON CONFLICT (event_id) DO NOTHING
-         RETURNING event_id",
-        ids.join(",")
-    );
+    let sql = format!("{prefix}EXECUTE inbox_record('{{{}}}')", ids.join(","));
     let spans = statement_spans(db, items, pending, "INSERT", ids.len());
     let rows = conn.fetch_all(sqlx::raw_sql(&sql)).await.map_err(lost)?;
     drop(spans);
