@@ -64,22 +64,17 @@ pub async fn connect(list: &str, properties: ConnectionProperties) -> Result<Con
     let mut last = ConnectError::NoAddress;
     for i in 0..urls.len() {
         let url = urls[(start + i) % urls.len()];
-        let uri = match parse(url) {
-            Ok(uri) => uri,
-            Err(reason) => {
-                last = ConnectError::Invalid { address: crate::redact::redact_url(url), reason };
-                continue;
+        let address = || crate::redact::redact_url(url);
+        last = match parse(url) {
+            Err(reason) => ConnectError::Invalid { address: address(), reason },
+            Ok(uri) => {
+                match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, properties.clone())).await {
+                    Ok(Ok(connection)) => return Ok(connection),
+                    Ok(Err(source)) => ConnectError::Failed { address: address(), source },
+                    Err(_) => ConnectError::TimedOut { address: address(), after: CONNECT_TIMEOUT },
+                }
             }
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, properties.clone())).await {
-            Ok(Ok(connection)) => return Ok(connection),
-            Ok(Err(source)) => {
-                last = ConnectError::Failed { address: crate::redact::redact_url(url), source };
-            }
-            Err(_) => {
-                last = ConnectError::TimedOut { address: crate::redact::redact_url(url), after: CONNECT_TIMEOUT };
-            }
-        }
         if urls.len() > 1 {
             tracing::warn!(error = %last, "broker node unreachable; trying the next");
         }

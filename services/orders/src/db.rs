@@ -1,4 +1,5 @@
 //! Queries on the orders table; each takes the caller's connection or transaction.
+
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use infra::pg::PoolSettings;
