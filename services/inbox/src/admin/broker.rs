@@ -37,7 +37,7 @@ pub(crate) struct ConsoleChannel {
 impl ConsoleChannel {
     pub(crate) async fn open(amqp_url: &SecretString, topology: &Topology) -> anyhow::Result<Self> {
         let properties = ConnectionProperties::default().with_connection_name(LongString::from("inbox-console"));
-        let connection = Connection::connect(amqp_url.expose_secret(), properties).await.context("cannot connect")?;
+        let connection = infra::amqp::connect(amqp_url.expose_secret(), properties).await.context("cannot connect")?;
         topology.declare(&connection).await.context("cannot declare the topology")?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;

@@ -157,6 +157,30 @@ async fn dead_letters_are_listed_grouped_shown_replayed_and_purged(_: PgPoolOpti
     broker.delete(&topology).await;
 }
 
+/// `AMQP_URL` naming a cluster's nodes, the first one down: the console
+/// reaches the dead-letter queue through the list as the consumer does.
+#[sqlx::test(migrations = false)]
+async fn the_console_reaches_the_broker_through_a_list_of_nodes(_: PgPoolOptions, db: PgConnectOptions) {
+    let token = TokenFile::new(TOKEN);
+    let nodes = format!("amqp://guest:guest@127.0.0.1:1/%2f,{}", testkit::amqp_url());
+    let mut config = test_config(&database_url(&db), &nodes);
+    config.admin_token_file = Some(token.0.clone());
+    let topology = config.inbox.topology();
+    let _sweep = Sweep(topology.clone());
+    let mut app = spawn_app(config).await;
+    app.wait_connected(true).await;
+    let broker = Broker::connect().await;
+    let garbage = properties(Some(&Uuid::new_v4().to_string()), Some(ORDER_CREATED_TYPE), "corr-nodes");
+    broker.publish_raw(topology.exchange.as_str(), garbage, b"\xff\xff").await;
+
+    let mut console = Console::connect(&app, Some(TOKEN)).await;
+    let listed = console.wait_for(DeadLetterFilter::default(), 1).await;
+    assert_eq!((listed[0].reason.as_str(), listed[0].correlation_id.as_str()), ("decode_error", "corr-nodes"));
+    assert_eq!(broker.ready(&topology.dead_letter).await, 0, "the queue was taken into the table");
+    app.stop().await;
+    broker.delete(&topology).await;
+}
+
 #[sqlx::test(migrations = false)]
 async fn the_console_needs_the_configured_token(_: PgPoolOptions, db: PgConnectOptions) {
     let token = TokenFile::new(TOKEN);
