@@ -145,8 +145,10 @@ async fn malformed_messages_are_dead_lettered_with_their_reason(pool: PgPool) {
         let json = as_published(&id).with_content_type(content_type.into());
         broker.publish_raw(ex, json, &good(&id)).await;
     }
-    let huge = Thing { event_id: id.clone(), ..Thing::named(&"x".repeat(1024)) };
-    broker.publish_raw(ex, as_published(&id), &huge.encode_to_vec()).await;
+    // Larger than a frame of the inbox's connection (infra::amqp::DEFAULT_FRAME_MAX): it arrives in several.
+    let huge = Thing { event_id: id.clone(), ..Thing::named(&"x".repeat(40 * 1024)) }.encode_to_vec();
+    assert!(huge.len() > 2 * infra::amqp::DEFAULT_FRAME_MAX as usize);
+    broker.publish_raw(ex, as_published(&id), &huge).await;
     broker.publish(ex, Uuid::new_v4(), &Thing::named("last")).await;
 
     let running = start(&pool, Recorder::default(), config);
@@ -183,6 +185,8 @@ async fn malformed_messages_are_dead_lettered_with_their_reason(pool: PgPool) {
     };
     assert!(error_of("validation_failed").contains("event_id"), "{}", error_of("validation_failed"));
     assert!(error_of("too_large").contains("1024"), "{}", error_of("too_large"));
+    let too_large = dead.iter().find(|m| header(m, headers::REASON).as_deref() == Some("too_large")).unwrap();
+    assert!(too_large.delivery.data == huge, "the large message is dead-lettered whole");
     assert!(error_of("unsupported_content_type").contains("application/json"));
     let names: Vec<String> =
         sqlx::query_scalar("SELECT name FROM things ORDER BY name").fetch_all(&pool).await.unwrap();
