@@ -21,13 +21,7 @@ fn cli(token_file: &std::path::Path, addr: std::net::SocketAddr, log: &str, args
 
 #[sqlx::test(migrations = false)]
 async fn the_dlq_command_lists_shows_replays_and_purges(_: PgPoolOptions, db: PgConnectOptions) {
-    let token = TokenFile::new(TOKEN);
-    let mut config = test_config(&database_url(&db), &testkit::amqp_url());
-    config.admin_token_file = Some(token.0.clone());
-    let topology = config.inbox.topology();
-    let _sweep = Sweep(topology.clone());
-    let mut app = spawn_app(config).await;
-    app.wait_connected(true).await;
+    let (app, topology, token, _sweep) = console_app(&db, &testkit::amqp_url()).await;
     let broker = Broker::connect().await;
     let (_, fixed) = dead_letter_directly(&broker, &topology, "corr-cli-fixed").await;
     let (_, other) = dead_letter_directly(&broker, &topology, "corr-cli-other").await;

@@ -5,13 +5,7 @@ use super::*;
 
 #[sqlx::test(migrations = false)]
 async fn dead_letters_are_listed_grouped_shown_replayed_and_purged(_: PgPoolOptions, db: PgConnectOptions) {
-    let token = TokenFile::new(TOKEN);
-    let mut config = test_config(&database_url(&db), &testkit::amqp_url());
-    config.admin_token_file = Some(token.0.clone());
-    let topology = config.inbox.topology();
-    let _sweep = Sweep(topology.clone());
-    let mut app = spawn_app(config).await;
-    app.wait_connected(true).await;
+    let (app, topology, _token, _sweep) = console_app(&db, &testkit::amqp_url()).await;
     let broker = Broker::connect().await;
     let ex = topology.exchange.as_str();
     let fresh = || Uuid::new_v4().to_string();
@@ -161,14 +155,8 @@ async fn dead_letters_are_listed_grouped_shown_replayed_and_purged(_: PgPoolOpti
 /// reaches the dead-letter queue through the list as the consumer does.
 #[sqlx::test(migrations = false)]
 async fn the_console_reaches_the_broker_through_a_list_of_nodes(_: PgPoolOptions, db: PgConnectOptions) {
-    let token = TokenFile::new(TOKEN);
     let nodes = format!("amqp://guest:guest@127.0.0.1:1/%2f,{}", testkit::amqp_url());
-    let mut config = test_config(&database_url(&db), &nodes);
-    config.admin_token_file = Some(token.0.clone());
-    let topology = config.inbox.topology();
-    let _sweep = Sweep(topology.clone());
-    let mut app = spawn_app(config).await;
-    app.wait_connected(true).await;
+    let (app, topology, _token, _sweep) = console_app(&db, &nodes).await;
     let broker = Broker::connect().await;
     let garbage = properties(Some(&Uuid::new_v4().to_string()), Some(ORDER_CREATED_TYPE), "corr-nodes");
     broker.publish_raw(topology.exchange.as_str(), garbage, b"\xff\xff").await;

@@ -11,6 +11,7 @@ use std::{path::PathBuf, process::Command};
 use chrono::{SecondsFormat, Utc};
 use contracts::events::v1::{ORDER_CREATED_TYPE, OrderCreated};
 use inbox::{
+    Topology,
     admin::v1::{
         DeadLetter, DeadLetterFilter, DeadLetterState, GetDeadLetterGroupsRequest, GetDeadLetterRequest,
         ListDeadLettersRequest, PurgeDeadLettersRequest, ReplayDeadLettersRequest,
@@ -44,6 +45,20 @@ impl Drop for TokenFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// Notifications consuming through `amqp_url` with the console behind
+/// [`TOKEN`], connected to the broker; with its topology and what must live
+/// as long as the test (the token's file, the sweep of its queues).
+async fn console_app(db: &PgConnectOptions, amqp_url: &str) -> (TestApp, Topology, TokenFile, Sweep) {
+    let token = TokenFile::new(TOKEN);
+    let mut config = test_config(&database_url(db), amqp_url);
+    config.admin_token_file = Some(token.0.clone());
+    let topology = config.inbox.topology();
+    let sweep = Sweep(topology.clone());
+    let mut app = spawn_app(config).await;
+    app.wait_connected(true).await;
+    (app, topology, token, sweep)
 }
 
 struct Console {
@@ -100,11 +115,7 @@ fn in_state(state: DeadLetterState) -> DeadLetterFilter {
 
 /// A valid event already in the dead-letter queue, as the inbox left it after
 /// its attempts ran out (a fault since fixed): replaying it must succeed.
-async fn dead_letter_directly(
-    broker: &Broker,
-    topology: &inbox::Topology,
-    correlation_id: &str,
-) -> (Uuid, OrderCreated) {
+async fn dead_letter_directly(broker: &Broker, topology: &Topology, correlation_id: &str) -> (Uuid, OrderCreated) {
     let (event_id, event) = order_created(correlation_id);
     let mut table = FieldTable::default();
     let text = |s: &str| AMQPValue::LongString(LongString::from(s));
