@@ -52,9 +52,9 @@ pub(crate) struct PendingRow {
 }
 
 impl PendingRow {
-    /// The row `appended` wrote for `message`, as a claim would read it.
-    /// The row `appended` for `message`, its payload followed by `suffix`
-    /// (what the statement appended: [`crate::WithEvents::payload_suffix`]).
+    /// The row `appended` wrote for `message`, as a claim would read it: its
+    /// payload followed by `suffix` (what the statement appended,
+    /// [`crate::WithEvents::payload_suffix`]).
     pub(crate) fn of(appended: &Appended, message: &OutboxMessage, suffix: &[u8]) -> Self {
         Self {
             id: appended.id,

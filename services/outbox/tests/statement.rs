@@ -56,6 +56,30 @@ async fn insert_one(
     statement.event("made", event).fetch_optional(conn).await
 }
 
+/// Writes a thing per entry of `things`, each with the event of the same
+/// index in `events`, in one statement after the caller's own `ctes` (each
+/// followed by a comma); `suffix` as for [`insert_one`].
+async fn insert_many(
+    conn: &mut PgConnection,
+    things: &[(Uuid, &str)],
+    events: &[OutboxMessage],
+    ctes: &str,
+    suffix: Option<&'static str>,
+) -> Vec<(Thing, Appended)> {
+    let mut statement = WithEvents::new();
+    if let Some(suffix) = suffix {
+        statement.payload_suffix(suffix);
+    }
+    let query = statement.caller();
+    query.push(ctes).push("made AS (INSERT INTO things (id, name, event_id) SELECT * FROM unnest(");
+    query.push_bind(things.iter().map(|t| t.0).collect::<Vec<_>>()).push("::uuid[], ");
+    query.push_bind(things.iter().map(|t| t.1.to_owned()).collect::<Vec<_>>()).push("::text[], ");
+    query.push_bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>()).push("::uuid[])");
+    query.push(" ON CONFLICT (id) DO NOTHING RETURNING id, name, event_id)");
+    let refs: Vec<&OutboxMessage> = events.iter().collect();
+    statement.events("made", &refs).fetch_all(conn).await.unwrap()
+}
+
 async fn outbox_rows(conn: &mut PgConnection) -> Vec<(i64, Uuid, String, String, i16, String, String, String, String)> {
     sqlx::query_as(
         "SELECT id, event_id, aggregate_type, aggregate_id, partition, exchange, routing_key, message_type,
@@ -128,16 +152,9 @@ async fn many_rows_each_get_their_own_event_in_order_and_a_skipped_row_none(pool
     insert_one(&mut conn, (taken, "taken", Uuid::new_v4()), &message(Uuid::new_v4(), "t"), None).await.unwrap();
     let before = outbox_rows(&mut conn).await.len();
 
-    let ids = [Uuid::new_v4(), taken, Uuid::new_v4()];
-    let events: Vec<OutboxMessage> = ids.iter().map(|id| message(Uuid::new_v4(), &id.to_string())).collect();
-    let mut statement = WithEvents::new();
-    let query = statement.caller();
-    query.push("made AS (INSERT INTO things (id, name, event_id) SELECT * FROM unnest(");
-    query.push_bind(ids.to_vec()).push("::uuid[], ").push_bind(vec!["a", "b", "c"]).push("::text[], ");
-    query.push_bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>()).push("::uuid[])");
-    query.push(" ON CONFLICT (id) DO NOTHING RETURNING id, name, event_id)");
-    let refs: Vec<&OutboxMessage> = events.iter().collect();
-    let written: Vec<(Thing, Appended)> = statement.events("made", &refs).fetch_all(&mut conn).await.unwrap();
+    let things = [(Uuid::new_v4(), "a"), (taken, "b"), (Uuid::new_v4(), "c")];
+    let events: Vec<OutboxMessage> = things.iter().map(|(id, _)| message(Uuid::new_v4(), &id.to_string())).collect();
+    let written = insert_many(&mut conn, &things, &events, "", None).await;
 
     let mut names: Vec<&str> = written.iter().map(|(thing, _)| thing.name.as_str()).collect();
     names.sort();
@@ -172,19 +189,10 @@ async fn a_payload_suffix_is_appended_to_every_payload_the_statement_writes(pool
     assert!(written.unwrap().is_some());
     assert_eq!(payload_of(&mut conn, event_id).await, [1, 2, 3, 0x0a, 0x0b]);
 
-    let ids = [Uuid::new_v4(), Uuid::new_v4()];
-    let events: Vec<OutboxMessage> = ids.iter().map(|id| message(Uuid::new_v4(), &id.to_string())).collect();
-    let mut statement = WithEvents::new();
-    statement.payload_suffix("SELECT mark FROM marks");
-    let query = statement.caller();
-    query.push("marks AS (SELECT '\\x0c'::bytea AS mark), ");
-    query.push("made AS (INSERT INTO things (id, name, event_id) SELECT * FROM unnest(");
-    query.push_bind(ids.to_vec()).push("::uuid[], ").push_bind(vec!["a", "b"]).push("::text[], ");
-    query
-        .push_bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
-        .push("::uuid[]) RETURNING id, name, event_id)");
-    let refs: Vec<&OutboxMessage> = events.iter().collect();
-    let written: Vec<(Thing, Appended)> = statement.events("made", &refs).fetch_all(&mut conn).await.unwrap();
+    let things = [(Uuid::new_v4(), "a"), (Uuid::new_v4(), "b")];
+    let events: Vec<OutboxMessage> = things.iter().map(|(id, _)| message(Uuid::new_v4(), &id.to_string())).collect();
+    let marks = "marks AS (SELECT '\\x0c'::bytea AS mark), ";
+    let written = insert_many(&mut conn, &things, &events, marks, Some("SELECT mark FROM marks")).await;
     assert_eq!(written.len(), 2);
     for event in &events {
         assert_eq!(payload_of(&mut conn, event.event_id).await, [1, 2, 3, 0x0c]);

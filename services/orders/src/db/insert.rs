@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, Postgres, QueryBuilder};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use outbox::{Appended, OutboxMessage, WithEvents};
@@ -34,13 +34,17 @@ pub struct SagaStart {
     pub step_timeout: Duration,
 }
 
-/// The clock read once, as the statement starts writing (every row gets the
-/// same time), and the `occurred_at` field the messages' payloads end with.
-fn push_stamp(query: &mut QueryBuilder<'_, Postgres>) {
-    query.push(format_args!(
+/// A statement whose first CTE, `stamp`, reads the clock once, as the
+/// statement starts writing (every row gets the same time), and encodes it as
+/// the `occurred_at` field every message's stored payload ends with.
+fn stamped<'args>() -> WithEvents<'args> {
+    let mut statement = WithEvents::new();
+    statement.payload_suffix("SELECT occurred_at FROM stamp");
+    statement.caller().push(format_args!(
         "stamp AS MATERIALIZED (SELECT at, protobuf_timestamp_field({OCCURRED_AT_FIELD}, at) AS occurred_at \
          FROM (SELECT clock_timestamp() AS at) AS clock), "
     ));
+    statement
 }
 
 /// The orders' columns the statements write, `created_at` and `updated_at` last.
@@ -86,10 +90,8 @@ pub async fn insert_orders(conn: &mut PgConnection, orders: &[&NewOrderRows]) ->
 /// order, and most calls carry one order when the service is not busy.
 async fn insert_one(conn: &mut PgConnection, new: &NewOrderRows) -> Result<Vec<(OrderRow, Appended)>, sqlx::Error> {
     let order = &new.order;
-    let mut statement = WithEvents::new();
-    statement.payload_suffix("SELECT occurred_at FROM stamp");
+    let mut statement = stamped();
     let query = statement.caller();
-    push_stamp(query);
     query.push(format_args!("new_order AS ({ORDER_INSERT} SELECT "));
     query.push_bind(order.order_id).push(", ");
     query.push_bind(&order.customer_id).push(", ");
@@ -139,10 +141,8 @@ async fn insert_many(
                 .map(|(n, line)| (o.order.order_id, n as i16, line.sku.as_str(), i64::from(line.quantity)))
         })
         .collect();
-    let mut statement = WithEvents::new();
-    statement.payload_suffix("SELECT occurred_at FROM stamp");
+    let mut statement = stamped();
     let query = statement.caller();
-    push_stamp(query);
     query.push("input AS (SELECT * FROM unnest(");
     query.push_bind(orders.iter().map(|o| o.order.order_id).collect::<Vec<_>>()).push("::uuid[], ");
     query.push_bind(text(|o| &o.customer_id)).push("::text[], ");
