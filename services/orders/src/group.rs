@@ -137,7 +137,7 @@ async fn write_together(
     let mut retried = false;
     loop {
         let written = match lane.acquire().await {
-            Ok(conn) => insert(conn, &group, db).await,
+            Ok(conn) => insert(conn, &group, db, outbox.hands_over()).await,
             Err(err) => {
                 fail_all(group, &err);
                 return None;
@@ -171,14 +171,19 @@ async fn write_together(
     }
 }
 
-/// Inserts `group`'s orders and events on `conn`.
-async fn insert(mut conn: LaneConnection, group: &[Call], db: &DbTarget) -> Result<db::Written, sqlx::Error> {
+/// Inserts `group`'s orders and events on `conn`; `hand_over`: see [`db::insert_orders`].
+async fn insert(
+    mut conn: LaneConnection,
+    group: &[Call],
+    db: &DbTarget,
+    hand_over: bool,
+) -> Result<db::Written, sqlx::Error> {
     let rows: Vec<&NewOrderRows> = group.iter().map(|call| &call.rows).collect();
     let written = if let [call] = group {
-        db::insert_orders(&mut conn, &rows).instrument(statement_span(db, call, 1)).await
+        db::insert_orders(&mut conn, &rows, hand_over).instrument(statement_span(db, call, 1)).await
     } else {
         let spans: Vec<Span> = group.iter().map(|call| statement_span(db, call, group.len())).collect();
-        let written = db::insert_orders(&mut conn, &rows).await;
+        let written = db::insert_orders(&mut conn, &rows, hand_over).await;
         drop(spans);
         written
     };

@@ -49,6 +49,13 @@ impl Seen {
         seen
     }
 
+    /// From the statement's `outbox_seen` column: NULL when the statement did
+    /// not look (its writer had no relay to hand rows to), and then the rows
+    /// are never handed over, only claimed.
+    pub(crate) fn of_column(found: Option<&[i64]>) -> Self {
+        found.map_or(Self { more: true, ..Self::default() }, Self::from_ids)
+    }
+
     /// Whether every row seen is among `known` (and there were not too many to tell).
     fn all_in(&self, known: &HashSet<i64>) -> bool {
         !self.more && self.ids[..usize::from(self.len)].iter().all(|id| known.contains(id))
@@ -159,6 +166,15 @@ mod tests {
         let (rows, refused) = accept(vec![handed(12, 2, &[]), handed(11, 1, &[])], taking(&owned, 10, &[]));
         assert_eq!(ids(&rows), [11, 12]);
         assert!(!refused);
+    }
+
+    #[test]
+    fn a_statement_that_did_not_look_lets_nothing_through() {
+        let known: HashSet<i64> = [1, 2].into_iter().collect();
+        assert!(Seen::of_column(Some(&[])).all_in(&known), "it looked and saw nothing");
+        assert!(Seen::of_column(Some(&[2, 1])).all_in(&known));
+        assert!(!Seen::of_column(None).all_in(&known), "it did not look");
+        assert!(!Seen::of_column(None).all_in(&HashSet::new()));
     }
 
     #[test]

@@ -154,10 +154,10 @@ impl OutboxWriter {
     pub async fn append(&self, tx: &mut PgConnection, message: &OutboxMessage) -> Result<Appended, sqlx::Error> {
         let mut query = QueryBuilder::new(format!("INSERT INTO outbox_messages ({}) VALUES (", statement::COLUMNS));
         statement::push_values(&mut query, message, None);
-        query.push(format_args!(") RETURNING id, partition, created_at, {}", statement::SEEN));
-        let (id, partition, created_at, seen): (i64, i16, DateTime<Utc>, Vec<i64>) =
+        query.push(format_args!(") RETURNING id, partition, created_at, {}", statement::seen(self.hands_over())));
+        let (id, partition, created_at, seen): (i64, i16, DateTime<Utc>, Option<Vec<i64>>) =
             query.build_query_as().fetch_one(tx).await?;
-        Ok(Appended { id, partition, created_at, seen: Seen::from_ids(&seen) })
+        Ok(Appended { id, partition, created_at, seen: Seen::of_column(seen.as_deref()) })
     }
 
     /// Appends `messages` inside the caller's open transaction, in their
@@ -170,6 +170,12 @@ impl OutboxWriter {
         statement::push_rows(&mut query, messages, None);
         query.push(" ORDER BY m.n");
         query.build().execute(tx).await.map(drop)
+    }
+
+    /// Whether a relay in this process owns a partition now, so that rows
+    /// written from here may be handed to it ([`Self::hand_over`]).
+    pub fn hands_over(&self) -> bool {
+        self.local.owned.load(Ordering::Acquire) != 0
     }
 
     /// Wakes the relay that owns the row; call it after the transaction commits.

@@ -20,6 +20,13 @@ pub(crate) const COLUMNS: &str = "event_id, aggregate_type, aggregate_id, partit
 /// ids before it was taken, and the statement's own rows after.
 pub(crate) const SEEN: &str = "ARRAY(SELECT id FROM outbox_messages ORDER BY id DESC LIMIT 9) AS outbox_seen";
 const _: () = assert!(SEEN_MAX + 1 == 9);
+/// `outbox_seen` of a statement whose rows are not handed over: it reads nothing.
+pub(crate) const UNSEEN: &str = "NULL::int8[] AS outbox_seen";
+
+/// [`SEEN`] when the rows may be handed over, else [`UNSEEN`].
+pub(crate) fn seen(hand_over: bool) -> &'static str {
+    if hand_over { SEEN } else { UNSEEN }
+}
 
 /// A statement being built: first the caller's common table expressions
 /// (through [`Self::caller`]), then the outbox rows for the rows one of them
@@ -34,6 +41,8 @@ pub struct WithEvents<'args> {
     query: QueryBuilder<'args, Postgres>,
     /// Appended to every payload, see [`Self::payload_suffix`].
     suffix: Option<&'static str>,
+    /// Whether the rows may be handed over, see [`Self::handing_over`].
+    hand_over: bool,
 }
 
 impl Default for WithEvents<'_> {
@@ -44,7 +53,18 @@ impl Default for WithEvents<'_> {
 
 impl<'args> WithEvents<'args> {
     pub fn new() -> Self {
-        Self { query: QueryBuilder::new("WITH "), suffix: None }
+        Self { query: QueryBuilder::new("WITH "), suffix: None, hand_over: true }
+    }
+
+    /// Whether the rows may be given to [`crate::OutboxWriter::hand_over`]
+    /// (the default): the statement then also reads the newest outbox rows its
+    /// snapshot holds, which the handover needs to keep an aggregate's events
+    /// in order. A writer whose process runs no relay owning any partition
+    /// ([`crate::OutboxWriter::hands_over`]) has nothing to hand them to and
+    /// can skip that read; its rows are claimed by a relay, as they would be anyway.
+    pub fn handing_over(&mut self, hand_over: bool) -> &mut Self {
+        self.hand_over = hand_over;
+        self
     }
 
     /// Has the database append the `bytea` value of `sql` to the payload of
@@ -74,7 +94,8 @@ impl<'args> WithEvents<'args> {
         self.query.push(format_args!(
             " FROM {source} RETURNING id, partition, created_at) \
              SELECT {source}.*, event.id AS outbox_id, event.partition AS outbox_partition, \
-             event.created_at AS outbox_created_at, {SEEN} FROM {source} CROSS JOIN event"
+             event.created_at AS outbox_created_at, {} FROM {source} CROSS JOIN event",
+            seen(self.hand_over)
         ));
         Ready { query: self.query }
     }
@@ -90,7 +111,8 @@ impl<'args> WithEvents<'args> {
             " WHERE m.event_id IN (SELECT event_id FROM {source}) ORDER BY m.n \
              RETURNING id, partition, created_at, event_id) \
              SELECT {source}.*, event.id AS outbox_id, event.partition AS outbox_partition, \
-             event.created_at AS outbox_created_at, {SEEN} FROM {source} JOIN event USING (event_id)"
+             event.created_at AS outbox_created_at, {} FROM {source} JOIN event USING (event_id)",
+            seen(self.hand_over)
         ));
         Ready { query: self.query }
     }
@@ -191,7 +213,7 @@ impl<'r, R: FromRow<'r, PgRow>> FromRow<'r, PgRow> for WithAppended<R> {
             id: row.try_get("outbox_id")?,
             partition: row.try_get("outbox_partition")?,
             created_at: row.try_get("outbox_created_at")?,
-            seen: Seen::from_ids(&row.try_get::<Vec<i64>, _>("outbox_seen")?),
+            seen: Seen::of_column(row.try_get::<Option<Vec<i64>>, _>("outbox_seen")?.as_deref()),
         };
         Ok(Self { row: R::from_row(row)?, appended })
     }

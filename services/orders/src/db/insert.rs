@@ -37,9 +37,10 @@ pub struct SagaStart {
 /// A statement whose first CTE, `stamp`, reads the clock once, as the
 /// statement starts writing (every row gets the same time), and encodes it as
 /// the `occurred_at` field every message's stored payload ends with.
-fn stamped<'args>() -> WithEvents<'args> {
+/// `hand_over`: see [`insert_orders`].
+fn stamped<'args>(hand_over: bool) -> WithEvents<'args> {
     let mut statement = WithEvents::new();
-    statement.payload_suffix("SELECT occurred_at FROM stamp");
+    statement.payload_suffix("SELECT occurred_at FROM stamp").handing_over(hand_over);
     statement.caller().push(format_args!(
         "stamp AS MATERIALIZED (SELECT at, protobuf_timestamp_field({OCCURRED_AT_FIELD}, at) AS occurred_at \
          FROM (SELECT clock_timestamp() AS at) AS clock), "
@@ -65,11 +66,16 @@ const EMITTED: &str = "emitted AS (SELECT o.order_id, o.customer_id, o.amount, o
 /// an order in the same partition, the order's); an order whose `request_id` is
 /// already taken (also by an earlier order of the same call) is left out,
 /// and nothing of it is written: the earlier order wins, and a concurrent
-/// twin waits for it to commit first.
-pub async fn insert_orders(conn: &mut PgConnection, orders: &[&NewOrderRows]) -> Result<Written, sqlx::Error> {
+/// twin waits for it to commit first. `hand_over`: whether the outbox rows
+/// may be handed to a relay in this process ([`outbox::OutboxWriter::hands_over`]).
+pub async fn insert_orders(
+    conn: &mut PgConnection,
+    orders: &[&NewOrderRows],
+    hand_over: bool,
+) -> Result<Written, sqlx::Error> {
     let written = match orders {
-        [one] => insert_one(conn, one).await?,
-        _ => insert_many(conn, orders).await?,
+        [one] => insert_one(conn, one, hand_over).await?,
+        _ => insert_many(conn, orders, hand_over).await?,
     };
     // Each order comes back once per message: keep the row of its OrderCreated.
     let mut result =
@@ -88,9 +94,13 @@ pub async fn insert_orders(conn: &mut PgConnection, orders: &[&NewOrderRows]) ->
 /// One order, its values bound one by one: Postgres executes this form in
 /// about three quarters of the time the arrays of [`insert_many`] take for one
 /// order, and most calls carry one order when the service is not busy.
-async fn insert_one(conn: &mut PgConnection, new: &NewOrderRows) -> Result<Vec<(OrderRow, Appended)>, sqlx::Error> {
+async fn insert_one(
+    conn: &mut PgConnection,
+    new: &NewOrderRows,
+    hand_over: bool,
+) -> Result<Vec<(OrderRow, Appended)>, sqlx::Error> {
     let order = &new.order;
-    let mut statement = stamped();
+    let mut statement = stamped(hand_over);
     let query = statement.caller();
     query.push(format_args!("new_order AS ({ORDER_INSERT} SELECT "));
     query.push_bind(order.order_id).push(", ");
@@ -129,6 +139,7 @@ async fn insert_one(conn: &mut PgConnection, new: &NewOrderRows) -> Result<Vec<(
 async fn insert_many(
     conn: &mut PgConnection,
     orders: &[&NewOrderRows],
+    hand_over: bool,
 ) -> Result<Vec<(OrderRow, Appended)>, sqlx::Error> {
     let text = |f: fn(&OrderRow) -> &str| orders.iter().map(|o| f(&o.order)).collect::<Vec<_>>();
     let lines: Vec<(Uuid, i16, &str, i64)> = orders
@@ -141,7 +152,7 @@ async fn insert_many(
                 .map(|(n, line)| (o.order.order_id, n as i16, line.sku.as_str(), i64::from(line.quantity)))
         })
         .collect();
-    let mut statement = stamped();
+    let mut statement = stamped(hand_over);
     let query = statement.caller();
     query.push("input AS (SELECT * FROM unnest(");
     query.push_bind(orders.iter().map(|o| o.order.order_id).collect::<Vec<_>>()).push("::uuid[], ");

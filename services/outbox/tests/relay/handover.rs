@@ -92,3 +92,41 @@ async fn a_handed_row_never_overtakes_an_older_row_the_relay_has_not_claimed(poo
 
     finish(stop, relay, &amqp, &exchange).await;
 }
+
+/// A statement told its rows are not handed over reads none of the outbox
+/// (`outbox_seen` is NULL): handed over all the same, such a row is refused
+/// and claimed like any other, so it waits while the outbox is locked, and
+/// goes out once, in order, when the lock is gone.
+#[sqlx::test(migrations = false)]
+async fn a_row_whose_statement_did_not_look_is_claimed_not_handed_over(pool: PgPool) {
+    outbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
+    let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.#").await;
+    let (stop, relay) = start_beside(&options, &exchange, &writer);
+    warm_up(&pool, &writer, &exchange, &mut consumer).await;
+    assert!(writer.hands_over(), "the relay beside the writer owns partitions");
+
+    let unlooked = message(&exchange, "seq.created", "unlooked", 0);
+    let mut statement = outbox::WithEvents::new();
+    statement.handing_over(false).caller().push("source AS (SELECT 1 AS one)");
+    let mut tx = pool.begin().await.unwrap();
+    let written: Vec<((i32,), outbox::Appended)> =
+        statement.event("source", &unlooked).fetch_all(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(written.len(), 1);
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE outbox_messages IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    writer.hand_over(&[(written[0].1, &unlooked)], &[]);
+    assert!(
+        testkit::receive(&mut consumer, 1, Duration::from_millis(500)).await.is_empty(),
+        "not handed over: its claim waits for the lock"
+    );
+
+    lock.rollback().await.unwrap();
+    let received = testkit::receive(&mut consumer, 1, Duration::from_secs(10)).await;
+    assert_eq!(received.len(), 1, "claimed once the lock is gone");
+    assert_eq!(received[0].data, b"unlooked:0");
+    assert_outbox_empties(&pool).await;
+    assert!(testkit::receive(&mut consumer, 1, Duration::from_millis(500)).await.is_empty(), "none twice");
+
+    finish(stop, relay, &amqp, &exchange).await;
+}
