@@ -29,7 +29,7 @@ const MAX_WAITING: usize = 4_096;
 pub(crate) const SEEN_MAX: usize = 8;
 
 /// The newest outbox rows (pending or published and not yet marked) the
-/// snapshot of an appending statement held: see [`crate::statement::SEEN`].
+/// snapshot of an appending statement held: see [`crate::statement::seen`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Seen {
     ids: [i64; SEEN_MAX],

@@ -112,6 +112,11 @@ impl LocalRelay {
     fn owns(&self, partition: i16) -> bool {
         self.owned.load(Ordering::Acquire) & (1 << partition) != 0
     }
+
+    /// Whether the relay owns any partition at all.
+    fn owns_any(&self) -> bool {
+        self.owned.load(Ordering::Acquire) != 0
+    }
 }
 
 impl OutboxMessage {
@@ -175,7 +180,7 @@ impl OutboxWriter {
     /// Whether a relay in this process owns a partition now, so that rows
     /// written from here may be handed to it ([`Self::hand_over`]).
     pub fn hands_over(&self) -> bool {
-        self.local.owned.load(Ordering::Acquire) != 0
+        self.local.owns_any()
     }
 
     /// Wakes the relay that owns the row; call it after the transaction commits.

@@ -18,10 +18,10 @@ pub(crate) const COLUMNS: &str = "event_id, aggregate_type, aggregate_id, partit
 /// itself inserts are not among them), one more than [`SEEN_MAX`] at most, as
 /// `outbox_seen`: see [`crate::handover`]. Rows visible to a snapshot got their
 /// ids before it was taken, and the statement's own rows after.
-pub(crate) const SEEN: &str = "ARRAY(SELECT id FROM outbox_messages ORDER BY id DESC LIMIT 9) AS outbox_seen";
+const SEEN: &str = "ARRAY(SELECT id FROM outbox_messages ORDER BY id DESC LIMIT 9) AS outbox_seen";
 const _: () = assert!(SEEN_MAX + 1 == 9);
 /// `outbox_seen` of a statement whose rows are not handed over: it reads nothing.
-pub(crate) const UNSEEN: &str = "NULL::int8[] AS outbox_seen";
+const UNSEEN: &str = "NULL::int8[] AS outbox_seen";
 
 /// [`SEEN`] when the rows may be handed over, else [`UNSEEN`].
 pub(crate) fn seen(hand_over: bool) -> &'static str {
