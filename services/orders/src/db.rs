@@ -61,7 +61,7 @@ pub struct OrderLine {
 }
 
 /// The field of `occurred_at` in `OrderCreated` and in `ProcessPayment`,
-/// which the statement writing an order appends to their payloads.
+/// which the relay adds to their payloads ([`outbox::WithEvents::occurred_at`]).
 pub const OCCURRED_AT_FIELD: u32 = 6;
 
 /// A stored time as protobuf carries it: the API's `created_at` and the

@@ -21,10 +21,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::{Instrument, Span};
 use uuid::Uuid;
 
-use crate::{
-    db::{self, NewOrderRows, OrderRow},
-    messaging,
-};
+use crate::db::{self, NewOrderRows, OrderRow};
 
 /// The most calls one statement writes.
 pub const MAX_GROUP: usize = 64;
@@ -194,8 +191,8 @@ async fn insert(
 /// Hands the statement's outbox rows to the relay, from the writer itself:
 /// woken by each caller once it has its answer instead, the relay would wait
 /// for those callers' tasks to be scheduled first, a hand-off that on a busy
-/// machine costs milliseconds. Each message is handed over as stored: with
-/// the `occurred_at` the database appended.
+/// machine costs milliseconds. The relay adds each message's `occurred_at`,
+/// as it does to a row it claims.
 fn hand_over(outbox: &OutboxWriter, group: &[Call], written: &db::Written) {
     let events = &written.events;
     let messages: HashMap<Uuid, &OutboxMessage> = group
@@ -206,11 +203,7 @@ fn hand_over(outbox: &OutboxWriter, group: &[Call], written: &db::Written) {
     let handed: Vec<(Appended, &OutboxMessage)> =
         events.iter().filter_map(|(event_id, appended)| Some((*appended, *messages.get(event_id)?))).collect();
     if handed.len() == events.len() {
-        let mut occurred_at = Vec::new();
-        if let Some(at) = written.at {
-            messaging::stamp(&mut occurred_at, at);
-        }
-        outbox.hand_over(&handed, &occurred_at);
+        outbox.hand_over(&handed);
     } else {
         // Only every row of a statement may be handed over; these are claimed.
         events.iter().for_each(|(_, appended)| outbox.committed(*appended));

@@ -21,7 +21,7 @@ pub const AGGREGATE_TYPE: &str = "order";
 pub const CONTENT_TYPE: &str = "application/x-protobuf";
 
 /// `order`'s `OrderCreated` without its `occurred_at`: the statement that
-/// writes the order appends it ([`db::OCCURRED_AT_FIELD`], [`stamp`]).
+/// writes the order stamps it, and the relay adds it ([`db::OCCURRED_AT_FIELD`]).
 pub fn order_created(order: &OrderRow) -> OrderCreated {
     OrderCreated {
         event_id: order.event_id.to_string(),
@@ -35,13 +35,13 @@ pub fn order_created(order: &OrderRow) -> OrderCreated {
 }
 
 /// The outbox row for `order` to `exchange`, with correlation id and trace
-/// context as headers; its `occurred_at` is the database's to append.
+/// context as headers; its `occurred_at` is the database's to stamp.
 pub fn outbox_message(order: &OrderRow, exchange: &str, trace: TraceParent) -> OutboxMessage {
     routed(order, exchange, order.event_id, &trace.to_string(), &order_created(order))
 }
 
 /// The first command of the order's saga to `exchange`, under its own
-/// `event_id`; its `occurred_at` is the database's to append, as the event's.
+/// `event_id`; its `occurred_at` is the database's to stamp, as the event's.
 pub fn process_payment(order: &OrderRow, exchange: &str, event_id: Uuid, trace: TraceParent) -> OutboxMessage {
     let command = ProcessPayment {
         event_id: event_id.to_string(),
@@ -53,13 +53,6 @@ pub fn process_payment(order: &OrderRow, exchange: &str, event_id: Uuid, trace: 
         correlation_id: order.correlation_id.clone(),
     };
     routed(order, exchange, event_id, &trace.to_string(), &command)
-}
-
-/// Appends `at` to `payload` as its `occurred_at` ([`db::OCCURRED_AT_FIELD`]):
-/// the bytes the database's `protobuf_timestamp_field` appends to the stored
-/// payload, handed to the relay with the rows.
-pub fn stamp(payload: &mut Vec<u8>, at: DateTime<Utc>) {
-    prost::encoding::message::encode(db::OCCURRED_AT_FIELD, &db::timestamp(at), payload);
 }
 
 /// The saga's later messages of one order, each under a new `event_id`,

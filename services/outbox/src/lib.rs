@@ -40,6 +40,7 @@ pub mod config;
 mod handover;
 mod message;
 mod metrics;
+mod occurred;
 mod ownership;
 mod partitions;
 mod publisher;

@@ -138,6 +138,9 @@ pub struct Appended {
     /// The outbox rows the appending statement saw: what
     /// [`OutboxWriter::hand_over`] needs to keep an aggregate's events in order.
     pub(crate) seen: Seen,
+    /// The protobuf field the relay adds `created_at` to the payload as
+    /// ([`crate::WithEvents::occurred_at`]).
+    pub(crate) occurred_at_field: Option<i16>,
 }
 
 /// The Postgres channel relays LISTEN on by default.
@@ -162,7 +165,7 @@ impl OutboxWriter {
         query.push(format_args!(") RETURNING id, partition, created_at, {}", statement::seen(self.hands_over())));
         let (id, partition, created_at, seen): (i64, i16, DateTime<Utc>, Option<Vec<i64>>) =
             query.build_query_as().fetch_one(tx).await?;
-        Ok(Appended { id, partition, created_at, seen: Seen::of_column(seen.as_deref()) })
+        Ok(Appended { id, partition, created_at, seen: Seen::of_column(seen.as_deref()), occurred_at_field: None })
     }
 
     /// Appends `messages` inside the caller's open transaction, in their
@@ -197,10 +200,7 @@ impl OutboxWriter {
     /// in-process relay's partitions to that relay, which publishes them
     /// without claiming them when nothing older waits, and wakes whoever
     /// must send the rest. The rows stay in the outbox until confirmed either way.
-    /// `suffix` is what the statement appended to every payload
-    /// ([`crate::WithEvents::payload_suffix`]; empty if nothing), so that the
-    /// relay publishes the payloads as stored.
-    pub fn hand_over(&self, written: &[(Appended, &OutboxMessage)], suffix: &[u8]) {
+    pub fn hand_over(&self, written: &[(Appended, &OutboxMessage)]) {
         let mut others = false;
         let mine: Vec<Handed> = written
             .iter()
@@ -210,7 +210,7 @@ impl OutboxWriter {
                 mine
             })
             .map(|(appended, message)| Handed {
-                row: PendingRow::of(appended, message, suffix),
+                row: PendingRow::of(appended, message),
                 partition: appended.partition,
                 seen: appended.seen,
             })

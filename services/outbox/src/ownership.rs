@@ -49,13 +49,14 @@ pub(crate) struct PendingRow {
     pub(crate) payload: Vec<u8>,
     pub(crate) headers: Json<std::collections::BTreeMap<String, String>>,
     pub(crate) created_at: DateTime<Utc>,
+    /// Set until [`Self::stamped`] has added `created_at` to the payload as
+    /// this protobuf field ([`crate::WithEvents::occurred_at`]).
+    pub(crate) occurred_at_field: Option<i16>,
 }
 
 impl PendingRow {
-    /// The row `appended` wrote for `message`, as a claim would read it: its
-    /// payload followed by `suffix` (what the statement appended,
-    /// [`crate::WithEvents::payload_suffix`]).
-    pub(crate) fn of(appended: &Appended, message: &OutboxMessage, suffix: &[u8]) -> Self {
+    /// The row `appended` wrote for `message`, as a claim would read it.
+    pub(crate) fn of(appended: &Appended, message: &OutboxMessage) -> Self {
         Self {
             id: appended.id,
             event_id: message.event_id,
@@ -64,10 +65,21 @@ impl PendingRow {
             routing_key: message.routing_key.clone(),
             message_type: message.message_type.clone(),
             content_type: message.content_type.clone(),
-            payload: [message.payload.as_slice(), suffix].concat(),
+            payload: message.payload.clone(),
             headers: Json(message.headers.clone()),
             created_at: appended.created_at,
+            occurred_at_field: appended.occurred_at_field,
         }
+        .stamped()
+    }
+
+    /// The row with the payload the relay publishes: the stored one, then
+    /// `created_at` in the row's `occurred_at_field`, if it has one.
+    pub(crate) fn stamped(mut self) -> Self {
+        if let Some(field) = self.occurred_at_field.take() {
+            crate::occurred::append(&mut self.payload, field as u32, self.created_at);
+        }
+        self
     }
 
     /// A row with id `id` and nothing else, for the relay's unit tests.
@@ -84,6 +96,7 @@ impl PendingRow {
             payload: Vec::new(),
             headers: Json(Default::default()),
             created_at: Utc::now(),
+            occurred_at_field: None,
         }
     }
 }

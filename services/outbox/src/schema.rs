@@ -13,8 +13,14 @@ pub const VERSION_TABLE: &str = "outbox_schema_version";
 /// Serialises replicas applying the schema at once ("outbox" in ASCII).
 const LOCK_KEY: i64 = 0x6f75_7462_6f78;
 
-const STEPS: &[Step] =
-    &[Step { version: 1, description: "outbox messages and archive", sql: include_str!("../schema/0001_outbox.sql") }];
+const STEPS: &[Step] = &[
+    Step { version: 1, description: "outbox messages and archive", sql: include_str!("../schema/0001_outbox.sql") },
+    Step {
+        version: 2,
+        description: "occurred_at stamped at publish",
+        sql: include_str!("../schema/0002_occurred_at_field.sql"),
+    },
+];
 
 /// The latest schema version this release knows.
 pub const VERSION: i32 = STEPS[STEPS.len() - 1].version;

@@ -8,11 +8,28 @@ use sqlx::{FromRow, PgConnection, Postgres, QueryBuilder, Row, postgres::PgRow};
 use crate::{
     handover::{SEEN_MAX, Seen},
     message::{Appended, OutboxMessage, partition_of},
+    occurred,
 };
 
 /// The outbox's columns, in the order [`push_values`] binds them.
 pub(crate) const COLUMNS: &str = "event_id, aggregate_type, aggregate_id, partition, exchange, routing_key, message_type, content_type, payload, \
      headers";
+/// [`COLUMNS`] and those a [`Stamp`] writes.
+const STAMPED_COLUMNS: &str = "event_id, aggregate_type, aggregate_id, partition, exchange, routing_key, message_type, content_type, \
+     payload, headers, created_at, occurred_at_field";
+
+/// The time a statement writes as its rows' `created_at`, which the relay
+/// adds to their payloads as protobuf field `field` ([`WithEvents::occurred_at`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stamp {
+    field: i16,
+    at: &'static str,
+}
+
+/// The columns a statement writes, with or without `stamp`.
+pub(crate) fn columns(stamp: Option<Stamp>) -> &'static str {
+    if stamp.is_some() { STAMPED_COLUMNS } else { COLUMNS }
+}
 
 /// The newest outbox rows the statement's snapshot holds (rows the statement
 /// itself inserts are not among them), one more than [`SEEN_MAX`] at most, as
@@ -39,8 +56,8 @@ pub(crate) fn seen(hand_over: bool) -> &'static str {
 /// ```
 pub struct WithEvents<'args> {
     query: QueryBuilder<'args, Postgres>,
-    /// Appended to every payload, see [`Self::payload_suffix`].
-    suffix: Option<&'static str>,
+    /// See [`Self::occurred_at`].
+    stamp: Option<Stamp>,
     /// Whether the rows may be handed over, see [`Self::handing_over`].
     hand_over: bool,
 }
@@ -53,7 +70,7 @@ impl Default for WithEvents<'_> {
 
 impl<'args> WithEvents<'args> {
     pub fn new() -> Self {
-        Self { query: QueryBuilder::new("WITH "), suffix: None, hand_over: true }
+        Self { query: QueryBuilder::new("WITH "), stamp: None, hand_over: true }
     }
 
     /// Whether the rows may be given to [`crate::OutboxWriter::hand_over`]
@@ -67,15 +84,21 @@ impl<'args> WithEvents<'args> {
         self
     }
 
-    /// Has the database append the `bytea` value of `sql` to the payload of
-    /// every message this statement writes (stored as `payload || (sql)`):
-    /// for what only the database knows when the rows are written, such as
-    /// the time it stamps on the caller's rows. `sql` may read the caller's
-    /// CTEs; it is evaluated for each message, so a costly one belongs in a
-    /// CTE of its own. Hand the same bytes to the relay with the rows
-    /// ([`crate::OutboxWriter::hand_over`]).
-    pub fn payload_suffix(&mut self, sql: &'static str) -> &mut Self {
-        self.suffix = Some(sql);
+    /// Stamps every message this statement writes with a time only the
+    /// database knows when it writes them, such as the time it stamps on the
+    /// caller's rows: `at` is SQL giving one `timestamptz`, an expression or
+    /// a query of one row (it is written in parentheses, once per message,
+    /// and may read the caller's CTEs), written as the rows' `created_at`, and the relay
+    /// publishes each payload followed by protobuf field `field` holding that
+    /// time as a `google.protobuf.Timestamp` (the message's `occurred_at`,
+    /// left unset by the caller; protobuf readers take fields in any order).
+    /// The rows store the payload as given, with the field number beside it.
+    ///
+    /// # Panics
+    /// If `field` is 0 or above 32,767.
+    pub fn occurred_at(&mut self, field: u32, at: &'static str) -> &mut Self {
+        assert!((1..=occurred::MAX_FIELD).contains(&field), "protobuf field {field} is out of 1..=32767");
+        self.stamp = Some(Stamp { field: field as i16, at });
         self
     }
 
@@ -89,15 +112,15 @@ impl<'args> WithEvents<'args> {
     /// One outbox row carrying `message` per row `source` returns (none when
     /// it returns none, e.g. after `ON CONFLICT DO NOTHING`).
     pub fn event(mut self, source: &str, message: &'args OutboxMessage) -> Ready<'args> {
-        self.query.push(format_args!(", event AS (INSERT INTO outbox_messages ({COLUMNS}) SELECT "));
-        push_values(&mut self.query, message, self.suffix);
+        self.query.push(format_args!(", event AS (INSERT INTO outbox_messages ({}) SELECT ", columns(self.stamp)));
+        push_values(&mut self.query, message, self.stamp);
         self.query.push(format_args!(
             " FROM {source} RETURNING id, partition, created_at) \
              SELECT {source}.*, event.id AS outbox_id, event.partition AS outbox_partition, \
              event.created_at AS outbox_created_at, {} FROM {source} CROSS JOIN event",
             seen(self.hand_over)
         ));
-        Ready { query: self.query }
+        Ready { query: self.query, stamp: self.stamp }
     }
 
     /// One outbox row per message in `messages` whose `event_id` is among
@@ -105,8 +128,8 @@ impl<'args> WithEvents<'args> {
     /// answered with the `source` row of the same `event_id`.
     pub fn events(mut self, source: &str, messages: &[&'args OutboxMessage]) -> Ready<'args> {
         let q = &mut self.query;
-        q.push(format_args!(", event AS (INSERT INTO outbox_messages ({COLUMNS}) "));
-        push_rows(q, messages, self.suffix);
+        q.push(format_args!(", event AS (INSERT INTO outbox_messages ({}) ", columns(self.stamp)));
+        push_rows(q, messages, self.stamp);
         q.push(format_args!(
             " WHERE m.event_id IN (SELECT event_id FROM {source}) ORDER BY m.n \
              RETURNING id, partition, created_at, event_id) \
@@ -114,25 +137,22 @@ impl<'args> WithEvents<'args> {
              event.created_at AS outbox_created_at, {} FROM {source} JOIN event USING (event_id)",
             seen(self.hand_over)
         ));
-        Ready { query: self.query }
+        Ready { query: self.query, stamp: self.stamp }
     }
 }
 
 /// `SELECT <the outbox's columns> FROM unnest(<one array per column>) WITH
 /// ORDINALITY AS m(<columns>, n)`: every message as a row, in one statement
 /// whatever their number, `m.n` numbering them in the order of `messages`;
-/// `suffix` is appended to each payload ([`WithEvents::payload_suffix`]).
+/// then `stamp`'s columns ([`columns`]).
 pub(crate) fn push_rows<'args>(
     q: &mut QueryBuilder<'args, Postgres>,
     messages: &[&'args OutboxMessage],
-    suffix: Option<&str>,
+    stamp: Option<Stamp>,
 ) {
-    match suffix {
+    match stamp {
         None => q.push(format_args!("SELECT {COLUMNS} FROM unnest(")),
-        Some(suffix) => q.push(format_args!(
-            "SELECT {} FROM unnest(",
-            COLUMNS.replace("payload", &format!("payload || ({suffix})"))
-        )),
+        Some(Stamp { field, at }) => q.push(format_args!("SELECT {COLUMNS}, ({at}), {field}::int2 FROM unnest(")),
     };
     let text = |f: fn(&'args OutboxMessage) -> &'args str| messages.iter().map(|m| f(m)).collect::<Vec<_>>();
     q.push_bind(messages.iter().map(|m| m.event_id).collect::<Vec<_>>()).push("::uuid[], ");
@@ -148,12 +168,12 @@ pub(crate) fn push_rows<'args>(
     q.push(format_args!(") WITH ORDINALITY AS m({COLUMNS}, n)"));
 }
 
-/// Binds `message`'s column values, in the order of [`COLUMNS`], `suffix`
-/// appended to the payload ([`WithEvents::payload_suffix`]).
+/// Binds `message`'s column values, in the order of [`COLUMNS`], then
+/// `stamp`'s ([`columns`]).
 pub(crate) fn push_values<'args>(
     q: &mut QueryBuilder<'args, Postgres>,
     message: &'args OutboxMessage,
-    suffix: Option<&str>,
+    stamp: Option<Stamp>,
 ) {
     let mut values = q.separated(", ");
     values.push_bind(message.event_id);
@@ -165,15 +185,16 @@ pub(crate) fn push_values<'args>(
     values.push_bind(message.message_type.as_str());
     values.push_bind(message.content_type.as_str());
     values.push_bind(message.payload.as_slice());
-    if let Some(suffix) = suffix {
-        values.push_unseparated(format_args!(" || ({suffix})"));
-    }
     values.push_bind(message.headers_json());
+    if let Some(Stamp { field, at }) = stamp {
+        values.push(format_args!("({at}), {field}::int2"));
+    }
 }
 
 /// A built statement, run once.
 pub struct Ready<'args> {
     query: QueryBuilder<'args, Postgres>,
+    stamp: Option<Stamp>,
 }
 
 impl Ready<'_> {
@@ -183,7 +204,7 @@ impl Ready<'_> {
         R: for<'r> FromRow<'r, PgRow> + Send + Unpin,
     {
         let rows = self.query.build_query_as::<WithAppended<R>>().fetch_all(conn).await?;
-        Ok(rows.into_iter().map(|row| (row.row, row.appended)).collect())
+        Ok(rows.into_iter().map(|row| (row.row, self.stamped(row.appended))).collect())
     }
 
     /// [`Self::fetch_all`] for a statement that writes at most one caller row.
@@ -192,7 +213,13 @@ impl Ready<'_> {
         R: for<'r> FromRow<'r, PgRow> + Send + Unpin,
     {
         let row = self.query.build_query_as::<WithAppended<R>>().fetch_optional(conn).await?;
-        Ok(row.map(|row| (row.row, row.appended)))
+        Ok(row.map(|row| (row.row, self.stamped(row.appended))))
+    }
+
+    /// The receipt of a row this statement wrote, with the field its payload gets.
+    fn stamped(&self, mut appended: Appended) -> Appended {
+        appended.occurred_at_field = self.stamp.map(|stamp| stamp.field);
+        appended
     }
 
     /// The statement's text, for tests and logs.
@@ -214,6 +241,7 @@ impl<'r, R: FromRow<'r, PgRow>> FromRow<'r, PgRow> for WithAppended<R> {
             partition: row.try_get("outbox_partition")?,
             created_at: row.try_get("outbox_created_at")?,
             seen: Seen::of_column(row.try_get::<Option<Vec<i64>>, _>("outbox_seen")?.as_deref()),
+            occurred_at_field: None,
         };
         Ok(Self { row: R::from_row(row)?, appended })
     }

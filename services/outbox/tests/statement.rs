@@ -3,9 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use outbox::{Appended, OutboxMessage, WithEvents};
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
+
+/// The protobuf field the tests' stamps name.
+const STAMP_FIELD: u32 = 6;
 
 #[derive(Debug, PartialEq, sqlx::FromRow)]
 struct Thing {
@@ -38,16 +42,17 @@ fn message(event_id: Uuid, aggregate_id: &str) -> OutboxMessage {
     }
 }
 
-/// Writes `thing` with `event`, `suffix` appended to its payload ([`WithEvents::payload_suffix`]).
+/// Writes `thing` with `event`, stamped with the time `at` reads in field
+/// [`STAMP_FIELD`] ([`WithEvents::occurred_at`]) if given.
 async fn insert_one(
     conn: &mut PgConnection,
     thing: (Uuid, &str, Uuid),
     event: &OutboxMessage,
-    suffix: Option<&'static str>,
+    at: Option<&'static str>,
 ) -> Result<Option<(Thing, Appended)>, sqlx::Error> {
     let mut statement = WithEvents::new();
-    if let Some(suffix) = suffix {
-        statement.payload_suffix(suffix);
+    if let Some(at) = at {
+        statement.occurred_at(STAMP_FIELD, at);
     }
     let query = statement.caller();
     query.push("made AS (INSERT INTO things (id, name, event_id) VALUES (");
@@ -58,17 +63,17 @@ async fn insert_one(
 
 /// Writes a thing per entry of `things`, each with the event of the same
 /// index in `events`, in one statement after the caller's own `ctes` (each
-/// followed by a comma); `suffix` as for [`insert_one`].
+/// followed by a comma); `at` as for [`insert_one`].
 async fn insert_many(
     conn: &mut PgConnection,
     things: &[(Uuid, &str)],
     events: &[OutboxMessage],
     ctes: &str,
-    suffix: Option<&'static str>,
+    at: Option<&'static str>,
 ) -> Vec<(Thing, Appended)> {
     let mut statement = WithEvents::new();
-    if let Some(suffix) = suffix {
-        statement.payload_suffix(suffix);
+    if let Some(at) = at {
+        statement.occurred_at(STAMP_FIELD, at);
     }
     let query = statement.caller();
     query.push(ctes).push("made AS (INSERT INTO things (id, name, event_id) SELECT * FROM unnest(");
@@ -170,33 +175,55 @@ async fn many_rows_each_get_their_own_event_in_order_and_a_skipped_row_none(pool
     assert_eq!(new_events, [events[0].event_id, events[2].event_id], "written in the order given");
 }
 
-async fn payload_of(conn: &mut PgConnection, event_id: Uuid) -> Vec<u8> {
-    sqlx::query_scalar("SELECT payload FROM outbox_messages WHERE event_id = $1")
+/// The stored payload, `created_at` and `occurred_at_field` of `event_id`'s row.
+async fn stamp_of(conn: &mut PgConnection, event_id: Uuid) -> (Vec<u8>, DateTime<Utc>, Option<i16>) {
+    sqlx::query_as("SELECT payload, created_at, occurred_at_field FROM outbox_messages WHERE event_id = $1")
         .bind(event_id)
         .fetch_one(conn)
         .await
         .unwrap()
 }
 
-/// A value the database computes in the statement (a constant, then one of
-/// the caller's own CTEs) lands at the end of every payload, of one event as of many.
+/// A time the database computes in the statement (a constant, then one of
+/// the caller's own CTEs) is every row's `created_at`, with the stamp's field
+/// beside the payload stored as given, of one event as of many; without a
+/// stamp, `created_at` is the insert's own time and there is no field.
 #[sqlx::test(migrations = false)]
-async fn a_payload_suffix_is_appended_to_every_payload_the_statement_writes(pool: PgPool) {
+async fn a_stamp_is_every_rows_created_at_with_its_field_beside_the_payload(pool: PgPool) {
     let mut conn = setup(&pool).await;
     let (id, event_id) = (Uuid::new_v4(), Uuid::new_v4());
     let event = message(event_id, &id.to_string());
-    let written = insert_one(&mut conn, (id, "one", event_id), &event, Some("SELECT '\\x0a0b'::bytea")).await;
-    assert!(written.unwrap().is_some());
-    assert_eq!(payload_of(&mut conn, event_id).await, [1, 2, 3, 0x0a, 0x0b]);
+    let at = "SELECT '2030-01-02 03:04:05.000001+00'::timestamptz";
+    let (_, appended) = insert_one(&mut conn, (id, "one", event_id), &event, Some(at)).await.unwrap().unwrap();
+    let expected: DateTime<Utc> = "2030-01-02T03:04:05.000001Z".parse().unwrap();
+    assert_eq!(stamp_of(&mut conn, event_id).await, (vec![1, 2, 3], expected, Some(STAMP_FIELD as i16)));
+    assert_eq!(appended.created_at, expected);
 
     let things = [(Uuid::new_v4(), "a"), (Uuid::new_v4(), "b")];
     let events: Vec<OutboxMessage> = things.iter().map(|(id, _)| message(Uuid::new_v4(), &id.to_string())).collect();
-    let marks = "marks AS (SELECT '\\x0c'::bytea AS mark), ";
-    let written = insert_many(&mut conn, &things, &events, marks, Some("SELECT mark FROM marks")).await;
+    let clock = "clock AS MATERIALIZED (SELECT clock_timestamp() - interval '1 day' AS at), ";
+    let written = insert_many(&mut conn, &things, &events, clock, Some("SELECT at FROM clock")).await;
     assert_eq!(written.len(), 2);
-    for event in &events {
-        assert_eq!(payload_of(&mut conn, event.event_id).await, [1, 2, 3, 0x0c]);
+    let (_, first, _) = stamp_of(&mut conn, events[0].event_id).await;
+    assert!(first < Utc::now() - chrono::Duration::hours(23), "{first}");
+    for (event, (_, appended)) in events.iter().zip(&written) {
+        assert_eq!(stamp_of(&mut conn, event.event_id).await, (vec![1, 2, 3], first, Some(STAMP_FIELD as i16)));
+        assert_eq!(appended.created_at, first, "one time for every row");
     }
+
+    let (id, event_id) = (Uuid::new_v4(), Uuid::new_v4());
+    let (_, appended) =
+        insert_one(&mut conn, (id, "plain", event_id), &message(event_id, "p"), None).await.unwrap().unwrap();
+    let (payload, created_at, field) = stamp_of(&mut conn, event_id).await;
+    assert_eq!((payload, field), (vec![1, 2, 3], None));
+    assert!(created_at > Utc::now() - chrono::Duration::minutes(1), "{created_at}");
+    assert_eq!(appended.created_at, created_at);
+}
+
+#[test]
+#[should_panic(expected = "protobuf field 0 is out of 1..=32767")]
+fn a_stamp_needs_a_protobuf_field_number() {
+    WithEvents::new().occurred_at(0, "SELECT now()");
 }
 
 #[sqlx::test(migrations = false)]

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -17,7 +16,7 @@ use super::{COLUMNS, OCCURRED_AT_FIELD, OrderRow};
 /// saga on, its saga row (with the step timer) and its `ProcessPayment`.
 /// The statement stamps them all with the database's clock, read once as it
 /// starts writing: the order's `created_at` and `updated_at` are not read,
-/// and the messages are written with that time appended as their `occurred_at`.
+/// and the messages are published with that time as their `occurred_at`.
 #[derive(Debug, Clone)]
 pub struct NewOrderRows {
     pub order: OrderRow,
@@ -35,16 +34,13 @@ pub struct SagaStart {
 }
 
 /// A statement whose first CTE, `stamp`, reads the clock once, as the
-/// statement starts writing (every row gets the same time), and encodes it as
-/// the `occurred_at` field every message's stored payload ends with.
-/// `hand_over`: see [`insert_orders`].
+/// statement starts writing (every row gets the same time), which is also
+/// every message's `occurred_at` (the relay adds it to the payload as it
+/// publishes it). `hand_over`: see [`insert_orders`].
 fn stamped<'args>(hand_over: bool) -> WithEvents<'args> {
     let mut statement = WithEvents::new();
-    statement.payload_suffix("SELECT occurred_at FROM stamp").handing_over(hand_over);
-    statement.caller().push(format_args!(
-        "stamp AS MATERIALIZED (SELECT at, protobuf_timestamp_field({OCCURRED_AT_FIELD}, at) AS occurred_at \
-         FROM (SELECT clock_timestamp() AS at) AS clock), "
-    ));
+    statement.occurred_at(OCCURRED_AT_FIELD, "SELECT at FROM stamp").handing_over(hand_over);
+    statement.caller().push("stamp AS MATERIALIZED (SELECT clock_timestamp() AS at), ");
     statement
 }
 
@@ -78,10 +74,8 @@ pub async fn insert_orders(
         _ => insert_many(conn, orders, hand_over).await?,
     };
     // Each order comes back once per message: keep the row of its OrderCreated.
-    let mut result =
-        Written { orders: Vec::with_capacity(orders.len()), events: Vec::with_capacity(written.len()), at: None };
+    let mut result = Written { orders: Vec::with_capacity(orders.len()), events: Vec::with_capacity(written.len()) };
     for (mut row, appended) in written {
-        result.at = Some(row.created_at);
         result.events.push((row.event_id, appended));
         if let Some(draft) = orders.iter().find(|o| o.created.event_id == row.event_id) {
             row.lines = draft.order.lines.clone();
@@ -197,12 +191,9 @@ async fn insert_many(
 }
 
 /// What [`insert_orders`] wrote: the orders (each with the `event_id` of its
-/// `OrderCreated`), and every outbox row of the statement, by message
-/// `event_id`, and the time the database stamped on all of them (None when it
-/// wrote nothing): the orders' `created_at` and the messages' `occurred_at`.
+/// `OrderCreated`), and every outbox row of the statement, by message `event_id`.
 #[derive(Debug, Default)]
 pub struct Written {
     pub orders: Vec<OrderRow>,
     pub events: Vec<(Uuid, Appended)>,
-    pub at: Option<DateTime<Utc>>,
 }

@@ -24,7 +24,7 @@ async fn commit_and_hand_over(pool: &PgPool, writer: &OutboxWriter, message: &Ou
     let mut tx = pool.begin().await.unwrap();
     let appended = writer.append(&mut tx, message).await.unwrap();
     tx.commit().await.unwrap();
-    writer.hand_over(&[(appended, message)], &[]);
+    writer.hand_over(&[(appended, message)]);
 }
 
 /// Hands a first row over and waits for it: the relay is up, owns every
@@ -58,7 +58,7 @@ async fn a_handed_row_is_published_without_a_claim(pool: PgPool) {
     tx.commit().await.unwrap();
     let mut lock = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE outbox_messages IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
-    writer.hand_over(&[(appended, &handed)], &[]);
+    writer.hand_over(&[(appended, &handed)]);
     let received = testkit::receive(&mut consumer, 1, Duration::from_secs(10)).await;
     assert_eq!(received.len(), 1, "published with the table locked");
     assert_eq!(received[0].data, b"handed:0");
@@ -115,7 +115,7 @@ async fn a_row_whose_statement_did_not_look_is_claimed_not_handed_over(pool: PgP
     assert_eq!(written.len(), 1);
     let mut lock = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE outbox_messages IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
-    writer.hand_over(&[(written[0].1, &unlooked)], &[]);
+    writer.hand_over(&[(written[0].1, &unlooked)]);
     assert!(
         testkit::receive(&mut consumer, 1, Duration::from_millis(500)).await.is_empty(),
         "not handed over: its claim waits for the lock"
@@ -128,5 +128,52 @@ async fn a_row_whose_statement_did_not_look_is_claimed_not_handed_over(pool: PgP
     assert_outbox_empties(&pool).await;
     assert!(testkit::receive(&mut consumer, 1, Duration::from_millis(500)).await.is_empty(), "none twice");
 
+    finish(stop, relay, &amqp, &exchange).await;
+}
+
+/// A row whose statement stamps its time ([`outbox::WithEvents::occurred_at`])
+/// is stored as given, and published with the time added as the protobuf
+/// field, as a protobuf encoder writes it: claimed or handed over alike.
+#[sqlx::test(migrations = false)]
+async fn a_stamped_row_is_published_with_its_time_claimed_or_handed_over(pool: PgPool) {
+    outbox::schema::apply(&mut pool.acquire().await.unwrap()).await.unwrap();
+    let Setup { options, exchange, amqp, mut consumer, writer } = setup(&pool, "seq.#").await;
+    let (stop, relay) = start_beside(&options, &exchange, &writer);
+    warm_up(&pool, &writer, &exchange, &mut consumer).await;
+
+    let at: chrono::DateTime<Utc> = "2030-01-02T03:04:05.000001Z".parse().unwrap();
+    let expected = |payload: &[u8]| {
+        let mut bytes = payload.to_vec();
+        let timestamp = prost_types::Timestamp { seconds: at.timestamp(), nanos: 1_000 };
+        prost::encoding::message::encode(6, &timestamp, &mut bytes);
+        bytes
+    };
+    for (aggregate, hand_over) in [("claimed", false), ("handed", true)] {
+        let sent = message(&exchange, "seq.created", aggregate, 0);
+        let mut statement = outbox::WithEvents::new();
+        statement.occurred_at(6, "SELECT at FROM stamp");
+        statement.caller().push("stamp AS (SELECT '2030-01-02 03:04:05.000001+00'::timestamptz AS at)");
+        let mut tx = pool.begin().await.unwrap();
+        let written: Vec<((chrono::DateTime<Utc>,), outbox::Appended)> =
+            statement.event("stamp", &sent).fetch_all(&mut tx).await.unwrap();
+        let stored: (Vec<u8>, chrono::DateTime<Utc>, Option<i16>) =
+            sqlx::query_as("SELECT payload, created_at, occurred_at_field FROM outbox_messages WHERE event_id = $1")
+                .bind(sent.event_id)
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(stored, (sent.payload.clone(), at, Some(6)), "stored as given, the time and field beside it");
+        assert_eq!(written[0].1.created_at, at);
+        if hand_over {
+            writer.hand_over(&[(written[0].1, &sent)]);
+        } else {
+            writer.committed(written[0].1);
+        }
+        let received = testkit::receive(&mut consumer, 1, Duration::from_secs(10)).await;
+        assert_eq!(received.len(), 1, "{aggregate}");
+        assert_eq!(received[0].data, expected(&sent.payload), "{aggregate}");
+        assert_outbox_empties(&pool).await;
+    }
     finish(stop, relay, &amqp, &exchange).await;
 }
