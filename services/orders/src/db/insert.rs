@@ -129,7 +129,9 @@ async fn insert_one(
     statement.events("emitted", &[&new.created, &saga.process_payment]).fetch_all(conn).await
 }
 
-/// Any number of orders, each column bound as an array.
+/// Any number of orders, each column bound as an array. The lines' and the
+/// saga's parts are left out of a statement none of whose orders has them:
+/// Postgres plans and runs every part of a statement, rows or none.
 async fn insert_many(
     conn: &mut PgConnection,
     orders: &[&NewOrderRows],
@@ -146,6 +148,7 @@ async fn insert_many(
                 .map(|(n, line)| (o.order.order_id, n as i16, line.sku.as_str(), i64::from(line.quantity)))
         })
         .collect();
+    let saga = orders.iter().any(|o| o.saga.is_some());
     let mut statement = stamped(hand_over);
     let query = statement.caller();
     query.push("input AS (SELECT * FROM unnest(");
@@ -168,17 +171,25 @@ async fn insert_many(
          correlation_id, command_id, timeout_us, has_lines, n)), \
          new_order AS ({ORDER_INSERT} SELECT order_id, customer_id, amount::numeric, currency, status, request_id, event_id, correlation_id, \
          stamp.at, stamp.at FROM input CROSS JOIN stamp ORDER BY n \
-         ON CONFLICT (request_id) DO NOTHING RETURNING {COLUMNS}), \
-         new_lines AS (INSERT INTO order_lines (order_id, line_no, sku, quantity) \
-         SELECT l.order_id, l.line_no, l.sku, l.quantity FROM unnest("
+         ON CONFLICT (request_id) DO NOTHING RETURNING {COLUMNS})"
     ));
-    query.push_bind(lines.iter().map(|l| l.0).collect::<Vec<_>>()).push("::uuid[], ");
-    query.push_bind(lines.iter().map(|l| l.1).collect::<Vec<_>>()).push("::int2[], ");
-    query.push_bind(lines.iter().map(|l| l.2).collect::<Vec<_>>()).push("::text[], ");
-    query.push_bind(lines.iter().map(|l| l.3).collect::<Vec<_>>()).push("::int8[]");
+    if !lines.is_empty() {
+        query.push(
+            ", new_lines AS (INSERT INTO order_lines (order_id, line_no, sku, quantity) \
+             SELECT l.order_id, l.line_no, l.sku, l.quantity FROM unnest(",
+        );
+        query.push_bind(lines.iter().map(|l| l.0).collect::<Vec<_>>()).push("::uuid[], ");
+        query.push_bind(lines.iter().map(|l| l.1).collect::<Vec<_>>()).push("::int2[], ");
+        query.push_bind(lines.iter().map(|l| l.2).collect::<Vec<_>>()).push("::text[], ");
+        query.push_bind(lines.iter().map(|l| l.3).collect::<Vec<_>>()).push("::int8[]");
+        query.push(") AS l(order_id, line_no, sku, quantity) WHERE l.order_id IN (SELECT order_id FROM new_order))");
+    }
+    if !saga {
+        let events: Vec<&OutboxMessage> = orders.iter().map(|o| &o.created).collect();
+        return statement.events("new_order", &events).fetch_all(conn).await;
+    }
     query.push(format_args!(
-        ") AS l(order_id, line_no, sku, quantity) WHERE l.order_id IN (SELECT order_id FROM new_order)), \
-         new_saga AS ({SAGA_INSERT}, i.has_lines, o.created_at + i.timeout_us * interval '1 microsecond', \
+        ", new_saga AS ({SAGA_INSERT}, i.has_lines, o.created_at + i.timeout_us * interval '1 microsecond', \
          o.created_at, o.created_at FROM input i JOIN new_order o USING (order_id) WHERE i.command_id IS NOT NULL), \
          {EMITTED} JOIN input i USING (order_id) \
          CROSS JOIN LATERAL (VALUES (o.event_id), (i.command_id)) AS m(event_id) WHERE m.event_id IS NOT NULL)"
