@@ -1,16 +1,29 @@
 //! Sending one webhook delivery: the pinned body and headers, signed, to an
-//! address that passed the private-network guard.
+//! address that passed the private-network guard, over hyper's pooled client
+//! (HTTP/1.1, TLS by rustls with the webpki roots).
 
 use std::{
+    future::Future,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    pin::Pin,
+    task::{Context, Poll},
     time::Duration,
 };
 
-use reqwest::{
-    StatusCode,
-    dns::{Addrs, Name, Resolve, Resolving},
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{
+    Request, StatusCode,
+    body::Incoming,
     header::{HeaderMap, RETRY_AFTER},
+};
+use hyper_rustls::HttpsConnector;
+use hyper_util::{
+    client::legacy::{
+        Client,
+        connect::{HttpConnector, dns::Name},
+    },
+    rt::TokioExecutor,
 };
 
 use super::{
@@ -23,24 +36,34 @@ use super::{
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// The most of an answer's body read; past it, the connection is closed.
 const MAX_DRAINED: usize = 64 * 1024;
+const USER_AGENT: &str = concat!("pulse-notifications/", env!("CARGO_PKG_VERSION"));
+
+type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
 
 /// Sends webhooks; one client (and its connection pools) per dispatcher.
 pub(crate) struct WebhookSender {
-    client: reqwest::Client,
+    client: Client<Connector, Full<Bytes>>,
+    /// For a whole attempt: connecting, sending, the answer and its body.
+    timeout: Duration,
     allow_private: bool,
     key: Option<SecretKey>,
 }
 
 impl WebhookSender {
     pub(crate) fn new(timeout: Duration, allow_private: bool, key: Option<SecretKey>) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("pulse-notifications/", env!("CARGO_PKG_VERSION")))
-            .dns_resolver(Arc::new(GuardedResolver { allow_private }))
-            .build()?;
-        Ok(Self { client, allow_private, key })
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver { allow_private });
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(timeout));
+        http.set_nodelay(true);
+        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new()).build(https);
+        Ok(Self { client, timeout, allow_private, key })
     }
 
     pub(crate) async fn send(&self, delivery: &Claimed, traceparent: &str) -> Outcome {
@@ -63,26 +86,32 @@ impl WebhookSender {
         let body = delivery.body();
         let id = delivery.delivery_id.to_string();
         let timestamp = chrono::Utc::now().timestamp();
-        let request = self
-            .client
-            .post(parsed)
+        let request = Request::post(parsed.as_str())
             .header("content-type", "application/json")
+            .header("user-agent", USER_AGENT)
             .header("webhook-id", &id)
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", secret::signature_header(&secrets, &id, timestamp, body.as_bytes()))
             .header("x-correlation-id", &delivery.correlation_id)
             .header("traceparent", traceparent)
-            .body(body);
-        match request.send().await {
-            Ok(mut response) => {
-                let outcome = classify(response.status(), response.headers());
-                drain(&mut response).await;
-                outcome
-            }
-            Err(err) => match private_refusal(&err) {
+            .body(Full::new(Bytes::from(body)));
+        let request = match request {
+            Ok(request) => request,
+            Err(err) => return Outcome::failed(None, format!("the request cannot be built: {err}")),
+        };
+        let attempt = async {
+            let response = self.client.request(request).await?;
+            let outcome = classify(response.status(), response.headers());
+            drain(response.into_body()).await;
+            Ok::<_, hyper_util::client::legacy::Error>(outcome)
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(err)) => match private_refusal(&err) {
                 Some(reason) => Outcome::failed(None, reason),
-                None => Outcome::retry(err.status().map(|s| s.as_u16()), describe(&err), None),
+                None => Outcome::retry(None, describe(&err), None),
             },
+            Err(_) => Outcome::retry(None, format!("timed out: no answer within {:?}", self.timeout), None),
         }
     }
 
@@ -105,12 +134,12 @@ impl WebhookSender {
 /// Reads what is left of an answer's body, up to [`MAX_DRAINED`], so that its
 /// connection serves the next attempt instead of being closed (a new one, and
 /// its TLS handshake, for every delivery). What the body says does not matter.
-async fn drain(response: &mut reqwest::Response) {
+async fn drain(mut body: Incoming) {
     let mut read = 0;
     while read <= MAX_DRAINED {
-        match response.chunk().await {
-            Ok(Some(chunk)) => read += chunk.len(),
-            Ok(None) | Err(_) => return,
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
+            Some(Err(_)) | None => return,
         }
     }
 }
@@ -143,14 +172,8 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(wait.min(MAX_RETRY_AFTER))
 }
 
-fn describe(err: &reqwest::Error) -> String {
-    let what = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
+fn describe(err: &hyper_util::client::legacy::Error) -> String {
+    let what = if err.is_connect() { "cannot connect" } else { "request failed" };
     let mut text = format!("{what}: {err}");
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
@@ -204,7 +227,7 @@ fn refused(ip: IpAddr) -> String {
     )
 }
 
-/// The resolver's refusal, carried through reqwest's error.
+/// The resolver's refusal, carried through hyper's error.
 #[derive(Debug)]
 struct PrivateAddress(String);
 
@@ -216,7 +239,7 @@ impl std::fmt::Display for PrivateAddress {
 
 impl std::error::Error for PrivateAddress {}
 
-fn private_refusal(err: &reqwest::Error) -> Option<String> {
+fn private_refusal(err: &hyper_util::client::legacy::Error) -> Option<String> {
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
         if let Some(refusal) = cause.downcast_ref::<PrivateAddress>() {
@@ -227,23 +250,33 @@ fn private_refusal(err: &reqwest::Error) -> Option<String> {
     None
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Resolves names and, unless private networks are allowed, refuses any
-/// answer with a private address. reqwest connects to the addresses returned
-/// here, the ones checked: a second lookup cannot swap them (DNS rebinding).
+/// answer with a private address. The connector connects to the addresses
+/// returned here, the ones checked: a second lookup cannot swap them (DNS rebinding).
+#[derive(Debug, Clone, Copy)]
 struct GuardedResolver {
     allow_private: bool,
 }
 
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
         let allow_private = self.allow_private;
         Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
             if !allow_private && let Some(private) = addrs.iter().find(|addr| is_private(addr.ip())) {
-                return Err(Box::new(PrivateAddress(refused(private.ip()))) as Box<dyn std::error::Error + Send + Sync>);
+                return Err(Box::new(PrivateAddress(refused(private.ip()))) as BoxError);
             }
-            Ok(Box::new(addrs.into_iter()) as Addrs)
+            Ok(addrs.into_iter())
         })
     }
 }

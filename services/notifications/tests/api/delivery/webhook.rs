@@ -205,6 +205,46 @@ async fn private_addresses_are_refused_unless_allowed(_: PgPoolOptions, db: PgCo
     setup.app.stop().await;
 }
 
+/// An https endpoint is reached over TLS, its certificate checked against the
+/// public roots: one signed by a CA of its own fails every handshake, with
+/// the reason recorded, and the endpoint receives nothing.
+#[sqlx::test(migrations = false)]
+async fn an_https_endpoint_whose_certificate_no_public_ca_signed_is_not_sent_to(
+    _: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+    let pki = testkit::pki::Pki::new("pulse webhook test CA");
+    let signed = pki.server("receiver");
+    let cert = CertificateDer::from_pem_slice(signed.cert_pem.as_bytes()).unwrap();
+    let key = PrivateKeyDer::from_pem_slice(signed.key_pem.as_bytes()).unwrap();
+    let tls = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(vec![cert], key).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (handshakes, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = handshakes.send(acceptor.accept(tcp).await.is_ok());
+        }
+    });
+
+    let setup = start(config(&db), &db).await;
+    setup.webhook(&format!("https://localhost:{port}/hooks"), &[]).await;
+    let (order_id, _) = setup.order().await;
+    let failed = setup.settled(&order_id, DeliveryStatus::Failed).await;
+    assert_eq!(failed.attempts, 3, "retried as any failure to connect is");
+    assert!(failed.last_error.contains("UnknownIssuer"), "{}", failed.last_error);
+    let mut seen = Vec::new();
+    while let Ok(accepted) = outcomes.try_recv() {
+        seen.push(accepted);
+    }
+    assert!(!seen.is_empty() && seen.iter().all(|accepted| !accepted), "handshakes: {seen:?}");
+    server.abort();
+    setup.app.stop().await;
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_disabled_endpoint_receives_nothing_until_enabled(_: PgPoolOptions, db: PgConnectOptions) {
     let mut config = config(&db);
