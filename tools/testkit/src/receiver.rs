@@ -1,7 +1,7 @@
 //! A real HTTP server on 127.0.0.1 that receives webhooks: each request is
 //! recorded (method, path, headers, body, arrival time, the client's address)
-//! and answered as scripted (status, Retry-After, a body, a delay, or never),
-//! in order, then with the default answer.
+//! and answered as scripted (status, Retry-After, a body, a delay, never, or
+//! a head whose body never ends), in order, then with the default answer.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -27,11 +27,13 @@ pub struct Reply {
     pub body: String,
     /// Waited before answering; long enough, it is a hang.
     pub delay: Duration,
+    /// The head goes out, then the first bytes of a body that never ends.
+    pub endless_body: bool,
 }
 
 impl Reply {
     pub fn status(status: u16) -> Self {
-        Self { status, retry_after: None, body: String::new(), delay: Duration::ZERO }
+        Self { status, retry_after: None, body: String::new(), delay: Duration::ZERO, endless_body: false }
     }
 
     pub fn body(mut self, body: &str) -> Self {
@@ -52,6 +54,12 @@ impl Reply {
     /// Never answers (within any test's patience).
     pub fn hang() -> Self {
         Self::status(200).after(Duration::from_secs(3600))
+    }
+
+    /// Answers the head at once, then sends a body that never ends.
+    pub fn endless_body(mut self) -> Self {
+        self.endless_body = true;
+        self
     }
 }
 
@@ -179,7 +187,13 @@ async fn handle(
         tokio::time::sleep(reply.delay).await;
     }
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, reply.body).into_response();
+    let mut response = if reply.endless_body {
+        use futures::StreamExt;
+        let first = futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"{\"partial\":")) });
+        (status, axum::body::Body::from_stream(first.chain(futures::stream::pending()))).into_response()
+    } else {
+        (status, reply.body).into_response()
+    };
     if let Some(value) = reply.retry_after {
         response.headers_mut().insert("retry-after", value.parse().unwrap());
     }

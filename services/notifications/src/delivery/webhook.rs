@@ -43,7 +43,8 @@ type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
 /// Sends webhooks; one client (and its connection pools) per dispatcher.
 pub(crate) struct WebhookSender {
     client: Client<Connector, Full<Bytes>>,
-    /// For a whole attempt: connecting, sending, the answer and its body.
+    /// For a whole attempt: connecting, sending, the answer and its body
+    /// (whose head alone decides the outcome).
     timeout: Duration,
     allow_private: bool,
     key: Option<SecretKey>,
@@ -99,20 +100,22 @@ impl WebhookSender {
             Ok(request) => request,
             Err(err) => return Outcome::failed(None, format!("the request cannot be built: {err}")),
         };
-        let attempt = async {
-            let response = self.client.request(request).await?;
-            let outcome = classify(response.status(), response.headers());
-            drain(response.into_body()).await;
-            Ok::<_, hyper_util::client::legacy::Error>(outcome)
+        // One deadline for the attempt. The answer's head decides the outcome:
+        // a body still arriving at the deadline is cut off, never a retry.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(err)) => {
+                return match private_refusal(&err) {
+                    Some(reason) => Outcome::failed(None, reason),
+                    None => Outcome::retry(None, describe(&err), None),
+                };
+            }
+            Err(_) => return Outcome::retry(None, format!("timed out: no answer within {:?}", self.timeout), None),
         };
-        match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(err)) => match private_refusal(&err) {
-                Some(reason) => Outcome::failed(None, reason),
-                None => Outcome::retry(None, describe(&err), None),
-            },
-            Err(_) => Outcome::retry(None, format!("timed out: no answer within {:?}", self.timeout), None),
-        }
+        let outcome = classify(response.status(), response.headers());
+        let _ = tokio::time::timeout_at(deadline, drain(response.into_body())).await;
+        outcome
     }
 
     /// The live secrets: the current one, and the previous one until its window ends.

@@ -124,6 +124,22 @@ async fn a_hanging_endpoint_times_out_and_is_retried(_: PgPoolOptions, db: PgCon
     setup.app.stop().await;
 }
 
+/// The head of the answer decides: a 2xx whose body is still arriving when
+/// the attempt's time is up is delivered, not sent again.
+#[sqlx::test(migrations = false)]
+async fn a_success_whose_body_never_ends_is_delivered_once(_: PgPoolOptions, db: PgConnectOptions) {
+    let setup = start(config(&db), &db).await;
+    let receiver = WebhookReceiver::start().await;
+    receiver.script([Reply::status(200).endless_body()]);
+    setup.webhook(&receiver.url("/"), &[]).await;
+    let (order_id, _) = setup.order().await;
+    let delivery = setup.settled(&order_id, DeliveryStatus::Delivered).await;
+    assert_eq!((delivery.attempts, delivery.last_status_code), (1, 200));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.received().len(), 1, "sent once");
+    setup.app.stop().await;
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_failed_delivery_goes_out_on_retry_and_on_recover(_: PgPoolOptions, db: PgConnectOptions) {
     let setup = start(config(&db), &db).await;
