@@ -13,32 +13,10 @@ use chrono::{DateTime, Utc};
 pub(crate) const MAX_FIELD: u32 = i16::MAX as u32;
 
 /// Appends field `field` holding `at` as a `google.protobuf.Timestamp`, as
-/// protobuf encoders write it: the key, the length, then seconds (field 1)
-/// and nanos (field 2), each left out when 0.
+/// prost encodes a message field.
 pub(crate) fn append(payload: &mut Vec<u8>, field: u32, at: DateTime<Utc>) {
-    let (seconds, nanos) = (at.timestamp(), at.timestamp_subsec_nanos());
-    let mut body = Vec::with_capacity(16);
-    if seconds != 0 {
-        body.push(0x08);
-        varint(&mut body, seconds as u64);
-    }
-    if nanos != 0 {
-        body.push(0x10);
-        varint(&mut body, u64::from(nanos));
-    }
-    varint(payload, u64::from(field) << 3 | 2);
-    varint(payload, body.len() as u64);
-    payload.extend_from_slice(&body);
-}
-
-/// `value` as a protobuf varint: seven bits a byte, low first, the high bit
-/// set on every byte but the last (a negative `int64` is its 64-bit pattern).
-fn varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8 & 0x7f) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
+    let timestamp = prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 };
+    prost::encoding::message::encode(field, &timestamp, payload);
 }
 
 #[cfg(test)]
@@ -47,30 +25,32 @@ mod tests {
 
     use super::*;
 
-    /// The bytes are prost's for the same field, and a reader of a message
-    /// without the field finds it after them.
+    /// The field holds the instant as protobuf's Timestamp (seconds since
+    /// the epoch, floored, and the nanoseconds past them), whatever the
+    /// field number, and a reader of a message without the field finds it
+    /// after the message's own bytes.
     #[test]
-    fn the_stamp_is_what_prost_encodes() {
+    fn the_stamp_is_the_timestamp_in_its_field() {
         let instants = [
-            "1970-01-01T00:00:00Z",
-            "1970-01-01T00:00:01Z",
-            "1970-01-01T00:00:00.5Z",
-            "1970-01-01T00:02:08Z",
-            "1969-12-31T23:59:59.999999Z",
-            "2030-01-02T03:04:05Z",
-            "2030-01-02T03:04:05.000001Z",
-            "2026-12-07T19:30:00.123456Z",
-            "9999-12-31T23:59:59.999999999Z",
+            ("1970-01-01T00:00:00Z", 0, 0),
+            ("1970-01-01T00:00:01Z", 1, 0),
+            ("1970-01-01T00:00:00.5Z", 0, 500_000_000),
+            ("1970-01-01T00:02:08Z", 128, 0),
+            ("1969-12-31T23:59:59.999999Z", -1, 999_999_000),
+            ("2030-01-02T03:04:05Z", 1_893_553_445, 0),
+            ("2030-01-02T03:04:05.000001Z", 1_893_553_445, 1_000),
+            ("9999-12-31T23:59:59.999999999Z", 253_402_300_799, 999_999_999),
         ];
-        for at in instants.iter().map(|at| at.parse::<DateTime<Utc>>().unwrap()).chain([Utc::now()]) {
+        for (at, seconds, nanos) in instants {
             for field in [1, 6, 15, 16, 2047, 2048, MAX_FIELD] {
-                let mut ours = vec![0x0a, 0x01, b'x'];
-                append(&mut ours, field, at);
-                let mut theirs = vec![0x0a, 0x01, b'x'];
-                let timestamp =
-                    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 };
-                prost::encoding::message::encode(field, &timestamp, &mut theirs);
-                assert_eq!(ours, theirs, "{at} in field {field}");
+                let mut payload = vec![0x0a, 0x01, b'x'];
+                append(&mut payload, field, at.parse().unwrap());
+                let mut rest = &payload[3..];
+                let (key, wire) = prost::encoding::decode_key(&mut rest).unwrap();
+                assert_eq!((key, wire), (field, prost::encoding::WireType::LengthDelimited), "{at} in field {field}");
+                let read = prost_types::Timestamp::decode_length_delimited(&mut rest).unwrap();
+                assert_eq!((read.seconds, read.nanos), (seconds, nanos), "{at} in field {field}");
+                assert!(rest.is_empty(), "{at} in field {field}: nothing after the field");
             }
         }
 
