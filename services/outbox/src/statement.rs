@@ -11,12 +11,18 @@ use crate::{
     occurred,
 };
 
+/// The outbox's columns every message binds, as a literal for [`COLUMNS`] and [`STAMPED_COLUMNS`].
+macro_rules! message_columns {
+    () => {
+        "event_id, aggregate_type, aggregate_id, partition, exchange, routing_key, message_type, content_type, payload, \
+         headers"
+    };
+}
+
 /// The outbox's columns, in the order [`push_values`] binds them.
-pub(crate) const COLUMNS: &str = "event_id, aggregate_type, aggregate_id, partition, exchange, routing_key, message_type, content_type, payload, \
-     headers";
+pub(crate) const COLUMNS: &str = message_columns!();
 /// [`COLUMNS`] and those a [`Stamp`] writes.
-const STAMPED_COLUMNS: &str = "event_id, aggregate_type, aggregate_id, partition, exchange, routing_key, message_type, content_type, \
-     payload, headers, created_at, occurred_at_field";
+const STAMPED_COLUMNS: &str = concat!(message_columns!(), ", created_at, occurred_at_field");
 
 /// The time a statement writes as its rows' `created_at`, which the relay
 /// adds to their payloads as protobuf field `field` ([`WithEvents::occurred_at`]).
