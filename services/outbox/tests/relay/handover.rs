@@ -27,6 +27,21 @@ async fn commit_and_hand_over(pool: &PgPool, writer: &OutboxWriter, message: &Ou
     writer.hand_over(&[(appended, message)]);
 }
 
+/// Writes `message` for the one row `statement`'s CTE `source` returns, in a
+/// transaction of its own, and commits it without waking anyone.
+async fn commit_statement<'a>(
+    pool: &PgPool,
+    statement: outbox::WithEvents<'a>,
+    source: &str,
+    message: &'a OutboxMessage,
+) -> outbox::Appended {
+    let mut tx = pool.begin().await.unwrap();
+    let written: Vec<((i32,), outbox::Appended)> = statement.event(source, message).fetch_all(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(written.len(), 1);
+    written[0].1
+}
+
 /// Hands a first row over and waits for it: the relay is up, owns every
 /// partition and, its claim beside the mark done, sits idle.
 async fn warm_up(pool: &PgPool, writer: &OutboxWriter, exchange: &str, consumer: &mut lapin::Consumer) {
@@ -108,14 +123,10 @@ async fn a_row_whose_statement_did_not_look_is_claimed_not_handed_over(pool: PgP
     let unlooked = message(&exchange, "seq.created", "unlooked", 0);
     let mut statement = outbox::WithEvents::new();
     statement.handing_over(false).caller().push("source AS (SELECT 1 AS one)");
-    let mut tx = pool.begin().await.unwrap();
-    let written: Vec<((i32,), outbox::Appended)> =
-        statement.event("source", &unlooked).fetch_all(&mut tx).await.unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(written.len(), 1);
+    let appended = commit_statement(&pool, statement, "source", &unlooked).await;
     let mut lock = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE outbox_messages IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
-    writer.hand_over(&[(written[0].1, &unlooked)]);
+    writer.hand_over(&[(appended, &unlooked)]);
     assert!(
         testkit::receive(&mut consumer, 1, Duration::from_millis(500)).await.is_empty(),
         "not handed over: its claim waits for the lock"
@@ -152,23 +163,23 @@ async fn a_stamped_row_is_published_with_its_time_claimed_or_handed_over(pool: P
         let sent = message(&exchange, "seq.created", aggregate, 0);
         let mut statement = outbox::WithEvents::new();
         statement.occurred_at(6, "SELECT at FROM stamp");
-        statement.caller().push("stamp AS (SELECT '2030-01-02 03:04:05.000001+00'::timestamptz AS at)");
-        let mut tx = pool.begin().await.unwrap();
-        let written: Vec<((chrono::DateTime<Utc>,), outbox::Appended)> =
-            statement.event("stamp", &sent).fetch_all(&mut tx).await.unwrap();
+        statement
+            .caller()
+            .push("stamp AS (SELECT '2030-01-02 03:04:05.000001+00'::timestamptz AS at), source AS (SELECT 1 AS one)");
+        let appended = commit_statement(&pool, statement, "source", &sent).await;
+        // Nothing has woken the relay yet: the row waits, as stored.
         let stored: (Vec<u8>, chrono::DateTime<Utc>, Option<i16>) =
             sqlx::query_as("SELECT payload, created_at, occurred_at_field FROM outbox_messages WHERE event_id = $1")
                 .bind(sent.event_id)
-                .fetch_one(&mut *tx)
+                .fetch_one(&pool)
                 .await
                 .unwrap();
-        tx.commit().await.unwrap();
         assert_eq!(stored, (sent.payload.clone(), at, Some(6)), "stored as given, the time and field beside it");
-        assert_eq!(written[0].1.created_at, at);
+        assert_eq!(appended.created_at, at);
         if hand_over {
-            writer.hand_over(&[(written[0].1, &sent)]);
+            writer.hand_over(&[(appended, &sent)]);
         } else {
-            writer.committed(written[0].1);
+            writer.committed(appended);
         }
         let received = testkit::receive(&mut consumer, 1, Duration::from_secs(10)).await;
         assert_eq!(received.len(), 1, "{aggregate}");
